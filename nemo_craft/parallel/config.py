@@ -1,0 +1,83 @@
+"""The parallel layout of a run: one dataclass, validated at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["ParallelConfig"]
+
+_BACKENDS = ("auto", "nccl", "gloo")
+
+
+@dataclass
+class ParallelConfig:
+    """How the model and the batch are split over ranks.
+
+    The data-parallel size is what is left of the world size:
+    ``dp = world_size / (tp * pp * cp)``.
+    """
+
+    tensor_model_parallel_size: int = 1
+    """TP: ranks that split each weight matrix (and the vocabulary of the logits)."""
+    pipeline_model_parallel_size: int = 1
+    """PP: ranks that split the layers into consecutive stages."""
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    """VPP: model chunks per pipeline rank (interleaved 1F1B schedule); None for off."""
+    context_parallel_size: int = 1
+    """CP: ranks that split the sequence inside attention."""
+    sequence_parallel: bool = False
+    """Shard LayerNorm/dropout activations along the sequence over the TP group (needs TP > 1)."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer states (and the fp32 main params) over the data-parallel group."""
+    overlap_grad_reduce: bool = False
+    """Overlap the data-parallel gradient reduce-scatter/all-reduce with the backward pass."""
+    overlap_param_gather: bool = False
+    """Overlap the distributed optimizer's parameter all-gather with the next forward."""
+    backend: str = "auto"
+    """torch.distributed backend: "auto" is NCCL on CUDA and gloo without it."""
+    distributed_timeout_minutes: int = 30
+    """Collective timeout; a hung rank fails the job after this long instead of hanging it."""
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"parallel.{name}={value!r}: must be an integer >= 1")
+        vpp = self.virtual_pipeline_model_parallel_size
+        if vpp is not None:
+            if not isinstance(vpp, int) or vpp < 1:
+                raise ValueError(f"parallel.virtual_pipeline_model_parallel_size={vpp!r}: must be None or >= 1")
+            if vpp > 1 and self.pipeline_model_parallel_size < 2:
+                raise ValueError(
+                    f"parallel.virtual_pipeline_model_parallel_size={vpp} needs "
+                    f"pipeline_model_parallel_size >= 2 (got {self.pipeline_model_parallel_size}); "
+                    "set it to null for a non-pipelined run"
+                )
+            if vpp == 1:
+                self.virtual_pipeline_model_parallel_size = None
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            raise ValueError(
+                "parallel.sequence_parallel=true needs tensor_model_parallel_size > 1; "
+                "set sequence_parallel=false for TP=1"
+            )
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"parallel.backend={self.backend!r}: allowed values are {_BACKENDS}")
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise ValueError("parallel.overlap_param_gather=true needs use_distributed_optimizer=true")
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """DP for ``world_size`` ranks; a clear error when the layout does not divide it."""
+        mp = self.model_parallel_size
+        if world_size % mp != 0:
+            raise ValueError(
+                f"world size {world_size} is not divisible by TP*PP*CP = "
+                f"{self.tensor_model_parallel_size}*{self.pipeline_model_parallel_size}*"
+                f"{self.context_parallel_size} = {mp}; choose a layout whose product divides "
+                f"the number of ranks"
+            )
+        return world_size // mp

@@ -1,0 +1,213 @@
+"""Run the real megatron-core on a machine without CUDA (the "CPU mode").
+
+megatron-core 0.16 assumes CUDA in a few dozen places. On a machine where
+``torch.cuda.is_available()`` is False, :func:`enable_cpu_mode` makes those places
+run on the CPU, so that the same megatron code paths (GPTModel, TP/PP/DP/VPP/SP,
+the pipeline schedules, the (distributed) optimizer, dist_checkpointing, the static
+inference engine) run on the gloo backend. Which calls need what, and why:
+
+==================================  =================================================
+megatron-core call site             what the CPU mode does
+==================================  =================================================
+``torch.cuda.current_device()``     answers 0; rotary embedding, the DDP buffers and
+                                    the optimizer pass it as ``device=``
+``device="cuda"`` / ``.cuda()``     a :class:`~torch.overrides.TorchFunctionMode`
+(schedules, optimizer, checkpoint)  rewrites CUDA device arguments to the CPU and
+                                    makes ``Tensor.cuda()`` return the tensor
+``Tensor.type()``                   reported as ``torch.cuda.*Tensor``; asserted in
+                                    ``clip_grads.py`` and the distributed optimizer
+``torch.cuda.synchronize``          a no-op (PP p2p, checkpoint save)
+CUDA RNG tracker                    ``tensor_parallel/random.py`` saves and restores
+(``tensor_parallel.random``)        CUDA generator states; routed to the CPU
+                                    generator so dropout is reproducible per TP rank
+``torch.cuda.Event/Stream/nvtx``    inert stand-ins (inference engine, timers)
+==================================  =================================================
+
+Nothing here is active on a machine with CUDA: :func:`enable_cpu_mode` refuses to
+run there, and :func:`maybe_enable_cpu_mode` (what the rest of the project calls)
+only enters the mode when CUDA is absent. Costs about 6-10% of a tiny model's step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["cpu_mode_active", "enable_cpu_mode", "maybe_enable_cpu_mode", "compute_device"]
+
+_STATE = threading.Lock()
+_ACTIVE = False
+_MODE: "_CudaToCpuMode | None" = None
+
+_CPU = torch.device("cpu")
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    # A bare int is a CUDA ordinal in torch's device arguments (megatron passes
+    # torch.cuda.current_device()).
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+def _cuda_type_name(tensor: torch.Tensor) -> str:
+    name = torch.Tensor.type(tensor)  # e.g. "torch.FloatTensor"
+    return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda") else name
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA device arguments to the CPU for every torch call made under it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            return _cuda_type_name(args[0])
+        device = kwargs.get("device")
+        if device is not None and _is_cuda_device(device):
+            kwargs = dict(kwargs, device=_CPU)
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], _CPU, *args[2:])
+        return func(*args, **kwargs)
+
+
+class _InertEvent:
+    """Stand-in for ``torch.cuda.Event``: records nothing, times nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def record(self, *args, **kwargs):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def wait(self, *args, **kwargs):
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, other) -> float:
+        return 0.0
+
+
+class _InertStream(_InertEvent):
+    """Stand-in for ``torch.cuda.Stream``: work runs synchronously on the CPU."""
+
+    def wait_stream(self, *args, **kwargs):
+        pass
+
+    def wait_event(self, *args, **kwargs):
+        pass
+
+    def record_event(self, *args, **kwargs):
+        return _InertEvent()
+
+
+class _InertNvtx:
+    @staticmethod
+    def range_push(*args, **kwargs):
+        pass
+
+    @staticmethod
+    def range_pop(*args, **kwargs):
+        pass
+
+    @staticmethod
+    @contextlib.contextmanager
+    def range(*args, **kwargs):
+        yield
+
+
+def _cpu_get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False):
+    return torch.get_rng_state()
+
+
+def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False):
+    torch.set_rng_state(new_state)
+
+
+def _cpu_manual_seed(seed: int) -> None:
+    # torch.manual_seed would call torch.cuda.manual_seed_all, which must stay untouched
+    # (routing it here recursed); the CPU default generator is all there is.
+    torch.default_generator.manual_seed(int(seed))
+
+
+def _patch_torch_cuda() -> None:
+    cuda = torch.cuda
+    cuda.current_device = lambda: 0
+    cuda.synchronize = lambda *a, **k: None
+    cuda.Event = _InertEvent
+    cuda.Stream = _InertStream
+    cuda.current_stream = lambda *a, **k: _InertStream()
+    cuda.default_stream = lambda *a, **k: _InertStream()
+    cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    cuda.set_device = lambda *a, **k: None
+    cuda.nvtx = _InertNvtx
+    cuda.memory_stats = lambda *a, **k: {}
+    cuda.memory_allocated = lambda *a, **k: 0
+    cuda.max_memory_allocated = lambda *a, **k: 0
+    cuda.memory_reserved = lambda *a, **k: 0
+    cuda.get_rng_state = _cpu_get_rng_state
+    cuda.set_rng_state = _cpu_set_rng_state
+    cuda.manual_seed = _cpu_manual_seed
+    cuda.random.get_rng_state = _cpu_get_rng_state
+    cuda.random.set_rng_state = _cpu_set_rng_state
+
+
+def _patch_megatron_rng() -> None:
+    import logging
+
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    # The tracker warns when the CPU generator moves inside a CUDA-RNG fork; here the two
+    # are one generator, which the fork saves and restores, so the warning is noise.
+    logging.getLogger(mcore_random.__name__).setLevel(logging.ERROR)
+
+    mcore_random._get_cuda_rng_state = _cpu_get_rng_state
+    mcore_random._set_cuda_rng_state = _cpu_set_rng_state
+
+
+def enable_cpu_mode() -> None:
+    """Enter the CPU mode for this process (idempotent). Refuses when CUDA is present."""
+    global _ACTIVE, _MODE
+    with _STATE:
+        if _ACTIVE:
+            return
+        if torch.cuda.is_available():
+            raise RuntimeError(
+                "enable_cpu_mode() called on a machine with CUDA; the CPU mode is only for "
+                "machines without a GPU. Use maybe_enable_cpu_mode() instead."
+            )
+        _patch_torch_cuda()
+        _patch_megatron_rng()
+        _MODE = _CudaToCpuMode()
+        _MODE.__enter__()
+        _ACTIVE = True
+
+
+def maybe_enable_cpu_mode() -> bool:
+    """Enter the CPU mode when CUDA is absent; returns whether it is active."""
+    if not torch.cuda.is_available():
+        enable_cpu_mode()
+    return _ACTIVE
+
+
+def cpu_mode_active() -> bool:
+    return _ACTIVE
+
+
+def compute_device() -> torch.device:
+    """The device tensors of this process live on: the current GPU, or the CPU in CPU mode."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return _CPU

@@ -1,0 +1,168 @@
+"""Run a function on a parallel layout in spawned ranks: the project's distributed test harness.
+
+    results = run_distributed(body, world_size=4, tp=2, pp=2, args=(x,))
+
+starts ``world_size`` processes, initialises torch.distributed (gloo, or NCCL when there is
+one GPU per rank) and megatron's parallel state with the layout, calls ``body(*args)`` on
+every rank and returns the ranks' return values, in rank order. A rank that raises fails the
+call with that rank's traceback; a run past ``timeout`` seconds fails with the ranks still
+running; in both cases every rank is killed, so no process is left behind.
+
+Ranks fork from a server process that has imported torch and megatron-core once
+(``forkserver`` with preload), which keeps a multi-rank test to about a second of start-up.
+``body`` must be importable by reference (a module-level function).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["Layout", "run_distributed", "current_layout", "free_port", "DistributedTestError"]
+
+_PRELOAD = ["torch", "megatron.core", "megatron.core.parallel_state", "nemo_craft.parallel.initialize"]
+_LAYOUT: Optional["Layout"] = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    world_size: int
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    vpp: Optional[int] = None
+    sp: bool = False
+    seed: int = 1234
+
+    @property
+    def dp(self) -> int:
+        return self.world_size // (self.tp * self.pp * self.cp)
+
+
+class DistributedTestError(RuntimeError):
+    pass
+
+
+def current_layout() -> Layout:
+    """The layout of the rank this is called on (inside a ``run_distributed`` body)."""
+    if _LAYOUT is None:
+        raise RuntimeError("current_layout() is only defined inside a run_distributed body")
+    return _LAYOUT
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _use_nccl(world_size: int) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() >= world_size
+
+
+def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequence[Any], results) -> None:
+    global _LAYOUT
+    try:
+        os.environ.update(
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(layout.world_size),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        )
+        import torch
+
+        torch.set_num_threads(1)  # bit-reproducibility needs a fixed thread count
+        if not _use_nccl(layout.world_size):
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        from nemo_craft.parallel.config import ParallelConfig
+        from nemo_craft.parallel.initialize import destroy_parallel, initialize_parallel
+
+        cfg = ParallelConfig(
+            tensor_model_parallel_size=layout.tp,
+            pipeline_model_parallel_size=layout.pp,
+            virtual_pipeline_model_parallel_size=layout.vpp,
+            context_parallel_size=layout.cp,
+            sequence_parallel=layout.sp,
+            distributed_timeout_minutes=5,
+        )
+        _LAYOUT = layout
+        initialize_parallel(cfg, seed=layout.seed, init_method=f"tcp://127.0.0.1:{port}")
+        out = fn(*args)
+        results.put((rank, "ok", out))
+        destroy_parallel()
+    except BaseException:  # noqa: BLE001 - report everything, including SystemExit
+        results.put((rank, "error", traceback.format_exc()))
+
+
+def _context():
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def run_distributed(
+    fn: Callable,
+    *,
+    world_size: int,
+    tp: int = 1,
+    pp: int = 1,
+    cp: int = 1,
+    vpp: Optional[int] = None,
+    sp: bool = False,
+    seed: int = 1234,
+    timeout: float = 180.0,
+    args: Sequence[Any] = (),
+) -> list:
+    """Run ``fn(*args)`` on every rank of the layout; return the per-rank results."""
+    if world_size % (tp * pp * cp) != 0:
+        raise ValueError(f"world_size={world_size} is not divisible by tp*pp*cp={tp * pp * cp}")
+    layout = Layout(world_size=world_size, tp=tp, pp=pp, cp=cp, vpp=vpp, sp=sp, seed=seed)
+    ctx = _context()
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_rank_main, args=(r, layout, port, fn, tuple(args), results), daemon=True)
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    outputs: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(outputs) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(range(world_size)) - set(outputs))
+                raise DistributedTestError(
+                    f"timed out after {timeout:.0f}s on layout {asdict(layout)}; ranks {missing} "
+                    "had not finished (a hang in a collective, or the timeout is too short)"
+                )
+            try:
+                rank, status, value = results.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                dead = [r for r, p in enumerate(procs) if r not in outputs and not p.is_alive()
+                        and p.exitcode not in (0, None)]
+                if dead:
+                    raise DistributedTestError(
+                        f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} on layout "
+                        f"{asdict(layout)} without reporting (killed by a signal or out of memory)"
+                    )
+                continue
+            if status == "error":
+                raise DistributedTestError(f"rank {rank} of layout {asdict(layout)} failed:\n{value}")
+            outputs[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=5 if len(outputs) == world_size else 0.1)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        results.close()
+    return [outputs[r] for r in range(world_size)]
