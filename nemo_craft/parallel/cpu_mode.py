@@ -66,6 +66,8 @@ class _CudaToCpuMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.autograd.backward or func is torch.Tensor.backward:
+            return self._backward(func, args, kwargs)
         if func is torch.Tensor.cuda:
             return args[0]
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
@@ -76,6 +78,39 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU, *args[2:])
         return func(*args, **kwargs)
+
+    def _backward(self, func, args, kwargs):
+        """Run the autograd engine with this mode pushed again.
+
+        A mode is popped while its ``__torch_function__`` runs, so calling ``func`` here would
+        run every backward of the graph without the mode, and megatron's backward functions
+        allocate on ``torch.cuda.current_device()`` (the sequence-parallel reduce-scatter in
+        ``LinearWithGradAccumulationAndAsyncCommunication.backward``). So this replays
+        ``torch.autograd.backward``'s argument handling and calls the engine under the mode.
+        """
+        from torch.autograd import _make_grads, _tensor_or_tensors_to_tuple
+        from torch.autograd.graph import _engine_run_backward
+
+        if func is torch.Tensor.backward:
+            tensor, *rest = args
+            names = ("gradient", "retain_graph", "create_graph", "inputs")
+            opts = dict(zip(names, rest), **kwargs)
+            tensors, grads = (tensor,), opts.get("gradient")
+        else:
+            tensors, *rest = args
+            names = ("grad_tensors", "retain_graph", "create_graph", "grad_variables", "inputs")
+            opts = dict(zip(names, rest), **kwargs)
+            tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+            grads = opts.get("grad_tensors")
+        inputs = opts.get("inputs")
+        inputs = () if inputs is None else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs))
+        create_graph = bool(opts.get("create_graph", False))
+        retain_graph = opts.get("retain_graph")
+        retain_graph = create_graph if retain_graph is None else retain_graph
+        grads = _make_grads(tensors, _tensor_or_tensors_to_tuple(grads, len(tensors)), is_grads_batched=False)
+        with self:
+            _engine_run_backward(tensors, grads, retain_graph, create_graph, inputs,
+                                 allow_unreachable=True, accumulate_grad=True)
 
 
 class _InertEvent:

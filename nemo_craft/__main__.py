@@ -1,0 +1,5 @@
+import sys
+
+from nemo_craft.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""megatron's DistributedDataParallel, (distributed) optimizer and lr schedule for model chunks.
+
+    model = wrap_ddp(chunks, parallel_cfg)
+    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-6), parallel_cfg, total_steps=150)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["OptimConfig", "wrap_ddp", "build_optimizer"]
+
+
+@dataclass
+class OptimConfig:
+    """Adam with decoupled weight decay, gradient clipping and a cosine lr schedule."""
+
+    lr: float = 1e-6
+    """Peak learning rate (SPEC.md section 8 uses 1e-6 for the paper's models)."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the cosine decay."""
+    lr_warmup_steps: int = 0
+    lr_decay_style: str = "constant"
+    """"constant", "linear" or "cosine" (megatron's OptimizerParamScheduler)."""
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (over all ranks); 0 disables it."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r}: must be > 0")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr={self.min_lr!r}: must be in [0, lr={self.lr}]")
+        if self.lr_decay_style not in ("constant", "linear", "cosine"):
+            raise ValueError(f"lr_decay_style={self.lr_decay_style!r}: allowed are constant, linear, cosine")
+        if self.clip_grad < 0:
+            raise ValueError(f"clip_grad={self.clip_grad!r}: must be >= 0 (0 disables clipping)")
+
+
+def wrap_ddp(chunks: list, parallel_cfg) -> list:
+    """Wrap each chunk in megatron's DDP (fp32 gradient buffers, reduced over DP x CP)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel_cfg.overlap_grad_reduce,
+        overlap_param_gather=parallel_cfg.overlap_param_gather,
+        use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
+    )
+    wrapped = []
+    for i, chunk in enumerate(chunks):
+        wrapped.append(DistributedDataParallel(
+            config=chunk.config, ddp_config=ddp_cfg, module=chunk,
+            # Megatron-LM turns bucketing off for all but the first VPP chunk: their grads are
+            # ready only at the very end of the backward pass anyway.
+            disable_bucketing=i > 0,
+        ))
+    return wrapped
+
+
+def build_optimizer(model: list, cfg: OptimConfig, parallel_cfg, total_steps: int):
+    """megatron's optimizer (distributed when ``parallel_cfg`` says so) and its lr schedule."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    mc = model[0].config
+    opt_cfg = OptimizerConfig(
+        optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
+        clip_grad=cfg.clip_grad, bf16=mc.params_dtype == torch.bfloat16, params_dtype=mc.params_dtype,
+        use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
+        overlap_param_gather=parallel_cfg.overlap_param_gather,
+    )
+    optimizer = get_megatron_optimizer(opt_cfg, model)
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=cfg.lr if cfg.lr_warmup_steps == 0 else 0.0, max_lr=cfg.lr, min_lr=cfg.min_lr,
+        lr_warmup_steps=cfg.lr_warmup_steps, lr_decay_steps=max(total_steps, cfg.lr_warmup_steps + 1),
+        lr_decay_style=cfg.lr_decay_style, start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
+        wd_incr_steps=max(total_steps, 1), wd_incr_style="constant",
+    )
+    return optimizer, scheduler

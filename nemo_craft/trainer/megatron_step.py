@@ -1,0 +1,150 @@
+"""One adapter between the project's per-token losses and megatron's pipeline schedules.
+
+megatron's ``forward_step_calc_loss`` treats what a loss function returns in one of two ways:
+a 2-tuple ``(loss, metrics)`` is multiplied by ``cp_size / num_microbatches``; a 3-tuple
+``(loss, num_tokens, metrics)`` is divided by ``num_tokens`` and ``num_microbatches`` unless
+``config.calculate_per_token_loss``. This module owns that contract, once:
+
+* training uses the 3-tuple with ``calculate_per_token_loss=True``: a micro-batch returns the
+  *sum* of its per-token losses and its number of valid tokens; DDP then sums gradients over
+  data parallel (scaling factor 1) and ``finalize_model_grads`` divides them by the global token
+  count (all-reduced over DP x CP), which is exactly SPEC.md's ``token_mean`` whatever the split
+  into ranks and micro-batches;
+* forward-only passes (old / teacher / reference log-probs) return per-token values in the
+  metrics dict and a zero loss, and are broadcast from the last pipeline stage to the others.
+
+Micro-batches are dicts of tensors ``[b, s]`` (``input_ids``, ``position_ids``, ``targets`` and
+whatever the loss reads); every pipeline stage iterates the same list, the first stage reads the
+tokens and the last stage the per-token inputs of the loss, which so travel with the micro-batch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional, Sequence
+
+import torch
+
+__all__ = ["forward_only", "forward_backward", "LossFn", "ForwardFn"]
+
+# loss_fn(micro_batch, logits [b, s, V/TP]) -> (sum of per-token losses [], num tokens [], metrics)
+LossFn = Callable[[dict, torch.Tensor], tuple]
+# value_fn(micro_batch, logits [b, s, V/TP]) -> per-token values [b, s] (detached)
+ForwardFn = Callable[[dict, torch.Tensor], torch.Tensor]
+
+
+def _model_forward(model, mb: dict) -> torch.Tensor:
+    return model(mb["input_ids"], mb["position_ids"], None)
+
+
+def _schedule_args(model_chunks, micro_batches: Sequence[dict]) -> dict:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    b, s = micro_batches[0]["input_ids"].shape
+    for i, mb in enumerate(micro_batches):
+        if tuple(mb["input_ids"].shape) != (b, s):
+            raise ValueError(
+                f"micro-batch {i} has shape {tuple(mb['input_ids'].shape)}, micro-batch 0 has {(b, s)}: "
+                "the pipeline schedule needs one shape; pad the step's sequences to one length"
+            )
+    n_chunks = len(model_chunks)
+    iterators = [iter(micro_batches) for _ in range(n_chunks)]  # one per VPP chunk
+    return dict(
+        forward_backward_func=get_forward_backward_func(),
+        data_iterator=iterators if n_chunks > 1 else iterators[0],
+        model=list(model_chunks) if n_chunks > 1 else model_chunks[0],
+        num_microbatches=len(micro_batches),
+        seq_length=s,
+        micro_batch_size=b,
+    )
+
+
+def forward_only(model_chunks: Sequence[torch.nn.Module], micro_batches: Sequence[dict],
+                 value_fn: ForwardFn) -> torch.Tensor:
+    """Per-token values ``[n_mb * b, s]`` of a no-grad pass, on every rank of the pipeline."""
+    from megatron.core import parallel_state as ps
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        output = _model_forward(model, mb)
+        return output, partial(_value_loss, mb)
+
+    def _value_loss(mb, logits):
+        values = value_fn(mb, logits).detach()
+        return torch.zeros((), device=logits.device), {"values": values}
+
+    args = _schedule_args(model_chunks, micro_batches)
+    fb = args.pop("forward_backward_func")
+    for chunk in model_chunks:
+        chunk.eval()
+    try:
+        with torch.no_grad():
+            outputs = fb(forward_step_func=forward_step, forward_only=True, **args)
+    finally:
+        for chunk in model_chunks:
+            chunk.train()
+    b, s = micro_batches[0]["input_ids"].shape
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        values = torch.cat([o["values"] for o in outputs], dim=0).float()
+    else:
+        values = torch.empty(len(micro_batches) * b, s, dtype=torch.float32,
+                             device=micro_batches[0]["input_ids"].device)
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(values, src=ps.get_pipeline_model_parallel_last_rank(),
+                                    group=ps.get_pipeline_model_parallel_group())
+    return values
+
+
+def forward_backward(model_chunks: Sequence[torch.nn.Module], micro_batches: Sequence[dict],
+                     loss_fn: LossFn) -> tuple[torch.Tensor, list[dict]]:
+    """Forward and backward over the micro-batches; gradients end as the global token mean.
+
+    Returns the token-mean loss (all-reduced over DP, broadcast over PP, the same on every rank)
+    and the per-micro-batch metrics dicts of the last pipeline stage (empty elsewhere).
+    Needs ``config.calculate_per_token_loss=True`` on the model (see module docstring).
+    """
+    from megatron.core import parallel_state as ps
+
+    config = model_chunks[0].config
+    if not config.calculate_per_token_loss:
+        raise ValueError("forward_backward needs the model built with calculate_per_token_loss=True "
+                         "(transformer_config_overrides); see nemo_craft.trainer.megatron_step")
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        return _model_forward(model, mb), partial(_train_loss, mb)
+
+    def _train_loss(mb, logits):
+        loss_sum, num_tokens, metrics = loss_fn(mb, logits)
+        metrics = dict(metrics, loss_sum=loss_sum.detach().float(), num_tokens=num_tokens)
+        return loss_sum, num_tokens.to(torch.int), metrics
+
+    args = _schedule_args(model_chunks, micro_batches)
+    fb = args.pop("forward_backward_func")
+    for chunk in model_chunks:
+        if hasattr(chunk, "zero_grad_buffer"):
+            chunk.zero_grad_buffer()
+    outputs = fb(forward_step_func=forward_step, forward_only=False, **args)
+    device = micro_batches[0]["input_ids"].device
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        for o in outputs:
+            totals[0] += o["loss_sum"].double()
+            totals[1] += float(o["num_tokens"])
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(totals, src=ps.get_pipeline_model_parallel_last_rank(),
+                                    group=ps.get_pipeline_model_parallel_group())
+    torch.distributed.all_reduce(totals, group=ps.get_data_parallel_group(with_context_parallel=True))
+    loss = (totals[0] / totals[1].clamp(min=1)).float()
+    return loss, list(outputs) if ps.is_pipeline_last_stage(ignore_virtual=True) else []
+
+
+def target_logprobs_fn(tp_group_getter: Optional[Callable] = None) -> ForwardFn:
+    """A value_fn giving log pi(target) per token ``[b, s]`` from vocab-sharded logits."""
+    from megatron.core import tensor_parallel
+
+    def value_fn(mb: dict, logits: torch.Tensor) -> torch.Tensor:
+        # vocab_parallel_cross_entropy takes [s, b, V/TP] or [b, s, V/TP] alike (last dim vocab)
+        return -tensor_parallel.vocab_parallel_cross_entropy(logits.float(), mb["targets"])
+
+    return value_fn

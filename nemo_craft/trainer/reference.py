@@ -1,0 +1,68 @@
+"""The reference policy pi_ref: the frozen initial weights, swapped into the policy's modules
+for the reference pass and swapped out again (as NeMo-RL does).
+
+Why swapping and not a second model: a second model costs a full copy of the rank's weights
+in GPU memory for a pass that runs once a step; swapping keeps the reference on the host
+(pinned on CUDA, so the copies run at PCIe/NVLink-C2C speed) and the policy's own weights in a
+host stash for the duration of the pass. GPU memory stays that of one model. The swap is exact:
+the policy's parameters are restored bit for bit (a plain ``copy_`` in both directions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
+
+import torch
+
+__all__ = ["ReferenceWeights"]
+
+
+def _named_tensors(model_chunks: Iterable[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
+    for i, chunk in enumerate(model_chunks):
+        for name, param in chunk.named_parameters():
+            yield f"{i}.{name}", param
+        for name, buf in chunk.named_buffers():
+            if buf.is_floating_point():
+                yield f"{i}.{name}", buf
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu",
+                      pin_memory=torch.cuda.is_available())
+    out.copy_(tensor.detach())
+    return out
+
+
+class ReferenceWeights:
+    """Host copy of the rank's shard of the initial weights."""
+
+    def __init__(self, model_chunks: list[torch.nn.Module]):
+        self._ref = {name: _host_copy(t) for name, t in _named_tensors(model_chunks)}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._ref)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self._ref) - set(state))
+        if missing:
+            raise KeyError(f"reference weights are missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        for name, tensor in state.items():
+            self._ref[name].copy_(tensor)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model_chunks: list[torch.nn.Module]):
+        """Inside the block the modules compute pi_ref; afterwards pi_theta again, bit for bit."""
+        stash = {}
+        with torch.no_grad():
+            for name, t in _named_tensors(model_chunks):
+                stash[name] = _host_copy(t)
+                t.copy_(self._ref[name], non_blocking=True)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, t in _named_tensors(model_chunks):
+                    t.copy_(stash[name], non_blocking=True)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
