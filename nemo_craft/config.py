@@ -75,9 +75,12 @@ class RunConfig:
         preset = loss_node.pop("preset", None)
         if preset is None:
             raise ValueError("config section 'loss' needs a 'preset' (pick one with method=NAME)")
+        name = loss_node.pop("name", preset)
         loss = LossConfig.preset(preset, **loss_node)
+        if name != loss.name:
+            loss = dataclasses.replace(loss, name=name)
         env_node = OmegaConf.to_container(cfg.env, resolve=True)
-        env_name = env_node.pop("name", None)
+        env_name = env_node.pop("name", None)  # the rest: config (the env's own), pool
         if env_name is None:
             raise ValueError("config section 'env' needs a 'name' (pick one with env=NAME)")
         return cls(

@@ -1,0 +1,42 @@
+"""``nemo-craft train [key=value ...]``: compose the config and run the RL loop.
+
+Under torchrun/SLURM every rank runs this with the same overrides; run directly, it is one
+process on this machine (world size 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nemo_craft.config import compose
+
+
+def _single_process_env() -> None:
+    """torch.distributed's env:// rendezvous for a run that was not started by a launcher."""
+    if "RANK" in os.environ:
+        return
+    from nemo_craft.testing.distributed import free_port
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("overrides: any key of conf/config.yaml, e.g. method=sdar env=sokoban parallel=tp2 trainer.max_steps=20")
+        return 0
+    cfg = compose(argv)
+    from nemo_craft.trainer.trainer import CraftTrainer
+
+    _single_process_env()
+    trainer = CraftTrainer(cfg)
+    val = trainer.fit()
+    if val and trainer.rank == 0:
+        print(f"[nemo_craft] final validation success {val.get('val/success_rate', float('nan')):.3f}")
+    from nemo_craft.parallel.initialize import destroy_parallel
+
+    destroy_parallel()
+    return 0

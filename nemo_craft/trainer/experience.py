@@ -1,0 +1,101 @@
+"""Experience: trajectories -> the step's detached per-token tensors (SPEC.md section 1).
+
+    exp = make_experience(model, reference, trajectories, loss_cfg, ...)
+
+Old, teacher and reference log-probs come from no-grad passes through megatron's pipeline
+schedule (``megatron_step.forward_only``) over the same micro-batch split as training; then
+GRPO advantages, Delta, CTI and credits (``compute_credits``, sibling sums over DP).
+Shape letters: B trajectories of this DP rank, S student positions, T teacher positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from nemo_craft.losses import LossConfig, TokenBatch, compute_credits
+from nemo_craft.parallel.vocab_parallel import vocab_parallel_token_stats
+from nemo_craft.rollout.trajectory import Trajectory, align_teacher_logprobs, collate_teacher, collate_trajectories
+from nemo_craft.trainer.megatron_step import forward_only
+
+__all__ = ["Experience", "make_experience", "micro_batches", "logprob_fn"]
+
+
+@dataclass
+class Experience:
+    batch: TokenBatch
+    """Per-token inputs of the loss, after ``compute_credits``."""
+    input_ids: torch.Tensor
+    """[B, S] student tokens."""
+    targets: torch.Tensor
+    """[B, S] next tokens (the sampled action tokens where loss_mask)."""
+
+
+def logprob_fn(chunk_size: int = 256):
+    """value_fn for ``forward_only``: log pi(target) per valid token, 0 elsewhere, [b, s]."""
+    from megatron.core import parallel_state as ps
+
+    def value_fn(mb: dict, logits: torch.Tensor) -> torch.Tensor:
+        mask = mb["loss_mask"]
+        stats = vocab_parallel_token_stats(logits, mb["targets"], mask, tp_group=ps.get_tensor_model_parallel_group(),
+                                           chunk_size=chunk_size)
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+        out[mask] = stats.logp.detach().float()
+        return out
+
+    return value_fn
+
+
+def micro_batches(tensors: dict[str, torch.Tensor], micro_batch_size: int) -> list[dict]:
+    """Split [B, ...] tensors into dicts of [micro_batch_size, ...] (B must divide)."""
+    B, S = tensors["input_ids"].shape
+    if B % micro_batch_size:
+        raise ValueError(f"{B} sequences do not split into micro-batches of {micro_batch_size}; "
+                         "make tasks_per_step * group_size / DP a multiple of trainer.micro_batch_size")
+    pos = torch.arange(S, device=tensors["input_ids"].device).unsqueeze(0).expand(micro_batch_size, -1)
+    out = []
+    for i in range(0, B, micro_batch_size):
+        mb = {k: v[i:i + micro_batch_size] for k, v in tensors.items()}
+        mb["position_ids"] = pos
+        out.append(mb)
+    return out
+
+
+def _teacher_mask(tb, student_mask_BS: torch.Tensor) -> torch.Tensor:
+    mask_BT = torch.zeros(tb.input_ids.shape, dtype=torch.bool)
+    rows = torch.arange(student_mask_BS.shape[0]).unsqueeze(1).expand_as(student_mask_BS)
+    mask_BT[rows[student_mask_BS], tb.gather_index[student_mask_BS]] = True
+    return mask_BT
+
+
+def make_experience(model: list, reference, trajectories: Sequence[Trajectory], loss_cfg: LossConfig, *,
+                    pad_id: int, micro_batch_size: int, pad_to_multiple_of: int, dp_group, sample_offset: int,
+                    device: torch.device) -> Experience:
+    """Detached per-token tensors of this DP rank's trajectories, credits included."""
+    sb = collate_trajectories(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
+    S = sb.input_ids.shape[1]
+    tb = collate_teacher(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of, student_length=S)
+    mask = sb.loss_mask
+    fn = logprob_fn(loss_cfg.chunk_size)
+    student = {"input_ids": sb.input_ids.to(device), "targets": sb.targets.to(device), "loss_mask": mask.to(device)}
+    student_mbs = micro_batches(student, micro_batch_size)
+    logp_old = forward_only(model, student_mbs, fn)
+    teacher = {"input_ids": tb.input_ids.to(device), "targets": tb.targets.to(device),
+               "loss_mask": _teacher_mask(tb, mask).to(device)}
+    logp_teacher = align_teacher_logprobs(forward_only(model, micro_batches(teacher, micro_batch_size), fn),
+                                          tb.gather_index)
+    with reference.swapped_in(model):
+        logp_ref = forward_only(model, student_mbs, fn)
+    m = mask.to(device)
+    zero = torch.zeros((), device=device)
+    batch = TokenBatch(
+        logp_old=torch.where(m, logp_old, zero), logp_teacher=torch.where(m, logp_teacher, zero),
+        logp_ref=torch.where(m, logp_ref, zero), loss_mask=m,
+        rewards=sb.rewards.to(device), group_ids=sb.group_ids.to(device),
+        turn_ids=sb.turn_ids.to(device), pos_in_turn=sb.pos_in_turn.to(device),
+        sample_ids=torch.arange(len(trajectories), device=device) + sample_offset,
+    )
+    batch = compute_credits(batch, loss_cfg, dp_group=dp_group)
+    return Experience(batch=batch, input_ids=student["input_ids"], targets=student["targets"])

@@ -1,0 +1,367 @@
+"""The RL loop (NeMo-Aligner style): a trainer object with ``fit()``.
+
+Per step: draw N tasks (split over data-parallel ranks), roll out G siblings each (all episodes
+batched per turn), score them, prepare experience (old / teacher / reference log-probs, GRPO
+advantages, credits), train one optimizer step over micro-batches through megatron's schedule,
+update the controller from the step's global gate activity, log, validate every
+``val_every`` steps, checkpoint every ``save_every`` steps. The method is only the loss config.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from nemo_craft.config import RunConfig, to_dataclass
+from nemo_craft.losses import ControllerState, policy_loss
+from nemo_craft.parallel.ddp import OptimConfig
+from nemo_craft.trainer.warm_start import WarmStartConfig
+
+__all__ = ["TrainerConfig", "CraftTrainer", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 30
+    micro_batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    lr_warmup_steps: int = 0
+    lr_decay_style: str = "cosine"
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    clip_grad: float = 1.0
+    val_every: int = 5
+    """Validate every this many steps (and before the first and after the last); 0: never."""
+    val_tasks: int = 64
+    val_seed_offset: int = 1_000_000
+    """Validation task seeds start here, so they never overlap training tasks."""
+    max_nan_steps: int = 3
+    """A step whose loss or gradient is not finite is skipped and counted; this many in a row stop the run."""
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.warm_start, dict):
+            self.warm_start = WarmStartConfig(**self.warm_start)
+        if self.max_steps < 0 or self.micro_batch_size < 1 or self.max_nan_steps < 1:
+            raise ValueError(f"trainer.max_steps={self.max_steps}, micro_batch_size={self.micro_batch_size}, "
+                             f"max_nan_steps={self.max_nan_steps}: need >= 0, >= 1, >= 1")
+
+    def optim(self, lr: Optional[float] = None) -> OptimConfig:
+        return OptimConfig(lr=lr or self.lr, min_lr=min(self.min_lr, lr or self.lr),
+                           lr_warmup_steps=self.lr_warmup_steps, lr_decay_style=self.lr_decay_style,
+                           weight_decay=self.weight_decay, adam_beta1=self.adam_beta1,
+                           adam_beta2=self.adam_beta2, clip_grad=self.clip_grad)
+
+
+class CraftTrainer:
+    """Builds everything from the composed config; ``fit()`` runs the loop."""
+
+    def __init__(self, cfg, *, init_method: Optional[str] = None):
+        self.cfg = cfg
+        self.run = RunConfig.from_omegaconf(cfg)
+        self.tcfg = to_dataclass(TrainerConfig, cfg.trainer, "trainer")
+        self._init_method = init_method
+        self.run_dir = Path(cfg.run_dir)
+
+    # -- set-up -------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from megatron.core import parallel_state as ps
+
+        from nemo_craft.envs import PoolConfig, env_factory
+        from nemo_craft.models.hf import load_hf_weights
+        from nemo_craft.models.provider import build_model
+        from nemo_craft.models.tokenizer import load_tokenizer
+        from nemo_craft.parallel.cpu_mode import compute_device
+        from nemo_craft.parallel.ddp import build_optimizer, wrap_ddp
+        from nemo_craft.parallel.initialize import initialize_parallel
+        from nemo_craft.rollout.episodes import EpisodeRunner, RolloutConfig
+        from nemo_craft.rollout.generation import Generator
+        from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+        from nemo_craft.trainer.logger import LoggingConfig, MetricsLogger
+        from nemo_craft.trainer.reference import ReferenceWeights
+
+        run, cfg = self.run, self.cfg
+        self.dp_size = initialize_parallel(run.parallel, seed=int(cfg.seed), init_method=self._init_method)
+        run.model.validate_layout(run.parallel)
+        self.rollout_cfg = to_dataclass(RolloutConfig, cfg.rollout, "rollout")
+        self._check_batch_layout()
+        self.device = compute_device()
+        self.rank = dist.get_rank()
+        self.dp_group = ps.get_data_parallel_group() if self.dp_size > 1 else None
+        chunks = build_model(run.model, run.parallel, transformer_config_overrides={"calculate_per_token_loss": True})
+        if run.model.hf_path:
+            load_hf_weights(chunks, run.model, run.model.hf_path)
+        self.model = wrap_ddp(chunks, run.parallel)
+        self.reference = ReferenceWeights(self.model)
+        self.tokenizer = load_tokenizer(run.model.tokenizer, hf_path=run.model.hf_path)
+        total = self.tcfg.max_steps
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), run.parallel, total)
+        env_node = dict(run.env_kwargs)
+        self.env_cfg = env_node.get("config", {})
+        pool = PoolConfig(**env_node.get("pool", {}))
+        self.generator = Generator(self.model, self.tokenizer, self.rollout_cfg.generation_config())
+        self.runner = EpisodeRunner(self.generator, self.tokenizer, env_factory(run.env_name, **self.env_cfg),
+                                    self.rollout_cfg, pool)
+        self.controller = ControllerState.initial(run.loss)
+        self.ckpt = CheckpointManager(to_dataclass(CheckpointConfig, cfg.checkpoint, "checkpoint"))
+        self.step = 0
+        self.nan_in_a_row = 0
+        self.nan_steps = 0
+        resumed = self._maybe_resume()
+        self.logger = MetricsLogger(to_dataclass(LoggingConfig, cfg.logging, "logging"), self.run_dir,
+                                    rank=self.rank, total_steps=total, start_step=self.step,
+                                    config_dict=OmegaConf.to_container(cfg, resolve=True))
+        self.resumed = resumed
+
+    def _check_batch_layout(self) -> None:
+        r, t = self.rollout_cfg, self.tcfg
+        if r.tasks_per_step % self.dp_size:
+            raise ValueError(f"rollout.tasks_per_step={r.tasks_per_step} does not split over {self.dp_size} "
+                             f"data-parallel ranks; use a multiple of {self.dp_size}")
+        per_rank = r.tasks_per_step // self.dp_size * r.group_size
+        if per_rank % t.micro_batch_size:
+            raise ValueError(f"{per_rank} trajectories per data-parallel rank (tasks_per_step/DP * group_size) "
+                             f"do not split into trainer.micro_batch_size={t.micro_batch_size}")
+
+    def _maybe_resume(self) -> bool:
+        state = self.ckpt.load(self.model, self.optimizer, self.scheduler)
+        if state is None:
+            return False
+        self.step = int(state["step"])
+        self.controller.load_state_dict(state["controller"])
+        self.reference.load_state_dict(state["reference"])
+        self.nan_steps = int(state.get("nan_steps", 0))
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        from nemo_craft.trainer.preemption import PreemptionHandler
+
+        self.setup()
+        preempt = PreemptionHandler()
+        last_val: dict = {}
+        if not self.resumed and self.tcfg.warm_start.steps:
+            self._warm_start()
+        if not self.resumed and self.tcfg.val_every:
+            last_val = self.validate()
+        while self.step < self.tcfg.max_steps:
+            metrics = self.train_step()
+            self.step += 1
+            self.logger.log(self.step, metrics)
+            self.logger.progress(self.step, metrics)
+            if self.tcfg.val_every and (self.step % self.tcfg.val_every == 0 or self.step == self.tcfg.max_steps):
+                last_val = self.validate()
+            if self.ckpt.should_save(self.step) or self.step == self.tcfg.max_steps:
+                self.save()
+            if preempt.should_stop():
+                if not self.ckpt.should_save(self.step):
+                    self.save()
+                self.close()
+                preempt.exit()
+        self.close()
+        return last_val
+
+    def save(self) -> None:
+        if self.ckpt.config.dir is None:
+            return
+        extra = {"step": self.step, "controller": self.controller.state_dict(), "nan_steps": self.nan_steps,
+                 "reference": self.reference.state_dict()}
+        self.ckpt.save(self.step, self.model, self.optimizer, self.scheduler, extra,
+                       OmegaConf.to_yaml(self.cfg, resolve=True))
+
+    def close(self) -> None:
+        from nemo_craft.trainer.logger import plot_curves
+
+        self.runner.close()
+        self.logger.close()
+        if self.rank == 0 and self.logger.cfg.plot and self.logger.jsonl_path.exists():
+            png = plot_curves(self.logger.jsonl_path, self.run_dir / "curves.png",
+                              title=f"{self.run.loss.name} on {self.run.env_name}")
+            print(f"[nemo_craft] metrics: {self.logger.jsonl_path}\n[nemo_craft] tensorboard: "
+                  f"{self.logger.tb_dir}\n[nemo_craft] plot: {png}", flush=True)
+
+    # -- one step -----------------------------------------------------------------------------------
+
+    def _task_seeds(self) -> tuple[list[int], int]:
+        from megatron.core import parallel_state as ps
+
+        n_local = self.rollout_cfg.tasks_per_step // self.dp_size
+        first = self.step * self.rollout_cfg.tasks_per_step + ps.get_data_parallel_rank() * n_local
+        seed0 = int(self.cfg.seed) * 7_919
+        return [seed0 + first + i for i in range(n_local)], first
+
+    def train_step(self) -> dict:
+        from nemo_craft.trainer.experience import make_experience, micro_batches
+        from nemo_craft.trainer.megatron_step import forward_backward
+
+        t0 = time.perf_counter()
+        seeds, first = self._task_seeds()
+        trajs = self.runner.run(seeds, seed=int(self.cfg.seed) * 1_000_003 + self.step, group_offset=first)
+        t1 = time.perf_counter()
+        exp = make_experience(self.model, self.reference, trajs, self.run.loss, pad_id=self.tokenizer.pad_id,
+                              micro_batch_size=self.tcfg.micro_batch_size, pad_to_multiple_of=self._pad_multiple(),
+                              dp_group=self.dp_group, sample_offset=first * self.rollout_cfg.group_size,
+                              device=self.device)
+        t2 = time.perf_counter()
+        batch, cfg, state = exp.batch, self.run.loss, self.controller
+        tp_group = self._tp_group()
+        tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
+                   "index": torch.arange(exp.input_ids.shape[0], device=self.device)}
+
+        def loss_fn(mb, logits):
+            sub = batch.select(mb["index"])
+            loss_sum, m = policy_loss(logits, mb["targets"], sub, cfg, state, tp_group=tp_group, num_global_tokens=1)
+            return loss_sum, sub.loss_mask.sum(), m
+
+        loss, mb_metrics = forward_backward(self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn)
+        ok, grad_norm = self._optimizer_step(loss)
+        t3 = time.perf_counter()
+        gate_activity = float(batch.stats.get("gate_activity", 0.0))
+        self.controller = self.controller.update(gate_activity)
+        metrics = self._step_metrics(trajs, batch, loss, grad_norm, ok, mb_metrics)
+        n_tokens = sum(len(t.token_ids) for t in trajs)
+        metrics.update({"time/rollout_s": t1 - t0, "time/experience_s": t2 - t1, "time/train_s": t3 - t2,
+                        "perf/tokens_per_s": n_tokens * self.dp_size / max(t3 - t0, 1e-9)})
+        return metrics
+
+    def _optimizer_step(self, loss: torch.Tensor) -> tuple[bool, float]:
+        finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() == 1.0:
+            ok, grad_norm, _ = self.optimizer.step()
+            ok = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
+        else:
+            ok, grad_norm = False, float("nan")
+        if ok:
+            self.scheduler.step(1)
+            self.nan_in_a_row = 0
+            return True, float(grad_norm)
+        self.optimizer.zero_grad()
+        self.nan_steps += 1
+        self.nan_in_a_row += 1
+        if self.rank == 0:
+            print(f"[nemo_craft] step {self.step + 1}: non-finite loss or gradient ({loss.item()}); "
+                  f"step skipped ({self.nan_in_a_row} in a row, {self.nan_steps} in all)", flush=True)
+        if self.nan_in_a_row >= self.tcfg.max_nan_steps:
+            raise NonFiniteLossError(
+                f"{self.nan_in_a_row} steps in a row had a non-finite loss or gradient (trainer.max_nan_steps="
+                f"{self.tcfg.max_nan_steps}); stopping. Lower trainer.lr, check the reward scale, or resume "
+                "from the last checkpoint")
+        return False, float("nan")
+
+    def _step_metrics(self, trajs, batch, loss, grad_norm, ok, mb_metrics) -> dict:
+        n = len(trajs)
+        local = torch.tensor([sum(t.reward for t in trajs), sum(float(t.success) for t in trajs),
+                              sum(t.num_turns for t in trajs), sum(t.n_invalid for t in trajs), n],
+                             dtype=torch.float64, device=self.device)
+        sums = {}
+        for m in mb_metrics:
+            for k, v in m.items():
+                if k.startswith("loss/"):
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        keys = sorted(sums)
+        loss_terms = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        self._reduce_over_dp(local)
+        self._reduce_over_dp(loss_terms, broadcast_from_last_stage=True)
+        n_global = max(float(batch.num_global_tokens or 1), 1.0)
+        out = {"rollout/reward_mean": local[0].item() / local[4].item(),
+               "rollout/success_rate": local[1].item() / local[4].item(),
+               "rollout/turns_mean": local[2].item() / local[4].item(),
+               "rollout/invalid_per_episode": local[3].item() / local[4].item(),
+               "train/loss": loss.item(), "train/grad_norm": grad_norm, "train/step_ok": float(ok),
+               "train/nan_steps": self.nan_steps, "train/lr": self.optimizer.param_groups[0]["lr"]}
+        out.update({k: loss_terms[i].item() / n_global for i, k in enumerate(keys)})
+        out.update({f"credit/{k}": v for k, v in batch.stats.items() if isinstance(v, (int, float))})
+        out.update(self.controller.metrics())
+        return out
+
+    def _reduce_over_dp(self, t: torch.Tensor, broadcast_from_last_stage: bool = False) -> None:
+        from megatron.core import parallel_state as ps
+
+        if broadcast_from_last_stage and ps.get_pipeline_model_parallel_world_size() > 1:
+            dist.broadcast(t, src=ps.get_pipeline_model_parallel_last_rank(),
+                           group=ps.get_pipeline_model_parallel_group())
+        if self.dp_size > 1:
+            dist.all_reduce(t, group=ps.get_data_parallel_group())
+
+    def _tp_group(self):
+        from megatron.core import parallel_state as ps
+
+        return ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+
+    def _pad_multiple(self) -> int:
+        p = self.run.parallel
+        return p.tensor_model_parallel_size if p.sequence_parallel else 1
+
+    # -- validation and warm start ----------------------------------------------------------------
+
+    def validate(self) -> dict:
+        from megatron.core import parallel_state as ps
+
+        n_local = max(self.tcfg.val_tasks // self.dp_size, 1)
+        base = self.tcfg.val_seed_offset + ps.get_data_parallel_rank() * n_local
+        trajs = self.runner.run([base + i for i in range(n_local)], seed=int(self.cfg.seed), group_size=1,
+                                validation=True)
+        local = torch.tensor([sum(float(t.success) for t in trajs), sum(t.reward for t in trajs),
+                              sum(t.score for t in trajs), sum(t.num_turns for t in trajs), len(trajs)],
+                             dtype=torch.float64, device=self.device)
+        self._reduce_over_dp(local)
+        n = local[4].item()
+        out = {"val/success_rate": local[0].item() / n, "val/reward_mean": local[1].item() / n,
+               "val/score_mean": local[2].item() / n, "val/turns_mean": local[3].item() / n}
+        self.logger.log(self.step, out)
+        if self.rank == 0:
+            print(f"[nemo_craft] step {self.step}: validation success {out['val/success_rate']:.3f} "
+                  f"reward {out['val/reward_mean']:.3f} ({int(n)} tasks)", flush=True)
+        return out
+
+    def _warm_start(self) -> None:
+        from megatron.core import parallel_state as ps
+
+        from nemo_craft.parallel.ddp import build_optimizer
+        from nemo_craft.rollout.conversation import ChatFormat
+        from nemo_craft.trainer.experience import micro_batches
+        from nemo_craft.trainer.megatron_step import forward_backward
+        from nemo_craft.trainer.warm_start import demonstrations, sft_loss_fn
+        from nemo_craft.rollout.trajectory import collate_trajectories
+
+        ws = self.tcfg.warm_start
+        optimizer, _ = build_optimizer(self.model, self.tcfg.optim(ws.lr), self.run.parallel, ws.steps)
+        fmt = ChatFormat(self.tokenizer, system_prompt=self.rollout_cfg.system_prompt,
+                         end_of_turn_ids=self.tokenizer.stop_ids)
+        per_rank = ws.batch_size // self.dp_size
+        mbs_size = math.gcd(per_rank, self.tcfg.micro_batch_size)
+        for s in range(ws.steps):
+            first = 500_000_000 + (s * self.dp_size + ps.get_data_parallel_rank()) * per_rank
+            demos = demonstrations(self.run.env_name, self.env_cfg, fmt, self.tokenizer,
+                                   list(range(first, first + per_rank)), ws.privileged_fraction,
+                                   self.rollout_cfg.observation_message)
+            sb = collate_trajectories(demos, pad_id=self.tokenizer.pad_id, pad_to_multiple_of=self._pad_multiple())
+            tensors = {"input_ids": sb.input_ids.to(self.device), "targets": sb.targets.to(self.device),
+                       "loss_mask": sb.loss_mask.to(self.device)}
+            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size))
+            optimizer.step()
+            if self.rank == 0 and (s + 1) % max(ws.steps // 5, 1) == 0:
+                print(f"[nemo_craft] warm start {s + 1}/{ws.steps}: nll {loss.item():.4f}", flush=True)
+        # RL starts from the warm-started weights: pi_ref is them, and the RL optimizer is built
+        # afresh (a mixed-precision optimizer holds its own fp32 copy of the weights).
+        from nemo_craft.trainer.reference import ReferenceWeights
+
+        self.reference = ReferenceWeights(self.model)
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), self.run.parallel,
+                                                         self.tcfg.max_steps)

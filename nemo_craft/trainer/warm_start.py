@@ -1,0 +1,86 @@
+"""Warm start: supervised steps on the environment's privileged plans before RL.
+
+A tiny model trained from scratch knows neither the action format nor how to read a privileged
+plan, so CRAFT's teacher (the policy shown the plan) would be no better than the student. The
+warm start trains on solver demonstrations, a ``privileged_fraction`` of them shown with the
+plan as the system message (the teacher's view) and the rest without (the student's view), in
+the same token format as rollouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from nemo_craft.envs import make_env
+from nemo_craft.rollout.conversation import ChatFormat
+from nemo_craft.rollout.trajectory import Trajectory
+
+__all__ = ["WarmStartConfig", "demonstration", "sft_loss_fn"]
+
+
+@dataclass
+class WarmStartConfig:
+    steps: int = 0
+    """Supervised steps (0: no warm start)."""
+    lr: float = 3e-3
+    batch_size: int = 32
+    """Demonstrations per step (over all data-parallel ranks)."""
+    privileged_fraction: float = 0.5
+    """Share of demonstrations whose prompt carries the privileged plan."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError(f"warm_start.steps={self.steps} / batch_size={self.batch_size}: need >= 0 / >= 1")
+        if not 0.0 <= self.privileged_fraction <= 1.0:
+            raise ValueError(f"warm_start.privileged_fraction={self.privileged_fraction}: must be in [0, 1]")
+
+
+def demonstration(env, fmt: ChatFormat, tokenizer, seed: int, *, privileged: bool,
+                  observation_message: str = "observation") -> Trajectory:
+    """The expert's episode on task ``seed`` as a Trajectory (action tokens in the loss mask)."""
+    _, priv, _ = env.reset(seed)
+    prompt = env.render_prompt()
+    tr = Trajectory(task_seed=seed, group_id=0, sibling_index=0)
+    ids = fmt.teacher_prompt_ids(prompt, env.render_privileged(priv)) if privileged else fmt.prompt_ids(prompt)
+    tr.append(ids)
+    tr.prompt_length = len(ids)
+    for turn, action in enumerate(env.expert_actions()):
+        action_ids = tokenizer.encode(action)
+        tr.append(action_ids, turn=turn, logprobs=[0.0] * len(action_ids))
+        obs, reward, done, info = env.step(action)
+        tr.reward += reward
+        if done:
+            tr.success = bool(info.get("success", False))
+            break
+        user = obs if observation_message == "observation" else env.render_prompt()
+        tr.append(fmt.continuation_ids(action_ids, user))
+    return tr
+
+
+def demonstrations(env_name: str, env_kwargs: dict, fmt: ChatFormat, tokenizer, seeds: Sequence[int],
+                   privileged_fraction: float, observation_message: str) -> list[Trajectory]:
+    env = make_env(env_name, **env_kwargs)
+    try:
+        n_priv = round(len(seeds) * privileged_fraction)
+        return [demonstration(env, fmt, tokenizer, s, privileged=i < n_priv, observation_message=observation_message)
+                for i, s in enumerate(seeds)]
+    finally:
+        env.close()
+
+
+def sft_loss_fn(chunk_size: int):
+    """Summed negative log-likelihood of the action tokens (megatron_step's 3-tuple contract)."""
+    from megatron.core import parallel_state as ps
+
+    from nemo_craft.parallel.vocab_parallel import vocab_parallel_token_stats
+
+    def loss_fn(mb: dict, logits: torch.Tensor):
+        mask = mb["loss_mask"]
+        stats = vocab_parallel_token_stats(logits, mb["targets"], mask, tp_group=ps.get_tensor_model_parallel_group(),
+                                           chunk_size=chunk_size)
+        return -stats.logp.sum(), mask.sum(), {}
+
+    return loss_fn
