@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 extras="hf"
-[ "${1:-}" = "test" ] && extras="hf,test"
+[ "${1:-}" = "test" ] && extras="hf,envs,test"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     "$PY" -m pip install torch

@@ -15,8 +15,10 @@ Ranks fork from a server process that has imported torch and megatron-core once
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import time
@@ -70,6 +72,7 @@ def _use_nccl(world_size: int) -> bool:
 
 def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequence[Any], results) -> None:
     global _LAYOUT
+    faulthandler.enable()  # a rank killed by a signal (a C++ abort in gloo) still shows where it was
     try:
         os.environ.update(
             RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(layout.world_size),
@@ -94,10 +97,31 @@ def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequenc
         _LAYOUT = layout
         initialize_parallel(cfg, seed=layout.seed, init_method=f"tcp://127.0.0.1:{port}")
         out = fn(*args)
-        results.put((rank, "ok", out))
+        # Plain pickle: tensors travel by value, not as shared-memory handles that die with the rank.
+        results.put((rank, "ok", pickle.dumps(out)))
         destroy_parallel()
     except BaseException:  # noqa: BLE001 - report everything, including SystemExit
         results.put((rank, "error", traceback.format_exc()))
+
+
+def _describe_failures(layout: Layout, rank: int, error: str, results, procs, outputs, grace: float = 3.0) -> str:
+    """The failure report: every rank that failed within ``grace`` seconds of the first, the
+    likely root cause first (a rank whose peer died fails too, with a connection error)."""
+    errors = {rank: error}
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            r, status, value = results.get(timeout=max(end - time.monotonic(), 0.01))
+        except queue.Empty:
+            break
+        if status == "error":
+            errors[r] = value
+    secondary = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    for r, p in enumerate(procs):
+        if r not in errors and r not in outputs and not p.is_alive() and p.exitcode not in (0, None):
+            errors[r] = f"died with exit code {p.exitcode} without reporting (a signal, os._exit or out of memory)"
+    order = sorted(errors, key=lambda r: (any(m in errors[r] for m in secondary), r))
+    return "\n".join(f"rank {r} of layout {asdict(layout)} failed:\n{errors[r]}" for r in order)
 
 
 def _context():
@@ -127,7 +151,9 @@ def run_distributed(
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(r, layout, port, fn, tuple(args), results), daemon=True)
+        # Not daemonic: megatron's checkpoint writer forks workers, which daemonic processes may not.
+        # Every rank is killed on the way out below, so none is left behind.
+        ctx.Process(target=_rank_main, args=(r, layout, port, fn, tuple(args), results), daemon=False)
         for r in range(world_size)
     ]
     for p in procs:
@@ -155,8 +181,8 @@ def run_distributed(
                     )
                 continue
             if status == "error":
-                raise DistributedTestError(f"rank {rank} of layout {asdict(layout)} failed:\n{value}")
-            outputs[rank] = value
+                raise DistributedTestError(_describe_failures(layout, rank, value, results, procs, outputs))
+            outputs[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=5 if len(outputs) == world_size else 0.1)

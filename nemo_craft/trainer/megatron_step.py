@@ -96,12 +96,15 @@ def forward_only(model_chunks: Sequence[torch.nn.Module], micro_batches: Sequenc
 
 
 def forward_backward(model_chunks: Sequence[torch.nn.Module], micro_batches: Sequence[dict],
-                     loss_fn: LossFn) -> tuple[torch.Tensor, list[dict]]:
+                     loss_fn: LossFn, optimizer=None) -> tuple[torch.Tensor, list[dict]]:
     """Forward and backward over the micro-batches; gradients end as the global token mean.
 
     Returns the token-mean loss (all-reduced over DP, broadcast over PP, the same on every rank)
     and the per-micro-batch metrics dicts of the last pipeline stage (empty elsewhere).
     Needs ``config.calculate_per_token_loss=True`` on the model (see module docstring).
+    ``optimizer``: its ``zero_grad`` runs first, as Megatron-LM's train step does: after a step
+    the fp32 optimizer leaves ``param.grad`` aliasing ``main_grad``, and a backward into that
+    alias would add this step's gradient twice.
     """
     from megatron.core import parallel_state as ps
 
@@ -124,6 +127,8 @@ def forward_backward(model_chunks: Sequence[torch.nn.Module], micro_batches: Seq
     for chunk in model_chunks:
         if hasattr(chunk, "zero_grad_buffer"):
             chunk.zero_grad_buffer()
+    if optimizer is not None:
+        optimizer.zero_grad()
     outputs = fb(forward_step_func=forward_step, forward_only=False, **args)
     device = micro_batches[0]["input_ids"].device
     totals = torch.zeros(2, dtype=torch.float64, device=device)

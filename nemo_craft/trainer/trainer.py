@@ -113,7 +113,9 @@ class CraftTrainer:
         env_node = dict(run.env_kwargs)
         self.env_cfg = env_node.get("config", {})
         pool = PoolConfig(**env_node.get("pool", {}))
-        self.generator = Generator(self.model, self.tokenizer, self.rollout_cfg.generation_config())
+        # Generation runs the bare chunks (megatron's inference wrapper calls set_input_tensor on them);
+        # they hold the same parameters as the DDP-wrapped training model.
+        self.generator = Generator(chunks, self.tokenizer, self.rollout_cfg.generation_config())
         self.runner = EpisodeRunner(self.generator, self.tokenizer, env_factory(run.env_name, **self.env_cfg),
                                     self.rollout_cfg, pool)
         self.controller = ControllerState.initial(run.loss)
@@ -172,7 +174,7 @@ class CraftTrainer:
                 if not self.ckpt.should_save(self.step):
                     self.save()
                 self.close()
-                preempt.exit()
+                preempt.exit(self.step)
         self.close()
         return last_val
 
@@ -228,7 +230,8 @@ class CraftTrainer:
             loss_sum, m = policy_loss(logits, mb["targets"], sub, cfg, state, tp_group=tp_group, num_global_tokens=1)
             return loss_sum, sub.loss_mask.sum(), m
 
-        loss, mb_metrics = forward_backward(self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn)
+        loss, mb_metrics = forward_backward(self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn,
+                                            self.optimizer)
         ok, grad_norm = self._optimizer_step(loss)
         t3 = time.perf_counter()
         gate_activity = float(batch.stats.get("gate_activity", 0.0))
@@ -274,10 +277,11 @@ class CraftTrainer:
             for k, v in m.items():
                 if k.startswith("loss/"):
                     sums[k] = sums.get(k, 0.0) + float(v)
+        sums = self._from_last_stage(sums)  # only the last pipeline stage computed the loss
         keys = sorted(sums)
         loss_terms = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
         self._reduce_over_dp(local)
-        self._reduce_over_dp(loss_terms, broadcast_from_last_stage=True)
+        self._reduce_over_dp(loss_terms)
         n_global = max(float(batch.num_global_tokens or 1), 1.0)
         out = {"rollout/reward_mean": local[0].item() / local[4].item(),
                "rollout/success_rate": local[1].item() / local[4].item(),
@@ -290,12 +294,20 @@ class CraftTrainer:
         out.update(self.controller.metrics())
         return out
 
-    def _reduce_over_dp(self, t: torch.Tensor, broadcast_from_last_stage: bool = False) -> None:
+    @staticmethod
+    def _from_last_stage(obj):
         from megatron.core import parallel_state as ps
 
-        if broadcast_from_last_stage and ps.get_pipeline_model_parallel_world_size() > 1:
-            dist.broadcast(t, src=ps.get_pipeline_model_parallel_last_rank(),
-                           group=ps.get_pipeline_model_parallel_group())
+        if ps.get_pipeline_model_parallel_world_size() == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
+                                   group=ps.get_pipeline_model_parallel_group())
+        return box[0]
+
+    def _reduce_over_dp(self, t: torch.Tensor) -> None:
+        from megatron.core import parallel_state as ps
+
         if self.dp_size > 1:
             dist.all_reduce(t, group=ps.get_data_parallel_group())
 
@@ -354,7 +366,8 @@ class CraftTrainer:
             sb = collate_trajectories(demos, pad_id=self.tokenizer.pad_id, pad_to_multiple_of=self._pad_multiple())
             tensors = {"input_ids": sb.input_ids.to(self.device), "targets": sb.targets.to(self.device),
                        "loss_mask": sb.loss_mask.to(self.device)}
-            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size))
+            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size),
+                                       optimizer)
             optimizer.step()
             if self.rank == 0 and (s + 1) % max(ws.steps // 5, 1) == 0:
                 print(f"[nemo_craft] warm start {s + 1}/{ws.steps}: nll {loss.item():.4f}", flush=True)

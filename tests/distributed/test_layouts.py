@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nemo_craft.testing.distributed import run_distributed
-from nemo_craft.testing.tiny_hf import make_tiny_hf_model
+from nemo_craft.models.tiny_hf import make_tiny_hf_checkpoint
 from tests.distributed import _bodies_layouts as bodies
 
 # name: (world_size, tp, pp, vpp, sp)
@@ -21,7 +21,7 @@ LAYOUTS = {
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    return str(make_tiny_hf_model(tmp_path_factory.mktemp("hf"), "qwen3", num_layers=4))
+    return make_tiny_hf_checkpoint(str(tmp_path_factory.mktemp("hf")), "qwen3", num_layers=4, vocab_size=256)
 
 
 def _run(hf_dir, world_size, tp=1, pp=1, vpp=None, sp=False, distributed_optimizer=False, disable_fixes=False):

@@ -1,0 +1,71 @@
+"""Rank bodies for the end-to-end training tests."""
+
+import json
+
+import numpy as np
+
+SMALL = [
+    "rollout.tasks_per_step=2", "rollout.group_size=2", "trainer.micro_batch_size=2",
+    "rollout.max_tokens_per_turn=8", "rollout.max_tokens_per_episode=24", "env.config.max_turns=3",
+    "env.config.template=compact", "env.config.history_length=0", "trainer.val_tasks=2", "trainer.val_every=0",
+    "logging.progress_bar=false", "logging.plot=false",
+]
+
+
+class Killed(Exception):
+    pass
+
+
+def train(run_dir: str, overrides: list, parallel: dict | None = None, kill_at_step: int | None = None):
+    """Run ``nemo-craft train`` in this rank; return the parameters (numpy) and the metrics rows.
+    ``kill_at_step``: the process dies in the middle of that step (after its rollouts)."""
+    from megatron.core import parallel_state as ps
+
+    from nemo_craft.config import compose
+    from nemo_craft.trainer.trainer import CraftTrainer
+
+    extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
+    cfg = compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides))
+    trainer = CraftTrainer(cfg)
+    if kill_at_step is not None:
+        real_step = trainer.train_step
+
+        def train_step():
+            if trainer.step + 1 == kill_at_step:
+                trainer.runner.run([0], seed=0)  # some work, then the kill
+                raise Killed()
+            return real_step()
+
+        trainer.train_step = train_step
+    try:
+        trainer.fit()
+    except Killed:
+        pass
+    params = {f"{i}.{n}": p.detach().float().cpu().numpy().copy()
+              for i, c in enumerate(trainer.model) for n, p in c.named_parameters()}
+    rows = []
+    if ps.get_data_parallel_rank() == 0 and trainer.rank == 0:
+        rows = [json.loads(line) for line in open(trainer.logger.jsonl_path)]
+    return {"params": params, "rows": rows, "step": trainer.step}
+
+
+def nan_loss_run(run_dir: str, overrides: list):
+    """Train with a loss poisoned to NaN: steps are skipped and counted, then the run stops."""
+    from nemo_craft.config import compose
+    from nemo_craft.trainer import trainer as trainer_mod
+
+    cfg = compose(SMALL + [f"run_dir={run_dir}"] + list(overrides))
+    real = trainer_mod.policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        return loss * float("nan"), metrics
+
+    trainer_mod.policy_loss = poisoned
+    t = trainer_mod.CraftTrainer(cfg)
+    try:
+        t.fit()
+    except trainer_mod.NonFiniteLossError as err:
+        return {"error": str(err), "nan_steps": t.nan_steps, "step": t.step,
+                "params_finite": all(np.isfinite(p.detach().numpy()).all() for c in t.model for p in c.parameters())}
+    return {"error": None}

@@ -1,0 +1,76 @@
+"""The RL loop end to end: a TP2xPP2 run, bit-exact resume, and bad input."""
+
+import numpy as np
+import pytest
+
+from nemo_craft.testing.distributed import DistributedTestError, run_distributed
+from tests.e2e import _bodies_train as bodies
+
+_VOLATILE = ("time/", "perf/")
+
+
+def _stable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(_VOLATILE)} for r in rows]
+
+
+def test_two_steps_at_tp2_pp2(tmp_path):
+    outs = run_distributed(bodies.train, world_size=4, tp=2, pp=2, timeout=600,
+                           args=(str(tmp_path / "run"), ["trainer.max_steps=2", "checkpoint.save_every=0"],
+                                 {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2}))
+    assert all(o["step"] == 2 for o in outs)
+    rows = outs[0]["rows"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert np.isfinite(r["train/loss"]) and r["train/step_ok"] == 1.0
+        assert 0.0 <= r["credit/gate_activity"] <= 1.0
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    assert (tmp_path / "run" / "checkpoints").exists()  # the final step is always saved
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    common = ["checkpoint.save_every=2", "checkpoint.keep_last=3"]
+    straight = run_distributed(bodies.train, world_size=1, timeout=600,
+                               args=(str(tmp_path / "a"), common + ["trainer.max_steps=4"]))[0]
+    first = run_distributed(bodies.train, world_size=1, timeout=600,
+                            args=(str(tmp_path / "b"), common + ["trainer.max_steps=4"], None, 3))[0]
+    assert first["step"] == 2
+    # A fresh process (the first one has exited), resuming from the step-2 checkpoint.
+    resumed = run_distributed(bodies.train, world_size=1, timeout=600,
+                              args=(str(tmp_path / "b"), common + ["trainer.max_steps=4", "checkpoint.resume=auto"]))[0]
+    assert resumed["step"] == 4
+    assert straight["params"].keys() == resumed["params"].keys()
+    for name, value in straight["params"].items():
+        assert np.array_equal(value.view(np.int32), resumed["params"][name].view(np.int32)), name
+    assert _stable(straight["rows"]) == _stable(resumed["rows"])
+
+
+def test_nan_loss_is_skipped_counted_and_stops_the_run(tmp_path):
+    out = run_distributed(bodies.nan_loss_run, world_size=1, timeout=300,
+                          args=(str(tmp_path / "nan"), ["trainer.max_steps=5", "trainer.max_nan_steps=2"]))[0]
+    assert out["error"] is not None and "2 steps in a row" in out["error"]
+    assert out["nan_steps"] == 2 and out["step"] == 1  # the second bad step raised before counting
+    assert out["params_finite"]
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(DistributedTestError, match="not found"):
+        run_distributed(bodies.train, world_size=1, timeout=300,
+                        args=(str(tmp_path / "c"), ["trainer.max_steps=1", f"checkpoint.resume={tmp_path}/nope"]))
+
+
+def test_layout_that_does_not_divide_the_batch_is_refused(tmp_path):
+    with pytest.raises(DistributedTestError, match="do not split into trainer.micro_batch_size=3"):
+        run_distributed(bodies.train, world_size=1, timeout=300,
+                        args=(str(tmp_path / "d"), ["trainer.micro_batch_size=3"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method=nope", "method"),
+    ("env=nope", "env"),
+])
+def test_unknown_method_or_env_is_refused(override, message):
+    from nemo_craft.config import compose
+
+    with pytest.raises(ValueError, match=f"bad config override.*{message}"):
+        compose([override])
