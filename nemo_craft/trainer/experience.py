@@ -10,7 +10,8 @@ Shape letters: B trajectories of this DP rank, S student positions, T teacher po
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -31,6 +32,8 @@ class Experience:
     """[B, S] student tokens."""
     targets: torch.Tensor
     """[B, S] next tokens (the sampled action tokens where loss_mask)."""
+    timings: dict = field(default_factory=dict)
+    """Seconds per phase: time/old_logprobs_s, time/teacher_logprobs_s, time/ref_logprobs_s, time/credits_s."""
 
 
 def logprob_fn(chunk_size: int = 256):
@@ -81,13 +84,17 @@ def make_experience(model: list, reference, trajectories: Sequence[Trajectory], 
     fn = logprob_fn(loss_cfg.chunk_size)
     student = {"input_ids": sb.input_ids.to(device), "targets": sb.targets.to(device), "loss_mask": mask.to(device)}
     student_mbs = micro_batches(student, micro_batch_size)
+    clock = _Clock(device)
     logp_old = forward_only(model, student_mbs, fn)
+    clock.lap("time/old_logprobs_s")
     teacher = {"input_ids": tb.input_ids.to(device), "targets": tb.targets.to(device),
                "loss_mask": _teacher_mask(tb, mask).to(device)}
     logp_teacher = align_teacher_logprobs(forward_only(model, micro_batches(teacher, micro_batch_size), fn),
                                           tb.gather_index)
+    clock.lap("time/teacher_logprobs_s")
     with reference.swapped_in(model):
         logp_ref = forward_only(model, student_mbs, fn)
+    clock.lap("time/ref_logprobs_s")
     m = mask.to(device)
     zero = torch.zeros((), device=device)
     batch = TokenBatch(
@@ -98,4 +105,24 @@ def make_experience(model: list, reference, trajectories: Sequence[Trajectory], 
         sample_ids=torch.arange(len(trajectories), device=device) + sample_offset,
     )
     batch = compute_credits(batch, loss_cfg, dp_group=dp_group)
-    return Experience(batch=batch, input_ids=student["input_ids"], targets=student["targets"])
+    clock.lap("time/credits_s")
+    return Experience(batch=batch, input_ids=student["input_ids"], targets=student["targets"], timings=clock.laps)
+
+
+class _Clock:
+    """Wall time of consecutive phases (synchronising the GPU at each lap)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.laps: dict[str, float] = {}
+        self._t = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        t = self._now()
+        self.laps[name] = t - self._t
+        self._t = t

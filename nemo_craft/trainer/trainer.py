@@ -9,6 +9,7 @@ update the controller from the step's global gate activity, log, validate every
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -213,7 +214,8 @@ class CraftTrainer:
 
         t0 = time.perf_counter()
         seeds, first = self._task_seeds()
-        trajs = self.runner.run(seeds, seed=int(self.cfg.seed) * 1_000_003 + self.step, group_offset=first)
+        with self._params_gathered():
+            trajs = self.runner.run(seeds, seed=int(self.cfg.seed) * 1_000_003 + self.step, group_offset=first)
         t1 = time.perf_counter()
         exp = make_experience(self.model, self.reference, trajs, self.run.loss, pad_id=self.tokenizer.pad_id,
                               micro_batch_size=self.tcfg.micro_batch_size, pad_to_multiple_of=self._pad_multiple(),
@@ -238,6 +240,7 @@ class CraftTrainer:
         self.controller = self.controller.update(gate_activity)
         metrics = self._step_metrics(trajs, batch, loss, grad_norm, ok, mb_metrics)
         n_tokens = sum(len(t.token_ids) for t in trajs)
+        metrics.update(exp.timings)
         metrics.update({"time/rollout_s": t1 - t0, "time/experience_s": t2 - t1, "time/train_s": t3 - t2,
                         "perf/tokens_per_s": n_tokens * self.dp_size / max(t3 - t0, 1e-9)})
         return metrics
@@ -311,6 +314,22 @@ class CraftTrainer:
         if self.dp_size > 1:
             dist.all_reduce(t, group=ps.get_data_parallel_group())
 
+    @contextlib.contextmanager
+    def _params_gathered(self):
+        """With the distributed optimizer's overlapped param gather, the updated parameters
+        arrive through DDP's forward pre-hooks of the next training forward; generation runs the
+        bare chunks, so gather them first (as Megatron-LM does before evaluation)."""
+        overlap = self.run.parallel.overlap_param_gather
+        if overlap:
+            for chunk in self.model:
+                chunk.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
+            if overlap:
+                for chunk in self.model:
+                    chunk.enable_forward_pre_hook()
+
     def _tp_group(self):
         from megatron.core import parallel_state as ps
 
@@ -327,8 +346,9 @@ class CraftTrainer:
 
         n_local = max(self.tcfg.val_tasks // self.dp_size, 1)
         base = self.tcfg.val_seed_offset + ps.get_data_parallel_rank() * n_local
-        trajs = self.runner.run([base + i for i in range(n_local)], seed=int(self.cfg.seed), group_size=1,
-                                validation=True)
+        with self._params_gathered():
+            trajs = self.runner.run([base + i for i in range(n_local)], seed=int(self.cfg.seed), group_size=1,
+                                    validation=True)
         local = torch.tensor([sum(float(t.success) for t in trajs), sum(t.reward for t in trajs),
                               sum(t.score for t in trajs), sum(t.num_turns for t in trajs), len(trajs)],
                              dtype=torch.float64, device=self.device)
@@ -369,6 +389,7 @@ class CraftTrainer:
             loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size),
                                        optimizer)
             optimizer.step()
+            self.logger.log(0, {"warm_start/nll": loss.item(), "warm_start/step": s + 1})
             if self.rank == 0 and (s + 1) % max(ws.steps // 5, 1) == 0:
                 print(f"[nemo_craft] warm start {s + 1}/{ws.steps}: nll {loss.item():.4f}", flush=True)
         # RL starts from the warm-started weights: pi_ref is them, and the RL optimizer is built

@@ -8,7 +8,7 @@ SMALL = [
     "rollout.tasks_per_step=2", "rollout.group_size=2", "trainer.micro_batch_size=2",
     "rollout.max_tokens_per_turn=8", "rollout.max_tokens_per_episode=24", "env.config.max_turns=3",
     "env.config.template=compact", "env.config.history_length=0", "trainer.val_tasks=2", "trainer.val_every=0",
-    "logging.progress_bar=false", "logging.plot=false",
+    "logging.progress_bar=false", "logging.plot=false", "trainer.warm_start.steps=0",
 ]
 
 

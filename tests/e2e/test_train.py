@@ -74,3 +74,13 @@ def test_unknown_method_or_env_is_refused(override, message):
 
     with pytest.raises(ValueError, match=f"bad config override.*{message}"):
         compose([override])
+
+
+def test_sequence_parallel_training_after_generation(tmp_path):
+    """Generation then training at TP2 + SP: buffers megatron allocates while generating are
+    reused by the sequence-parallel all-gather of training."""
+    outs = run_distributed(bodies.train, world_size=2, tp=2, sp=True, timeout=600,
+                           args=(str(tmp_path / "sp"), ["trainer.max_steps=1", "checkpoint.save_every=0"],
+                                 {"tensor_model_parallel_size": 2, "sequence_parallel": "true"}))
+    assert all(o["step"] == 1 for o in outs)
+    assert np.isfinite(outs[0]["rows"][0]["train/loss"])

@@ -68,9 +68,9 @@ def _tail(tmp_path: Path) -> str:
 
 
 def _overrides(run_dir: Path, max_steps: int) -> list[str]:
-    # conf/parallel/tp2.yaml (TP=2, distributed optimizer, overlapped reduce/gather) with sequence
-    # parallel off: with it on, the no-grad passes after generation fail (see the report of issue 6).
-    return [*SMALL, "parallel=tp2", "parallel.sequence_parallel=false", f"trainer.max_steps={max_steps}",
+    # conf/parallel/tp2.yaml: TP=2 with sequence parallel, the distributed optimizer and
+    # overlapped grad reduce / param gather.
+    return [*SMALL, "parallel=tp2", f"trainer.max_steps={max_steps}",
             "checkpoint.save_every=0", f"run_dir={run_dir}"]
 
 

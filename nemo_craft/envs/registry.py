@@ -1,0 +1,47 @@
+"""``make_env(name, **cfg)``: build an environment by name; engines are imported on first use."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from typing import Any
+
+from nemo_craft.envs.base import EnvConfig, TextEnv
+
+# name -> (module, class); modules are imported lazily (ScienceWorld / ALFWorld are heavy).
+ENVIRONMENTS: dict[str, tuple[str, str]] = {
+    "sokoban": ("nemo_craft.envs.sokoban.env", "SokobanEnv"),
+    "search_qa": ("nemo_craft.envs.search_qa.env", "SearchQAEnv"),
+    "webshop": ("nemo_craft.envs.webshop.env", "WebShopEnv"),
+    "alfworld": ("nemo_craft.envs.alfworld.env", "ALFWorldEnv"),
+    "scienceworld": ("nemo_craft.envs.scienceworld", "ScienceWorldEnv"),
+}
+
+
+def env_class(name: str) -> type[TextEnv]:
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {name!r}; known: {sorted(ENVIRONMENTS)}")
+    module, cls = ENVIRONMENTS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_config(name: str, **cfg: Any) -> EnvConfig:
+    """The environment's config dataclass from keyword values; unknown keys are named."""
+    config_cls = env_class(name).config_cls
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown config key(s) {unknown}; known: {sorted(known)}")
+    return config_cls(**cfg)
+
+
+def make_env(name: str, **cfg: Any) -> TextEnv:
+    """An environment by registry name, e.g. ``make_env("sokoban", height=7, num_boxes=2)``."""
+    return env_class(name)(make_config(name, **cfg))
+
+
+def env_factory(name: str, **cfg: Any) -> functools.partial:
+    """A picklable zero-argument factory (for ``EnvPool``); validates the config now."""
+    make_config(name, **cfg)
+    return functools.partial(make_env, name, **cfg)

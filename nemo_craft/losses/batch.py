@@ -1,0 +1,144 @@
+"""The per-token and per-trajectory tensors the loss reads, checked once when built.
+
+Shape letters: B trajectories (samples), S tokens per sample (padded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+__all__ = ["TokenBatch"]
+
+_TOKEN_FLOATS = ("logp_old", "logp_teacher", "logp_ref")
+_TOKEN_INTS = ("turn_ids", "pos_in_turn")
+_FILLED_TOKEN = ("delta", "gate", "cti", "credit")
+
+
+@dataclass
+class TokenBatch:
+    """Rollout data of B trajectories, detached; ``compute_credits`` fills the second part.
+
+    Values at positions where ``loss_mask`` is False are never read (they may be padding).
+    """
+
+    logp_old: torch.Tensor
+    """[B, S] float: log pi_old(y | student context), the rollout policy."""
+    logp_teacher: torch.Tensor
+    """[B, S] float: log pi_old(y | privileged context + student context)."""
+    logp_ref: torch.Tensor
+    """[B, S] float: log pi_ref(y | student context), the frozen initial policy."""
+    loss_mask: torch.Tensor
+    """[B, S] bool: True on the action tokens that are trained."""
+    rewards: torch.Tensor
+    """[B] float: trajectory reward R_i."""
+    group_ids: torch.Tensor
+    """[B] int >= 0: the task each trajectory was rolled out for (its sibling group)."""
+    turn_ids: torch.Tensor
+    """[B, S] int >= 0: turn index k of each action token."""
+    pos_in_turn: torch.Tensor
+    """[B, S] int >= 0: position t of each action token inside its turn's action."""
+    sample_ids: Optional[torch.Tensor] = None
+    """[B] int >= 0: index of the trajectory in the step's global batch; seeds CRINGE's draw
+    (with the step and the position) so it does not depend on the micro-batch split.
+    None means 0..B-1 (right for one process and one micro-batch)."""
+
+    advantages: Optional[torch.Tensor] = None
+    """[B] float32: GRPO advantage A_i (filled by compute_credits)."""
+    delta: Optional[torch.Tensor] = None
+    """[B, S] float32: Delta = logp_teacher - logp_old; 0 where loss_mask is False."""
+    gate: Optional[torch.Tensor] = None
+    """[B, S] float32: g = sigmoid(beta_g * Delta)."""
+    cti: Optional[torch.Tensor] = None
+    """[B, S] float32: counterfactual token importance; 0 where undefined; None when
+    Pillar 1 is off."""
+    credit: Optional[torch.Tensor] = None
+    """[B, S] float32: distillation credit c (= g with Pillar 1 off)."""
+    num_global_tokens: Optional[int] = None
+    """Valid tokens of the whole step (all DP ranks, all micro-batches): token_mean's divisor."""
+    stats: dict = field(default_factory=dict)
+    """Step-level credit metrics (identical on every DP rank), e.g. gate_activity."""
+
+    def __post_init__(self) -> None:
+        mask = self.loss_mask
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
+            raise ValueError(f"loss_mask must be a [B, S] bool tensor, got "
+                             f"{_describe(mask)}")
+        shape = tuple(mask.shape)
+        for name in _TOKEN_FLOATS:
+            _check_tensor(self, name, shape, floating=True)
+        for name in _TOKEN_INTS:
+            _check_tensor(self, name, shape, floating=False)
+        _check_tensor(self, "rewards", shape[:1], floating=True)
+        _check_tensor(self, "group_ids", shape[:1], floating=False)
+        if self.sample_ids is not None:
+            _check_tensor(self, "sample_ids", shape[:1], floating=False)
+        if self.advantages is not None:
+            _check_tensor(self, "advantages", shape[:1], floating=True)
+        for name in _FILLED_TOKEN:
+            if getattr(self, name) is not None:
+                _check_tensor(self, name, shape, floating=True)
+        for name in _TOKEN_FLOATS:
+            _check_no_nan(name, getattr(self, name)[mask])
+        _check_no_nan("rewards", self.rewards)
+        for name in ("group_ids", "sample_ids"):
+            value = getattr(self, name)
+            if value is not None and value.numel() and int(value.min()) < 0:
+                raise ValueError(f"{name} must be >= 0, got min {int(value.min())}")
+        for name in _TOKEN_INTS:
+            values = getattr(self, name)[mask]
+            if values.numel() and int(values.min()) < 0:
+                raise ValueError(f"{name} must be >= 0 on action tokens, got min {int(values.min())}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.loss_mask.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """Valid (action) tokens in this batch."""
+        return int(self.loss_mask.sum())
+
+    def select(self, index) -> "TokenBatch":
+        """The trajectories ``index`` (a slice, a list or a tensor of sample indices): a micro-batch
+        or a data-parallel shard. Step-level fields (num_global_tokens, stats) are kept."""
+        if isinstance(index, slice):
+            index = torch.arange(self.batch_size)[index]
+        index = torch.as_tensor(index, dtype=torch.long, device=self.loss_mask.device)
+        sample_ids = self.sample_ids if self.sample_ids is not None else torch.arange(
+            self.batch_size, device=self.loss_mask.device)
+        changes = {"sample_ids": sample_ids[index]}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "sample_ids" and isinstance(value, torch.Tensor):
+                changes[f.name] = value[index]
+        return dataclasses.replace(self, **changes)
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)} dtype {value.dtype}"
+    return type(value).__name__
+
+
+def _check_tensor(batch: TokenBatch, name: str, shape: tuple, *, floating: bool) -> None:
+    value = getattr(batch, name)
+    kind = "float" if floating else "integer"
+    article = "a" if floating else "an"
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be {article} {kind} tensor of shape {list(shape)}, got {_describe(value)}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {shape} "
+                         f"(loss_mask is {tuple(batch.loss_mask.shape)})")
+    if value.is_floating_point() != floating or value.dtype == torch.bool:
+        raise ValueError(f"{name} must be {article} {kind} tensor, got dtype {value.dtype}")
+
+
+def _check_no_nan(name: str, values: torch.Tensor) -> None:
+    bad = torch.isnan(values)
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN ({int(bad.sum())} of {values.numel()} values "
+                         "on action tokens); check the log-prob / reward computation")

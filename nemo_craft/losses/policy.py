@@ -1,0 +1,146 @@
+"""The policy loss of every method: SDAR's terms, the CRAFT pillars, the related methods.
+
+Shape letters: B samples, S tokens, V vocabulary (V/TP per rank), N valid tokens of the
+micro-batch.
+
+    L = token_mean(L_pg + L_ent + L_kl + L_sd)
+
+in that order, each term a function of ``terms``. A switch that is off skips its code with a
+Python ``if`` and leaves the operations of the others unchanged (SPEC.md section 5), so the
+loss and its gradient are bit-identical to the method without that pillar:
+
+- Pillar 1 (counterfactual) lives in ``compute_credits``: the loss reads ``batch.credit``,
+  which is the gate g itself when the switch is off;
+- Pillar 2 (controller) picks where lambda and beta come from (the state or the config);
+- Pillar 3 (polarized_kl) picks ``polarized_kl`` instead of ``k3``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from nemo_craft.losses import terms
+from nemo_craft.losses.batch import TokenBatch
+from nemo_craft.losses.config import LossConfig
+from nemo_craft.losses.controller import ControllerState
+from nemo_craft.parallel.vocab_parallel import counter_uniforms, vocab_parallel_token_stats
+
+__all__ = ["policy_loss"]
+
+
+def policy_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    batch: TokenBatch,
+    cfg: LossConfig,
+    state: Optional[ControllerState] = None,
+    *,
+    tp_group=None,
+    num_global_tokens: Optional[int] = None,
+) -> tuple[torch.Tensor, dict]:
+    """The micro-batch's share of the step loss, and its metrics.
+
+    logits: [B, S, V] or, under tensor parallel, the rank's [B, S, V/TP] vocabulary shard
+    (``tp_group`` the TP group); targets: [B, S] global vocabulary ids of the sampled tokens;
+    batch: a TokenBatch after ``compute_credits``; state: the controller state (None: the
+    initial one). The per-token losses are summed and divided by ``num_global_tokens`` (default
+    ``batch.num_global_tokens``, else this batch's valid-token count), so the losses of all
+    micro-batches and DP ranks add up to the step's token mean.
+
+    Parallel layouts: under TP pass the vocabulary shard and the TP group; under DP, pipeline
+    or context parallel nothing else is needed, because the credits (computed once per step by
+    ``compute_credits`` over the DP group, before any sequence sharding) travel with the batch and
+    every term is per token; pass ``num_global_tokens`` if the batch did not come from it.
+
+    Metrics: ``loss/*`` are sums over this micro-batch's tokens divided by the same count
+    (add them over micro-batches and DP ranks); ``credit/*`` and ``controller/*`` are step
+    values, the same on every rank and micro-batch.
+    """
+    if batch.advantages is None or batch.credit is None:
+        raise ValueError("batch has no credits: call compute_credits(batch, cfg) before policy_loss")
+    if state is None:
+        state = ControllerState.initial(cfg)
+    mask = batch.loss_mask
+    n_global = _global_count(num_global_tokens, batch)
+
+    uniforms = None
+    if cfg.distill == "cringe":
+        sample_ids = batch.sample_ids if batch.sample_ids is not None else torch.arange(
+            batch.batch_size, device=mask.device)
+        uniforms = counter_uniforms(cfg.cringe_seed, state.step, sample_ids, mask.shape[1])
+    stats = vocab_parallel_token_stats(logits, targets, mask, tp_group=tp_group, chunk_size=cfg.chunk_size,
+                                       cringe_uniforms_BS=uniforms, cringe_k=cfg.cringe_k)
+    logp, entropy = stats.logp, stats.entropy
+    if not bool(torch.isfinite(logp.detach()).all() & torch.isfinite(entropy.detach()).all()):
+        raise ValueError("logits give non-finite log-probs or entropy on valid tokens: they contain "
+                         "NaN or infinite values")
+
+    logp_old = batch.logp_old[mask].float()
+    logp_teacher = batch.logp_teacher[mask].float()
+    logp_ref = batch.logp_ref[mask].float()
+    credit = batch.credit[mask].float()
+    advantages = batch.advantages.float()[:, None].expand(mask.shape)[mask]
+    if cfg.advantage_shaping == "rlsd":
+        advantages = terms.rlsd_advantages(advantages, batch.delta[mask].float(), mix=cfg.rlsd_mix,
+                                           eps=cfg.rlsd_eps)
+    if cfg.controller:
+        lam, beta = state.lam, state.beta
+    else:
+        lam, beta = cfg.sd_coef, cfg.kl_coef
+
+    pg, clipped = terms.pg_clip(logp, logp_old, advantages, eps=cfg.clip_eps, dual_clip=cfg.dual_clip)
+    per_token = pg + terms.entropy_bonus(entropy, coef=cfg.entropy_coef)
+    if cfg.polarized_kl:
+        kl = terms.polarized_kl(logp, logp_ref, credit, clamp=cfg.kl_clamp)
+    else:
+        kl = terms.k3(logp, logp_ref, clamp=cfg.kl_clamp)
+    per_token = per_token + beta * kl
+    distill = None
+    if cfg.distill == "sdar":
+        distill = terms.sd_term(logp, logp_teacher, credit, coef=lam)
+    elif cfg.distill == "skill_sd":
+        distill = terms.skill_sd_term(logp, logp_teacher, logp_old, coef=cfg.skill_sd_coef)
+    elif cfg.distill == "cringe":
+        delta = batch.delta[mask].float()
+        cringe = terms.cringe_term(stats.z_target, stats.z_positive, coef=lam)
+        sd = terms.sd_term(logp, logp_teacher, credit, coef=lam)
+        distill = torch.where(delta > 0, sd, torch.where(delta < 0, cringe, torch.zeros_like(sd)))
+    if distill is not None:
+        per_token = per_token + distill
+    loss = per_token.sum() / n_global
+
+    metrics = _metrics(n_global, logp, logp_ref, entropy, pg, kl, distill, clipped, cfg)
+    metrics.update({"controller/lambda": lam, "controller/beta": beta})
+    metrics.update({f"credit/{k}": v for k, v in batch.stats.items()})
+    return loss, metrics
+
+
+def _global_count(num_global_tokens: Optional[int], batch: TokenBatch) -> int:
+    n = num_global_tokens if num_global_tokens is not None else batch.num_global_tokens
+    if n is None:
+        n = batch.num_tokens
+    if int(n) < 1:
+        if batch.num_tokens == 0:
+            return 1  # nothing to average; the loss is an exact 0 with zero gradients
+        raise ValueError(f"num_global_tokens={n!r}: must be >= the valid tokens of this batch "
+                         f"({batch.num_tokens})")
+    return int(n)
+
+
+@torch.no_grad()
+def _metrics(n_global, logp, logp_ref, entropy, pg, kl, distill, clipped, cfg) -> dict:
+    def share(x):
+        return float(x.detach().double().sum() / n_global)
+
+    out = {
+        "loss/kl_ref": share(terms.k3(logp, logp_ref, clamp=cfg.kl_clamp)),
+        "loss/entropy": share(entropy),
+        "loss/clip_frac": share(clipped),
+        "loss/pg": share(pg),
+        "loss/kl_term": share(kl),
+    }
+    if distill is not None:
+        out["loss/distill"] = share(distill)
+    return out

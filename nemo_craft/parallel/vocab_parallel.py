@@ -1,0 +1,225 @@
+"""Per-token statistics of vocabulary-sharded logits, without gathering the vocabulary.
+
+Shape letters: B samples, S tokens, V vocabulary, VL = V / TP the rank's shard, N valid
+(action) tokens, C tokens of a chunk, K1 = k + 1 CRINGE candidates.
+
+Under tensor parallelism each rank holds logits [B, S, VL] for the vocabulary slice
+[rank * VL, (rank + 1) * VL) (megatron's ColumnParallelLinear output, gather_output=False).
+``vocab_parallel_token_stats`` returns, for each valid token, the log-prob of the target,
+the full-vocabulary entropy and (for CRINGE) the target's logit and the logit of a positive
+token drawn from the top-(k+1); the vocabulary is reduced with a max and a sum over
+``tp_group`` (plus one all-gather of k+1 candidates per token for CRINGE). The work is done in
+chunks of C tokens inside one autograd Function whose backward recomputes each chunk's softmax
+and needs no collective (the outputs, hence their gradients, are the same on every TP rank),
+so the loss holds the gradient of the logits plus about two [C, VL] float32 buffers, never a
+full-size softmax. ``tp_group=None`` (or a group of one) is plain single-process maths.
+
+The all-reduced normaliser never enters autograd (MEGATRON_NOTES item 6): the gradient
+d/dz_v of log p_y is 1[v = y] - p_v and of H is -p_v (log p_v + H), both computed locally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from nemo_craft.parallel.sibling_stats import group_size
+
+__all__ = ["TokenStats", "vocab_parallel_token_stats", "counter_uniforms"]
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass
+class TokenStats:
+    """Per valid token (row-major order of the mask's True entries), all float32 [N]."""
+
+    logp: torch.Tensor
+    """log pi(y): differentiable."""
+    entropy: torch.Tensor
+    """H(pi) over the full vocabulary: differentiable."""
+    z_target: Optional[torch.Tensor] = None
+    """CRINGE only: the raw logit z_y, differentiable."""
+    z_positive: Optional[torch.Tensor] = None
+    """CRINGE only: the raw logit z_s of the drawn positive token, differentiable."""
+    positive_ids: Optional[torch.Tensor] = None
+    """CRINGE only: [N] int64 global vocabulary id of the drawn positive token s."""
+
+
+def vocab_parallel_token_stats(
+    logits_BSV: torch.Tensor,
+    targets_BS: torch.Tensor,
+    mask_BS: torch.Tensor,
+    *,
+    tp_group: Optional[dist.ProcessGroup] = None,
+    chunk_size: int = 128,
+    cringe_uniforms_BS: Optional[torch.Tensor] = None,
+    cringe_k: int = 5,
+) -> TokenStats:
+    """Target log-prob and entropy of the valid tokens of (vocab-sharded) logits.
+
+    logits_BSV: [B, S, VL], any float dtype and strides (megatron's [S, B, V] transposed is fine,
+    no copy is made); targets_BS: [B, S] global vocabulary ids; mask_BS: [B, S] bool.
+    cringe_uniforms_BS: [B, S] numbers in [0, 1) (see ``counter_uniforms``), identical on every
+    TP rank; given, the CRINGE outputs are computed too.
+    """
+    if logits_BSV.dim() != 3 or tuple(logits_BSV.shape[:2]) != tuple(mask_BS.shape):
+        raise ValueError(f"logits must be [B, S, V/TP] matching loss_mask [B, S]; got logits "
+                         f"{tuple(logits_BSV.shape)} and mask {tuple(mask_BS.shape)}")
+    if tuple(targets_BS.shape) != tuple(mask_BS.shape) or targets_BS.is_floating_point():
+        raise ValueError(f"targets must be integer [B, S] = {tuple(mask_BS.shape)}, got "
+                         f"{tuple(targets_BS.shape)} {targets_BS.dtype}")
+    world = group_size(tp_group)
+    vocab_local = logits_BSV.shape[-1]
+    vocab_start = (dist.get_rank(tp_group) if world > 1 else 0) * vocab_local
+    b_N, s_N = torch.nonzero(mask_BS, as_tuple=True)
+    targets_N = targets_BS[b_N, s_N].long()
+    if targets_N.numel() and (int(targets_N.min()) < 0 or int(targets_N.max()) >= vocab_local * world):
+        raise ValueError(f"targets must be vocabulary ids in [0, {vocab_local * world}) on valid tokens; "
+                         f"got range [{int(targets_N.min())}, {int(targets_N.max())}]")
+    cringe = cringe_uniforms_BS is not None
+    if cringe and vocab_local * world < 2:
+        raise ValueError("CRINGE needs a vocabulary of at least 2 tokens")
+    u_N = cringe_uniforms_BS[b_N, s_N].double() if cringe else None
+    out = _TokenStatsFn.apply(logits_BSV, b_N, s_N, targets_N, u_N, vocab_start, tp_group,
+                              int(chunk_size), int(cringe_k))
+    logp, entropy, z_target, z_positive, positive_ids = out
+    if not cringe:
+        return TokenStats(logp, entropy)
+    return TokenStats(logp, entropy, z_target, z_positive, positive_ids)
+
+
+def counter_uniforms(seed: int, step: int, sample_ids_B: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[B, S] float64 in (0, 1): a counter-based hash of (seed, step, sample id, position).
+
+    The same numbers on every rank and for any micro-batch split; no generator state is used.
+    """
+    h = _mix32_int(_mix32_int(seed & _MASK32) ^ (step & _MASK32))
+    h = _mix32_int(h ^ ((seed >> 32) & _MASK32) ^ ((step >> 32) & _MASK32))
+    ids = sample_ids_B.long()[:, None]
+    pos = torch.arange(seq_len, dtype=torch.long, device=ids.device)[None, :]
+    x = _mix32(_mix32((ids & _MASK32) ^ h) ^ ((ids >> 32) & _MASK32))
+    x = _mix32(x ^ pos)
+    return (x.double() + 0.5) / 2.0**32
+
+
+class _TokenStatsFn(torch.autograd.Function):
+    """forward: chunked max / sum-exp / target reductions over the TP group;
+    backward: local recomputation of each chunk's softmax, no collective."""
+
+    @staticmethod
+    def forward(ctx, logits, b_N, s_N, targets_N, u_N, vocab_start, group, chunk, k):
+        world = group_size(group)
+        n, vocab_local = b_N.shape[0], logits.shape[-1]
+        f32 = dict(dtype=torch.float32, device=logits.device)
+        logp, entropy, lse = (torch.empty(n, **f32) for _ in range(3))
+        cringe = u_N is not None
+        z_y, z_s = (torch.empty(n if cringe else 0, **f32) for _ in range(2))
+        pos_ids = torch.empty(n if cringe else 0, dtype=torch.long, device=logits.device)
+        for c0 in range(0, n, chunk):
+            sl = slice(c0, min(c0 + chunk, n))
+            z = logits[b_N[sl], s_N[sl]].float()  # [C, VL], a fresh copy: safe to modify
+            local_t, owned = _local_ids(targets_N[sl], vocab_start, vocab_local)
+            z_t = torch.where(owned, z.gather(1, local_t[:, None])[:, 0], 0.0)
+            if cringe:
+                cand_v, cand_i = z.topk(min(k + 1, vocab_local), dim=1)
+                cand = (cand_v, cand_i + vocab_start)
+            m = z.amax(dim=1)
+            if world > 1:
+                dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+            z.sub_(m[:, None])
+            e = torch.exp(z)
+            sums = torch.stack([e.sum(dim=1), e.mul_(z).sum(dim=1), z_t])  # [3, C]
+            del e, z
+            if world > 1:
+                dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+            log_se = torch.log(sums[0])
+            logp[sl] = (sums[2] - m) - log_se
+            entropy[sl] = log_se - sums[1] / sums[0]
+            lse[sl] = m + log_se
+            if cringe:
+                z_y[sl] = sums[2]
+                z_s[sl], pos_ids[sl] = _draw_positive(*cand, targets_N[sl], u_N[sl], k, group, world)
+        ctx.save_for_backward(logits, b_N, s_N, targets_N, lse, entropy, pos_ids)
+        ctx.meta = (vocab_start, chunk, cringe)
+        ctx.mark_non_differentiable(pos_ids)
+        return logp, entropy, z_y, z_s, pos_ids
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent, g_zy, g_zs, _g_pos):
+        logits, b_N, s_N, targets_N, lse, entropy, pos_ids = ctx.saved_tensors
+        vocab_start, chunk, cringe = ctx.meta
+        vocab_local = logits.shape[-1]
+        grad = torch.zeros_like(logits)
+        for c0 in range(0, b_N.shape[0], chunk):
+            sl = slice(c0, min(c0 + chunk, b_N.shape[0]))
+            z = logits[b_N[sl], s_N[sl]].float()
+            z.sub_(lse[sl, None])  # log p_v
+            p = torch.exp(z)
+            # dL/dz_v = -p_v * (g_logp + g_ent * (log p_v + H)) + g_logp * 1[v = y]
+            z.add_(entropy[sl, None]).mul_(g_ent[sl, None]).add_(g_logp[sl, None])
+            p.mul_(z).neg_()
+            del z
+            rows = torch.arange(p.shape[0], device=p.device)
+            spikes = [(targets_N[sl], g_logp[sl])]
+            if cringe:
+                spikes += [(targets_N[sl], g_zy[sl]), (pos_ids[sl], g_zs[sl])]
+            for ids, g in spikes:
+                local, owned = _local_ids(ids, vocab_start, vocab_local)
+                p.index_put_((rows[owned], local[owned]), g[owned], accumulate=True)
+            grad[b_N[sl], s_N[sl]] = p.to(grad.dtype)
+            del p  # before the next chunk's buffers exist
+        return grad, None, None, None, None, None, None, None, None
+
+
+def _local_ids(ids, vocab_start: int, vocab_local: int):
+    """(ids local to this shard, clamped into range; which ids this shard owns)."""
+    local = ids - vocab_start
+    owned = (local >= 0) & (local < vocab_local)
+    return local.clamp(0, vocab_local - 1), owned
+
+
+def _draw_positive(cand_v, cand_i, targets, u, k: int, group, world: int):
+    """CRINGE's positive: one draw from the global top-(k+1) logits with y masked out.
+
+    cand_v / cand_i: [C, <= k+1] this shard's top logits and their global ids. The candidates
+    of all ranks are gathered and put in a canonical order (value desc, id asc), so every rank
+    (and every TP size) draws the same token with the same u. The draw is proportional to
+    softmax over the candidates (y's probability 0). Returns (z_s [C] float32, s [C] int64).
+    """
+    if world > 1:
+        packed = torch.cat([cand_v.double(), cand_i.double()], dim=1)
+        parts = [torch.empty_like(packed) for _ in range(world)]
+        dist.all_gather(parts, packed.contiguous(), group=group)
+        width = cand_v.shape[1]
+        cand_v = torch.cat([p[:, :width] for p in parts], dim=1).float()
+        cand_i = torch.cat([p[:, width:] for p in parts], dim=1).long()
+    by_id = torch.argsort(cand_i, dim=1)
+    cand_v, cand_i = cand_v.gather(1, by_id), cand_i.gather(1, by_id)
+    by_value = torch.argsort(cand_v, dim=1, descending=True, stable=True)[:, : k + 1]
+    cand_v, cand_i = cand_v.gather(1, by_value), cand_i.gather(1, by_value)
+    weight = torch.softmax(cand_v.double().masked_fill(cand_i == targets[:, None], -torch.inf), dim=1)
+    cdf = torch.cumsum(weight, dim=1)
+    pick = (cdf <= (u * cdf[:, -1])[:, None]).sum(dim=1).clamp(max=cand_v.shape[1] - 1)
+    return cand_v.gather(1, pick[:, None])[:, 0], cand_i.gather(1, pick[:, None])[:, 0]
+
+
+def _mix32_int(x: int) -> int:
+    """lowbias32 integer hash (C. Wellons) on a Python int in [0, 2**32)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """``_mix32_int`` on an int64 tensor of values in [0, 2**32) (products wrap mod 2**64)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)

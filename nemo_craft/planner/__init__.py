@@ -1,0 +1,1 @@
+"""Parallel layouts and their memory, planned on the meta device (``nemo-craft plan``)."""

@@ -1,0 +1,147 @@
+"""What the planner reads besides the model and the layout: the cluster and the workload.
+
+The memory of an RL step depends on the sequence lengths, the batch and a few execution
+choices. Those the training config already holds are read from it (``rollout``, ``trainer``,
+``loss``); the rest live under an optional ``plan:`` section (recipes set it; on the command
+line ``plan.seq_length=16384`` works like any other override). Every field is printed with the
+plan, so a figure never rests on a hidden assumption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+__all__ = ["ClusterConfig", "Workload", "RECOMPUTE", "ATTENTION"]
+
+RECOMPUTE = ("none", "selective", "full")
+ATTENTION = ("flash", "unfused")
+
+
+@dataclass
+class ClusterConfig:
+    """The machines of a run (config group ``cluster``)."""
+
+    nodes: int = 1
+    """Nodes of the job (SLURM ``--nodes``)."""
+    gpus_per_node: int = 8
+    """GPUs (ranks) per node (``--gpus-per-node``, torchrun ``--nproc-per-node``)."""
+    gpu_memory_gb: float = 80.0
+    """Memory of one GPU in GiB (H100 80GB: 80; H200: 141)."""
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "gpus_per_node"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"cluster.{name}={value!r}: must be an integer >= 1")
+        if not isinstance(self.gpu_memory_gb, (int, float)) or self.gpu_memory_gb <= 0:
+            raise ValueError(f"cluster.gpu_memory_gb={self.gpu_memory_gb!r}: must be a number > 0")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass
+class Workload:
+    """Sequence lengths, batch and execution choices of one RL step, as the planner sees them."""
+
+    seq_length: int = 4096
+    """Tokens of one trajectory (prompt + observations + actions): the trainer pads a step's
+    sequences to its longest, so the planner takes the longest allowed,
+    ``rollout.max_sequence_length``, or the model's ``max_position_embeddings`` when that is unset."""
+    privileged_tokens: int = 512
+    """Extra tokens of the teacher's privileged context (the teacher pass reads
+    ``seq_length + privileged_tokens``)."""
+    trajectories_per_step: int = 128
+    """N tasks x G siblings (from ``rollout.tasks_per_step * rollout.group_size``)."""
+    micro_batch_size: int = 1
+    """Trajectories per training micro-batch (``trainer.micro_batch_size``)."""
+    forward_micro_batch_size: Optional[int] = None
+    """Trajectories per micro-batch of the no-grad passes (old, teacher, reference); None: as training."""
+    generation_batch: Optional[int] = None
+    """Rows of one generation forward pass (``rollout.max_batch_size``), capped by the rank's
+    share of the trajectories; None: the whole share. Sets the KV cache."""
+    logits_chunk_tokens: int = 256
+    """Tokens per chunk of the vocabulary-parallel loss (``loss.chunk_size``)."""
+    recompute: str = "none"
+    """Activation recomputation: "none", "selective" (core attention) or "full" (every layer)."""
+    attention: str = "flash"
+    """"flash" (TE fused/flash attention: no s x s scores kept) or "unfused" (scores kept)."""
+    grad_reduce_in_fp32: bool = True
+    """Gradient buffers in fp32 (what ``nemo_craft.parallel.ddp.wrap_ddp`` sets)."""
+    reference_on_gpu: bool = False
+    """The frozen reference policy keeps a second copy of the weights on the GPU. The trainer
+    keeps it in host memory and swaps it in for the reference pass (``trainer/reference.py``),
+    so this is false unless that changes."""
+    overhead_gb: float = 4.0
+    """CUDA context, NCCL buffers and allocator fragmentation, GiB per GPU."""
+
+    def __post_init__(self) -> None:
+        for name in ("seq_length", "trajectories_per_step", "micro_batch_size", "logits_chunk_tokens"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.privileged_tokens, bool) or not isinstance(self.privileged_tokens, int) \
+                or self.privileged_tokens < 0:
+            raise ValueError(f"plan.privileged_tokens={self.privileged_tokens!r}: must be an integer >= 0")
+        for name in ("forward_micro_batch_size", "generation_batch"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(f"plan.recompute={self.recompute!r}: allowed values are {RECOMPUTE}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"plan.attention={self.attention!r}: allowed values are {ATTENTION}")
+        if self.overhead_gb < 0:
+            raise ValueError(f"plan.overhead_gb={self.overhead_gb!r}: must be >= 0")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], *, max_position_embeddings: int) -> "Workload":
+        """Read the run config (a resolved OmegaConf node or a dict): ``rollout``, ``trainer``
+        and ``loss`` for what training sets, then the optional ``plan`` section on top.
+        ``max_position_embeddings`` (the model's) is the sequence length when the rollout sets none."""
+        values: dict[str, Any] = {"seq_length": max_position_embeddings}
+        rollout = _section(cfg, "rollout")
+        if rollout:
+            # The rollout's own dataclass: its defaults for what the YAML leaves out, its checks.
+            from nemo_craft.config import to_dataclass
+            from nemo_craft.rollout.episodes import RolloutConfig
+
+            rollout = dataclasses.asdict(to_dataclass(RolloutConfig, rollout, "rollout"))
+        if "tasks_per_step" in rollout and "group_size" in rollout:
+            values["trajectories_per_step"] = int(rollout["tasks_per_step"]) * int(rollout["group_size"])
+        if rollout.get("max_sequence_length") is not None:
+            values["seq_length"] = int(rollout["max_sequence_length"])
+        if rollout.get("max_batch_size") is not None:
+            values["generation_batch"] = int(rollout["max_batch_size"])
+        trainer = _section(cfg, "trainer")
+        if "micro_batch_size" in trainer:
+            values["micro_batch_size"] = int(trainer["micro_batch_size"])
+        loss = _section(cfg, "loss")
+        if "chunk_size" in loss:
+            values["logits_chunk_tokens"] = int(loss["chunk_size"])
+        plan = _section(cfg, "plan")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(plan) - names)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in config section 'plan'; allowed: {sorted(names)}")
+        values.update(plan)
+        return cls(**values)
+
+
+def _section(cfg: Mapping[str, Any], name: str) -> dict:
+    node = cfg.get(name) if hasattr(cfg, "get") else None
+    if node is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(node, DictConfig):
+            return dict(OmegaConf.to_container(node, resolve=True))
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(node)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"plan.{name}={value!r}: must be an integer >= 1")

@@ -1,0 +1,283 @@
+"""Multi-turn rollouts: N tasks x G siblings, all episodes batched together every turn.
+
+    runner = EpisodeRunner(generator, tokenizer, env_factory("sokoban"), RolloutConfig(group_size=8))
+    trajectories = runner.run(task_seeds=[11, 12, 13, 14], seed=step)    # 32 Trajectory objects
+
+Per turn: every running episode's conversation (already a token list) is a prompt; one batched
+``generate`` call samples every action; the actions are decoded and the environments stepped
+together (``EnvPool``: parallel, behind timeouts); finished episodes leave the batch; the others
+get the environment's answer appended as the next user message. Episodes end when the
+environment says so, at the runner's turn limit, when the episode's action-token budget is spent,
+when the next turn would not fit the sequence limit, or when the environment fails.
+
+Under tensor / pipeline parallel every rank of the model-parallel group runs the runner in
+lockstep (the model forward is collective); the environments run once, on the group's first rank,
+and their results are broadcast, so all ranks build identical trajectories. Data-parallel ranks
+run their own tasks; the sampling seed of each turn mixes the run's seed, the data-parallel rank
+and the turn, so sibling rollouts on different ranks differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
+
+import torch.distributed as dist
+
+from nemo_craft.envs.pool import EnvPool, EnvResult, PoolConfig
+from nemo_craft.rollout.conversation import ChatFormat
+from nemo_craft.rollout.generation import BACKENDS, GenerationConfig, GenerationResult
+from nemo_craft.rollout.trajectory import Trajectory, TurnRecord
+
+__all__ = ["RolloutConfig", "EpisodeRunner", "Policy"]
+
+_OBSERVATION_MESSAGES = ("observation", "prompt")
+
+
+@dataclass
+class RolloutConfig:
+    """How tasks are rolled out (the ``rollout:`` section of the run config)."""
+
+    tasks_per_step: int = 8
+    """N: tasks of one training step (the trainer splits them over data-parallel ranks)."""
+    group_size: int = 8
+    """G: siblings (independent rollouts) of each task."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts (0: greedy)."""
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens_per_turn: int = 512
+    """Budget of one action."""
+    max_tokens_per_episode: int = 4096
+    """Budget of all actions of an episode together; the episode ends when it is spent."""
+    val_temperature: float = 0.4
+    """Sampling temperature of validation rollouts (SPEC.md section 8)."""
+    backend: str = "auto"
+    """Generation backend (see ``GenerationConfig.backend``)."""
+    stop_strings: tuple[str, ...] = ("</action>",)
+    """An action ends when its text contains one of these."""
+    max_turns: Optional[int] = None
+    """Turn limit of the runner (None: only the environment's own ``max_turns``)."""
+    system_prompt: Optional[str] = None
+    """The student's system message (None: none)."""
+    observation_message: str = "observation"
+    """User message of turns after the first: "observation" (the environment's observation
+    text) or "prompt" (the environment's full rendered prompt, which repeats task and history)."""
+    max_batch_size: int = 64
+    """Rows per generation forward pass."""
+    max_sequence_length: Optional[int] = None
+    """Longest conversation in tokens (None: the model's)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tasks_per_step", "group_size", "max_tokens_per_turn", "max_tokens_per_episode"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"rollout.{name} must be an int >= 1, got {value!r}")
+        if self.max_turns is not None and (not isinstance(self.max_turns, int) or self.max_turns < 1):
+            raise ValueError(f"rollout.max_turns must be an int >= 1 or None, got {self.max_turns!r}")
+        if self.observation_message not in _OBSERVATION_MESSAGES:
+            raise ValueError(f"rollout.observation_message must be one of {_OBSERVATION_MESSAGES}, "
+                             f"got {self.observation_message!r}")
+        if not self.val_temperature >= 0:
+            raise ValueError(f"rollout.val_temperature must be >= 0, got {self.val_temperature!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {self.backend!r}")
+        self.generation_config()  # validates the sampling fields with GenerationConfig's checks
+        self.stop_strings = tuple(self.stop_strings)
+
+    def generation_config(self, *, validation: bool = False) -> GenerationConfig:
+        """The sampling settings of training (or validation) rollouts."""
+        return GenerationConfig(
+            backend=self.backend, temperature=self.val_temperature if validation else self.temperature,
+            top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_tokens_per_turn,
+            stop_strings=self.stop_strings, max_batch_size=self.max_batch_size,
+            max_sequence_length=self.max_sequence_length,
+        )
+
+
+class Policy(Protocol):
+    """What the runner needs of a generator (``Generator``, or a scripted stand-in in tests)."""
+
+    max_sequence_length: int
+
+    def generate(self, prompts_token_ids: Sequence[Sequence[int]], *, max_new_tokens: Sequence[int],
+                 seed: int, config: GenerationConfig) -> list[GenerationResult]: ...
+
+
+class EpisodeRunner:
+    """Rolls out tasks with a policy and environments; returns one Trajectory per episode.
+
+    Args:
+        policy: the generator (shared by every episode; one batched call per turn).
+        tokenizer: the policy's tokenizer (chat template, encode/decode, ``stop_ids``).
+        env_factory: zero-argument callable building an environment (``envs.env_factory``).
+        config: rollout settings.
+        pool_config: how environments run in parallel (timeouts, threads or processes).
+    """
+
+    def __init__(self, policy: Policy, tokenizer, env_factory: Callable, config: RolloutConfig | None = None,
+                 pool_config: PoolConfig | None = None):
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.config = config if config is not None else RolloutConfig()
+        self.format = ChatFormat(tokenizer, system_prompt=self.config.system_prompt,
+                                 end_of_turn_ids=tokenizer.stop_ids)
+        self._envs = _EnvDriver(env_factory, pool_config)
+
+    def close(self) -> None:
+        self._envs.close()
+
+    def run(self, task_seeds: Sequence[int], *, seed: int, group_size: int | None = None,
+            group_offset: int = 0, validation: bool = False) -> list[Trajectory]:
+        """Roll out every task ``group_size`` times (default ``config.group_size``).
+
+        Returns N * G trajectories, task-major (task n's siblings are n*G .. n*G+G-1), with
+        group ids ``group_offset + n``. ``seed`` seeds the sampling (with the turn and the
+        data-parallel rank); ``validation`` samples at ``config.val_temperature``.
+        """
+        G = self.config.group_size if group_size is None else group_size
+        trajectories = [Trajectory(task_seed=int(s), group_id=group_offset + n, sibling_index=g)
+                        for n, s in enumerate(task_seeds) for g in range(G)]
+        gen_config = self.config.generation_config(validation=validation)
+        running = self._start(trajectories)
+        used = [0] * len(trajectories)
+        pending: dict[int, tuple[list[int], str]] = {}  # next user message of running episodes
+        turn = 0
+        while running:
+            running = self._next_turn(trajectories, running, used, pending)
+            if not running:
+                break
+            budgets = [min(self.config.max_tokens_per_turn, self.config.max_tokens_per_episode - used[i],
+                           self.policy.max_sequence_length - len(trajectories[i])) for i in running]
+            results = self.policy.generate([trajectories[i].token_ids for i in running], max_new_tokens=budgets,
+                                           seed=_turn_seed(seed, turn), config=gen_config)
+            actions: list[Optional[str]] = [None] * len(trajectories)
+            for i, result in zip(running, results):
+                trajectories[i].append(result.token_ids, turn=turn, logprobs=result.logprobs)
+                used[i] += len(result.token_ids)
+                actions[i] = self.format.action_text(result.token_ids)
+            steps = self._envs.step(actions)
+            running = [i for i, result in zip(running, results)
+                       if self._record_step(trajectories[i], steps[i], result, actions[i], turn, pending, i)]
+            turn += 1
+        return trajectories
+
+    # -- pieces of run ---------------------------------------------------------------------------
+
+    def _start(self, trajectories: list[Trajectory]) -> list[int]:
+        resets = self._envs.reset([tr.task_seed for tr in trajectories])
+        running = []
+        for i, (tr, r) in enumerate(zip(trajectories, resets)):
+            tr.privileged_context = r.privileged
+            tr.info = r.info
+            prompt = self.format.prompt_ids(r.prompt)
+            tr.append(prompt)
+            tr.prompt_length = len(prompt)
+            tr.teacher_prompt_ids = self.format.teacher_prompt_ids(r.prompt, r.privileged_prompt)
+            tr.turns.append(TurnRecord(user=r.prompt, action=""))
+            if r.error is not None:
+                tr.finish_reason, tr.error = "env_error", r.error
+            else:
+                running.append(i)
+        return running
+
+    def _next_turn(self, trajectories, running, used, pending) -> list[int]:
+        """Episodes that can take another turn, with their next user message appended; the
+        others end here (their sequence ends with their last action)."""
+        keep = []
+        for i in running:
+            tr = trajectories[i]
+            continuation, user = pending.pop(i, ([], None))
+            if used[i] >= self.config.max_tokens_per_episode:
+                tr.finish_reason = "token_budget"
+            elif len(tr) + len(continuation) >= self.policy.max_sequence_length:
+                tr.finish_reason = "context"
+            else:
+                tr.append(continuation)
+                if user is not None:
+                    tr.turns.append(TurnRecord(user=user, action=""))
+                keep.append(i)
+        return keep
+
+    def _record_step(self, tr: Trajectory, r: EnvResult, result: GenerationResult, action: str,
+                     turn: int, pending: dict, index: int) -> bool:
+        """Book the environment's answer to one action; True when the episode goes on (then its
+        next user message waits in ``pending``)."""
+        record = tr.turns[-1]
+        record.action, record.finish_reason = action, result.finish_reason
+        record.reward, record.invalid = r.reward, bool(r.info.get("invalid", False))
+        tr.reward += r.reward
+        tr.n_invalid += int(record.invalid)
+        tr.num_turns = turn + 1
+        tr.info = r.info
+        tr.success = bool(r.info.get("success", False))
+        tr.score = float(r.info.get("score", 0.0))
+        if r.error is not None:
+            tr.finish_reason, tr.error = "env_error", r.error
+            return False
+        if r.done:
+            tr.finish_reason = "done"
+            return False
+        if self.config.max_turns is not None and turn + 1 >= self.config.max_turns:
+            tr.finish_reason = "max_turns"
+            return False
+        user = r.observation if self.config.observation_message == "observation" else r.prompt
+        pending[index] = (self.format.continuation_ids(result.token_ids, user), user)
+        return True
+
+
+def _turn_seed(seed: int, turn: int) -> int:
+    """The sampling seed of one turn: distinct per (seed, data-parallel rank, turn)."""
+    dp_rank = 0
+    if dist.is_available() and dist.is_initialized():
+        from megatron.core import parallel_state as ps
+
+        dp_rank = ps.get_data_parallel_rank() if ps.model_parallel_is_initialized() else 0
+    return ((int(seed) * 1_000_003 + dp_rank) * 1_000_033 + turn) % (2**63)
+
+
+class _EnvDriver:
+    """Environments on the model-parallel group's first rank; results broadcast to the group."""
+
+    def __init__(self, env_factory: Callable, pool_config: PoolConfig | None):
+        self.env_factory = env_factory
+        self.pool_config = pool_config
+        self.pool: EnvPool | None = None
+        self.group, self.src = _model_parallel_group()
+
+    def reset(self, seeds: Sequence[int]) -> list[EnvResult]:
+        return self._call("reset", list(seeds))
+
+    def step(self, actions: Sequence[Optional[str]]) -> list[Optional[EnvResult]]:
+        return self._call("step", list(actions))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def _call(self, cmd: str, arg: list):
+        out = None
+        if self.group is None or dist.get_rank() == self.src:
+            if self.pool is None or self.pool.num_slots < len(arg):
+                self.close()
+                self.pool = EnvPool(self.env_factory, len(arg), self.pool_config)
+            out = getattr(self.pool, cmd)(arg)
+        if self.group is not None:
+            box = [out]
+            dist.broadcast_object_list(box, src=self.src, group=self.group)
+            out = box[0]
+        return out
+
+
+def _model_parallel_group():
+    """(group, source rank) of the model-parallel group, or (None, None) when it is one rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None, None
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        return None, None
+    if ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size() == 1:
+        return None, None
+    return ps.get_model_parallel_group(), ps.get_model_parallel_src_rank()

@@ -1,0 +1,213 @@
+"""In-process generation with the training model: ``Generator.generate(prompts) -> results``.
+
+    gen = Generator(model_chunks, tokenizer, GenerationConfig(temperature=1.0, top_p=0.95))
+    results = gen.generate([[1, 2, 3], [4, 5]], max_new_tokens=[64, 32], seed=7)
+    results[0].token_ids, results[0].logprobs, results[0].finish_reason
+
+Every rank of a model-parallel group (TP x PP) calls ``generate`` with the same prompts, budgets
+and seed; every rank gets the same results. Data-parallel ranks generate independently (give
+each its own prompts and seed).
+
+The backend is chosen by ``GenerationConfig.backend``: ``static`` is megatron-core's static KV
+cache (``nemo_craft.rollout.static_backend``; CPU and GPU); ``dynamic`` (megatron's paged-KV
+``DynamicInferenceEngine``, GPU with flash-attn) is the place for the next backend; ``auto``
+picks the best available one (today: static).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+
+from nemo_craft.parallel.cpu_mode import compute_device
+from nemo_craft.rollout.stopping import FINISH_REASONS, StopCriteria
+
+__all__ = ["BACKENDS", "GenerationConfig", "GenerationResult", "Generator", "GenerationTokenizer"]
+
+BACKENDS = ("auto", "static", "dynamic")
+
+
+@dataclass
+class GenerationConfig:
+    """How actions are sampled."""
+
+    backend: str = "auto"
+    """"static" (megatron's static KV cache; CPU and GPU), "dynamic" (paged KV cache, GPU; not
+    yet available) or "auto" (the best available: static today)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 is greedy (argmax)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens up to this probability mass (1: off)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0: off); combined with top_p, top-k applies first."""
+    max_new_tokens: int = 512
+    """Default token budget of one generation (one turn's action) when ``generate`` is given
+    none; SPEC.md section 8 uses 512."""
+    stop_strings: tuple[str, ...] = ("</action>",)
+    """A row ends as soon as its text contains one of these (the completing token is kept)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end a row besides the tokenizer's ``stop_ids`` (its EOS and end-of-turn
+    tokens); the drawn id is kept as the last token."""
+    seed: int = 0
+    """Seed of the sampling stream when ``generate`` is called without one (then each call
+    continues from the previous: call i uses seed + i)."""
+    max_batch_size: int = 64
+    """Rows per forward pass (the KV cache holds this many); more rows run in several passes."""
+    max_sequence_length: int | None = None
+    """Prompt + generated tokens of one row, at most; None: the model's max_sequence_length."""
+    pp_microbatch_tokens: int = 512
+    """Pipeline-parallel forwards over more tokens than this are split into micro-batches so
+    the stages overlap (megatron's inference_batch_times_seqlen_threshold; -1: never)."""
+    vocab_size: int | None = None
+    """Vocabulary to sample from; None: the tokenizer's. Logits beyond it are padding."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1: off), got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0: off), got {self.top_k!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if isinstance(self.stop_strings, str):
+            raise ValueError(f"stop_strings must be a list of strings, got the string "
+                             f"{self.stop_strings!r}; write [{self.stop_strings!r}]")
+        self.stop_strings = tuple(self.stop_strings)
+        self.stop_token_ids = tuple(int(i) for i in self.stop_token_ids)
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an int >= 1, got {self.max_batch_size!r}")
+        if self.max_sequence_length is not None and self.max_sequence_length < 2:
+            raise ValueError(f"max_sequence_length must be >= 2 or None, got {self.max_sequence_length!r}")
+        if self.pp_microbatch_tokens != -1 and self.pp_microbatch_tokens < 1:
+            raise ValueError(f"pp_microbatch_tokens must be >= 1 or -1 (never split), got "
+                             f"{self.pp_microbatch_tokens!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class GenerationResult:
+    """One generated continuation."""
+
+    token_ids: list[int]
+    """The sampled tokens (a final EOS / stop token included)."""
+    logprobs: list[float]
+    """log pi(token) under the model (raw logits, temperature 1), one per token."""
+    finish_reason: str
+    """"eos", "stop" (a stop string) or "length" (the budget); see ``stopping.FINISH_REASONS``."""
+    text: str = ""
+    """The tokens decoded."""
+
+    def __post_init__(self) -> None:
+        assert self.finish_reason in FINISH_REASONS, self.finish_reason
+        assert len(self.token_ids) == len(self.logprobs)
+
+
+class GenerationTokenizer(Protocol):
+    """What generation needs of a tokenizer."""
+
+    vocab_size: int
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end a generation (EOS, a chat model's end-of-turn token)."""
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class Generator:
+    """Samples continuations of token prompts with this rank's model chunks.
+
+    Args:
+        model_chunks: the model as megatron builds it: a list of chunks (or one module).
+        tokenizer: gives ``stop_ids``, ``vocab_size`` and ``decode`` (stop strings, texts).
+        config: the default sampling settings; ``generate(config=...)`` overrides them per call.
+    """
+
+    def __init__(self, model_chunks, tokenizer: GenerationTokenizer, config: GenerationConfig | None = None):
+        self.config = config if config is not None else GenerationConfig()
+        self.tokenizer = tokenizer
+        self.model_chunks = list(model_chunks) if isinstance(model_chunks, (list, tuple)) else [model_chunks]
+        self._calls = 0
+        self._backend = self._build_backend(self.config)
+
+    def _build_backend(self, config: GenerationConfig):
+        from megatron.core.utils import unwrap_model
+
+        name = "static" if config.backend == "auto" else config.backend
+        if name == "dynamic":
+            raise NotImplementedError(
+                "backend='dynamic' (megatron's DynamicInferenceEngine, paged KV cache; needs a GPU "
+                "and flash-attn >= 2.7.3) is not implemented yet; use backend='static' or 'auto'")
+        from nemo_craft.rollout.static_backend import StaticBackend
+
+        vocab_size = config.vocab_size or self.tokenizer.vocab_size
+        max_len = config.max_sequence_length or unwrap_model(self.model_chunks[0]).max_sequence_length
+        return StaticBackend(self.model_chunks, vocab_size=vocab_size, max_batch_size=config.max_batch_size,
+                             max_sequence_length=max_len, pp_microbatch_tokens=config.pp_microbatch_tokens)
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Prompt + generated tokens of one row, at most."""
+        return self._backend.max_sequence_length
+
+    def generate(
+        self,
+        prompts_token_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int | Sequence[int] | None = None,
+        seed: int | None = None,
+        config: GenerationConfig | None = None,
+    ) -> list[GenerationResult]:
+        """Continue every prompt; one result per prompt, in order.
+
+        Args:
+            prompts_token_ids: token ids of each prompt (non-empty).
+            max_new_tokens: budget of every row, or one per row (e.g. min(turn budget, what is
+                left of the episode's)); None: ``config.max_new_tokens``. A budget of 0 gives
+                an empty result with finish_reason "length" without running the model.
+            seed: seed of this call's sampling stream (the same seed, prompts and layout give
+                the same tokens); None: ``config.seed`` + the number of earlier calls.
+            config: sampling settings for this call (e.g. the validation temperature); its
+                backend, batch and length limits are those the generator was built with.
+        """
+        cfg = config if config is not None else self.config
+        n = len(prompts_token_ids)
+        if max_new_tokens is None:
+            max_new_tokens = cfg.max_new_tokens
+        budgets = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+        if len(budgets) != n:
+            raise ValueError(f"{len(budgets)} budgets for {n} prompts")
+        if any(b < 0 for b in budgets):
+            raise ValueError(f"token budgets must be >= 0, got {budgets}")
+        if any(len(p) == 0 for p in prompts_token_ids):
+            raise ValueError("every prompt needs at least one token")
+        if seed is None:
+            seed = cfg.seed + self._calls
+        self._calls += 1
+
+        generator = torch.Generator(device=compute_device())
+        generator.manual_seed(int(seed))
+        stop = StopCriteria((*self.tokenizer.stop_ids, *cfg.stop_token_ids), cfg.stop_strings,
+                            self.tokenizer.decode)
+        rows = [i for i in range(n) if budgets[i] > 0]
+        outputs = self._backend.generate(
+            [list(prompts_token_ids[i]) for i in rows], [budgets[i] for i in rows],
+            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, stop=stop, generator=generator,
+        ) if rows else []
+        results = [GenerationResult([], [], "length") for _ in range(n)]
+        for i, (tokens, logprobs, reason) in zip(rows, outputs):
+            results[i] = GenerationResult(tokens, logprobs, reason, self.tokenizer.decode(tokens))
+        return results
+
+    def with_config(self, **changes) -> GenerationConfig:
+        """A copy of the default config with ``changes`` (validated), for ``generate(config=)``."""
+        return dataclasses.replace(self.config, **changes)

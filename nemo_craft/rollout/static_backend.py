@@ -1,0 +1,221 @@
+"""Batched generation with megatron-core's static KV cache (``backend="static"``).
+
+What is megatron's and what is ours:
+
+* megatron-core: ``GPTInferenceWrapper`` (inputs, attention mask and position ids of a context
+  window; the forward pass for TP, for PP with p2p between stages and micro-batching of large
+  prefills; logits gathered over TP), ``StaticInferenceContext`` (the per-layer KV cache that
+  attention fills and reads, prefill then decode mode) and the static batching scheme of its
+  ``TextGenerationController``: prompts left-aligned, prefill up to the shortest prompt, then one
+  position per step, where a row still inside its prompt feeds its next prompt token and a row
+  past it feeds its last sampled token. No padding token is ever attended to, so the scheme is
+  exact with every attention backend (local, TE, flash) and every position-embedding type.
+* the loop below (~60 lines) replaces ``TextGenerationController.
+  generate_all_output_tokens_static_batch``, which does not serve RL rollouts: it has one budget
+  and one termination id for the whole batch and no stop strings (so every action would run to
+  the longest budget), it materialises [B, prompt, V] logits whenever log-probs are asked for,
+  it broadcasts the full [B, V] logits from the last pipeline stage at every step, and its engine
+  (``StaticInferenceEngine.generate``) reseeds the global torch RNG on each call. Here each row
+  has its own budget, EOS ids and stop strings, the batch stops when its last row does, only the
+  last token's logits are computed, the last stage samples and broadcasts B token ids and
+  log-probs, and sampling draws from a generator of its own.
+
+Every rank of a model-parallel group runs this in lockstep on the same prompts; the sampled tokens
+are broadcast from tensor-parallel rank 0 of the last pipeline stage, so all ranks hold the same
+tokens and take the same stop decisions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+from nemo_craft.parallel.cpu_mode import compute_device
+from nemo_craft.rollout.sampling import sample_next_tokens
+from nemo_craft.rollout.stopping import StopCriteria
+
+__all__ = ["StaticBackend"]
+
+
+class StaticBackend:
+    """Generation on one model chunk (this rank's pipeline stage) with a static KV cache.
+
+    Args:
+        model_chunks: this rank's model chunks as megatron builds them (one chunk; megatron's
+            inference wrapper does not support virtual pipeline stages). May be wrapped (DDP,
+            Float16Module).
+        vocab_size: the tokenizer's vocabulary (logits beyond it are padding, never sampled).
+        max_batch_size: rows per forward pass; larger batches are split.
+        max_sequence_length: prompt plus generated tokens of one row, at most.
+        pp_microbatch_tokens: megatron's ``inference_batch_times_seqlen_threshold``: a pipeline-
+            parallel forward of more tokens than this is split into micro-batches (-1: never).
+    """
+
+    def __init__(self, model_chunks: Sequence[torch.nn.Module], *, vocab_size: int, max_batch_size: int,
+                 max_sequence_length: int, pp_microbatch_tokens: int):
+        from megatron.core.inference.contexts import StaticInferenceContext
+        from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import (
+            GPTInferenceWrapper,
+        )
+        from megatron.core.inference.model_inference_wrappers.inference_wrapper_config import (
+            InferenceWrapperConfig,
+        )
+        from megatron.core.utils import get_model_config, unwrap_model
+
+        if len(model_chunks) != 1:
+            raise ValueError(
+                f"generation needs exactly one model chunk per rank, got {len(model_chunks)}: "
+                "megatron's inference wrapper does not support virtual pipeline parallel; "
+                "generate with virtual_pipeline_model_parallel_size=None")
+        self.model = model_chunks[0]
+        self.config = get_model_config(self.model)
+        padded_vocab_size = unwrap_model(self.model).vocab_size
+        if vocab_size > padded_vocab_size:
+            raise ValueError(f"tokenizer vocab_size {vocab_size} > the model's padded vocabulary "
+                             f"{padded_vocab_size}")
+        self.vocab_size = vocab_size
+        self.max_batch_size = max_batch_size
+        self.max_sequence_length = max_sequence_length
+        wrapper_config = InferenceWrapperConfig(
+            hidden_size=self.config.hidden_size,
+            params_dtype=self.config.params_dtype,
+            inference_batch_times_seqlen_threshold=pp_microbatch_tokens,
+            padded_vocab_size=padded_vocab_size,
+            inference_max_requests=max_batch_size,
+            inference_max_seq_length=max_sequence_length,
+            fp32_residual_connection=self.config.fp32_residual_connection,
+        )
+        self._context_cls = StaticInferenceContext
+        self.wrapper = GPTInferenceWrapper(self.model, wrapper_config, StaticInferenceContext(1, 1))
+
+    # -- public ------------------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, temperature: float,
+                 top_k: int, top_p: float, stop: StopCriteria, generator: torch.Generator
+                 ) -> list[tuple[list[int], list[float], str]]:
+        """``(token_ids, logprobs, finish_reason)`` per prompt, in order. Rows are grouped by
+        prompt length (shortest first) into batches of at most ``max_batch_size``."""
+        for i, (p, b) in enumerate(zip(prompts, budgets)):
+            if len(p) + b > self.max_sequence_length:
+                raise ValueError(f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
+                                 f"max_sequence_length={self.max_sequence_length}")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list = [None] * len(prompts)
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, generator=generator)
+        with self._inference_state():
+            for first in range(0, len(order), self.max_batch_size):
+                rows = order[first:first + self.max_batch_size]
+                results = self._generate_batch([prompts[i] for i in rows], [budgets[i] for i in rows],
+                                               **sampling)
+                for i, result in zip(rows, results):
+                    out[i] = result
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts, budgets, *, temperature, top_k, top_p, stop, generator):
+        device = compute_device()
+        lengths = [len(p) for p in prompts]
+        width = max(n + b for n, b in zip(lengths, budgets))
+        tokens_BT = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            tokens_BT[i, :len(p)] = torch.tensor(p, dtype=torch.long, device=device)
+        lengths_B = torch.tensor(lengths, device=device)
+
+        context = self._context_cls(len(prompts), width)
+        self.wrapper.inference_context = context
+        self.wrapper.prep_model_for_inference()  # eval mode, context reset (prefill)
+        inputs = self.wrapper.prep_inference_input(tokens_BT)
+
+        generated = [[] for _ in prompts]
+        logprobs = [[] for _ in prompts]
+        reasons: list[str | None] = [None] * len(prompts)
+        start, end = 0, min(lengths)
+        while True:
+            window = self.wrapper.get_batch_for_context_window(inputs, start, end)
+            logits = self.wrapper.run_one_forward_step(window)  # [B, 1, V'] on the last stage
+            next_B, logp_B = self._sample_and_share(logits, len(prompts), temperature, top_k, top_p,
+                                                    generator, device)
+            started_B = lengths_B <= end  # rows whose prompt is consumed: their token goes at `end`
+            tokens_BT[started_B, end] = next_B[started_B]
+            next_list, logp_list = next_B.tolist(), logp_B.tolist()
+            for i in range(len(prompts)):
+                if reasons[i] is None and lengths[i] <= end:
+                    generated[i].append(next_list[i])
+                    logprobs[i].append(logp_list[i])
+                    reasons[i] = stop.check(generated[i], budgets[i])
+            if all(r is not None for r in reasons):
+                break
+            if bool(started_B.all()):
+                context.enable_decode_mode()
+            start, end = end, end + 1
+            assert end < width, "a row outlived its budget"
+        return list(zip(generated, logprobs, reasons))
+
+    def _sample_and_share(self, logits, batch, temperature, top_k, top_p, generator, device):
+        """Sample on the last pipeline stage; broadcast (token, log-prob) pairs from its TP rank 0
+        to the whole model-parallel group (B pairs, instead of megatron's [B, V] logits)."""
+        from megatron.core import parallel_state as ps
+
+        packed_2B = torch.empty(2, batch, dtype=torch.float64, device=device)
+        last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
+        if last_stage:
+            next_B, logp_B = sample_next_tokens(logits[:, -1, :], vocab_size=self.vocab_size,
+                                                temperature=temperature, top_k=top_k, top_p=top_p,
+                                                generator=generator)
+            packed_2B[0], packed_2B[1] = next_B, logp_B
+            if ps.get_tensor_model_parallel_world_size() > 1:
+                dist.broadcast(packed_2B, src=ps.get_tensor_model_parallel_src_rank(),
+                               group=ps.get_tensor_model_parallel_group())
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            dist.broadcast(packed_2B, src=ps.get_pipeline_model_parallel_last_rank(),
+                           group=ps.get_pipeline_model_parallel_group())
+        return packed_2B[0].long(), packed_2B[1].float()
+
+    # -- model state around generation --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _inference_state(self):
+        """Eval mode and no sequence parallel during generation (megatron's static path does not
+        support sequence parallel); both restored afterwards, with RoPE's cache cleared (its
+        entries made under inference mode must not reach a training forward)."""
+        from megatron.core.transformer.utils import set_model_to_sequence_parallel
+        from megatron.core.utils import unwrap_model
+
+        was_training = self.model.training
+        unwrapped = unwrap_model(self.model)
+        sequence_parallel = self.config.sequence_parallel
+        if sequence_parallel:
+            set_model_to_sequence_parallel(unwrapped, False)
+        try:
+            yield
+        finally:
+            if sequence_parallel:
+                set_model_to_sequence_parallel(unwrapped, True)
+            self.model.train(was_training)
+            self.wrapper.inference_context = self._context_cls(1, 1)  # drop the KV cache
+            _clear_rotary_cache()
+            _reset_global_memory_buffer()
+
+
+def _reset_global_memory_buffer() -> None:
+    """megatron's global memory buffer (the scratch of the TP / sequence-parallel all-gathers) is
+    allocated on first use; allocated during generation it is an inference tensor, and the next
+    training forward under sequence parallel fails writing into it ("Inplace update to inference
+    tensor outside InferenceMode"). A fresh buffer is allocated by training on its first use."""
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_global_memory_buffer()
+    ps._set_global_memory_buffer()
+
+
+def _clear_rotary_cache() -> None:
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    cache_clear = getattr(RotaryEmbedding.forward, "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()

@@ -1,0 +1,344 @@
+"""Save and resume a training run: model, optimizer, RNG states, scheduler, the caller's state
+and the resolved config, written atomically with megatron's ``dist_checkpointing``.
+
+    manager = CheckpointManager(cfg.checkpoint)
+    extra = manager.load(model_chunks, optimizer, scheduler)      # None: nothing to resume
+    ...
+    if manager.should_save(step):
+        manager.save(step, model_chunks, optimizer, scheduler, extra_state={...},
+                     resolved_config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+
+Every rank calls both; rank 0 alone decides which checkpoint to load and does the renames, and
+shares the outcome, so all ranks raise the same error instead of some of them hanging. One
+checkpoint, ``<dir>/step_000120/``, holds::
+
+    dist/                  model + optimizer: dist_checkpointing "torch_dist" (loads at any TP/PP/DP)
+    rng/rank_00003.pt      RNG states of rank 3 (python, numpy, torch CPU, CUDA, megatron's tracker)
+    trainer_state.pt       step, scheduler state, the caller's extra state (pickled)
+    config.yaml            the resolved config the run used
+    meta.json              layout (world size, TP, PP, CP, DP, VPP), versions, format
+    COMPLETE               written last: step and the size of every file above
+
+See :mod:`nemo_craft.trainer.checkpoint_layout` for the atomic save protocol and discovery.
+RNG states are restored only on the layout they were saved at (another layout has other
+ranks and other dropout streams); model, optimizer, scheduler and extra state load anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from nemo_craft.parallel.megatron_fixes_optim import apply_optimizer_fixes
+from nemo_craft.trainer import checkpoint_layout as layout
+from nemo_craft.trainer.checkpoint_layout import (
+    CheckpointCorruptError,
+    CheckpointInfo,
+    CheckpointNotFoundError,
+)
+from nemo_craft.trainer.checkpoint_state import (
+    SHARDED_STATE_METADATA,
+    build_sharded_state_dict,
+    capture_rng_state,
+    load_into,
+    restore_rng_state,
+)
+
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointManager",
+    "CheckpointInfo",
+    "CheckpointNotFoundError",
+    "CheckpointCorruptError",
+    "CheckpointSaveError",
+]
+
+logger = logging.getLogger(__name__)
+
+_FORMATS = ("torch_dist",)
+DIST_DIR = "dist"
+RNG_DIR = "rng"
+TRAINER_STATE = "trainer_state.pt"
+CONFIG_YAML = "config.yaml"
+META_JSON = "meta.json"
+
+
+@dataclass
+class CheckpointConfig:
+    """Where and how often to checkpoint, and what to resume from."""
+
+    dir: Optional[str] = None
+    """Directory of this run's checkpoints (``step_<n>/`` inside it); None disables saving."""
+    save_every: int = 0
+    """Save every this many steps (``should_save``); 0 saves only when the trainer asks."""
+    keep_last: Optional[int] = 2
+    """Keep this many complete checkpoints (highest steps); None keeps all. Older ones are
+    deleted only after a new one is complete."""
+    resume: Optional[str] = None
+    """None: start fresh. "auto": the newest complete checkpoint in ``dir`` (fresh if none).
+    A path: that checkpoint (or the newest in that directory); an error if absent or incomplete."""
+    format: str = "torch_dist"
+    """dist_checkpointing backend of the model and optimizer; only "torch_dist" is supported."""
+    fully_parallel: bool = True
+    """Spread the writing and reading of replicated shards over the data-parallel ranks
+    (megatron's FullyParallel{Save,Load}StrategyWrapper); False lets DP rank 0 do all of it."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.save_every, int) or isinstance(self.save_every, bool) or self.save_every < 0:
+            raise ValueError(f"checkpoint.save_every={self.save_every!r}: must be an integer >= 0 (0 = never)")
+        if self.keep_last is not None and (not isinstance(self.keep_last, int) or isinstance(self.keep_last, bool)
+                                           or self.keep_last < 1):
+            raise ValueError(f"checkpoint.keep_last={self.keep_last!r}: must be an integer >= 1, or null to keep all")
+        if self.format not in _FORMATS:
+            raise ValueError(f"checkpoint.format={self.format!r}: allowed values are {_FORMATS}")
+        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume):
+            raise ValueError(f"checkpoint.resume={self.resume!r}: must be null, 'auto' or a checkpoint path")
+        if self.dir is None and self.save_every > 0:
+            raise ValueError(f"checkpoint.save_every={self.save_every} needs checkpoint.dir; set a directory "
+                             "or save_every=0")
+        if self.dir is None and self.resume == "auto":
+            raise ValueError("checkpoint.resume='auto' needs checkpoint.dir to look in; set a directory, "
+                             "a checkpoint path, or resume=null")
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed on some rank; the previous checkpoint stays the latest."""
+
+
+class CheckpointManager:
+    """Saves and loads checkpoints of one run (see the module docstring). Every method that
+    touches checkpoints is collective: call it on every rank."""
+
+    def __init__(self, config: CheckpointConfig):
+        self.config = config
+        apply_optimizer_fixes()
+        self._save_strategy = None  # built once: megatron caches the save plan in it
+
+    # ------------------------------------------------------------------ queries
+    def should_save(self, step: int) -> bool:
+        """Whether ``step`` is a scheduled save (``save_every`` > 0 divides it)."""
+        return self.config.dir is not None and self.config.save_every > 0 and step % self.config.save_every == 0
+
+    def available(self) -> list[CheckpointInfo]:
+        """Complete checkpoints in ``dir``, oldest first (local file system view, no collectives)."""
+        return layout.list_checkpoints(self.config.dir) if self.config.dir else []
+
+    def find_resume(self, path: Optional[str] = None) -> Optional[CheckpointInfo]:
+        """The checkpoint to resume from: ``path`` if given, else ``config.resume``; None for a
+        fresh start. Decided on rank 0; errors are raised on every rank."""
+        resume = path if path is not None else self.config.resume
+        return _on_rank0(lambda: layout.resolve_checkpoint(self.config.dir, resume))
+
+    # --------------------------------------------------------------------- save
+    def save(self, step: int, model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any],
+             scheduler: Optional[Any], extra_state: Optional[dict] = None,
+             resolved_config_yaml: str = "") -> Path:
+        """Write checkpoint ``step``; returns its directory. ``extra_state`` (anything
+        picklable: controller state, task cursor, ...) is taken from rank 0. Raises
+        :class:`CheckpointSaveError` on every rank if any rank failed; the previous checkpoint
+        then stays the latest and no ``step_<n>/`` directory appears."""
+        from megatron.core import dist_checkpointing
+
+        if self.config.dir is None:
+            raise ValueError("CheckpointManager.save: checkpoint.dir is not set")
+        root = Path(self.config.dir)
+        nonce = _broadcast(uuid.uuid4().hex[:8])
+        tmp = root / layout.tmp_dir_name(step, nonce)
+        final = root / layout.step_dir_name(step)
+        _raise_if_any(_on_rank0_errors(lambda: (tmp / DIST_DIR).mkdir(parents=True)), f"creating {tmp}")
+        # Before its first step an optimizer has no state, and megatron's plain optimizer would
+        # write a checkpoint it cannot load back; such a checkpoint holds no optimizer instead.
+        with_optimizer = _any_rank(optimizer is not None and _optimizer_has_state(optimizer))
+        try:
+            sharded = build_sharded_state_dict(model_chunks, optimizer if with_optimizer else None,
+                                               SHARDED_STATE_METADATA, is_loading=False)
+            dist_checkpointing.save(sharded, str(tmp / DIST_DIR), sharded_strategy=self._save_strategy_for(),
+                                    content_metadata=dict(SHARDED_STATE_METADATA))
+        except Exception as err:
+            raise CheckpointSaveError(f"saving checkpoint step {step} to '{tmp}' failed in dist_checkpointing: "
+                                      f"{err!r}; the previous checkpoint stays the latest") from err
+        errors = _gather_errors(lambda: self._write_rank_files(tmp, step, scheduler, extra_state,
+                                                               resolved_config_yaml, with_optimizer))
+        if any(errors):
+            _on_rank0_errors(lambda: shutil.rmtree(tmp, ignore_errors=True))
+            _raise_if_any(errors, f"saving checkpoint step {step} to '{tmp}'")
+        _raise_if_any(_on_rank0_errors(lambda: self._publish(tmp, final, step)),
+                      f"publishing checkpoint step {step} as '{final}'")
+        logger.info("saved checkpoint %s", final)
+        return final
+
+    def _save_strategy_for(self):
+        if self._save_strategy is None:
+            from megatron.core import parallel_state
+            from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+            from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+            strategy = get_default_save_sharded_strategy(self.config.format)
+            if self.config.fully_parallel:
+                strategy = FullyParallelSaveStrategyWrapper(
+                    strategy, parallel_state.get_data_parallel_group(with_context_parallel=True))
+            self._save_strategy = strategy
+        return self._save_strategy
+
+    def _write_rank_files(self, tmp: Path, step: int, scheduler, extra_state, config_yaml: str,
+                          with_optimizer: bool) -> None:
+        rank = dist.get_rank()
+        (tmp / RNG_DIR).mkdir(exist_ok=True)
+        torch.save(capture_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
+        if rank == 0:
+            torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "extra_state": extra_state}, tmp / TRAINER_STATE)
+            (tmp / CONFIG_YAML).write_text(config_yaml)
+            meta = dict(step=step, format=self.config.format, optimizer=with_optimizer, layout=_layout(),
+                        versions=_versions())
+            (tmp / META_JSON).write_text(json.dumps(meta, indent=1))
+
+    def _publish(self, tmp: Path, final: Path, step: int) -> None:
+        layout.write_complete_marker(tmp, step, world_size=dist.get_world_size())
+        layout.publish(tmp, final)
+        for path in layout.prune(final.parent, self.config.keep_last, final):
+            logger.info("deleted old checkpoint %s", path)
+
+    # --------------------------------------------------------------------- load
+    def load(self, model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any] = None,
+             scheduler: Optional[Any] = None, path: Optional[str] = None) -> Optional[dict]:
+        """Resume from ``path`` (default: ``config.resume``, see :meth:`find_resume`) into the
+        given freshly built chunks / optimizer / scheduler (pass None to skip one); returns
+        the saved ``extra_state``, or None when there is nothing to resume. The step is
+        ``find_resume().step``; ``trainer_state(path)["step"]`` has it too."""
+        from megatron.core import dist_checkpointing
+
+        info = self.find_resume(path)
+        if info is None:
+            return None
+        meta = json.loads((info.path / META_JSON).read_text())
+        if optimizer is not None and not meta["optimizer"]:
+            optimizer = None  # saved before the first step: a fresh optimizer is the saved state
+        dist_dir = str(info.path / DIST_DIR)
+        metadata = dist_checkpointing.load_content_metadata(dist_dir) or SHARDED_STATE_METADATA
+        sharded = build_sharded_state_dict(model_chunks, optimizer, metadata, is_loading=True)
+        loaded = dist_checkpointing.load(sharded, dist_dir, sharded_strategy=self._load_strategy_for(dist_dir))
+        load_into(loaded, model_chunks, optimizer)
+        state = _read(info.path, TRAINER_STATE)
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        saved_layout = meta["layout"]
+        if saved_layout == _layout():
+            restore_rng_state(_read(info.path, f"{RNG_DIR}/rank_{dist.get_rank():05d}.pt"))
+        elif dist.get_rank() == 0:
+            logger.warning("checkpoint %s was saved at layout %s, this run is %s: model, optimizer and state "
+                           "loaded, RNG states not restored", info.path, saved_layout, _layout())
+        logger.info("loaded checkpoint %s (step %d)", info.path, info.step)
+        return state["extra_state"]
+
+    def _load_strategy_for(self, dist_dir: str):
+        if not self.config.fully_parallel:
+            return None
+        from megatron.core import parallel_state
+        from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+        from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
+
+        return FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(dist_dir),
+                                                parallel_state.get_data_parallel_group(with_context_parallel=True))
+
+    @staticmethod
+    def read_config_yaml(path: str) -> str:
+        """The resolved config a checkpoint was saved with (no collectives)."""
+        return (Path(path) / CONFIG_YAML).read_text()
+
+    @staticmethod
+    def trainer_state(path: str) -> dict:
+        """``{"step", "scheduler", "extra_state"}`` of a checkpoint (no collectives)."""
+        return _read(Path(path), TRAINER_STATE)
+
+
+# ------------------------------------------------------------------ helpers
+def _read(path: Path, name: str):
+    try:
+        return torch.load(path / name, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise CheckpointCorruptError(f"checkpoint '{path}' is corrupt: cannot read '{name}' ({err!r})") from err
+
+
+def _layout() -> dict:
+    from megatron.core import parallel_state as ps
+
+    return dict(world_size=dist.get_world_size(), tp=ps.get_tensor_model_parallel_world_size(),
+                pp=ps.get_pipeline_model_parallel_world_size(), cp=ps.get_context_parallel_world_size(),
+                dp=ps.get_data_parallel_world_size(), vpp=ps.get_virtual_pipeline_model_parallel_world_size())
+
+
+def _versions() -> dict:
+    import megatron.core
+
+    return dict(torch=torch.__version__, megatron_core=megatron.core.__version__)
+
+
+def _optimizer_has_state(optimizer) -> bool:
+    inner = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])]
+    return any(o is not None and len(o.state) > 0 for o in inner)
+
+
+def _any_rank(flag: bool) -> bool:
+    flags = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return any(flags)
+
+
+def _broadcast(value):
+    """Rank 0's ``value`` on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _on_rank0(fn):
+    """Run ``fn`` on rank 0 only and return its result on every rank; an exception it raises
+    is raised on every rank (the same exception: the rest would otherwise wait forever)."""
+    result, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+            error = err
+    result, error = _broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+def _on_rank0_errors(fn) -> list:
+    """Run ``fn`` on rank 0; every rank gets ``[error text or None]`` (a collective)."""
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - reported on every rank by the caller
+            error = f"rank 0: {err!r}"
+    return [_broadcast(error)]
+
+
+def _gather_errors(fn) -> list:
+    """Run ``fn`` on every rank; every rank gets each rank's ``error text or None``."""
+    error = None
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - reported on every rank by the caller
+        error = f"rank {dist.get_rank()}: {err!r}"
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return errors
+
+
+def _raise_if_any(errors: list, what: str) -> None:
+    failed = [e for e in errors if e]
+    if failed:
+        raise CheckpointSaveError(f"{what} failed: {failed}; the previous checkpoint stays the latest")

@@ -1,0 +1,169 @@
+"""Stop cleanly when the scheduler asks: at a step boundary, on every rank at once.
+
+    preemption = PreemptionHandler()                     # handles SIGTERM and SIGUSR1 from here on
+    for step in range(start, max_steps):
+        train_one_step()
+        if preemption.should_stop():                     # collective: every rank calls it
+            save_checkpoint(step)
+            preemption.exit(step)                        # marker + SystemExit(75): the job is requeued
+
+(``with PreemptionHandler() as preemption:`` restores the previous handlers on the way out;
+``write_exit_marker`` + ``return PREEMPTION_EXIT_CODE`` is ``exit`` for a caller that prefers to
+unwind by itself.)
+
+What asks for a stop:
+
+- a signal: SIGUSR1 (SLURM's ``--signal`` warning before the time limit) or SIGTERM (SLURM's
+  preemption / ``scancel``, forwarded by torchrun to its workers). The handler only records the
+  signal: no I/O, no locks, no collectives inside it;
+- a stop file, the path in ``$NEMO_CRAFT_STOP_FILE`` (the sbatch template touches it when its
+  batch shell receives SIGUSR1; torchrun does not forward SIGUSR1 to its workers, and a file on
+  the shared filesystem reaches every node).
+
+``should_stop()`` is the step boundary: it reads the local request and, under torch.distributed,
+takes the MAX over the ranks (one all-reduce of one number), so if any rank was signalled every
+rank stops after the same step and the checkpoint is consistent.
+
+The exit status of a preempted run is :data:`PREEMPTION_EXIT_CODE` = 75 (``EX_TEMPFAIL`` in
+sysexits.h: "temporary failure, retry"), distinct from success (0), a crash (1), Python's usage
+errors (2) and ``timeout`` (124). torchrun reports any failed worker as 1, so the code also goes
+to a marker file (``$NEMO_CRAFT_EXIT_MARKER``, JSON, written by global rank 0) that the sbatch
+template reads to decide on ``scontrol requeue``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Iterable, NoReturn, Optional
+
+__all__ = ["PREEMPTION_EXIT_CODE", "STOP_FILE_ENV", "EXIT_MARKER_ENV", "PreemptionHandler"]
+
+PREEMPTION_EXIT_CODE = 75
+STOP_FILE_ENV = "NEMO_CRAFT_STOP_FILE"
+EXIT_MARKER_ENV = "NEMO_CRAFT_EXIT_MARKER"
+_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class PreemptionHandler:
+    """Records a stop request (signal or stop file) and answers ``should_stop()`` at step boundaries.
+
+    Args:
+        signals: the signals to handle (default SIGTERM and SIGUSR1).
+        stop_file: a path whose existence requests a stop; default ``$NEMO_CRAFT_STOP_FILE``
+            (None or empty: no stop file).
+        group: the process group that must agree (default: the whole world).
+        install: install the signal handlers now (main thread only); else call ``install()``.
+    """
+
+    def __init__(self, signals: Iterable[int] = _DEFAULT_SIGNALS, *, stop_file: Optional[str] = None,
+                 group=None, install: bool = True) -> None:
+        self.signals = tuple(signals)
+        self.stop_file = stop_file if stop_file is not None else (os.environ.get(STOP_FILE_ENV) or None)
+        self.group = group
+        self.received: Optional[int] = None
+        """The last signal received (its number), None if none."""
+        self.reason: Optional[str] = None
+        """Why the run stopped, once ``should_stop()`` answered True ("SIGUSR1", "stop file", "another rank")."""
+        self._previous: dict[int, object] = {}
+        if install:
+            self.install()
+
+    # ------------------------------------------------------------------ install
+
+    def install(self) -> "PreemptionHandler":
+        """Install the handlers (main thread only, as Python requires); returns self. Idempotent."""
+        if self._previous:
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("PreemptionHandler.install() must run in the main thread (Python delivers "
+                               "signals there)")
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def uninstall(self) -> None:
+        """Restore the handlers that were there before ``install()``."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> "PreemptionHandler":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
+    def _on_signal(self, signum, frame) -> None:
+        # Only record it: the step boundary does the rest.
+        self.received = signum
+
+    # ------------------------------------------------------------------ the step boundary
+
+    def requested_locally(self) -> bool:
+        """Whether this rank has been asked to stop (a signal, or the stop file exists)."""
+        return self.received is not None or bool(self.stop_file and os.path.exists(self.stop_file))
+
+    def should_stop(self) -> bool:
+        """True on every rank if any rank was asked to stop. Under torch.distributed this is a
+        collective (an all-reduce MAX): call it on every rank at the same step boundary."""
+        local = self.requested_locally()
+        agreed = local
+        dist = _initialized_dist()
+        if dist is not None:
+            import torch
+
+            device = "cpu"
+            if dist.get_backend(self.group) == "nccl":
+                device = torch.device("cuda", torch.cuda.current_device())
+            flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            agreed = bool(flag.item())
+        if agreed and self.reason is None:
+            if self.received is not None:
+                self.reason = signal.Signals(self.received).name
+            elif local:
+                self.reason = "stop file"
+            else:
+                self.reason = "another rank"
+        return agreed
+
+    # ------------------------------------------------------------------ after the checkpoint
+
+    def write_exit_marker(self, step: int, checkpoint: Optional[str] = None, path: Optional[str] = None) -> None:
+        """Record the preemption exit for the job script (global rank 0 writes it; others return).
+        ``path`` defaults to ``$NEMO_CRAFT_EXIT_MARKER``; nothing is written when neither is set."""
+        path = path or os.environ.get(EXIT_MARKER_ENV)
+        if not path:
+            return
+        dist = _initialized_dist()
+        if dist is not None and dist.get_rank() != 0:
+            return
+        record = dict(exit_code=PREEMPTION_EXIT_CODE, reason=self.reason, step=step, checkpoint=checkpoint,
+                      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        tmp = f"{path}.tmp{os.getpid()}"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    def exit(self, step: Optional[int] = None, checkpoint: Optional[str] = None) -> NoReturn:
+        """After the checkpoint: write the exit marker and leave with :data:`PREEMPTION_EXIT_CODE`
+        (raises ``SystemExit(75)``, so ``finally`` blocks and atexit handlers still run)."""
+        self.write_exit_marker(step if step is not None else -1, checkpoint)
+        self.uninstall()
+        raise SystemExit(PREEMPTION_EXIT_CODE)
+
+
+def _initialized_dist():
+    """``torch.distributed`` when a process group is initialised, else None (without importing
+    torch in a process that never did)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None

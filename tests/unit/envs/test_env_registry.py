@@ -1,0 +1,55 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nemo_craft.cli.envs import main
+from nemo_craft.envs import ENVIRONMENTS, PoolConfig, env_class, make_config, make_env
+from nemo_craft.envs.sokoban import SokobanEnv
+
+CONF = Path(__file__).resolve().parents[3] / "conf" / "env"
+
+
+def test_registry_names():
+    assert set(ENVIRONMENTS) == {"sokoban", "search_qa", "webshop", "alfworld", "scienceworld"}
+    with pytest.raises(ValueError, match="sokoban"):
+        make_env("minecraft")
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ValueError, match="boxes"):
+        make_env("sokoban", boxes=3)
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+def test_conf_files_match_the_config_dataclasses(path):
+    conf = yaml.safe_load(path.read_text())
+    assert conf["name"] == path.stem
+    config = make_config(conf["name"], **conf["config"])
+    fields = {f.name for f in dataclasses.fields(env_class(conf["name"]).config_cls)}
+    assert set(conf["config"]) == fields, "every field has its default in the YAML"
+    assert config.max_turns >= 1
+    PoolConfig(**conf["pool"])
+
+
+def test_conf_covers_every_environment():
+    assert {p.stem for p in CONF.glob("*.yaml")} == set(ENVIRONMENTS)
+
+
+def test_paper_turn_budgets_and_penalties():
+    assert make_config("alfworld").max_turns == 50
+    assert make_config("search_qa").max_turns == 4
+    assert make_config("webshop").max_turns == 15
+    assert make_config("search_qa").invalid_penalty == 0.01
+    assert make_config("sokoban").invalid_penalty == 0.1
+
+
+def test_envs_check_cli(capsys, monkeypatch):
+    assert main(["check", "sokoban", "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("success=True") == 3 and "seed=2" in out
+    assert main(["check", "webshop", "--seeds", "2", "--set", "split=test"]) == 0
+    monkeypatch.setattr(SokobanEnv, "expert_actions", lambda self: ["<action>up</action>"] * 2)
+    assert main(["check", "sokoban", "--seeds", "4", "--set", "max_turns=2"]) == 1
+    assert main(["check", "sokoban", "--set", "bogus=1"]) == 2

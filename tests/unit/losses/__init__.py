@@ -1,0 +1,1 @@
+"""Unit tests of nemo_craft.losses (single process)."""

@@ -1,0 +1,131 @@
+"""Every preset's loss and gradient against the float64 token-by-token reference of SPEC.md."""
+
+import pytest
+import torch
+
+from nemo_craft.losses import PRESETS, ControllerState, LossConfig, TokenBatch, compute_credits, policy_loss
+from nemo_craft.parallel.vocab_parallel import counter_uniforms
+from tests.unit.losses._reference import make_batch, ref_cringe_positive, ref_loss
+
+V = 41
+
+
+def _setup(seed=0, **kw):
+    raw = make_batch(n_groups=2, group_size=4, seq=16, seed=seed, **kw)
+    gen = torch.Generator().manual_seed(seed + 100)
+    logits = 2 * torch.randn(raw.batch_size, 16, V, generator=gen)
+    targets = torch.randint(0, V, (raw.batch_size, 16), generator=gen)
+    # put the rollout log-probs near the policy's so the ratio is not always clipped
+    lp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    import dataclasses
+    raw = dataclasses.replace(raw, logp_old=lp + 0.2 * torch.randn(lp.shape, generator=gen),
+                              logp_ref=lp + 0.5 * torch.randn(lp.shape, generator=gen),
+                              logp_teacher=lp + torch.randn(lp.shape, generator=gen))
+    return raw, logits, targets
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_matches_reference(name):
+    raw, logits, targets = _setup()
+    cfg = LossConfig.preset(name)
+    state = ControllerState.initial(cfg).update(0.9).update(0.8)  # weights away from the base
+    batch = compute_credits(raw, cfg)
+    leaf = logits.clone().requires_grad_(True)
+    loss, metrics = policy_loss(leaf, targets, batch, cfg, state)
+    loss.backward()
+    lam, beta = (state.lam, state.beta) if cfg.controller else (cfg.sd_coef, cfg.kl_coef)
+    cringe_pos = None
+    if cfg.distill == "cringe":
+        u = counter_uniforms(cfg.cringe_seed, state.step, torch.arange(raw.batch_size), 16)
+        cringe_pos = ref_cringe_positive(logits, targets, u, cfg.cringe_k)
+    ref_leaf = logits.double().requires_grad_(True)
+    ref = ref_loss(ref_leaf, targets, batch, cfg, lam=lam, beta=beta, credit=batch.credit, cringe_pos=cringe_pos)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(leaf.grad.double(), ref_leaf.grad, rtol=1e-5, atol=1e-8)
+    assert metrics["controller/lambda"] == lam and metrics["controller/beta"] == beta
+    for key in ("loss/kl_ref", "loss/entropy", "loss/clip_frac", "credit/gate_activity",
+                "credit/frac_pos_credit", "credit/frac_neg_credit", "credit/n_singleton_groups"):
+        assert key in metrics
+    if cfg.counterfactual:
+        assert metrics["credit/ess"] >= 1.0 and metrics["credit/mean_abs_cti"] > 0
+
+
+def test_craft_really_has_negative_credits_and_the_forward_kl():
+    raw, logits, targets = _setup(seed=3)
+    cfg = LossConfig.preset("craft")
+    batch = compute_credits(raw, cfg)
+    assert (batch.credit[raw.loss_mask] < 0).any() and (batch.credit[raw.loss_mask] > 0).any()
+    loss_pol, _ = policy_loss(logits, targets, batch, cfg)
+    loss_k3, _ = policy_loss(logits, targets, batch, LossConfig.preset("craft", polarized_kl=False))
+    assert not torch.equal(loss_pol, loss_k3)
+
+
+def test_metrics_add_up_over_micro_batches():
+    raw, logits, targets = _setup(seed=5)
+    cfg = LossConfig.preset("craft")
+    batch = compute_credits(raw, cfg)
+    full, m_full = policy_loss(logits, targets, batch, cfg)
+    parts = [policy_loss(logits[i:i + 3], targets[i:i + 3], batch.select(slice(i, i + 3)), cfg)
+             for i in range(0, raw.batch_size, 3)]
+    torch.testing.assert_close(sum(p[0] for p in parts), full, rtol=1e-6, atol=1e-7)
+    for key in ("loss/kl_ref", "loss/entropy", "loss/clip_frac", "loss/pg"):
+        assert sum(p[1][key] for p in parts) == pytest.approx(m_full[key], rel=1e-9, abs=1e-12)
+    assert all(p[1]["credit/gate_activity"] == m_full["credit/gate_activity"] for p in parts)
+
+
+def test_cringe_draw_changes_with_the_step_only():
+    raw, logits, targets = _setup(seed=6)
+    cfg = LossConfig.preset("adaptive_cringe")
+    batch = compute_credits(raw, cfg)
+    s0 = ControllerState.initial(cfg)
+    a, _ = policy_loss(logits, targets, batch, cfg, s0)
+    b, _ = policy_loss(logits, targets, batch, cfg, s0)
+    c, _ = policy_loss(logits, targets, batch, cfg, s0.update(0.5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_empty_batch_gives_zero_loss_and_zero_gradient():
+    raw, logits, targets = _setup()
+    import dataclasses
+    batch = compute_credits(dataclasses.replace(raw, loss_mask=torch.zeros_like(raw.loss_mask)), LossConfig())
+    leaf = logits.clone().requires_grad_(True)
+    loss, _ = policy_loss(leaf, targets, batch, LossConfig())
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and not leaf.grad.any()
+
+
+def test_bad_inputs_raise_clear_errors():
+    raw, logits, targets = _setup()
+    cfg = LossConfig.preset("craft")
+    with pytest.raises(ValueError, match="call compute_credits"):
+        policy_loss(logits, targets, raw, cfg)
+    batch = compute_credits(raw, cfg)
+    bad = logits.clone()
+    bad[raw.loss_mask.nonzero()[0][0], raw.loss_mask.nonzero()[0][1], 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite log-probs"):
+        policy_loss(bad, targets, batch, cfg)
+    with pytest.raises(ValueError, match=r"logits must be \[B, S, V/TP\]"):
+        policy_loss(logits[:, :5], targets, batch, cfg)
+    import dataclasses
+    for name in ("logp_old", "logp_teacher", "logp_ref"):
+        t = getattr(raw, name).clone()
+        t[raw.loss_mask] = float("nan")
+        with pytest.raises(ValueError, match=f"{name} contains NaN"):
+            dataclasses.replace(raw, **{name: t})
+    padded_nan = raw.logp_old.clone()
+    padded_nan[~raw.loss_mask] = float("nan")  # padding may hold anything
+    dataclasses.replace(raw, logp_old=padded_nan)
+    with pytest.raises(ValueError, match="rewards contains NaN"):
+        dataclasses.replace(raw, rewards=torch.full_like(raw.rewards, float("nan")))
+    with pytest.raises(ValueError, match=r"logp_ref has shape \(8, 15\), expected \(8, 16\)"):
+        dataclasses.replace(raw, logp_ref=raw.logp_ref[:, :15])
+    with pytest.raises(ValueError, match=r"rewards has shape \(7,\), expected \(8,\)"):
+        dataclasses.replace(raw, rewards=raw.rewards[:7])
+    with pytest.raises(ValueError, match="loss_mask must be a \\[B, S\\] bool tensor"):
+        dataclasses.replace(raw, loss_mask=raw.loss_mask.float())
+    with pytest.raises(ValueError, match="group_ids must be an integer tensor"):
+        dataclasses.replace(raw, group_ids=raw.group_ids.float())
+    with pytest.raises(ValueError, match="turn_ids must be >= 0"):
+        dataclasses.replace(raw, turn_ids=raw.turn_ids - 5)
+    assert isinstance(batch, TokenBatch)

@@ -1,0 +1,46 @@
+"""scripts/slurm/train.sbatch: valid bash, the directives a preemptible multi-node job needs, and
+a requeue decision that matches the trainer's exit code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from nemo_craft.trainer.preemption import EXIT_MARKER_ENV, PREEMPTION_EXIT_CODE, STOP_FILE_ENV
+
+REPO = Path(__file__).resolve().parents[3]
+SBATCH = (REPO / "scripts" / "slurm" / "train.sbatch").read_text()
+
+
+def test_it_is_valid_bash():
+    for script in ("train.sbatch", "launch.sh", "env.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm" / script)], check=True)
+
+
+def test_directives_for_requeue_on_preemption():
+    directives = re.findall(r"^#SBATCH (\S+)", SBATCH, flags=re.M)
+    for needed in ("--requeue", "--signal=B:USR1@120", "--ntasks-per-node=1", "--open-mode=append"):
+        assert needed in directives
+
+
+def test_it_runs_launch_sh_in_the_container_and_requeues_on_the_trainers_exit_code():
+    assert f"PREEMPTION_EXIT_CODE={PREEMPTION_EXIT_CODE}" in SBATCH
+    for needed in ("--container-image=", "--container-mounts=", "scripts/slurm/launch.sh",
+                   "scontrol show hostnames", "scontrol requeue", "trap on_usr1 USR1",
+                   f"export {STOP_FILE_ENV}=", f"export {EXIT_MARKER_ENV}=", "source \"${CODE_DIR}/scripts/slurm/env.sh\""):
+        assert needed in SBATCH, needed
+
+
+def test_nccl_environment():
+    env = (REPO / "scripts" / "slurm" / "env.sh").read_text()
+    for name in ("CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+                 "NCCL_IB_TIMEOUT"):
+        assert name in env
+
+
+def test_dockerfile_builds_on_a_nemo_image_and_installs_the_package():
+    docker = (REPO / "containers" / "Dockerfile").read_text()
+    assert re.search(r"^ARG NEMO_IMAGE=nvcr\.io/nvidia/nemo:25\.\d\d$", docker, flags=re.M)
+    assert "FROM ${NEMO_IMAGE}" in docker and "pip install --no-deps -e ." in docker
+    assert "megatron-core==${MEGATRON_CORE_VERSION}" in docker

@@ -1,0 +1,65 @@
+"""The memory terms are the documented formulas (checked on a layout where they are easy)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from nemo_craft.models.config import ModelConfig
+from nemo_craft.parallel.config import ParallelConfig
+from nemo_craft.planner.inputs import Workload
+from nemo_craft.planner.memory import layer_activation_bytes, rank_memory
+from nemo_craft.planner.meta_build import ChunkParams, StageParams
+
+MODEL = ModelConfig(architecture="qwen3", num_layers=8, hidden_size=1024, ffn_hidden_size=3072,
+                    num_attention_heads=16, num_query_groups=4, kv_channels=128, vocab_size=32768,
+                    params_dtype="bf16")
+W = Workload(seq_length=2048, privileged_tokens=256, trajectories_per_step=64, micro_batch_size=2,
+             generation_batch=16, logits_chunk_tokens=128)
+
+
+def _stage(pp_rank, layers, params, post):
+    return StageParams(pp_rank=pp_rank, chunks=[ChunkParams(
+        vp_stage=None, first_layer=1, num_layers=layers, params=params, embedding_params=0, sharded_params=params,
+        duplicate_params=0, pre_process=pp_rank == 0, post_process=post)])
+
+
+def test_persistent_terms_and_distributed_optimizer_sharding():
+    p = ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2, sequence_parallel=True,
+                       use_distributed_optimizer=True)
+    m = rank_memory(MODEL, p, W, _stage(0, 4, 1_000_000, False), dp=4, padded_vocab=32768)
+    assert (m.weights, m.grads, m.optimizer, m.reference) == (2e6, 4e6, 12e6 / 4, 0)
+    m = rank_memory(MODEL, dataclasses.replace(p, use_distributed_optimizer=False), W,
+                    _stage(0, 4, 1_000_000, False), dp=4, padded_vocab=32768)
+    assert m.optimizer == 12e6
+
+
+def test_kv_cache_logits_chunk_and_in_flight_microbatches():
+    p = ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2, sequence_parallel=True)
+    first = rank_memory(MODEL, p, W, _stage(0, 4, 10, False), dp=2, padded_vocab=32768)
+    last = rank_memory(MODEL, p, W, _stage(1, 4, 10, True), dp=2, padded_vocab=32768)
+    kv = 16 * 2048 * 4 * 2 * (4 // 2) * 128 * 2  # batch x seq x layers/pp x 2 x kv_heads/tp x head_dim x bf16
+    assert first.kv_cache == kv and last.kv_cache == kv + 16 * 32768 * 4
+    assert last.loss_chunk == 2 * 128 * (32768 / 2) * 4  # two [chunk, V/TP] fp32 buffers
+    assert last.logits == 2 * 2 * 2048 * 2 * (32768 / 2)  # logits + their gradient, bf16, [s, b, V/TP]
+    assert (first.microbatches_in_flight, last.microbatches_in_flight) == (2, 1)  # 1F1B: pp - rank
+    assert first.logits == first.loss_chunk == 0
+
+
+def test_interleaved_schedule_holds_more_on_the_first_rank():
+    p = ParallelConfig(tensor_model_parallel_size=1, pipeline_model_parallel_size=4,
+                       virtual_pipeline_model_parallel_size=2)
+    m = rank_memory(MODEL, p, W, _stage(0, 2, 10, False), dp=1, padded_vocab=32768)
+    assert m.microbatches_in_flight == ((4 - 0 - 1) * 2 + (2 - 1) * 4 + 1) / 2  # megatron's warm-up + 1, in stages
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_sequence_parallel_and_recompute_only_shrink_activations(recompute):
+    kw = dict(s=2048, b=1, attention="unfused", ab=2)
+    tp1 = layer_activation_bytes(MODEL, tp=1, sp=False, recompute=recompute, **kw)
+    tp2 = layer_activation_bytes(MODEL, tp=2, sp=False, recompute=recompute, **kw)
+    tp2_sp = layer_activation_bytes(MODEL, tp=2, sp=True, recompute=recompute, **kw)
+    assert tp1 >= tp2 >= tp2_sp and tp2_sp == pytest.approx(tp1 / 2)
+    full = layer_activation_bytes(MODEL, tp=1, sp=False, recompute="full", **kw)
+    assert full == 2 * 2048 * 1024 <= tp1
