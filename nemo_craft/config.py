@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "compose", "to_dataclass", "RunConfig"]
+__all__ = ["CONF_DIR", "compose", "to_dataclass", "rollout_config", "RunConfig"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -52,6 +52,18 @@ def to_dataclass(cls: type, node: Any, section: str, drop: Sequence[str] = ()) -
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in config section '{section}'; allowed: {sorted(fields)}")
     return cls(**values)
+
+
+def rollout_config(cfg: DictConfig):
+    """The run's ``RolloutConfig``; its stop strings default to the environment's (where its
+    actions end: ``</action>``, or ``</search>`` / ``</answer>`` for Search-QA)."""
+    from nemo_craft.envs import env_class
+    from nemo_craft.rollout.episodes import RolloutConfig
+
+    rollout = to_dataclass(RolloutConfig, cfg.rollout, "rollout")
+    if "stop_strings" not in cfg.rollout:
+        rollout.stop_strings = tuple(env_class(cfg.env.name).stop_strings)
+    return rollout
 
 
 @dataclasses.dataclass

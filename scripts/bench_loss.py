@@ -194,7 +194,7 @@ def measure(vocab, tokens, dtype, device, repeats, tp_group=None, with_model=Tru
 
 def _tp_worker(rank, world, port, args, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         rows = [measure(v, t, args.dtype, torch.device("cpu"), args.repeats, dist.group.WORLD, with_model=False,
@@ -242,15 +242,19 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--chunk-size", type=int, default=None, help="LossConfig.chunk_size (default: the config's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per process (CPU timing counts process CPU time, which idle "
+                        "OpenMP threads inflate by spinning; 1 keeps it exact)")
     args = p.parse_args(argv)
     vocab = args.vocab or ([8192, 32768] if args.quick else [32000, 152064])
     tokens = args.tokens or ([1024, 4096] if args.quick else [4096, 16384])
     args.sizes = [(v, t) for v in vocab for t in tokens]
     args.dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"{args.dtype}, chunk_size {args.chunk_size or LossConfig().chunk_size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, TP > 1 on gloo/CPU")
+          f"{torch.get_num_threads()} thread(s) per process, TP > 1 on gloo/CPU")
     rows = []
     if 1 in args.tp:
         rows += [measure(v, t, args.dtype, device, args.repeats, chunk_size=args.chunk_size) for v, t in args.sizes]

@@ -27,7 +27,7 @@ MODELS = {
     "tiny": [],
     "tiny_x10": ["model.num_layers=8", "model.hidden_size=256", "model.ffn_hidden_size=768", "model.kv_channels=64"],
 }
-BASE = ["trainer.warm_start.steps=0", "trainer.val_every=0", "checkpoint.dir=null", "logging.tensorboard=false",
+BASE = ["trainer.warm_start.steps=0", "trainer.val_every=0", "checkpoint.dir=null", "checkpoint.save_every=0", "logging.tensorboard=false",
         "logging.jsonl=false", "logging.progress_bar=false", "logging.plot=false", "run_dir=/tmp/nemo_craft_bench"]
 
 

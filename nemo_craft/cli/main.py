@@ -5,6 +5,7 @@
     nemo-craft envs     check NAME [--seeds K]
     nemo-craft evaluate [overrides...]
     nemo-craft convert  ...                 # Hugging Face <-> megatron checkpoints
+    nemo-craft sweep    conf/sweep/NAME.yaml [--dry-run] [--slurm] [--collect] [--only k=v]
 
 Each subcommand lives in its own module with ``main(argv) -> int``; imports are lazy so
 ``nemo-craft envs`` does not pay for megatron-core.
@@ -21,6 +22,7 @@ _COMMANDS = {
     "envs": ("nemo_craft.cli.envs", "check an agentic environment by replaying its privileged plan"),
     "evaluate": ("nemo_craft.cli.evaluate", "evaluate a checkpoint on an environment split"),
     "convert": ("nemo_craft.cli.convert", "convert checkpoints between Hugging Face and megatron"),
+    "sweep": ("nemo_craft.cli.sweep", "run a methods x envs x models x seeds sweep (here or as SLURM arrays) and tabulate it"),
 }
 
 

@@ -78,6 +78,8 @@ class TextEnv(abc.ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type[EnvConfig]] = EnvConfig
+    stop_strings: ClassVar[tuple[str, ...]] = ("</action>",)
+    """Text that ends an action: generation stops there (the rollout's default stop strings)."""
 
     def __init__(self, config: EnvConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from nemo_craft.config import RunConfig, to_dataclass
+from nemo_craft.config import RunConfig, rollout_config, to_dataclass
 from nemo_craft.losses import ControllerState, policy_loss
 from nemo_craft.parallel.ddp import OptimConfig
 from nemo_craft.trainer.warm_start import WarmStartConfig
@@ -89,7 +89,7 @@ class CraftTrainer:
         from nemo_craft.parallel.cpu_mode import compute_device
         from nemo_craft.parallel.ddp import build_optimizer, wrap_ddp
         from nemo_craft.parallel.initialize import initialize_parallel
-        from nemo_craft.rollout.episodes import EpisodeRunner, RolloutConfig
+        from nemo_craft.rollout.episodes import EpisodeRunner
         from nemo_craft.rollout.generation import Generator
         from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
         from nemo_craft.trainer.logger import LoggingConfig, MetricsLogger
@@ -98,7 +98,7 @@ class CraftTrainer:
         run, cfg = self.run, self.cfg
         self.dp_size = initialize_parallel(run.parallel, seed=int(cfg.seed), init_method=self._init_method)
         run.model.validate_layout(run.parallel)
-        self.rollout_cfg = to_dataclass(RolloutConfig, cfg.rollout, "rollout")
+        self.rollout_cfg = rollout_config(cfg)
         self._check_batch_layout()
         self.device = compute_device()
         self.rank = dist.get_rank()

@@ -47,8 +47,11 @@ def demonstration(env, fmt: ChatFormat, tokenizer, seed: int, *, privileged: boo
     ids = fmt.teacher_prompt_ids(prompt, env.render_privileged(priv)) if privileged else fmt.prompt_ids(prompt)
     tr.append(ids)
     tr.prompt_length = len(ids)
+    end_of_turn = tokenizer.stop_ids[0]
     for turn, action in enumerate(env.expert_actions()):
-        action_ids = tokenizer.encode(action)
+        # The end-of-turn token is part of the action, as when the policy samples it: the model
+        # learns to stop (an action without tags has no stop string to end it).
+        action_ids = tokenizer.encode(action) + [end_of_turn]
         tr.append(action_ids, turn=turn, logprobs=[0.0] * len(action_ids))
         obs, reward, done, info = env.step(action)
         tr.reward += reward

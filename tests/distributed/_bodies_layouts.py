@@ -68,7 +68,11 @@ def train_one_step(hf_dir: str, distributed_optimizer: bool = False, disable_fix
     if disable_fixes:
         for c in model:  # without SP's layer-norm grad all-reduce but with DP's grad sync
             c.config.finalize_model_grads_func = lambda m, num_tokens=None, **_: _dp_only_finalize(m, num_tokens)
-    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-2, clip_grad=1.0), pcfg, total_steps=10)
+    # Adam's first step moves every parameter by about lr * sign(grad): with the default eps a
+    # gradient that is 0 in one layout and reduction noise (1e-10) in another would move by lr.
+    # eps = 1e-6 keeps noise-level gradients still and real ones (>= 1e-4) moving by ~lr.
+    optim = OptimConfig(lr=1e-3, adam_eps=1e-6, clip_grad=1.0)
+    optimizer, scheduler = build_optimizer(model, optim, pcfg, total_steps=10)
     mbs = _micro_batches(global_batch(mcfg.vocab_size, lay.dp), ps.get_data_parallel_rank())
     loss, _ = forward_backward(model, mbs, _ce_loss)
     grad = None if distributed_optimizer else _gather_fc2_grad(model)

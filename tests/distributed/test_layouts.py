@@ -64,7 +64,8 @@ def _check_against(ref, outs, dp):
         assert _rel(o["loss"], ref["loss"]) < 1e-5, (o["loss"], ref["loss"])
         assert _rel(o["grad_norm"], ref["grad_norm"]) < 1e-5
         if o["grad"] is not None:
-            torch.testing.assert_close(o["grad"], ref["grad"], rtol=1e-5, atol=1e-7)
+            # to 1e-5 of the gradient's scale (elements near 0 carry reduction-order noise)
+            torch.testing.assert_close(o["grad"], ref["grad"], rtol=1e-5, atol=1e-5 * ref["grad"].abs().max().item())
         rows = ref["logp"].shape[0] // dp
         mine = ref["logp"][o["dp_rank"] * rows:(o["dp_rank"] + 1) * rows]
         torch.testing.assert_close(o["logp"], mine, rtol=1e-5, atol=1e-5)

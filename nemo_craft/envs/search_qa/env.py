@@ -103,6 +103,7 @@ class SearchQAEnv(TextEnv):
     """Multi-hop question answering with a search tool; privileged: gold answer + evidence."""
 
     name = "search_qa"
+    stop_strings = ("</search>", "</answer>")
     config_cls = SearchQAConfig
 
     def __init__(self, config: SearchQAConfig | None = None) -> None:

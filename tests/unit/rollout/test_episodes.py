@@ -28,10 +28,11 @@ def _expert(plans):
     def answer(prompt_text, row):
         first_user = prompt_text.split("<|user|>", 1)[1].split("<eos>", 1)[0]
         turn = prompt_text.count("<|assistant|>") - 1
-        action = plans[first_user][turn]  # "<action>up</action>"
+        # "up" (the compact template's expert answer) or "<action>up</action>"
+        word = plans[first_user][turn].removeprefix("<action>").removesuffix("</action>")
         if row % 2:  # a bare word ended by EOS
-            return TOK.encode(action[len("<action>"):-len("</action>")]) + [TOK.eos_id]
-        return TOK.encode(action + " trailing")  # ended by the stop string
+            return TOK.encode(word) + [TOK.eos_id]
+        return TOK.encode(f"<action>{word}</action> trailing")  # ended by the stop string
     return answer
 
 

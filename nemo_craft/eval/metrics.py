@@ -1,0 +1,110 @@
+"""The metrics each environment reports in the paper (SPEC.md section 8), and the summary of
+one evaluation.
+
+The paper's cell for a model is "ALFWorld avg / Search-QA avg / WebShop score / WebShop
+accuracy": ALFWorld's success rate, Search-QA's exact match (its success: the answer matches a
+gold answer after SQuAD normalisation), WebShop's mean score and its success rate (score 1).
+They are percentages. The per-episode fields are those of ``Trajectory`` (success, score, reward,
+num_turns) and ``summarize`` averages them; a metric's ``val_key`` is the trainer's
+``metrics.jsonl`` key of the same quantity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+__all__ = ["PaperMetric", "PAPER_METRICS", "paper_metrics", "episode_record", "summarize", "markdown_summary"]
+
+
+@dataclass(frozen=True)
+class PaperMetric:
+    """One number of the paper's table for an environment."""
+
+    field: str
+    """The summary field it is a percentage of: "success_rate" or "score_mean"."""
+    label: str
+    """Column label, e.g. "WebShop score"."""
+
+    @property
+    def val_key(self) -> str:
+        """The trainer's validation metric of the same quantity (``metrics.jsonl``)."""
+        return f"val/{self.field}"
+
+
+_SUCCESS, _SCORE = "success_rate", "score_mean"
+PAPER_METRICS: dict[str, tuple[PaperMetric, ...]] = {
+    "alfworld": (PaperMetric(_SUCCESS, "ALFWorld success"),),
+    "search_qa": (PaperMetric(_SUCCESS, "Search-QA EM"),),
+    "webshop": (PaperMetric(_SCORE, "WebShop score"), PaperMetric(_SUCCESS, "WebShop success")),
+    "scienceworld": (PaperMetric(_SCORE, "ScienceWorld score"), PaperMetric(_SUCCESS, "ScienceWorld success")),
+    "sokoban": (PaperMetric(_SUCCESS, "Sokoban success"),),
+}
+"""Environment -> its numbers in the paper's table, in the paper's order."""
+
+
+def paper_metrics(env_name: str) -> tuple[PaperMetric, ...]:
+    """The paper's metrics of ``env_name`` (success rate for an environment the paper does not use)."""
+    return PAPER_METRICS.get(env_name, (PaperMetric(_SUCCESS, f"{env_name} success"),))
+
+
+def episode_record(traj) -> dict[str, Any]:
+    """The outcome of one validation episode (a ``Trajectory``) as plain JSON values."""
+    return {"task_seed": int(traj.task_seed), "success": bool(traj.success), "score": float(traj.score),
+            "reward": float(traj.reward), "num_turns": int(traj.num_turns), "n_invalid": int(traj.n_invalid),
+            "finish_reason": traj.finish_reason, "error": traj.error}
+
+
+def summarize(episodes: Sequence[dict[str, Any]], env_name: str) -> dict[str, Any]:
+    """Means over ``episodes`` (``episode_record`` dicts) and the paper's metrics in percent."""
+    n = len(episodes)
+    if n == 0:
+        raise ValueError("no episodes to summarize (the split has no tasks: pass --tasks N >= 1)")
+
+    def mean(key: str) -> float:
+        return sum(float(e[key]) for e in episodes) / n
+
+    out: dict[str, Any] = {
+        "n_tasks": n,
+        "success_rate": mean("success"),
+        "score_mean": mean("score"),
+        "reward_mean": mean("reward"),
+        "turns_mean": mean("num_turns"),
+        "invalid_per_episode": mean("n_invalid"),
+        "env_errors": sum(1 for e in episodes if e.get("error")),
+    }
+    out["paper"] = {m.label: 100.0 * out[m.field] for m in paper_metrics(env_name)}
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def markdown_summary(result: dict[str, Any]) -> str:
+    """One evaluation (``Evaluator.run``'s result) as a Markdown table with a heading."""
+    s = result["summary"]
+    ckpt = result.get("checkpoint") or "initial weights"
+    lines = [f"# {result['method']} on {result['env']} ({result['split']} split)", "",
+             f"checkpoint: `{ckpt}` (step {result.get('step')}), {s['n_tasks']} tasks from seed "
+             f"{result['first_seed']}, env split {result['env_split']!r}, temperature {result['temperature']}", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {label} (%) | {value:.1f} |" for label, value in s["paper"].items()]
+    lines += [f"| {key} | {_fmt(s[key])} |" for key in
+              ("success_rate", "score_mean", "reward_mean", "turns_mean", "invalid_per_episode", "env_errors")]
+    return "\n".join(lines) + "\n"
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation (ddof 1; 0 for one value), count) of ``values``."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mu = sum(xs) / n
+    if n == 1:
+        return mu, 0.0, 1
+    return mu, math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1)), n
