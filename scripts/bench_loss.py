@@ -171,9 +171,10 @@ def measure(vocab, tokens, dtype, device, repeats, tp_group=None, with_model=Tru
     run_sdar = step(lambda: policy_loss(leaf, targets, b_sdar, sdar, state, tp_group=tp_group)[0])
     run_naive = step(lambda: naive_loss(leaf, targets, b_craft, craft, state, tp_group))
     craft_ms, sdar_ms = [], []
-    for _ in range(repeats):  # interleaved, so drift hits both
-        craft_ms.append(_time_ms(run_craft, device, 1))
-        sdar_ms.append(_time_ms(run_sdar, device, 1))
+    for i in range(repeats):  # interleaved, in alternating order, so drift hits both alike
+        pair = [(craft_ms, run_craft), (sdar_ms, run_sdar)]
+        for times, run in pair if i % 2 == 0 else pair[::-1]:
+            times.append(_time_ms(run, device, 1))
     row = dict(V=vocab, T=int(raw.loss_mask.numel()), TP=tp, craft_ms=min(craft_ms), sdar_ms=min(sdar_ms))
     row["time_ratio"] = row["craft_ms"] / row["sdar_ms"]
     leaf.grad = None
@@ -240,7 +241,7 @@ def main(argv=None):
     p.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--chunk-size", type=int, default=None, help="LossConfig.chunk_size (default: the config's)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads per process (CPU timing counts process CPU time, which idle "

@@ -161,6 +161,14 @@ class TextEnv(abc.ABC):
     def _step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
         """Apply a parsed action. Set info["invalid"] for an action the engine rejects."""
 
+    def action_body(self, text: str) -> str | None:
+        """The content of the last ``<action>`` tag of ``text``; the whole text when the environment's
+        ``require_action_tags`` is False; None when a required tag is missing."""
+        inner = extract_tag(text, "action")
+        if inner is None and not getattr(self.config, "require_action_tags", True):
+            return text
+        return inner
+
     @abc.abstractmethod
     def parse_action(self, text: str) -> str | None:
         """The canonical action in the model's text, or None when there is none."""

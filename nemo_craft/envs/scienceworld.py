@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive, extract_tag
+from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
 from nemo_craft.envs.prompts import PromptTemplate
 
 _UNKNOWN = ("No known action matches that input.", "Unknown action")
@@ -126,11 +126,9 @@ class ScienceWorldEnv(TextEnv):
         return observation, reward, bool(done or self.completed or score < 0), {"raw_score": score}
 
     def parse_action(self, text: str) -> str | None:
-        inner = extract_tag(text, "action")
+        inner = self.action_body(text)
         if inner is None:
-            if self.config.require_action_tags:
-                return None
-            inner = text
+            return None
         action = " ".join(inner.split()).lower()
         return action or None
 

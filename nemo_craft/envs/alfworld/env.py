@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from nemo_craft.envs.alfworld.gen import TASK_TYPES, game_dir
-from nemo_craft.envs.base import EnvConfig, TextEnv, extract_tag
+from nemo_craft.envs.base import EnvConfig, TextEnv
 from nemo_craft.envs.prompts import PromptTemplate
 
 _SPLITS = ("train", "test", "valid_seen", "valid_unseen")
@@ -173,11 +173,9 @@ class ALFWorldEnv(TextEnv):
         return self._state.feedback.strip(), float(self.won), bool(done or self.won), info
 
     def parse_action(self, text: str) -> str | None:
-        inner = extract_tag(text, "action")
+        inner = self.action_body(text)
         if inner is None:
-            if self.config.require_action_tags:
-                return None
-            inner = text
+            return None
         action = " ".join(inner.split()).lower().rstrip(".")
         return action or None
 

@@ -6,7 +6,7 @@ import dataclasses
 import random
 from typing import Any
 
-from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive, extract_tag
+from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
 from nemo_craft.envs.prompts import PromptTemplate
 from nemo_craft.envs.sokoban.room import ACTIONS, LEGEND, Room, generate_room
 from nemo_craft.envs.sokoban.solver import solve
@@ -135,11 +135,9 @@ class SokobanEnv(TextEnv):
         return self._observation(), reward, solved, {"moved": moved}
 
     def parse_action(self, text: str) -> str | None:
-        inner = extract_tag(text, "action")
+        inner = self.action_body(text)
         if inner is None:
-            if self.config.require_action_tags:
-                return None
-            inner = text
+            return None
         word = inner.strip().strip(".!\"'`").lower()
         word = _ALIASES.get(word, word)
         return word if word in ACTIONS else None

@@ -15,7 +15,7 @@ import re
 import threading
 from typing import Any
 
-from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive, extract_tag
+from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
 from nemo_craft.envs.prompts import PromptTemplate
 from nemo_craft.envs.webshop.catalog import Goal, Product, make_catalog, make_goal, webshop_reward
 
@@ -246,11 +246,9 @@ class WebShopEnv(TextEnv):
     # -- model text ----------------------------------------------------------------------------
 
     def parse_action(self, text: str) -> str | None:
-        inner = extract_tag(text, "action")
+        inner = self.action_body(text)
         if inner is None:
-            if self.config.require_action_tags:
-                return None
-            inner = text
+            return None
         found = _ACTION_RE.match(inner.strip())
         if found is None or not found.group(2).strip():
             return None
