@@ -36,8 +36,6 @@ def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
 
     from nemo_craft.config import compose
     from nemo_craft.losses import LossConfig
-    from nemo_craft.trainer.experience import make_experience, micro_batches
-    from nemo_craft.trainer.megatron_step import forward_backward
     from nemo_craft.trainer.trainer import CraftTrainer
 
     cfg = compose(BASE + model_overrides + [f"parallel.tensor_model_parallel_size={tp}"])
@@ -49,38 +47,52 @@ def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
     n_tokens = sum(len(t.token_ids) for t in trajs)
     start = {n: p.detach().clone() for c in trainer.model for n, p in c.named_parameters()}
     out = {"rollout_s": rollout_s, "tokens": n_tokens}
-    for method in ("sdar", "craft"):
-        loss_cfg = LossConfig.preset(method)
-        phases: dict[str, list] = {}
-        for _ in range(repeats):
-            with torch.no_grad():  # same starting weights for every repeat and method
-                for c in trainer.model:
-                    for n, p in c.named_parameters():
-                        p.copy_(start[n])
-            exp = make_experience(trainer.model, trainer.reference, trajs, loss_cfg, pad_id=trainer.tokenizer.pad_id,
-                                  micro_batch_size=trainer.tcfg.micro_batch_size, pad_to_multiple_of=1,
-                                  dp_group=None, sample_offset=0, device=trainer.device)
-            for k, v in exp.timings.items():
-                phases.setdefault(k.replace("time/", ""), []).append(v)
-            state = copy.deepcopy(trainer.controller)
-            tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
-                       "index": torch.arange(exp.input_ids.shape[0], device=trainer.device)}
-            from nemo_craft.losses import policy_loss
-
-            def loss_fn(mb, logits):
-                sub = exp.batch.select(mb["index"])
-                loss, m = policy_loss(logits, mb["targets"], sub, loss_cfg, state, tp_group=trainer._tp_group(),
-                                      num_global_tokens=1)
-                return loss, sub.loss_mask.sum(), m
-
-            t = time.perf_counter()
-            forward_backward(trainer.model, micro_batches(tensors, trainer.tcfg.micro_batch_size), loss_fn,
-                             trainer.optimizer)
-            trainer.optimizer.step()
-            phases.setdefault("train_s", []).append(time.perf_counter() - t)
-        out[method] = {k: statistics.median(v) for k, v in phases.items()}
+    phases = {m: {} for m in ("sdar", "craft")}
+    # One discarded warm-up round, then the methods interleaved so that drift of the machine
+    # falls on both alike.
+    for r in range(repeats + 1):
+        for method in ("sdar", "craft"):
+            timings = _one_step(trainer, trajs, start, LossConfig.preset(method))
+            if r:
+                for k, v in timings.items():
+                    phases[method].setdefault(k, []).append(v)
+    for method in phases:
+        out[method] = {k: statistics.median(v) for k, v in phases[method].items()}
     trainer.runner.close()
     return out
+
+
+def _one_step(trainer, trajs, start: dict, loss_cfg) -> dict:
+    """Experience and one optimizer step from the same starting weights; seconds per phase."""
+    import torch
+
+    from nemo_craft.losses import policy_loss
+    from nemo_craft.trainer.experience import make_experience, micro_batches
+    from nemo_craft.trainer.megatron_step import forward_backward
+
+    with torch.no_grad():
+        for c in trainer.model:
+            for n, p in c.named_parameters():
+                p.copy_(start[n])
+    exp = make_experience(trainer.model, trainer.reference, trajs, loss_cfg, pad_id=trainer.tokenizer.pad_id,
+                          micro_batch_size=trainer.tcfg.micro_batch_size, pad_to_multiple_of=1,
+                          dp_group=None, sample_offset=0, device=trainer.device)
+    timings = {k.replace("time/", ""): v for k, v in exp.timings.items()}
+    state = copy.deepcopy(trainer.controller)
+    tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
+               "index": torch.arange(exp.input_ids.shape[0], device=trainer.device)}
+
+    def loss_fn(mb, logits):
+        sub = exp.batch.select(mb["index"])
+        loss, m = policy_loss(logits, mb["targets"], sub, loss_cfg, state, tp_group=trainer._tp_group(),
+                              num_global_tokens=1)
+        return loss, sub.loss_mask.sum(), m
+
+    t = time.perf_counter()
+    forward_backward(trainer.model, micro_batches(tensors, trainer.tcfg.micro_batch_size), loss_fn, trainer.optimizer)
+    trainer.optimizer.step()
+    timings["train_s"] = time.perf_counter() - t
+    return timings
 
 
 def main() -> int:
