@@ -136,9 +136,17 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, title: str = "") -
     ):
         for key in keys:
             pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o" if key.startswith("val") else None, ms=3, label=key)
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            if key.startswith("val"):
+                ax.plot(xs, ys, marker="o", ms=4, label=key)
+                continue
+            # Rollout metrics of one step are noisy (a few tasks): the raw line thin, a running
+            # mean over 5 steps on top.
+            line, = ax.plot(xs, ys, alpha=0.3, lw=1)
+            smooth = [sum(ys[max(0, i - 4):i + 1]) / len(ys[max(0, i - 4):i + 1]) for i in range(len(ys))]
+            ax.plot(xs, smooth, color=line.get_color(), label=f"{key} (mean of 5 steps)")
         ax.set_xlabel("step")
         ax.set_title(label)
         ax.grid(alpha=0.3)
