@@ -32,8 +32,6 @@ BASE = ["trainer.warm_start.steps=0", "trainer.val_every=0", "checkpoint.dir=nul
 
 
 def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
-    import torch
-
     from nemo_craft.config import compose
     from nemo_craft.losses import LossConfig
     from nemo_craft.trainer.trainer import CraftTrainer
