@@ -11,7 +11,6 @@ through ``nemo_craft.parallel.sibling_stats`` and are bit-identical for any DP l
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 

@@ -38,8 +38,6 @@ def reference(hf_dir):
 def _reference_for_dp(hf_dir, dp):
     # DP=d over a batch of d*N_MB micro-batches equals DP=1 over the same micro-batches: build
     # it as a DP1 run whose batch is the concatenation (the body reads the batch for dp ranks).
-    import tests.distributed._bodies_layouts as b
-
     out = run_distributed(_dp1_over_dp_batch, world_size=1, args=(hf_dir, dp))
     return out[0]
 
