@@ -28,7 +28,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         description="Parameters and memory of every pipeline rank of a layout, without a GPU.",
         epilog="overrides: the Hydra overrides of `nemo-craft train` (model=..., parallel=..., cluster=..., "
                "parallel.tensor_model_parallel_size=4, +recipe=...), plus plan.* workload assumptions "
-               "(plan.seq_length, plan.privileged_tokens, plan.recompute=none|selective|full, ...).")
+               "(plan.seq_length, plan.privileged_tokens, parallel.recompute_granularity=selective|full, ...).")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--no-suggest", action="store_true", help="do not search for a layout that fits")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")

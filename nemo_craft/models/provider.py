@@ -24,7 +24,7 @@ from nemo_craft.models.config import ModelConfig
 from nemo_craft.models.megatron_fixes import use_finalize_model_grads, use_unbatched_p2p_for_interleaved_pipeline
 from nemo_craft.models.norm import RMSNorm
 
-__all__ = ["build_model", "make_transformer_config", "layer_spec", "te_available", "parameter_count"]
+__all__ = ["build_model", "gpt_model", "make_transformer_config", "layer_spec", "te_available", "parameter_count"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -89,6 +89,7 @@ def make_transformer_config(model_cfg: ModelConfig, parallel_cfg, *, use_cpu_ini
         use_cpu_initialization=use_cpu_initialization,
         perform_initialization=perform_initialization,
     )
+    kwargs.update(parallel_cfg.recompute_kwargs())
     kwargs.update(overrides or {})
     config = TransformerConfig(**kwargs)
     use_unbatched_p2p_for_interleaved_pipeline(config)
@@ -141,7 +142,6 @@ def build_model(model_cfg: ModelConfig, parallel_cfg, *, device: Optional[str] =
     ``calculate_per_token_loss``, recompute, fusions).
     """
     from megatron.core import parallel_state, tensor_parallel
-    from megatron.core.models.gpt import GPTModel
 
     from nemo_craft.parallel.cpu_mode import compute_device
 
@@ -163,21 +163,10 @@ def build_model(model_cfg: ModelConfig, parallel_cfg, *, device: Optional[str] =
     chunks = []
     for vp_stage in (range(vpp) if vpp else [None]):
         with _meta_context(meta):
-            model = GPTModel(
-                config=config,
-                transformer_layer_spec=layer_spec(model_cfg, config, use_te=use_te, vp_stage=vp_stage),
-                vocab_size=model_cfg.padded_vocab_size(parallel_cfg.tensor_model_parallel_size),
-                max_sequence_length=model_cfg.max_position_embeddings,
-                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
-                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-                parallel_output=True,
-                share_embeddings_and_output_weights=model_cfg.tie_word_embeddings,
-                position_embedding_type="rope",
-                rotary_base=model_cfg.rotary_base,
-                rope_scaling=model_cfg.rope_scaling == "llama3",
-                rope_scaling_factor=model_cfg.rope_scaling_factor,
-                vp_stage=vp_stage,
-            )
+            model = gpt_model(config, model_cfg, parallel_cfg.tensor_model_parallel_size, vp_stage=vp_stage,
+                              pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+                              post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+                              use_te=use_te)
         for param in model.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
         if not meta:
@@ -185,6 +174,33 @@ def build_model(model_cfg: ModelConfig, parallel_cfg, *, device: Optional[str] =
         model.model_type = _encoder_or_decoder()
         chunks.append(model)
     return chunks
+
+
+def gpt_model(config, model_cfg: ModelConfig, tp: int, *, vp_stage: Optional[int], pre_process: bool,
+              post_process: bool, use_te: Optional[bool] = None, pg_collection=None):
+    """One megatron ``GPTModel`` chunk: the single place that maps a :class:`ModelConfig` onto
+    GPTModel's arguments (the trainer's :func:`build_model` and the planner's meta builds both
+    call it). ``pg_collection``: process groups other than parallel_state's (the planner's
+    stand-ins for a layout larger than this machine)."""
+    from megatron.core.models.gpt import GPTModel
+
+    extra = {} if pg_collection is None else {"pg_collection": pg_collection}
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(model_cfg, config, use_te=use_te, vp_stage=vp_stage),
+        vocab_size=model_cfg.padded_vocab_size(tp),
+        max_sequence_length=model_cfg.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=model_cfg.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=model_cfg.rotary_base,
+        rope_scaling=model_cfg.rope_scaling == "llama3",
+        rope_scaling_factor=model_cfg.rope_scaling_factor,
+        vp_stage=vp_stage,
+        **extra,
+    )
 
 
 def _check_parallel_state(parallel_cfg) -> None:

@@ -8,6 +8,8 @@ from typing import Optional
 __all__ = ["ParallelConfig"]
 
 _BACKENDS = ("auto", "nccl", "gloo")
+_RECOMPUTE_GRANULARITY = (None, "selective", "full")
+_RECOMPUTE_METHODS = ("uniform", "block")
 
 
 @dataclass
@@ -38,6 +40,15 @@ class ParallelConfig:
     """torch.distributed backend: "auto" is NCCL on CUDA and gloo without it."""
     distributed_timeout_minutes: int = 30
     """Collective timeout; a hung rank fails the job after this long instead of hanging it."""
+    recompute_granularity: Optional[str] = None
+    """Activation recomputation in the training backward: None (keep every activation),
+    "selective" (recompute core attention: drops the s x s scores of unfused attention) or
+    "full" (keep only each recomputed layer's input; about a third more compute)."""
+    recompute_method: str = "uniform"
+    """With "full": "uniform" recomputes every layer in groups of ``recompute_num_layers``;
+    "block" recomputes only the first ``recompute_num_layers`` layers of each pipeline chunk."""
+    recompute_num_layers: int = 1
+    """With "full": layers per recomputed group ("uniform") or recomputed layers per chunk ("block")."""
 
     def __post_init__(self) -> None:
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
@@ -63,8 +74,25 @@ class ParallelConfig:
             )
         if self.backend not in _BACKENDS:
             raise ValueError(f"parallel.backend={self.backend!r}: allowed values are {_BACKENDS}")
+        if self.recompute_granularity not in _RECOMPUTE_GRANULARITY:
+            raise ValueError(f"parallel.recompute_granularity={self.recompute_granularity!r}: allowed values are "
+                             f"{_RECOMPUTE_GRANULARITY}")
+        if self.recompute_method not in _RECOMPUTE_METHODS:
+            raise ValueError(f"parallel.recompute_method={self.recompute_method!r}: allowed values are "
+                             f"{_RECOMPUTE_METHODS}")
+        if not isinstance(self.recompute_num_layers, int) or self.recompute_num_layers < 1:
+            raise ValueError(f"parallel.recompute_num_layers={self.recompute_num_layers!r}: must be an integer >= 1")
         if self.overlap_param_gather and not self.use_distributed_optimizer:
             raise ValueError("parallel.overlap_param_gather=true needs use_distributed_optimizer=true")
+
+    def recompute_kwargs(self) -> dict:
+        """The TransformerConfig fields of the recompute settings (empty when off)."""
+        if self.recompute_granularity is None:
+            return {}
+        if self.recompute_granularity == "selective":
+            return {"recompute_granularity": "selective"}
+        return {"recompute_granularity": "full", "recompute_method": self.recompute_method,
+                "recompute_num_layers": self.recompute_num_layers}
 
     @property
     def model_parallel_size(self) -> int:

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from nemo_craft.losses.config import LossConfig
+
 __all__ = ["ClusterConfig", "Workload", "RECOMPUTE", "ATTENTION"]
 
 RECOMPUTE = ("none", "selective", "full")
@@ -63,10 +65,11 @@ class Workload:
     generation_batch: Optional[int] = None
     """Rows of one generation forward pass (``rollout.max_batch_size``), capped by the rank's
     share of the trajectories; None: the whole share. Sets the KV cache."""
-    logits_chunk_tokens: int = 256
-    """Tokens per chunk of the vocabulary-parallel loss (``loss.chunk_size``)."""
+    logits_chunk_tokens: int = LossConfig.chunk_size
+    """Tokens per chunk of the vocabulary-parallel loss (``loss.chunk_size``; its default)."""
     recompute: str = "none"
-    """Activation recomputation: "none", "selective" (core attention) or "full" (every layer)."""
+    """Activation recomputation: "none", "selective" (core attention) or "full" (every layer,
+    one layer per group); read from ``parallel.recompute_granularity``."""
     attention: str = "flash"
     """"flash" (TE fused/flash attention: no s x s scores kept) or "unfused" (scores kept)."""
     grad_reduce_in_fp32: bool = True
@@ -116,6 +119,9 @@ class Workload:
         trainer = _section(cfg, "trainer")
         if "micro_batch_size" in trainer:
             values["micro_batch_size"] = int(trainer["micro_batch_size"])
+        parallel = _section(cfg, "parallel")
+        if parallel.get("recompute_granularity") is not None:
+            values["recompute"] = str(parallel["recompute_granularity"])
         loss = _section(cfg, "loss")
         if "chunk_size" in loss:
             values["logits_chunk_tokens"] = int(loss["chunk_size"])

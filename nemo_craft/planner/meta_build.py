@@ -2,7 +2,7 @@
 
 For every pipeline rank ``p`` (and each of its virtual-pipeline chunks) the planner builds the
 same megatron ``GPTModel`` the trainer builds (``nemo_craft.models.provider``'s
-``make_transformer_config`` and ``layer_spec``), with its tensors on the meta device: shapes and
+``make_transformer_config`` and ``gpt_model``), with its tensors on the meta device: shapes and
 dtypes, no memory, no GPU, no initialisation. No process group of the planned size exists, so
 the model is given a :class:`ProcessGroupCollection` of stand-in groups that answer ``size()``
 and ``rank()`` for the planned TP/PP position; megatron's layer counting reads the pipeline rank
@@ -145,9 +145,8 @@ def count_stage_params(model_cfg, parallel_cfg, pp_rank: int) -> StageParams:
 def _build_chunk(model_cfg, parallel_cfg, pp_rank: int, vp_stage: Optional[int], *, pre: bool, post: bool):
     """One GPTModel chunk of pipeline rank ``pp_rank`` (TP rank 0) on the meta device."""
     import torch
-    from megatron.core.models.gpt import GPTModel
 
-    from nemo_craft.models.provider import layer_spec, make_transformer_config
+    from nemo_craft.models.provider import gpt_model, make_transformer_config
 
     tp = parallel_cfg.tensor_model_parallel_size
     build_cfg = dataclasses.replace(parallel_cfg, context_parallel_size=1, sequence_parallel=False)
@@ -159,22 +158,8 @@ def _build_chunk(model_cfg, parallel_cfg, pp_rank: int, vp_stage: Optional[int],
         config = make_transformer_config(model_cfg, build_cfg, use_cpu_initialization=True,
                                          perform_initialization=True)
         with torch.device("meta"):
-            return GPTModel(
-                config=config,
-                transformer_layer_spec=layer_spec(model_cfg, config, use_te=False, vp_stage=vp_stage),
-                vocab_size=model_cfg.padded_vocab_size(tp),
-                max_sequence_length=model_cfg.max_position_embeddings,
-                pre_process=pre,
-                post_process=post,
-                parallel_output=True,
-                share_embeddings_and_output_weights=model_cfg.tie_word_embeddings,
-                position_embedding_type="rope",
-                rotary_base=model_cfg.rotary_base,
-                rope_scaling=model_cfg.rope_scaling == "llama3",
-                rope_scaling_factor=model_cfg.rope_scaling_factor,
-                vp_stage=vp_stage,
-                pg_collection=groups,
-            )
+            return gpt_model(config, model_cfg, tp, vp_stage=vp_stage, pre_process=pre, post_process=post,
+                             use_te=False, pg_collection=groups)
 
 
 def count_all_stages(model_cfg, parallel_cfg) -> list[StageParams]:

@@ -55,7 +55,8 @@ class Suggestion:
         if self.more_nodes:
             out.append(f"cluster.nodes={self.cluster.nodes}")
         if self.workload_changed:
-            out += [f"plan.recompute={self.workload.recompute}",
+            out += [f"parallel.recompute_granularity={self.workload.recompute}",
+                    "parallel.recompute_method=uniform", "parallel.recompute_num_layers=1",
                     f"trainer.micro_batch_size={self.workload.micro_batch_size}"]
         return out
 

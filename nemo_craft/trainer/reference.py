@@ -15,10 +15,11 @@ from typing import Iterable, Iterator
 
 import torch
 
-__all__ = ["ReferenceWeights"]
+__all__ = ["ReferenceWeights", "named_tensors"]
 
 
-def _named_tensors(model_chunks: Iterable[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
+def named_tensors(model_chunks: Iterable[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and floating-point buffer of the chunks, named ``<chunk>.<name>``."""
     for i, chunk in enumerate(model_chunks):
         for name, param in chunk.named_parameters():
             yield f"{i}.{name}", param
@@ -38,7 +39,7 @@ class ReferenceWeights:
     """Host copy of the rank's shard of the initial weights."""
 
     def __init__(self, model_chunks: list[torch.nn.Module]):
-        self._ref = {name: _host_copy(t) for name, t in _named_tensors(model_chunks)}
+        self._ref = {name: _host_copy(t) for name, t in named_tensors(model_chunks)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self._ref)
@@ -55,14 +56,14 @@ class ReferenceWeights:
         """Inside the block the modules compute pi_ref; afterwards pi_theta again, bit for bit."""
         stash = {}
         with torch.no_grad():
-            for name, t in _named_tensors(model_chunks):
+            for name, t in named_tensors(model_chunks):
                 stash[name] = _host_copy(t)
                 t.copy_(self._ref[name], non_blocking=True)
         try:
             yield
         finally:
             with torch.no_grad():
-                for name, t in _named_tensors(model_chunks):
+                for name, t in named_tensors(model_chunks):
                     t.copy_(stash[name], non_blocking=True)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()

@@ -363,16 +363,41 @@ class CraftTrainer:
         return out
 
     def _warm_start(self) -> None:
+        from nemo_craft.parallel.ddp import build_optimizer
+        from nemo_craft.trainer.warm_start import WarmStartCache
+
+        ws = self.tcfg.warm_start
+        cache = WarmStartCache(ws.cache_dir, self.cfg, dist.get_world_size(), self.rank) if ws.cache_dir else None
+        if cache is not None and self._all_ranks(cache.path.exists()) and cache.load(self.model):
+            if self.rank == 0:
+                print(f"[nemo_craft] warm start: loaded {ws.steps} steps' weights from {cache.dir}", flush=True)
+        else:
+            self._warm_start_steps(ws)
+            if cache is not None:
+                cache.save(self.model)
+        # RL starts from the warm-started weights: pi_ref is them, and the RL optimizer is built
+        # afresh (a mixed-precision optimizer holds its own fp32 copy of the weights).
+        from nemo_craft.trainer.reference import ReferenceWeights
+
+        self.reference = ReferenceWeights(self.model)
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), self.run.parallel,
+                                                         self.tcfg.max_steps)
+
+    def _all_ranks(self, flag: bool) -> bool:
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item() == 1.0
+
+    def _warm_start_steps(self, ws) -> None:
         from megatron.core import parallel_state as ps
 
         from nemo_craft.parallel.ddp import build_optimizer
         from nemo_craft.rollout.conversation import ChatFormat
+        from nemo_craft.rollout.trajectory import collate_trajectories
         from nemo_craft.trainer.experience import micro_batches
         from nemo_craft.trainer.megatron_step import forward_backward
         from nemo_craft.trainer.warm_start import demonstrations, sft_loss_fn
-        from nemo_craft.rollout.trajectory import collate_trajectories
 
-        ws = self.tcfg.warm_start
         optimizer, _ = build_optimizer(self.model, self.tcfg.optim(ws.lr), self.run.parallel, ws.steps)
         fmt = ChatFormat(self.tokenizer, system_prompt=self.rollout_cfg.system_prompt,
                          end_of_turn_ids=self.tokenizer.stop_ids)
@@ -392,10 +417,3 @@ class CraftTrainer:
             self.logger.log(0, {"warm_start/nll": loss.item(), "warm_start/step": s + 1})
             if self.rank == 0 and (s + 1) % max(ws.steps // 5, 1) == 0:
                 print(f"[nemo_craft] warm start {s + 1}/{ws.steps}: nll {loss.item():.4f}", flush=True)
-        # RL starts from the warm-started weights: pi_ref is them, and the RL optimizer is built
-        # afresh (a mixed-precision optimizer holds its own fp32 copy of the weights).
-        from nemo_craft.trainer.reference import ReferenceWeights
-
-        self.reference = ReferenceWeights(self.model)
-        self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), self.run.parallel,
-                                                         self.tcfg.max_steps)

@@ -9,8 +9,12 @@ the same token format as rollouts.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -18,7 +22,7 @@ from nemo_craft.envs import make_env
 from nemo_craft.rollout.conversation import ChatFormat
 from nemo_craft.rollout.trajectory import Trajectory
 
-__all__ = ["WarmStartConfig", "demonstration", "sft_loss_fn"]
+__all__ = ["WarmStartConfig", "WarmStartCache", "demonstration", "sft_loss_fn"]
 
 
 @dataclass
@@ -30,6 +34,9 @@ class WarmStartConfig:
     """Demonstrations per step (over all data-parallel ranks)."""
     privileged_fraction: float = 0.5
     """Share of demonstrations whose prompt carries the privileged plan."""
+    cache_dir: Optional[str] = None
+    """Keep the warm-started weights here, keyed by everything they depend on, and load them
+    instead of training again (a sweep's methods share one warm start per seed). None: off."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -87,3 +94,52 @@ def sft_loss_fn(chunk_size: int):
         return -stats.logp.sum(), mask.sum(), {}
 
     return loss_fn
+
+
+class WarmStartCache:
+    """The warm-started weights of each rank, keyed by a hash of everything they depend on:
+    the model, the environment and its settings, the layout and world size, the tokenizer and
+    chat format, the warm start's settings and the seed (which draws the initial weights).
+    The warm start draws no random numbers, so loading is bit-identical to training again."""
+
+    _KEY_SECTIONS = ("model", "env", "parallel")
+
+    def __init__(self, cache_dir: str, cfg, world_size: int, rank: int):
+        from omegaconf import OmegaConf
+
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        ws = dict(resolved["trainer"]["warm_start"])
+        ws.pop("cache_dir", None)
+        rollout = resolved.get("rollout", {})
+        what = {k: resolved.get(k) for k in self._KEY_SECTIONS}
+        what.update(warm_start=ws, seed=resolved.get("seed"), world_size=world_size,
+                    chat={k: rollout.get(k) for k in ("system_prompt", "observation_message")},
+                    # the micro-batch split sets the order of the gradient sums
+                    micro_batch_size=resolved["trainer"].get("micro_batch_size"))
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.dir = Path(cache_dir) / digest
+        self.path = self.dir / f"rank{rank:05d}.pt"
+
+    def load(self, model_chunks) -> bool:
+        """Copy the cached weights into ``model_chunks``; False when there are none."""
+        from nemo_craft.trainer.reference import named_tensors
+
+        if not self.path.exists():
+            return False
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        with torch.no_grad():
+            for name, t in named_tensors(model_chunks):
+                if name not in state or state[name].shape != t.shape:
+                    raise ValueError(f"warm-start cache {self.path} does not match the model at {name!r}; "
+                                     "delete it or set trainer.warm_start.cache_dir to another directory")
+                t.copy_(state[name])
+        return True
+
+    def save(self, model_chunks) -> None:
+        """Write atomically (temporary name, then rename): a killed run leaves no partial file."""
+        from nemo_craft.trainer.reference import named_tensors
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({name: t.detach().cpu() for name, t in named_tensors(model_chunks)}, tmp)
+        os.replace(tmp, self.path)

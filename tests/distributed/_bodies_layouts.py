@@ -41,7 +41,8 @@ def _gather_fc2_grad(model) -> torch.Tensor | None:
     return torch.cat(parts, dim=1)
 
 
-def train_one_step(hf_dir: str, distributed_optimizer: bool = False, disable_fixes: bool = False):
+def train_one_step(hf_dir: str, distributed_optimizer: bool = False, disable_fixes: bool = False,
+                   recompute: str | None = None):
     """Loss, a gathered gradient and the target log-probs after one Adam step."""
     from megatron.core import parallel_state as ps
 
@@ -56,7 +57,7 @@ def train_one_step(hf_dir: str, distributed_optimizer: bool = False, disable_fix
     lay = current_layout()
     pcfg = ParallelConfig(tensor_model_parallel_size=lay.tp, pipeline_model_parallel_size=lay.pp,
                           virtual_pipeline_model_parallel_size=lay.vpp, sequence_parallel=lay.sp,
-                          use_distributed_optimizer=distributed_optimizer)
+                          use_distributed_optimizer=distributed_optimizer, recompute_granularity=recompute)
     mcfg = ModelConfig.from_hf_config(hf_dir)
     chunks = build_model(mcfg, pcfg, transformer_config_overrides={"calculate_per_token_loss": True})
     if disable_fixes:  # reproduce megatron-core 0.16.1's defaults, to show the fixes matter

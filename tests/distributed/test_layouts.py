@@ -24,9 +24,10 @@ def hf_dir(tmp_path_factory):
     return make_tiny_hf_checkpoint(str(tmp_path_factory.mktemp("hf")), "qwen3", num_layers=4, vocab_size=256)
 
 
-def _run(hf_dir, world_size, tp=1, pp=1, vpp=None, sp=False, distributed_optimizer=False, disable_fixes=False):
+def _run(hf_dir, world_size, tp=1, pp=1, vpp=None, sp=False, distributed_optimizer=False, disable_fixes=False,
+         recompute=None):
     return run_distributed(bodies.train_one_step, world_size=world_size, tp=tp, pp=pp, vpp=vpp, sp=sp,
-                           args=(hf_dir, distributed_optimizer, disable_fixes))
+                           args=(hf_dir, distributed_optimizer, disable_fixes, recompute))
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,37 @@ def test_layout_matches_tp1(hf_dir, reference, name):
 def test_distributed_optimizer_matches_tp1(hf_dir, reference):
     outs = _run(hf_dir, 4, tp=2, distributed_optimizer=True)
     _check_against(reference[2], outs, 2)
+
+
+@pytest.mark.parametrize("recompute, world, tp, pp, sp", [
+    ("full", 1, 1, 1, False), ("selective", 1, 1, 1, False), ("full", 4, 2, 2, True)])
+def test_activation_recompute_matches_tp1(hf_dir, reference, recompute, world, tp, pp, sp):
+    """Recomputing activations in the backward changes memory, not the numbers."""
+    outs = _run(hf_dir, world, tp, pp, sp=sp, recompute=recompute)
+    _check_against(reference[1], outs, 1)
+
+
+@pytest.mark.parametrize("recompute, calls", [(None, 1), ("full", 2)])
+def test_recompute_runs_each_layer_again_in_the_backward(hf_dir, recompute, calls):
+    """The setting reaches megatron (a no-op switch would pass the test above): with full
+    recomputation each layer's forward runs twice per micro-batch."""
+    assert run_distributed(_layer_forward_calls, world_size=1, args=(hf_dir, recompute))[0] == calls
+
+
+def _layer_forward_calls(hf_dir, recompute):
+    from nemo_craft.models.config import ModelConfig
+    from nemo_craft.models.provider import build_model
+    from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.parallel.ddp import wrap_ddp
+    from nemo_craft.trainer.megatron_step import forward_backward
+
+    pcfg = ParallelConfig(recompute_granularity=recompute)
+    mcfg = ModelConfig.from_hf_config(hf_dir)
+    model = wrap_ddp(build_model(mcfg, pcfg, transformer_config_overrides={"calculate_per_token_loss": True}), pcfg)
+    calls = []
+    model[0].module.decoder.layers[0].register_forward_hook(lambda *_: calls.append(1))
+    forward_backward(model, bodies._micro_batches(bodies.global_batch(mcfg.vocab_size, 1), 0)[:1], bodies._ce_loss)
+    return len(calls)
 
 
 def test_same_layout_twice_is_bit_identical(hf_dir):

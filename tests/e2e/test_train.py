@@ -84,3 +84,22 @@ def test_sequence_parallel_training_after_generation(tmp_path):
                                  {"tensor_model_parallel_size": 2, "sequence_parallel": "true"}))
     assert all(o["step"] == 1 for o in outs)
     assert np.isfinite(outs[0]["rows"][0]["train/loss"])
+
+
+def test_warm_start_cache_gives_the_same_bits(tmp_path):
+    """A second run with the same warm start loads it from the cache (it does not train) and
+    ends with the same parameters, at DP2 (one cache file per rank)."""
+    ws = ["trainer.warm_start.steps=3", "trainer.warm_start.batch_size=4", f"trainer.warm_start.cache_dir={tmp_path}/ws",
+          "trainer.max_steps=1", "checkpoint.save_every=0"]
+    fresh = run_distributed(bodies.train, world_size=2, timeout=600, args=(str(tmp_path / "a"), ws))
+    cached = run_distributed(bodies.train, world_size=2, timeout=600, args=(str(tmp_path / "b"), ws))
+    assert sorted(p.name for p in (tmp_path / "ws").glob("*/*.pt")) == ["rank00000.pt", "rank00001.pt"]
+    rows = {run: [r for r in out[0]["rows"] if "warm_start/nll" in r] for run, out in (("a", fresh), ("b", cached))}
+    assert len(rows["a"]) == 3 and rows["b"] == []  # trained once, then loaded
+    for x, y in zip(fresh, cached):
+        for name, value in x["params"].items():
+            assert np.array_equal(value.view(np.int32), y["params"][name].view(np.int32)), name
+    # another warm start (more steps) is another cache entry, not a wrong hit
+    run_distributed(bodies.train, world_size=1, timeout=600,
+                    args=(str(tmp_path / "c"), ws + ["trainer.warm_start.steps=4"]))
+    assert len(list((tmp_path / "ws").iterdir())) == 2
