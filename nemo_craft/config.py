@@ -33,13 +33,32 @@ def compose(overrides: Sequence[str] = (), config_dir: str | Path | None = None,
         raise FileNotFoundError(f"no {config_name}.yaml in config directory {conf}")
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=_loss_field_overrides(overrides))
     except (ConfigCompositionException, MissingConfigException) as err:
         groups = sorted(p.name for p in conf.iterdir() if p.is_dir())
         options = {g: sorted(f.stem for f in (conf / g).glob("*.yaml")) for g in groups}
         raise ValueError(f"bad config override in {list(overrides)}: {err}\navailable groups: {options}") from None
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def _loss_field_overrides(overrides: Sequence[str]) -> list[str]:
+    """``loss.<field>=v`` for any LossConfig field, whether or not the method's YAML lists it.
+
+    A method file names only its preset (``conf/method/*.yaml``); the preset's values live in
+    ``LossConfig.preset``. Hydra refuses to override a key the YAML does not hold, so such an
+    override is sent as ``++loss.<field>=v`` (set whether present or not); other keys under
+    ``loss.`` keep Hydra's check, and LossConfig refuses unknown fields by name."""
+    from nemo_craft.losses.config import LossConfig
+
+    fields = {f.name for f in dataclasses.fields(LossConfig)}
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if key.startswith("loss.") and key[len("loss."):] in fields:
+            o = "++" + o
+        out.append(o)
+    return out
 
 
 def to_dataclass(cls: type, node: Any, section: str, drop: Sequence[str] = ()) -> Any:

@@ -56,39 +56,58 @@ def select(runs: Sequence[RunSpec], only: Sequence[str]) -> list[RunSpec]:
     return [r for r in runs if all(str(getattr(r, k)) in v for k, v in wanted.items())]
 
 
-def _child_env() -> dict:
+def _child_env(threads: int | None = None) -> dict:
     """This environment, with this checkout importable (it need not be installed)."""
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+    env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
 
 
 def run_local(spec: SweepSpec, runs: Sequence[RunSpec], *, dry_run: bool) -> int:
-    """Run the unfinished ``runs`` one after another; the number that failed."""
-    failed = 0
+    """Run the unfinished ``runs`` here, ``local.parallel_runs`` at a time (in order); the
+    number that failed."""
+    pending, failed, active = [], 0, []
     for k, run in enumerate(runs, 1):
         tag = f"[sweep] {k}/{len(runs)} {run.name}"
         if is_finished(run.run_dir):
             print(f"{tag}: finished, skipped", flush=True)
-            continue
-        cmd = run.train_command(spec.local.nproc_per_node)
-        if dry_run:
-            print(f"{tag}: {shlex.join(cmd)}", flush=True)
-            continue
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        log = run.run_dir / "train.log"
-        print(f"{tag}: running (log {log})", flush=True)
-        t0 = time.monotonic()
-        with open(log, "a") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env()).returncode
-        wall = time.monotonic() - t0
-        if rc == 0:
-            write_done(run, exit_code=0, wall_s=round(wall, 1))
-            print(f"{tag}: done in {wall:.0f} s", flush=True)
+        elif dry_run:
+            print(f"{tag}: {shlex.join(run.train_command(spec.local.nproc_per_node))}", flush=True)
         else:
-            failed += 1
-            print(f"{tag}: FAILED with exit code {rc} after {wall:.0f} s; see {log}", flush=True)
+            pending.append((tag, run))
+    while pending or active:
+        while pending and len(active) < spec.local.parallel_runs:
+            active.append(_start(spec, *pending.pop(0)))
+        time.sleep(0.5)
+        for job in [j for j in active if j[0].poll() is not None]:
+            active.remove(job)
+            failed += _finish(*job)
     return failed
+
+
+def _start(spec: SweepSpec, tag: str, run: RunSpec):
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    log = run.run_dir / "train.log"
+    print(f"{tag}: running (log {log})", flush=True)
+    f = open(log, "a")
+    proc = subprocess.Popen(run.train_command(spec.local.nproc_per_node), stdout=f, stderr=subprocess.STDOUT,
+                            env=_child_env(spec.local.threads_per_run))
+    return proc, f, tag, run, log, time.monotonic()
+
+
+def _finish(proc, f, tag: str, run: RunSpec, log: Path, t0: float) -> int:
+    """Record a finished run; 1 if it failed."""
+    f.close()
+    wall = time.monotonic() - t0
+    if proc.returncode == 0:
+        write_done(run, exit_code=0, wall_s=round(wall, 1))
+        print(f"{tag}: done in {wall:.0f} s", flush=True)
+        return 0
+    print(f"{tag}: FAILED with exit code {proc.returncode} after {wall:.0f} s; see {log}", flush=True)
+    return 1
 
 
 def submit_slurm(spec: SweepSpec, runs: Sequence[RunSpec], *, dry_run: bool) -> int:

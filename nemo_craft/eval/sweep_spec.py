@@ -82,14 +82,25 @@ class SlurmSpec:
 
 @dataclass
 class LocalSpec:
-    """How runs are launched on this machine, one after another."""
+    """How runs are launched on this machine."""
 
     nproc_per_node: int = 1
     """1: ``python -m nemo_craft train``; more: ``torchrun --standalone --nproc-per-node=N``."""
+    parallel_runs: int = 1
+    """Runs at once (each its own process group); 1: one after another."""
+    threads_per_run: Optional[int] = None
+    """CPU threads of each run (``OMP_NUM_THREADS``); None: torch's default. Several runs at
+    once on a small CPU need it: runs whose thread pools overlap slow each other down many
+    times over. CPU results depend on the thread count (it splits the sums), so keep it fixed
+    within a study."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.nproc_per_node, int) or self.nproc_per_node < 1:
-            raise ValueError(f"local.nproc_per_node={self.nproc_per_node!r}: must be an int >= 1")
+        for name in ("nproc_per_node", "parallel_runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"local.{name}={value!r}: must be an int >= 1")
+        if self.threads_per_run is not None and (not isinstance(self.threads_per_run, int) or self.threads_per_run < 1):
+            raise ValueError(f"local.threads_per_run={self.threads_per_run!r}: must be null or an int >= 1")
 
 
 @dataclass(frozen=True)

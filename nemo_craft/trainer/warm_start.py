@@ -99,7 +99,8 @@ def sft_loss_fn(chunk_size: int):
 class WarmStartCache:
     """The warm-started weights of each rank, keyed by a hash of everything they depend on:
     the model, the environment and its settings, the layout and world size, the tokenizer and
-    chat format, the warm start's settings and the seed (which draws the initial weights).
+    chat format, the warm start's settings, the seed (which draws the initial weights) and, on
+    the CPU, the thread count.
     The warm start draws no random numbers, so loading is bit-identical to training again."""
 
     _KEY_SECTIONS = ("model", "env", "parallel")
@@ -114,8 +115,9 @@ class WarmStartCache:
         what = {k: resolved.get(k) for k in self._KEY_SECTIONS}
         what.update(warm_start=ws, seed=resolved.get("seed"), world_size=world_size,
                     chat={k: rollout.get(k) for k in ("system_prompt", "observation_message")},
-                    # the micro-batch split sets the order of the gradient sums
-                    micro_batch_size=resolved["trainer"].get("micro_batch_size"))
+                    # the micro-batch split and the CPU thread count set the order of the sums
+                    micro_batch_size=resolved["trainer"].get("micro_batch_size"),
+                    threads=None if torch.cuda.is_available() else torch.get_num_threads())
         digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / digest
         self.path = self.dir / f"rank{rank:05d}.pt"

@@ -7,7 +7,7 @@ import pytest
 
 from nemo_craft.cli import sweep as sweep_cli
 from nemo_craft.config import CONF_DIR
-from nemo_craft.eval.sweep_spec import RunSpec, SweepSpec, is_finished, merge_overrides
+from nemo_craft.eval.sweep_spec import LocalSpec, RunSpec, SweepSpec, is_finished, merge_overrides
 from nemo_craft.trainer.checkpoint_layout import write_complete_marker
 from tests.unit.eval._synthetic import SPEC, write_run, write_spec
 
@@ -95,6 +95,32 @@ def test_local_runner_skips_finished_runs_and_marks_successes(tmp_path, monkeypa
     assert "training sokoban/tiny/sdar/seed2" in (runs[1].run_dir / "train.log").read_text()
     assert not (runs[2].run_dir / "done.json").exists()
     assert not (runs[0].run_dir / "train.log").exists()  # finished before: not run again
+
+
+def test_local_runner_runs_parallel_runs_at_once_with_their_thread_count(tmp_path, monkeypatch):
+    spec = SweepSpec.load(write_spec(tmp_path))
+    spec.local = LocalSpec(parallel_runs=2, threads_per_run=1)
+    runs = spec.runs()[:3]
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    # Each run waits until a second run has started (or 20 s pass): one after another, the
+    # first would time out and fail; two at a time, both see each other.
+    body = ("import os, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); (d / sys.argv[2]).touch(); "
+            "t = time.time()\nwhile len(list(d.iterdir())) < 2 and time.time() - t < 20: time.sleep(0.05)\n"
+            "print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(0 if len(list(d.iterdir())) >= 2 else 4)")
+    monkeypatch.setattr(RunSpec, "train_command", lambda self, n=1: [sys.executable, "-c", body, str(stamps),
+                                                                       str(self.index)])
+    assert sweep_cli.run_local(spec, runs, dry_run=False) == 0
+    for run in runs:
+        assert "threads 1" in (run.run_dir / "train.log").read_text()
+        assert (run.run_dir / "done.json").exists()
+
+
+def test_local_spec_validates_its_fields():
+    with pytest.raises(ValueError, match="local.parallel_runs=0"):
+        LocalSpec(parallel_runs=0)
+    with pytest.raises(ValueError, match="local.threads_per_run=0"):
+        LocalSpec(threads_per_run=0)
 
 
 def test_cli_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
