@@ -67,6 +67,12 @@ class RolloutConfig:
     """Rows per generation forward pass."""
     max_sequence_length: Optional[int] = None
     """Longest conversation in tokens (None: the model's)."""
+    kv_cache_gb: float = 4.0
+    """Dynamic backend: GiB of each rank's paged KV cache (see ``GenerationConfig.kv_cache_gb``)."""
+    max_tokens_per_step: int = 16384
+    """Dynamic backend: tokens of one forward pass (see ``GenerationConfig.max_tokens_per_step``)."""
+    cuda_graphs: bool = False
+    """Dynamic backend: decode steps as CUDA graphs (see ``GenerationConfig.cuda_graphs``)."""
 
     def __post_init__(self) -> None:
         for name in ("tasks_per_step", "group_size", "max_tokens_per_turn", "max_tokens_per_episode"):
@@ -91,7 +97,8 @@ class RolloutConfig:
             backend=self.backend, temperature=self.val_temperature if validation else self.temperature,
             top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_tokens_per_turn,
             stop_strings=self.stop_strings, max_batch_size=self.max_batch_size,
-            max_sequence_length=self.max_sequence_length,
+            max_sequence_length=self.max_sequence_length, kv_cache_gb=self.kv_cache_gb,
+            max_tokens_per_step=self.max_tokens_per_step, cuda_graphs=self.cuda_graphs,
         )
 
 

@@ -8,24 +8,31 @@ Every rank of a model-parallel group (TP x PP) calls ``generate`` with the same 
 and seed; every rank gets the same results. Data-parallel ranks generate independently (give
 each its own prompts and seed).
 
-The backend is chosen by ``GenerationConfig.backend``: ``static`` is megatron-core's static KV
-cache (``nemo_craft.rollout.static_backend``; CPU and GPU); ``dynamic`` (megatron's paged-KV
-``DynamicInferenceEngine``, GPU with flash-attn) is the place for the next backend; ``auto``
-picks the best available one (today: static).
+The backend is chosen by ``GenerationConfig.backend`` (``resolve_backend``): ``static`` is
+megatron-core's static KV cache (``nemo_craft.rollout.static_backend``; CPU and GPU, any dtype);
+``dynamic`` is megatron's ``DynamicInferenceEngine`` with a paged KV cache and in-flight batching
+(``nemo_craft.rollout.dynamic_backend``; a CUDA GPU, flash-attn >= 2.7.3 or FlashAttention-3, a
+bf16 / fp16 model); ``auto`` picks dynamic where it can run and static elsewhere (on the CPU, for
+fp32 models). Both take the same sampling settings and give the same results for greedy decoding
+(up to kernel rounding: see ``dynamic_backend``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import torch
 
 from nemo_craft.parallel.cpu_mode import compute_device
 from nemo_craft.rollout.stopping import FINISH_REASONS, StopCriteria
 
-__all__ = ["BACKENDS", "GenerationConfig", "GenerationResult", "Generator", "GenerationTokenizer"]
+if TYPE_CHECKING:
+    from nemo_craft.rollout.dynamic_backend import DynamicCapability
+
+__all__ = ["BACKENDS", "GenerationConfig", "GenerationResult", "Generator", "GenerationTokenizer", "resolve_backend"]
 
 BACKENDS = ("auto", "static", "dynamic")
 
@@ -35,8 +42,9 @@ class GenerationConfig:
     """How actions are sampled."""
 
     backend: str = "auto"
-    """"static" (megatron's static KV cache; CPU and GPU), "dynamic" (paged KV cache, GPU; not
-    yet available) or "auto" (the best available: static today)."""
+    """"static" (megatron's static KV cache; CPU and GPU), "dynamic" (megatron's dynamic engine:
+    paged KV cache, in-flight batching; CUDA, flash-attn >= 2.7.3, bf16 / fp16) or "auto" (dynamic
+    where it can run, else static)."""
     temperature: float = 1.0
     """Softmax temperature; 0 is greedy (argmax)."""
     top_p: float = 1.0
@@ -55,7 +63,8 @@ class GenerationConfig:
     """Seed of the sampling stream when ``generate`` is called without one (then each call
     continues from the previous: call i uses seed + i)."""
     max_batch_size: int = 64
-    """Rows per forward pass (the KV cache holds this many); more rows run in several passes."""
+    """Rows per forward pass; more rows run in several passes (static: its KV cache holds this
+    many rows; dynamic: requests decoded together, a multiple of the tensor-parallel size)."""
     max_sequence_length: int | None = None
     """Prompt + generated tokens of one row, at most; None: the model's max_sequence_length."""
     pp_microbatch_tokens: int = 512
@@ -63,6 +72,17 @@ class GenerationConfig:
     the stages overlap (megatron's inference_batch_times_seqlen_threshold; -1: never)."""
     vocab_size: int | None = None
     """Vocabulary to sample from; None: the tokenizer's. Logits beyond it are padding."""
+    kv_cache_gb: float = 4.0
+    """Dynamic backend: GiB of each rank's paged KV cache (megatron's buffer_size_gb), allocated for
+    each generate call (for the run with cuda_graphs). It must hold one max_sequence_length row
+    (checked when the generator is built); rows beyond what it holds wait or are paused."""
+    max_tokens_per_step: int = 16384
+    """Dynamic backend: tokens of one forward pass, prompt tokens and decode rows together
+    (megatron's max_tokens); at least max_batch_size and the longest prompt (prompts are not split)."""
+    cuda_graphs: bool = False
+    """Dynamic backend: run decode steps as CUDA graphs. Off by default because megatron captures
+    them per layer of a model built with TransformerConfig cuda_graph_impl="local", which then
+    graphs training forwards too; the flag must match the model (a ValueError says which way)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -84,9 +104,31 @@ class GenerationConfig:
             raise ValueError(f"max_batch_size must be an int >= 1, got {self.max_batch_size!r}")
         if self.max_sequence_length is not None and self.max_sequence_length < 2:
             raise ValueError(f"max_sequence_length must be >= 2 or None, got {self.max_sequence_length!r}")
+        self._check_dynamic_fields()
         if self.pp_microbatch_tokens != -1 and self.pp_microbatch_tokens < 1:
             raise ValueError(f"pp_microbatch_tokens must be >= 1 or -1 (never split), got "
                              f"{self.pp_microbatch_tokens!r}")
+
+    def _check_dynamic_fields(self) -> None:
+        """The dynamic backend's knobs; those that only bind it are skipped for backend=static."""
+        if isinstance(self.kv_cache_gb, bool) or not isinstance(self.kv_cache_gb, (int, float)) \
+                or not self.kv_cache_gb > 0:
+            raise ValueError(f"kv_cache_gb must be a number > 0 (GiB per rank), got {self.kv_cache_gb!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        if self.cuda_graphs and self.backend == "static":
+            raise ValueError("cuda_graphs=true applies to the dynamic backend; set backend=dynamic (or auto), "
+                             "or cuda_graphs=false")
+        if not isinstance(self.max_tokens_per_step, int) or self.max_tokens_per_step < 1:
+            raise ValueError(f"max_tokens_per_step must be an int >= 1, got {self.max_tokens_per_step!r}")
+        if self.backend == "static":
+            return
+        if self.max_tokens_per_step < self.max_batch_size:
+            raise ValueError(f"max_tokens_per_step={self.max_tokens_per_step} < max_batch_size={self.max_batch_size}: "
+                             "a decode step of every row must fit one forward pass; raise it")
+        if self.max_sequence_length is not None and self.max_tokens_per_step < self.max_sequence_length - 1:
+            raise ValueError(f"max_tokens_per_step={self.max_tokens_per_step} < max_sequence_length - 1 = "
+                             f"{self.max_sequence_length - 1}: a whole prompt must fit one forward pass; raise it")
 
     @property
     def greedy(self) -> bool:
@@ -123,6 +165,25 @@ class GenerationTokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def resolve_backend(requested: str, capability: Callable[[], "DynamicCapability"]) -> str:
+    """The backend that runs: "static" or "dynamic".
+
+    ``capability`` gives the facts the dynamic backend needs (``DynamicCapability.probe``; read
+    only when ``requested`` is not "static"). "auto" takes dynamic exactly when they are all
+    there; "dynamic" without them is a ValueError naming what is missing and the alternative."""
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
+    if requested == "static":
+        return "static"
+    problem = capability().problem()
+    if problem is None:
+        return "dynamic"
+    if requested == "dynamic":
+        raise ValueError(f"rollout.backend=dynamic (megatron's DynamicInferenceEngine) cannot run here: {problem}. "
+                         "Use rollout.backend=static, or auto (dynamic where it can run, static elsewhere)")
+    return "static"
+
+
 class Generator:
     """Samples continuations of token prompts with this rank's model chunks.
 
@@ -140,17 +201,26 @@ class Generator:
         self._backend = self._build_backend(self.config)
 
     def _build_backend(self, config: GenerationConfig):
-        from megatron.core.utils import unwrap_model
+        from megatron.core.utils import get_model_config, unwrap_model
 
-        name = "static" if config.backend == "auto" else config.backend
-        if name == "dynamic":
-            raise NotImplementedError(
-                "backend='dynamic' (megatron's DynamicInferenceEngine, paged KV cache; needs a GPU "
-                "and flash-attn >= 2.7.3) is not implemented yet; use backend='static' or 'auto'")
-        from nemo_craft.rollout.static_backend import StaticBackend
+        from nemo_craft.rollout.dynamic_backend import DynamicCapability
 
         vocab_size = config.vocab_size or self.tokenizer.vocab_size
         max_len = config.max_sequence_length or unwrap_model(self.model_chunks[0]).max_sequence_length
+        name = resolve_backend(config.backend, lambda: DynamicCapability.probe(
+            get_model_config(self.model_chunks[0]).params_dtype))
+        if name == "dynamic":
+            from nemo_craft.rollout.dynamic_backend import DynamicBackend
+
+            return DynamicBackend(self.model_chunks, vocab_size=vocab_size, max_batch_size=config.max_batch_size,
+                                  max_sequence_length=max_len, kv_cache_gb=config.kv_cache_gb,
+                                  max_tokens_per_step=config.max_tokens_per_step, cuda_graphs=config.cuda_graphs,
+                                  pp_microbatch_tokens=config.pp_microbatch_tokens)
+        if config.cuda_graphs:
+            warnings.warn("cuda_graphs=true is ignored: backend=auto resolved to static here (CUDA graphs are the "
+                          "dynamic backend's)", stacklevel=3)
+        from nemo_craft.rollout.static_backend import StaticBackend
+
         return StaticBackend(self.model_chunks, vocab_size=vocab_size, max_batch_size=config.max_batch_size,
                              max_sequence_length=max_len, pp_microbatch_tokens=config.pp_microbatch_tokens)
 
@@ -177,7 +247,8 @@ class Generator:
             seed: seed of this call's sampling stream (the same seed, prompts and layout give
                 the same tokens); None: ``config.seed`` + the number of earlier calls.
             config: sampling settings for this call (e.g. the validation temperature); its
-                backend, batch and length limits are those the generator was built with.
+                backend and the backend's limits (batch, length, KV cache, CUDA graphs) are
+                those the generator was built with.
         """
         cfg = config if config is not None else self.config
         n = len(prompts_token_ids)

@@ -31,10 +31,9 @@ import contextlib
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 
 from nemo_craft.parallel.cpu_mode import compute_device
-from nemo_craft.rollout.sampling import sample_next_tokens
+from nemo_craft.rollout.backend_common import generation_mode, sample_and_share
 from nemo_craft.rollout.stopping import StopCriteria
 
 __all__ = ["StaticBackend"]
@@ -138,8 +137,9 @@ class StaticBackend:
         while True:
             window = self.wrapper.get_batch_for_context_window(inputs, start, end)
             logits = self.wrapper.run_one_forward_step(window)  # [B, 1, V'] on the last stage
-            next_B, logp_B = self._sample_and_share(logits, len(prompts), temperature, top_k, top_p,
-                                                    generator, device)
+            next_B, logp_B = sample_and_share(logits[:, -1, :] if logits is not None else None, len(prompts),
+                                              vocab_size=self.vocab_size, temperature=temperature, top_k=top_k,
+                                              top_p=top_p, generator=generator, device=device)
             started_B = lengths_B <= end  # rows whose prompt is consumed: their token goes at `end`
             tokens_BT[started_B, end] = next_B[started_B]
             next_list, logp_list = next_B.tolist(), logp_B.tolist()
@@ -156,66 +156,13 @@ class StaticBackend:
             assert end < width, "a row outlived its budget"
         return list(zip(generated, logprobs, reasons))
 
-    def _sample_and_share(self, logits, batch, temperature, top_k, top_p, generator, device):
-        """Sample on the last pipeline stage; broadcast (token, log-prob) pairs from its TP rank 0
-        to the whole model-parallel group (B pairs, instead of megatron's [B, V] logits)."""
-        from megatron.core import parallel_state as ps
-
-        packed_2B = torch.empty(2, batch, dtype=torch.float64, device=device)
-        last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
-        if last_stage:
-            next_B, logp_B = sample_next_tokens(logits[:, -1, :], vocab_size=self.vocab_size,
-                                                temperature=temperature, top_k=top_k, top_p=top_p,
-                                                generator=generator)
-            packed_2B[0], packed_2B[1] = next_B, logp_B
-            if ps.get_tensor_model_parallel_world_size() > 1:
-                dist.broadcast(packed_2B, src=ps.get_tensor_model_parallel_src_rank(),
-                               group=ps.get_tensor_model_parallel_group())
-        if ps.get_pipeline_model_parallel_world_size() > 1:
-            dist.broadcast(packed_2B, src=ps.get_pipeline_model_parallel_last_rank(),
-                           group=ps.get_pipeline_model_parallel_group())
-        return packed_2B[0].long(), packed_2B[1].float()
-
     # -- model state around generation --------------------------------------------------------------
 
     @contextlib.contextmanager
     def _inference_state(self):
-        """Eval mode and no sequence parallel during generation (megatron's static path does not
-        support sequence parallel); both restored afterwards, with RoPE's cache cleared (its
-        entries made under inference mode must not reach a training forward)."""
-        from megatron.core.transformer.utils import set_model_to_sequence_parallel
-        from megatron.core.utils import unwrap_model
-
-        was_training = self.model.training
-        unwrapped = unwrap_model(self.model)
-        sequence_parallel = self.config.sequence_parallel
-        if sequence_parallel:
-            set_model_to_sequence_parallel(unwrapped, False)
-        try:
-            yield
-        finally:
-            if sequence_parallel:
-                set_model_to_sequence_parallel(unwrapped, True)
-            self.model.train(was_training)
-            self.wrapper.inference_context = self._context_cls(1, 1)  # drop the KV cache
-            _clear_rotary_cache()
-            _reset_global_memory_buffer()
-
-
-def _reset_global_memory_buffer() -> None:
-    """megatron's global memory buffer (the scratch of the TP / sequence-parallel all-gathers) is
-    allocated on first use; allocated during generation it is an inference tensor, and the next
-    training forward under sequence parallel fails writing into it ("Inplace update to inference
-    tensor outside InferenceMode"). A fresh buffer is allocated by training on its first use."""
-    from megatron.core import parallel_state as ps
-
-    ps.destroy_global_memory_buffer()
-    ps._set_global_memory_buffer()
-
-
-def _clear_rotary_cache() -> None:
-    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
-
-    cache_clear = getattr(RotaryEmbedding.forward, "cache_clear", None)
-    if cache_clear is not None:
-        cache_clear()
+        """``generation_mode`` around the whole call, and the KV cache dropped after it."""
+        with generation_mode(self.model):
+            try:
+                yield
+            finally:
+                self.wrapper.inference_context = self._context_cls(1, 1)

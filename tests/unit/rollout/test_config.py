@@ -15,10 +15,28 @@ from nemo_craft.rollout import GenerationConfig, RolloutConfig
     ("stop_strings", "</action>", "list of strings"),
     ("max_batch_size", 0, "max_batch_size"),
     ("pp_microbatch_tokens", 0, "pp_microbatch_tokens"),
+    ("kv_cache_gb", 0, "kv_cache_gb"),
+    ("kv_cache_gb", -1.5, "kv_cache_gb"),
+    ("kv_cache_gb", "4", "kv_cache_gb"),
+    ("kv_cache_gb", True, "kv_cache_gb"),
+    ("max_tokens_per_step", 0, "max_tokens_per_step"),
+    ("max_tokens_per_step", 32, "max_tokens_per_step=32 < max_batch_size=64"),
+    ("cuda_graphs", "yes", "cuda_graphs"),
 ])
 def test_generation_config_errors_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         GenerationConfig(**{field: value})
+
+
+def test_dynamic_knobs_bind_only_where_the_dynamic_backend_may_run():
+    long = dict(max_sequence_length=32768, max_tokens_per_step=8192)
+    for backend in ("auto", "dynamic"):
+        with pytest.raises(ValueError, match="max_tokens_per_step=8192 < max_sequence_length - 1 = 32767"):
+            GenerationConfig(backend=backend, **long)
+    GenerationConfig(backend="static", max_batch_size=64, max_tokens_per_step=8, **{"max_sequence_length": 32768})
+    with pytest.raises(ValueError, match="cuda_graphs=true applies to the dynamic backend"):
+        GenerationConfig(backend="static", cuda_graphs=True)
+    assert GenerationConfig(backend="auto", cuda_graphs=True, kv_cache_gb=8).kv_cache_gb == 8
 
 
 def test_generation_config_defaults():
@@ -33,10 +51,13 @@ def test_rollout_config_reads_the_run_configs_section():
     val = cfg.generation_config(validation=True)
     assert gen.max_new_tokens == section["max_tokens_per_turn"] and gen.temperature == section["temperature"]
     assert val.temperature == section["val_temperature"]
+    for knob in ("backend", "kv_cache_gb", "max_tokens_per_step", "cuda_graphs"):
+        assert getattr(gen, knob) == section[knob] == getattr(val, knob)
 
 
 @pytest.mark.parametrize("field,value", [("group_size", 0), ("max_turns", 0), ("observation_message", "x"),
-                                         ("top_p", 2.0), ("backend", "x"), ("max_tokens_per_episode", 0)])
+                                         ("top_p", 2.0), ("backend", "x"), ("max_tokens_per_episode", 0),
+                                         ("kv_cache_gb", 0.0), ("max_tokens_per_step", 1), ("cuda_graphs", 1)])
 def test_rollout_config_errors(field, value):
     with pytest.raises(ValueError, match=field):
         RolloutConfig(**{field: value})

@@ -1,0 +1,85 @@
+"""What every generation backend does around megatron's model: the model's state during generation
+(``generation_mode``) and the model-parallel sampling step (``sample_and_share``).
+
+Shape letters: B rows being sampled, V' megatron's padded vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from nemo_craft.rollout.sampling import sample_next_tokens
+
+__all__ = ["generation_mode", "sample_and_share"]
+
+
+def sample_and_share(logits_BV: torch.Tensor | None, batch: int, *, vocab_size: int, temperature: float,
+                     top_k: int, top_p: float, generator: torch.Generator,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens_B, logprobs_B)``, the same on every rank of the model-parallel group.
+
+    Sampled on the last pipeline stage (the only one whose ``logits_BV`` is read; [B, V'] there,
+    anything elsewhere) by its tensor-parallel rank 0, then broadcast to the TP group and down the
+    pipeline: B (token, log-prob) pairs instead of megatron's [B, V'] logits, and one random stream,
+    so no rank can draw differently."""
+    from megatron.core import parallel_state as ps
+
+    packed_2B = torch.empty(2, batch, dtype=torch.float64, device=device)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        next_B, logp_B = sample_next_tokens(logits_BV, vocab_size=vocab_size, temperature=temperature,
+                                            top_k=top_k, top_p=top_p, generator=generator)
+        packed_2B[0], packed_2B[1] = next_B, logp_B
+        if ps.get_tensor_model_parallel_world_size() > 1:
+            dist.broadcast(packed_2B, src=ps.get_tensor_model_parallel_src_rank(),
+                           group=ps.get_tensor_model_parallel_group())
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(packed_2B, src=ps.get_pipeline_model_parallel_last_rank(),
+                       group=ps.get_pipeline_model_parallel_group())
+    return packed_2B[0].long(), packed_2B[1].float()
+
+
+@contextlib.contextmanager
+def generation_mode(model: torch.nn.Module):
+    """Eval mode and no sequence parallel while generating (megatron's static path does not support
+    sequence parallel; for the dynamic path it only pads the token count, and without it the
+    math is the same); both restored afterwards, with RoPE's cache cleared (its entries made under
+    inference mode must not reach a training forward) and megatron's global memory buffer renewed."""
+    from megatron.core.transformer.utils import set_model_to_sequence_parallel
+    from megatron.core.utils import get_model_config, unwrap_model
+
+    was_training = model.training
+    unwrapped = unwrap_model(model)
+    sequence_parallel = get_model_config(model).sequence_parallel
+    if sequence_parallel:
+        set_model_to_sequence_parallel(unwrapped, False)
+    model.eval()
+    try:
+        yield
+    finally:
+        if sequence_parallel:
+            set_model_to_sequence_parallel(unwrapped, True)
+        model.train(was_training)
+        _clear_rotary_cache()
+        _reset_global_memory_buffer()
+
+
+def _reset_global_memory_buffer() -> None:
+    """megatron's global memory buffer (the scratch of the TP / sequence-parallel all-gathers) is
+    allocated on first use; allocated during generation it is an inference tensor, and the next
+    training forward under sequence parallel fails writing into it ("Inplace update to inference
+    tensor outside InferenceMode"). A fresh buffer is allocated by training on its first use."""
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_global_memory_buffer()
+    ps._set_global_memory_buffer()
+
+
+def _clear_rotary_cache() -> None:
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    cache_clear = getattr(RotaryEmbedding.forward, "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()

@@ -1,0 +1,89 @@
+"""Backend choice with a real megatron model on this machine's layout, and megatron's dynamic
+context (the paged KV cache) built on CPU from the dynamic backend's settings: its block count,
+request and token limits are the ones the backend's own checks assume, and releasing it frees
+the cache. Running the dynamic engine needs a GPU (tests/gpu/test_dynamic_backend.py).
+
+The rank bodies are the module-level functions without ``test_``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemo_craft.models.tokenizer import CharTokenizer
+from nemo_craft.testing.distributed import run_distributed
+
+
+def _tiny(params_dtype="fp32"):
+    from nemo_craft.models.config import ModelConfig
+    from nemo_craft.models.provider import build_model
+    from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.testing.distributed import current_layout
+
+    layout = current_layout()
+    cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                      kv_channels=16, vocab_size=CharTokenizer().vocab_size, max_position_embeddings=512,
+                      params_dtype=params_dtype)
+    return build_model(cfg, ParallelConfig(tensor_model_parallel_size=layout.tp))
+
+
+def chosen_backends():
+    """The backend ``auto`` builds here and the error of ``dynamic``."""
+    from nemo_craft.rollout import GenerationConfig, Generator
+
+    chunks, tok = _tiny(), CharTokenizer()
+    auto = Generator(chunks, tok, GenerationConfig(backend="auto"))
+    out = dict(auto=type(auto._backend).__name__,
+               tokens=auto.generate([tok.encode("hi")], max_new_tokens=3, config=auto.with_config(temperature=0.0))[0]
+               .token_ids)
+    try:
+        Generator(chunks, tok, GenerationConfig(backend="dynamic"))
+    except ValueError as err:
+        out["dynamic_error"] = str(err)
+    return out
+
+
+def dynamic_context(kv_cache_gb):
+    """megatron's dynamic context for the tiny bf16 model, against the backend's sizing."""
+    from megatron.core import parallel_state as ps
+
+    from types import SimpleNamespace
+
+    from nemo_craft.rollout.dynamic_backend import kv_block_bytes, kv_cache_blocks
+    from nemo_craft.rollout.dynamic_engine_adapter import EngineSpec, build_context, release_kv_cache
+
+    chunks = _tiny("bf16")
+    tp = ps.get_tensor_model_parallel_world_size()
+    spec = EngineSpec(max_sequence_length=512, kv_cache_gb=kv_cache_gb, max_requests=8, max_tokens=1024,
+                      cuda_graphs=False, pp_microbatch_tokens=512, padded_vocab_size=chunks[0].vocab_size,
+                      layers_on_stage=2)
+    context = build_context(chunks[0], spec)
+    ours = kv_cache_blocks(kv_cache_gb, kv_block_bytes(layers=2, kv_heads=2 // tp, head_dim=16, dtype_bytes=2))
+    out = dict(megatron_usable=context.block_allocator.total_count - 1, ours=ours,
+               block_tokens=context.block_size_tokens, limits=(context.max_requests, context.max_tokens,
+                                                                context.max_sequence_length),
+               last_token_only=context.materialize_only_last_token_logits, dtype=str(context.params_dtype),
+               kv_shape=tuple(context.memory_buffer.shape))
+    release_kv_cache(SimpleNamespace(context=context))  # what the backend does after each call
+    out["released"] = not hasattr(context, "memory_buffer")
+    return out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the choice on a machine without a GPU")
+def test_auto_builds_the_static_backend_here_and_dynamic_says_what_is_missing():
+    out = run_distributed(chosen_backends, world_size=1)[0]
+    assert out["auto"] == "StaticBackend" and len(out["tokens"]) == 3
+    for needed in ("no CUDA GPU", "flash-attn >= 2.7.3", "float32", "rollout.backend=static"):
+        assert needed in out["dynamic_error"]
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_megatrons_paged_kv_cache_has_the_blocks_the_backend_counts(tp):
+    ranks = run_distributed(dynamic_context, world_size=tp, tp=tp, args=(0.01,))
+    for out in ranks:
+        assert out["megatron_usable"] == out["ours"] > 1
+        assert out["block_tokens"] == 256 and out["limits"] == (8, 1024, 512)
+        assert out["last_token_only"] and out["dtype"] == "torch.bfloat16"
+        # [K/V, layers, blocks, block tokens, KV heads of this rank, head dim]
+        assert out["kv_shape"] == (2, 2, out["ours"] + 1, 256, 2 // tp, 16)
+        assert out["released"]
