@@ -131,6 +131,15 @@ class LossConfig:
         _check_range("target_activity", self.target_activity, 0.0, 1.0, low_open=True, high_open=True)
         _check_range("controller_bound", self.controller_bound, 1.0, math.inf)
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether anything the step trains on reads the teacher's log-probs: the distillation
+        term, RLSD's shaping, the credit-signed KL, or the controller (its weights follow the
+        gate activity). False (GRPO) lets the trainer skip the teacher pass; a test holds this
+        property to the loss for every preset."""
+        return (self.distill != "none" or self.advantage_shaping != "none" or self.controller
+                or self.polarized_kl)
+
     @classmethod
     def preset(cls, name: str, **overrides) -> "LossConfig":
         """The config of a named method, with ``overrides`` applied (and validated)."""

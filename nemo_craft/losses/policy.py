@@ -39,6 +39,7 @@ def policy_loss(
     *,
     tp_group=None,
     num_global_tokens: Optional[int] = None,
+    vocab_size: Optional[int] = None,
 ) -> tuple[torch.Tensor, dict]:
     """The micro-batch's share of the step loss, and its metrics.
 
@@ -47,7 +48,8 @@ def policy_loss(
     batch: a TokenBatch after ``compute_credits``; state: the controller state (None: the
     initial one). The per-token losses are summed and divided by ``num_global_tokens`` (default
     ``batch.num_global_tokens``, else this batch's valid-token count), so the losses of all
-    micro-batches and DP ranks add up to the step's token mean.
+    micro-batches and DP ranks add up to the step's token mean. ``vocab_size``: the real
+    vocabulary when the logits carry padding columns beyond it (they are left out of every softmax).
 
     Parallel layouts: under TP pass the vocabulary shard and the TP group; under DP, pipeline
     or context parallel nothing else is needed, because the credits (computed once per step by
@@ -71,7 +73,7 @@ def policy_loss(
             batch.batch_size, device=mask.device)
         uniforms = counter_uniforms(cfg.cringe_seed, state.step, sample_ids, mask.shape[1])
     stats = vocab_parallel_token_stats(logits, targets, mask, tp_group=tp_group, chunk_size=cfg.chunk_size,
-                                       cringe_uniforms_BS=uniforms, cringe_k=cfg.cringe_k)
+                                       cringe_uniforms_BS=uniforms, cringe_k=cfg.cringe_k, vocab_size=vocab_size)
     logp, entropy = stats.logp, stats.entropy
     if not bool(torch.isfinite(logp.detach()).all() & torch.isfinite(entropy.detach()).all()):
         raise ValueError("logits give non-finite log-probs or entropy on valid tokens: they contain "

@@ -14,6 +14,11 @@ and needs no collective (the outputs, hence their gradients, are the same on eve
 so the loss holds the gradient of the logits plus about two [C, VL] float32 buffers, never a
 full-size softmax. ``tp_group=None`` (or a group of one) is plain single-process maths.
 
+``vocab_size`` below the logits' (padded) width leaves the padding rows out of the softmax:
+megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * TP``, and those
+rows (zero weights after an import) would otherwise add exp(0) terms that Hugging Face's model
+does not have. They get a finite -1e30 rather than -inf, so that exp gives 0 and 0 * z stays 0.
+
 The all-reduced normaliser never enters autograd (MEGATRON_NOTES item 6): the gradient
 d/dz_v of log p_y is 1[v = y] - p_v and of H is -p_v (log p_v + H), both computed locally.
 """
@@ -31,6 +36,7 @@ from nemo_craft.parallel.sibling_stats import group_size
 __all__ = ["TokenStats", "vocab_parallel_token_stats", "counter_uniforms"]
 
 _MASK32 = 0xFFFFFFFF
+_PADDING_LOGIT = -1.0e30
 
 
 @dataclass
@@ -58,6 +64,7 @@ def vocab_parallel_token_stats(
     chunk_size: int = 128,
     cringe_uniforms_BS: Optional[torch.Tensor] = None,
     cringe_k: int = 5,
+    vocab_size: Optional[int] = None,
 ) -> TokenStats:
     """Target log-prob and entropy of the valid tokens of (vocab-sharded) logits.
 
@@ -65,6 +72,8 @@ def vocab_parallel_token_stats(
     no copy is made); targets_BS: [B, S] global vocabulary ids; mask_BS: [B, S] bool.
     cringe_uniforms_BS: [B, S] numbers in [0, 1) (see ``counter_uniforms``), identical on every
     TP rank; given, the CRINGE outputs are computed too.
+    vocab_size: the real vocabulary (``ModelConfig.vocab_size``); logit columns at and beyond it
+    are padding and take no part. None: every column is real.
     """
     if logits_BSV.dim() != 3 or tuple(logits_BSV.shape[:2]) != tuple(mask_BS.shape):
         raise ValueError(f"logits must be [B, S, V/TP] matching loss_mask [B, S]; got logits "
@@ -75,17 +84,24 @@ def vocab_parallel_token_stats(
     world = group_size(tp_group)
     vocab_local = logits_BSV.shape[-1]
     vocab_start = (dist.get_rank(tp_group) if world > 1 else 0) * vocab_local
+    padded = vocab_local * world
+    if vocab_size is not None and not 1 <= vocab_size <= padded:
+        raise ValueError(f"vocab_size={vocab_size} must be in [1, {padded}] (the logits' vocabulary width)")
+    real = padded if vocab_size is None else vocab_size
+    # this shard's real columns; None when it has no padding (the unmasked, bit-identical path)
+    valid_local = min(max(real - vocab_start, 0), vocab_local)
+    valid_local = None if valid_local == vocab_local else valid_local
     b_N, s_N = torch.nonzero(mask_BS, as_tuple=True)
     targets_N = targets_BS[b_N, s_N].long()
-    if targets_N.numel() and (int(targets_N.min()) < 0 or int(targets_N.max()) >= vocab_local * world):
-        raise ValueError(f"targets must be vocabulary ids in [0, {vocab_local * world}) on valid tokens; "
+    if targets_N.numel() and (int(targets_N.min()) < 0 or int(targets_N.max()) >= real):
+        raise ValueError(f"targets must be vocabulary ids in [0, {real}) on valid tokens; "
                          f"got range [{int(targets_N.min())}, {int(targets_N.max())}]")
     cringe = cringe_uniforms_BS is not None
     if cringe and vocab_local * world < 2:
         raise ValueError("CRINGE needs a vocabulary of at least 2 tokens")
     u_N = cringe_uniforms_BS[b_N, s_N].double() if cringe else None
     out = _TokenStatsFn.apply(logits_BSV, b_N, s_N, targets_N, u_N, vocab_start, tp_group,
-                              int(chunk_size), int(cringe_k))
+                              int(chunk_size), int(cringe_k), valid_local)
     logp, entropy, z_target, z_positive, positive_ids = out
     if not cringe:
         return TokenStats(logp, entropy)
@@ -111,7 +127,7 @@ class _TokenStatsFn(torch.autograd.Function):
     backward: local recomputation of each chunk's softmax, no collective."""
 
     @staticmethod
-    def forward(ctx, logits, b_N, s_N, targets_N, u_N, vocab_start, group, chunk, k):
+    def forward(ctx, logits, b_N, s_N, targets_N, u_N, vocab_start, group, chunk, k, valid_local):
         world = group_size(group)
         n, vocab_local = b_N.shape[0], logits.shape[-1]
         f32 = dict(dtype=torch.float32, device=logits.device)
@@ -122,6 +138,8 @@ class _TokenStatsFn(torch.autograd.Function):
         for c0 in range(0, n, chunk):
             sl = slice(c0, min(c0 + chunk, n))
             z = logits[b_N[sl], s_N[sl]].float()  # [C, VL], a fresh copy: safe to modify
+            if valid_local is not None:
+                z[:, valid_local:] = _PADDING_LOGIT
             local_t, owned = _local_ids(targets_N[sl], vocab_start, vocab_local)
             z_t = torch.where(owned, z.gather(1, local_t[:, None])[:, 0], 0.0)
             if cringe:
@@ -144,19 +162,21 @@ class _TokenStatsFn(torch.autograd.Function):
                 z_y[sl] = sums[2]
                 z_s[sl], pos_ids[sl] = _draw_positive(*cand, targets_N[sl], u_N[sl], k, group, world)
         ctx.save_for_backward(logits, b_N, s_N, targets_N, lse, entropy, pos_ids)
-        ctx.meta = (vocab_start, chunk, cringe)
+        ctx.meta = (vocab_start, chunk, cringe, valid_local)
         ctx.mark_non_differentiable(pos_ids)
         return logp, entropy, z_y, z_s, pos_ids
 
     @staticmethod
     def backward(ctx, g_logp, g_ent, g_zy, g_zs, _g_pos):
         logits, b_N, s_N, targets_N, lse, entropy, pos_ids = ctx.saved_tensors
-        vocab_start, chunk, cringe = ctx.meta
+        vocab_start, chunk, cringe, valid_local = ctx.meta
         vocab_local = logits.shape[-1]
         grad = torch.zeros_like(logits)
         for c0 in range(0, b_N.shape[0], chunk):
             sl = slice(c0, min(c0 + chunk, b_N.shape[0]))
             z = logits[b_N[sl], s_N[sl]].float()
+            if valid_local is not None:
+                z[:, valid_local:] = _PADDING_LOGIT  # p = 0 there: no gradient into the padding
             z.sub_(lse[sl, None])  # log p_v
             p = torch.exp(z)
             # dL/dz_v = -p_v * (g_logp + g_ent * (log p_v + H)) + g_logp * 1[v = y]
@@ -172,7 +192,7 @@ class _TokenStatsFn(torch.autograd.Function):
                 p.index_put_((rows[owned], local[owned]), g[owned], accumulate=True)
             grad[b_N[sl], s_N[sl]] = p.to(grad.dtype)
             del p  # before the next chunk's buffers exist
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def _local_ids(ids, vocab_start: int, vocab_local: int):

@@ -36,14 +36,15 @@ class Experience:
     """Seconds per phase: time/old_logprobs_s, time/teacher_logprobs_s, time/ref_logprobs_s, time/credits_s."""
 
 
-def logprob_fn(chunk_size: int = 256):
-    """value_fn for ``forward_only``: log pi(target) per valid token, 0 elsewhere, [b, s]."""
+def logprob_fn(chunk_size: int = 256, vocab_size: Optional[int] = None):
+    """value_fn for ``forward_only``: log pi(target) per valid token, 0 elsewhere, [b, s]
+    (``vocab_size``: the real vocabulary, when the logits carry padding columns)."""
     from megatron.core import parallel_state as ps
 
     def value_fn(mb: dict, logits: torch.Tensor) -> torch.Tensor:
         mask = mb["loss_mask"]
         stats = vocab_parallel_token_stats(logits, mb["targets"], mask, tp_group=ps.get_tensor_model_parallel_group(),
-                                           chunk_size=chunk_size)
+                                           chunk_size=chunk_size, vocab_size=vocab_size)
         out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
         out[mask] = stats.logp.detach().float()
         return out
@@ -75,22 +76,25 @@ def _teacher_mask(tb, student_mask_BS: torch.Tensor) -> torch.Tensor:
 
 def make_experience(model: list, reference, trajectories: Sequence[Trajectory], loss_cfg: LossConfig, *,
                     pad_id: int, micro_batch_size: int, pad_to_multiple_of: int, dp_group, sample_offset: int,
-                    device: torch.device) -> Experience:
+                    device: torch.device, vocab_size: Optional[int] = None) -> Experience:
     """Detached per-token tensors of this DP rank's trajectories, credits included."""
     sb = collate_trajectories(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
     S = sb.input_ids.shape[1]
-    tb = collate_teacher(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of, student_length=S)
     mask = sb.loss_mask
-    fn = logprob_fn(loss_cfg.chunk_size)
+    fn = logprob_fn(loss_cfg.chunk_size, vocab_size)
     student = {"input_ids": sb.input_ids.to(device), "targets": sb.targets.to(device), "loss_mask": mask.to(device)}
     student_mbs = micro_batches(student, micro_batch_size)
     clock = _Clock(device)
     logp_old = forward_only(model, student_mbs, fn)
     clock.lap("time/old_logprobs_s")
-    teacher = {"input_ids": tb.input_ids.to(device), "targets": tb.targets.to(device),
-               "loss_mask": _teacher_mask(tb, mask).to(device)}
-    logp_teacher = align_teacher_logprobs(forward_only(model, micro_batches(teacher, micro_batch_size), fn),
-                                          tb.gather_index)
+    if loss_cfg.uses_teacher:
+        tb = collate_teacher(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of, student_length=S)
+        teacher = {"input_ids": tb.input_ids.to(device), "targets": tb.targets.to(device),
+                   "loss_mask": _teacher_mask(tb, mask).to(device)}
+        logp_teacher = align_teacher_logprobs(forward_only(model, micro_batches(teacher, micro_batch_size), fn),
+                                              tb.gather_index)
+    else:  # nothing reads it (GRPO): Delta = 0 and one forward pass fewer
+        logp_teacher = logp_old
     clock.lap("time/teacher_logprobs_s")
     with reference.swapped_in(model):
         logp_ref = forward_only(model, student_mbs, fn)

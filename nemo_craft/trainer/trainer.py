@@ -220,16 +220,18 @@ class CraftTrainer:
         exp = make_experience(self.model, self.reference, trajs, self.run.loss, pad_id=self.tokenizer.pad_id,
                               micro_batch_size=self.tcfg.micro_batch_size, pad_to_multiple_of=self._pad_multiple(),
                               dp_group=self.dp_group, sample_offset=first * self.rollout_cfg.group_size,
-                              device=self.device)
+                              device=self.device, vocab_size=self.run.model.vocab_size)
         t2 = time.perf_counter()
         batch, cfg, state = exp.batch, self.run.loss, self.controller
         tp_group = self._tp_group()
         tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
                    "index": torch.arange(exp.input_ids.shape[0], device=self.device)}
+        vocab_size = self.run.model.vocab_size
 
         def loss_fn(mb, logits):
             sub = batch.select(mb["index"])
-            loss_sum, m = policy_loss(logits, mb["targets"], sub, cfg, state, tp_group=tp_group, num_global_tokens=1)
+            loss_sum, m = policy_loss(logits, mb["targets"], sub, cfg, state, tp_group=tp_group, num_global_tokens=1,
+                                      vocab_size=vocab_size)
             return loss_sum, sub.loss_mask.sum(), m
 
         loss, mb_metrics = forward_backward(self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn,
@@ -411,7 +413,7 @@ class CraftTrainer:
             sb = collate_trajectories(demos, pad_id=self.tokenizer.pad_id, pad_to_multiple_of=self._pad_multiple())
             tensors = {"input_ids": sb.input_ids.to(self.device), "targets": sb.targets.to(self.device),
                        "loss_mask": sb.loss_mask.to(self.device)}
-            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size),
+            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size, self.run.model.vocab_size),
                                        optimizer)
             optimizer.step()
             self.logger.log(0, {"warm_start/nll": loss.item(), "warm_start/step": s + 1})

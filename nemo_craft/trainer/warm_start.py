@@ -81,7 +81,7 @@ def demonstrations(env_name: str, env_kwargs: dict, fmt: ChatFormat, tokenizer, 
         env.close()
 
 
-def sft_loss_fn(chunk_size: int):
+def sft_loss_fn(chunk_size: int, vocab_size: Optional[int] = None):
     """Summed negative log-likelihood of the action tokens (megatron_step's 3-tuple contract)."""
     from megatron.core import parallel_state as ps
 
@@ -90,7 +90,7 @@ def sft_loss_fn(chunk_size: int):
     def loss_fn(mb: dict, logits: torch.Tensor):
         mask = mb["loss_mask"]
         stats = vocab_parallel_token_stats(logits, mb["targets"], mask, tp_group=ps.get_tensor_model_parallel_group(),
-                                           chunk_size=chunk_size)
+                                           chunk_size=chunk_size, vocab_size=vocab_size)
         return -stats.logp.sum(), mask.sum(), {}
 
     return loss_fn

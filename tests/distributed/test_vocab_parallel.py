@@ -87,3 +87,58 @@ def test_vocab_parallel_matches_full_vocab(tp):
     torch.testing.assert_close(grad, single["grad"], rtol=1e-6, atol=1e-6 * scale)
     torch.testing.assert_close(grad.double(), exact["grad"], rtol=1e-6, atol=1e-6 * scale)
     assert not grad[~mask].any()
+
+
+REAL = 937  # V = 1000 columns, the last 63 padding (at TP 4 they span one shard; REAL_SPAN two)
+REAL_SPAN = 700
+
+
+def _padded_stats(real, tp_group=None, shard=None):
+    """Stats of the padded logits with vocab_size=real (padding columns hold large logits, so a
+    softmax that let them in would be far off), on one TP shard when ``shard`` is given."""
+    logits, targets, mask, weights, uniforms = _inputs()
+    logits[..., real:] = 8.0 + logits[..., real:].abs()
+    targets = targets % real
+    local = logits if shard is None else logits[..., shard].contiguous()
+    leaf = local.clone().requires_grad_(True)
+    st = vocab_parallel_token_stats(leaf, targets, mask, tp_group=tp_group, chunk_size=CHUNK,
+                                    cringe_uniforms_BS=uniforms, cringe_k=K, vocab_size=real)
+    sum(w @ o for w, o in zip(weights, (st.logp, st.entropy, st.z_target, st.z_positive))).backward()
+    return {"logp": st.logp.detach(), "entropy": st.entropy.detach(), "positive_ids": st.positive_ids,
+            "grad": leaf.grad}
+
+
+def padded_tp_body(real):
+    from megatron.core import parallel_state as ps
+
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    shard = slice(rank * (V // tp), (rank + 1) * (V // tp))
+    return dict(_padded_stats(real, ps.get_tensor_model_parallel_group(), shard), rank=rank)
+
+
+@pytest.mark.parametrize("tp, real", [(1, REAL), (2, REAL), (4, REAL), (4, REAL_SPAN)])
+def test_padding_columns_take_no_part(tp, real):
+    """With vocab_size, the padded logits give the statistics of the real columns alone (the
+    Hugging Face model's softmax), no gradient reaches the padding, and CRINGE never draws it."""
+    _, targets, mask, weights, uniforms = _inputs()
+    logits = _inputs()[0][..., :real]
+    leaf = logits.double().requires_grad_(True)
+    logsm = torch.log_softmax(leaf, -1)
+    t = targets % real
+    logp, ent = logsm.gather(-1, t[..., None])[..., 0][mask], -(logsm.exp() * logsm).sum(-1)[mask]
+    outs = [dict(_padded_stats(real), rank=0)] if tp == 1 else \
+        run_distributed(padded_tp_body, world_size=tp, tp=tp, timeout=120, args=(real,))
+    got = outs[0]
+    torch.testing.assert_close(got["logp"].double(), logp.detach(), rtol=1e-6, atol=2e-6)
+    torch.testing.assert_close(got["entropy"].double(), ent.detach(), rtol=1e-6, atol=2e-6)
+    grad = torch.cat([o["grad"] for o in sorted(outs, key=lambda o: o["rank"])], dim=-1)
+    assert not grad[..., real:].any()
+    assert int(got["positive_ids"].max()) < real
+
+
+def test_vocab_size_out_of_range_is_refused():
+    logits, targets, mask, _, _ = _inputs()
+    with pytest.raises(ValueError, match="vocab_size=1001"):
+        vocab_parallel_token_stats(logits, targets, mask, vocab_size=V + 1)
+    with pytest.raises(ValueError, match=r"targets must be vocabulary ids in \[0, 10\)"):
+        vocab_parallel_token_stats(logits, targets, mask, vocab_size=10)

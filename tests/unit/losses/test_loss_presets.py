@@ -129,3 +129,29 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="turn_ids must be >= 0"):
         dataclasses.replace(raw, turn_ids=raw.turn_ids - 5)
     assert isinstance(batch, TokenBatch)
+
+
+def _step_outcome(cfg, raw, logits, targets, logp_teacher):
+    """Loss, logits gradient and the next step's (lambda, beta) with these teacher log-probs."""
+    import dataclasses
+
+    batch = compute_credits(dataclasses.replace(raw, logp_teacher=logp_teacher), cfg)
+    state = ControllerState.initial(cfg)
+    x = logits.clone().requires_grad_(True)
+    loss, _ = policy_loss(x, targets, batch, cfg, state)
+    loss.backward()
+    nxt = state.update(batch.stats["gate_activity"])
+    return loss.detach(), x.grad, (nxt.lam, nxt.beta)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_uses_teacher_says_whether_the_teacher_changes_the_step(name):
+    """The trainer skips the teacher pass when ``uses_teacher`` is False: that must be exactly
+    the presets whose loss, gradient and next controller weights ignore the teacher."""
+    raw, logits, targets = _setup()
+    cfg = LossConfig.preset(name)
+    gen = torch.Generator().manual_seed(5)
+    a = _step_outcome(cfg, raw, logits, targets, raw.logp_teacher)
+    b = _step_outcome(cfg, raw, logits, targets, raw.logp_teacher + torch.randn(raw.logp_teacher.shape, generator=gen))
+    same = torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert same == (not cfg.uses_teacher), (name, cfg.uses_teacher)
