@@ -65,6 +65,11 @@ class Workload:
     generation_batch: Optional[int] = None
     """Rows of one generation forward pass (``rollout.max_batch_size``), capped by the rank's
     share of the trajectories; None: the whole share. Sets the KV cache."""
+    generation_kv_gb: Optional[float] = None
+    """Generation on megatron's dynamic engine: its paged KV cache, GiB per rank
+    (``rollout.kv_cache_gb``; set when ``rollout.backend`` is dynamic, or auto with a bf16 / fp16
+    model, which is what auto picks on GPUs with flash-attn). None: the static cache,
+    ``generation_batch`` rows of ``seq_length`` tokens."""
     logits_chunk_tokens: int = LossConfig.chunk_size
     """Tokens per chunk of the vocabulary-parallel loss (``loss.chunk_size``; its default)."""
     recompute: str = "none"
@@ -116,6 +121,9 @@ class Workload:
             values["seq_length"] = int(rollout["max_sequence_length"])
         if rollout.get("max_batch_size") is not None:
             values["generation_batch"] = int(rollout["max_batch_size"])
+        dtype = _section(cfg, "model").get("params_dtype", "fp32")
+        if rollout.get("backend") == "dynamic" or (rollout.get("backend") == "auto" and dtype in ("bf16", "fp16")):
+            values["generation_kv_gb"] = float(rollout["kv_cache_gb"])
         trainer = _section(cfg, "trainer")
         if "micro_batch_size" in trainer:
             values["micro_batch_size"] = int(trainer["micro_batch_size"])

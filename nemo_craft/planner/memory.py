@@ -155,7 +155,10 @@ def rank_memory(model, parallel, workload, stage, *, dp: int, padded_vocab: int)
     share = math.ceil(workload.trajectories_per_step / dp)
     gen_b = min(workload.generation_batch or share, share)
     kv_heads_local = max(model.num_query_groups // tp, 1)
-    kv_cache = gen_b * workload.seq_length * layers * 2 * kv_heads_local * model.kv_channels * ab
+    if workload.generation_kv_gb is None:  # static: every row holds its whole sequence
+        kv_cache = gen_b * workload.seq_length * layers * 2 * kv_heads_local * model.kv_channels * ab
+    else:  # dynamic: a fixed paged buffer, rows wait for blocks
+        kv_cache = workload.generation_kv_gb * GIB
     if last:
         kv_cache += gen_b * padded_vocab * 4  # the last token's logits, gathered over TP, fp32
 

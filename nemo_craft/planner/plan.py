@@ -161,7 +161,9 @@ class Plan:
         lines.append(
             f"workload: {w.trajectories_per_step} trajectories/step, seq {w.seq_length} (+{w.privileged_tokens} "
             f"privileged), micro-batch {w.micro_batch_size}, recompute {w.recompute}, {w.attention} attention, "
-            f"loss chunk {w.logits_chunk_tokens} tokens, reference on GPU: {_yes(w.reference_on_gpu)}, "
+            f"loss chunk {w.logits_chunk_tokens} tokens, generation KV cache "
+            f"{'static' if w.generation_kv_gb is None else f'dynamic {w.generation_kv_gb:g} GiB'}, "
+            f"reference on GPU: {_yes(w.reference_on_gpu)}, "
             f"overhead {w.overhead_gb:g} GiB")
         if self.ranks:
             lines.append("")

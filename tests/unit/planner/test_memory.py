@@ -63,3 +63,19 @@ def test_sequence_parallel_and_recompute_only_shrink_activations(recompute):
     assert tp1 >= tp2 >= tp2_sp and tp2_sp == pytest.approx(tp1 / 2)
     full = layer_activation_bytes(MODEL, tp=1, sp=False, recompute="full", **kw)
     assert full == 2 * 2048 * 1024 <= tp1
+
+
+def test_dynamic_generation_holds_its_paged_buffer_whatever_the_batch():
+    p = ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
+    for batch in (16, 64):
+        w = dataclasses.replace(W, generation_batch=batch, generation_kv_gb=3.5)
+        first = rank_memory(MODEL, p, w, _stage(0, 4, 10, False), dp=2, padded_vocab=32768)
+        assert first.kv_cache == 3.5 * 2**30
+
+
+@pytest.mark.parametrize("backend, dtype, expected", [
+    ("auto", "bf16", 6.0), ("dynamic", "bf16", 6.0), ("static", "bf16", None), ("auto", "fp32", None)])
+def test_workload_reads_the_generation_backend(backend, dtype, expected):
+    cfg = {"model": {"params_dtype": dtype},
+           "rollout": {"backend": backend, "kv_cache_gb": 6.0, "tasks_per_step": 4, "group_size": 2}}
+    assert Workload.from_config(cfg, max_position_embeddings=4096).generation_kv_gb == expected
