@@ -135,7 +135,7 @@ def collect_and_plot(spec: SweepSpec) -> dict[str, Path]:
     results = collect(spec)
     out = spec.root / "results"
     finished = sum(r.finished for r in results)
-    paths = write_tables(aggregate(results, spec), spec, out, finished=finished)
+    paths = write_tables(aggregate(results, spec), spec, out, finished=finished, results=results)
     for p in learning_curves(results, spec, out):
         paths[p.stem] = p
     ablation = ablation_bars(results, spec, out / "ablation.png")

@@ -26,7 +26,7 @@ from nemo_craft.eval.metrics import mean_std, paper_metrics
 from nemo_craft.eval.sweep_spec import RunSpec, SweepSpec, is_finished
 
 __all__ = ["METHOD_LABELS", "MODEL_LABELS", "RunResult", "CellStat", "read_metrics", "val_curve", "collect",
-           "aggregate", "markdown_table", "write_tables", "CURVE_KEY", "finished_runs", "method_label",
+           "aggregate", "gain_table", "markdown_table", "write_tables", "CURVE_KEY", "finished_runs", "method_label",
            "model_label"]
 
 CURVE_KEY = "val/success_rate"
@@ -170,9 +170,37 @@ def markdown_table(stats: Sequence[CellStat], spec: SweepSpec, finished: Optiona
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def gain_table(results: Sequence[RunResult], spec: SweepSpec) -> str:
+    """Markdown: validation success at the first validation (the starting policy: the warm start,
+    or the pretrained model), at the last, and the change, in points, mean ± std over finished
+    seeds, per environment and model. Where seeds start far apart (a tiny model's warm starts),
+    the change says more than the final value."""
+    n_seeds = len(spec.seeds)
+    lines = ["", "Validation success at the first and the last validation and its change (points, mean ± std "
+             f"over {n_seeds} seed{'s' if n_seeds != 1 else ''}).", ""]
+    for env in spec.envs:
+        for model in spec.models:
+            lines += [f"| {env} / {model_label(spec, model)} | first | last | change |", "|---|---|---|---|"]
+            for method in spec.methods:
+                curves = [r.curve for r in finished_runs(results, env, model, method) if r.curve]
+                first = [100 * c[min(c)] for c in curves]
+                last = [100 * c[max(c)] for c in curves]
+                change = [b - a for a, b in zip(first, last)]
+                cells = [_mean_std_cell(first), _mean_std_cell(last), _mean_std_cell(change, signed=True)]
+                lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _mean_std_cell(values: Sequence[float], signed: bool = False) -> str:
+    mean, std, n = mean_std(list(values))
+    return "–" if n == 0 else f"{mean:{'+' if signed else ''}.1f} ± {std:.1f}"
+
+
 def write_tables(stats: Sequence[CellStat], spec: SweepSpec, out_dir: str | Path,
-                 finished: Optional[int] = None) -> dict[str, Path]:
-    """``results.csv`` (one row per env, model, method, metric) and ``results.md`` (the table)."""
+                 finished: Optional[int] = None, results: Optional[Sequence[RunResult]] = None) -> dict[str, Path]:
+    """``results.csv`` (one row per env, model, method, metric) and ``results.md`` (the table, and
+    with ``results`` the change from the first validation: ``gain_table``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
@@ -182,7 +210,10 @@ def write_tables(stats: Sequence[CellStat], spec: SweepSpec, out_dir: str | Path
         for s in stats:
             w.writerow([s.env, s.model, s.method, s.metric, s.n, _num(s.mean), _num(s.std),
                         ";".join(f"{v:.4f}" for v in s.values)])
-    paths["markdown"].write_text(markdown_table(stats, spec, finished))
+    text = markdown_table(stats, spec, finished)
+    if results is not None:
+        text += gain_table(results, spec)
+    paths["markdown"].write_text(text)
     return paths
 
 

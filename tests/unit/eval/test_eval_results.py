@@ -89,3 +89,16 @@ def test_csv_has_one_row_per_env_model_method_metric(tmp_path):
     empty = next(r for r in rows if r["method"] == "sdar" and r["metric"] == "WebShop score")
     assert empty["n_seeds"] == "0" and empty["mean_pct"] == "" and empty["values_pct"] == ""
     assert paths["markdown"].read_text().startswith("# synth")
+
+
+def test_gain_table_reports_first_last_and_change(tmp_path):
+    from nemo_craft.eval.results import gain_table
+
+    spec = _sweep(tmp_path)  # every run validates 0.1 at step 0; CRAFT ends at 0.5 / 0.75 / 1.0
+    lines = gain_table(collect(spec), spec).splitlines()
+    head = lines.index("| sokoban / tiny | first | last | change |")
+    assert lines[head + 2] == "| SDAR | 10.0 ± 0.0 | 37.5 ± 17.7 | +27.5 ± 17.7 |"  # seed 3 unfinished
+    assert lines[head + 3] == "| CRAFT | 10.0 ± 0.0 | 75.0 ± 25.0 | +65.0 ± 25.0 |"
+    assert "| webshop / tiny | first | last | change |" in lines
+    paths = write_tables(aggregate(collect(spec), spec), spec, tmp_path / "out", results=collect(spec))
+    assert "| CRAFT | 10.0 ± 0.0 | 75.0 ± 25.0 | +65.0 ± 25.0 |" in paths["markdown"].read_text()
