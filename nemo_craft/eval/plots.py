@@ -42,13 +42,17 @@ def _mean_curve(results: Sequence[RunResult]) -> tuple[list[int], list[float], l
 
 
 def learning_curves(results: Sequence[RunResult], spec: SweepSpec, out_dir: str | Path) -> list[Path]:
-    """One PNG per environment; returns their paths."""
+    """One PNG per environment with a finished run (none for the others); returns their paths."""
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for env in spec.envs:
         models = list(spec.models)
+        path = out_dir / f"curves_{env}.png"
+        if not any(finished_runs(results, env, m, method) for m in models for method in spec.methods):
+            path.unlink(missing_ok=True)  # a stale plot from an earlier collection would mislead
+            continue
         fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
         for ax, model in zip(axes[0], models):
             for method in spec.methods:
@@ -65,7 +69,6 @@ def learning_curves(results: Sequence[RunResult], spec: SweepSpec, out_dir: str 
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / f"curves_{env}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
@@ -73,12 +76,14 @@ def learning_curves(results: Sequence[RunResult], spec: SweepSpec, out_dir: str 
 
 
 def ablation_bars(results: Sequence[RunResult], spec: SweepSpec, out_path: str | Path) -> Optional[Path]:
-    """The pillar ablation; None when the sweep runs none of ``spec.ablation``'s methods."""
+    """The pillar ablation, a panel per (environment, model) with a finished ablation run; None
+    when there is no such panel (or the sweep runs none of ``spec.ablation``'s methods)."""
     methods = [m for m in spec.ablation if m in spec.methods]
-    if not methods:
+    panels = [(env, model) for env in spec.envs for model in spec.models
+              if any(finished_runs(results, env, model, m) for m in methods)]
+    if not panels:
         return None
     plt = _pyplot()
-    panels = [(env, model) for env in spec.envs for model in spec.models]
     fig, axes = plt.subplots(1, len(panels), figsize=(max(4.2, 1.1 * len(methods)) * len(panels), 3.8), squeeze=False)
     for ax, (env, model) in zip(axes[0], panels):
         means, stds = [], []

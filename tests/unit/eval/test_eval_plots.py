@@ -30,6 +30,16 @@ def test_learning_curves_and_ablation_render(tmp_path):
     assert bars is not None and _png(bars)
 
 
+def test_no_learning_curve_for_an_environment_without_finished_runs(tmp_path):
+    spec = _sweep(tmp_path)
+    results = [r for r in collect(spec) if r.run.env != "webshop"]
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "curves_webshop.png").write_bytes(b"stale")
+    paths = learning_curves(results, spec, tmp_path / "plots")
+    assert [p.name for p in paths] == ["curves_sokoban.png"]
+    assert not (tmp_path / "plots" / "curves_webshop.png").exists()
+
+
 def test_no_ablation_chart_without_ablation_methods(tmp_path):
     spec = _sweep(tmp_path, SPEC.replace("[sdar, craft]", "[grpo]"))
     assert ablation_bars(collect(spec), spec, tmp_path / "a.png") is None
