@@ -99,8 +99,8 @@ def sft_loss_fn(chunk_size: int, vocab_size: Optional[int] = None):
 class WarmStartCache:
     """The warm-started weights of each rank, keyed by a hash of everything they depend on:
     the model, the environment and its settings, the layout and world size, the tokenizer and
-    chat format, the warm start's settings, the seed (which draws the initial weights) and, on
-    the CPU, the thread count.
+    chat format, the trainer's settings (the warm start's and the optimizer's), the seed (which
+    draws the initial weights) and, on the CPU, the thread count.
     The warm start draws no random numbers, so loading is bit-identical to training again."""
 
     _KEY_SECTIONS = ("model", "env", "parallel")
@@ -109,14 +109,15 @@ class WarmStartCache:
         from omegaconf import OmegaConf
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        ws = dict(resolved["trainer"]["warm_start"])
-        ws.pop("cache_dir", None)
+        # The whole trainer section (optimizer settings, micro-batch split, ...), conservatively:
+        # a needless miss costs one warm start, a wrong hit would cost the run.
+        trainer = dict(resolved["trainer"])
+        trainer["warm_start"] = {k: v for k, v in trainer["warm_start"].items() if k != "cache_dir"}
         rollout = resolved.get("rollout", {})
         what = {k: resolved.get(k) for k in self._KEY_SECTIONS}
-        what.update(warm_start=ws, seed=resolved.get("seed"), world_size=world_size,
+        what.update(trainer=trainer, seed=resolved.get("seed"), world_size=world_size,
                     chat={k: rollout.get(k) for k in ("system_prompt", "observation_message")},
-                    # the micro-batch split and the CPU thread count set the order of the sums
-                    micro_batch_size=resolved["trainer"].get("micro_batch_size"),
+                    # the CPU thread count sets the order of the sums
                     threads=None if torch.cuda.is_available() else torch.get_num_threads())
         digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / digest

@@ -99,7 +99,8 @@ def test_warm_start_cache_gives_the_same_bits(tmp_path):
     for x, y in zip(fresh, cached):
         for name, value in x["params"].items():
             assert np.array_equal(value.view(np.int32), y["params"][name].view(np.int32)), name
-    # another warm start (more steps) is another cache entry, not a wrong hit
-    run_distributed(bodies.train, world_size=1, timeout=600,
-                    args=(str(tmp_path / "c"), ws + ["trainer.warm_start.steps=4"]))
-    assert len(list((tmp_path / "ws").iterdir())) == 2
+    # another world size, then more steps, then another optimizer setting: each another entry,
+    # not a wrong hit (all three on one rank, so only the setting tells the last two apart)
+    for i, other in enumerate([[], ["trainer.warm_start.steps=4"], ["trainer.adam_beta1=0.8"]]):
+        run_distributed(bodies.train, world_size=1, timeout=600, args=(str(tmp_path / f"c{i}"), ws + other))
+    assert len(list((tmp_path / "ws").iterdir())) == 4
