@@ -2,6 +2,7 @@
 
     python scripts/bench_step.py                 # tiny model and one ~10x larger, TP 1 and 2
     python scripts/bench_step.py --quick         # tiny model, TP 1 only
+    python scripts/bench_step.py --device cuda   # on GPUs (NCCL; TP up to the GPU count)
 
 For each (model, TP): roll out once, then for SDAR and CRAFT in turn (same rollouts, same
 starting weights): old / teacher / reference log-prob passes, credits, and the training step
@@ -39,8 +40,10 @@ def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
     cfg = compose(BASE + model_overrides + [f"parallel.tensor_model_parallel_size={tp}"])
     trainer = CraftTrainer(cfg)
     trainer.setup()
+    _sync(trainer.device)
     t0 = time.perf_counter()
     trajs = trainer.runner.run(trainer._task_seeds()[0], seed=0)
+    _sync(trainer.device)
     rollout_s = time.perf_counter() - t0
     n_tokens = sum(len(t.token_ids) for t in trajs)
     start = {n: p.detach().clone() for c in trainer.model for n, p in c.named_parameters()}
@@ -58,6 +61,14 @@ def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
         out[method] = {k: statistics.median(v) for k, v in phases[method].items()}
     trainer.runner.close()
     return out
+
+
+def _sync(device) -> None:
+    """Wait for queued kernels, so that a wall-clock phase on a GPU is the phase's work."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _one_step(trainer, trajs, start: dict, loss_cfg) -> dict:
@@ -86,9 +97,11 @@ def _one_step(trainer, trajs, start: dict, loss_cfg) -> dict:
                               num_global_tokens=1)
         return loss, sub.loss_mask.sum(), m
 
+    _sync(trainer.device)
     t = time.perf_counter()
     forward_backward(trainer.model, micro_batches(tensors, trainer.tcfg.micro_batch_size), loss_fn, trainer.optimizer)
     trainer.optimizer.step()
+    _sync(trainer.device)
     timings["train_s"] = time.perf_counter() - t
     return timings
 
@@ -97,14 +110,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cpu: gloo ranks, CUDA hidden; cuda: NCCL, one GPU per rank")
     args = ap.parse_args()
+    import torch
+
     models = ["tiny"] if args.quick else list(MODELS)
     tps = [1] if args.quick else [1, 2]
+    if args.device == "cuda":
+        tps = [tp for tp in tps if tp <= torch.cuda.device_count()]
+        print(f"device: {torch.cuda.get_device_name()} x{torch.cuda.device_count()}; TP {tps}")
     print(f"{'model':<9} {'TP':>2} {'method':<6} {'rollout':>8} {'old':>7} {'teacher':>8} {'ref':>7} "
           f"{'credits':>8} {'train':>7} {'step':>8} {'tok/s':>7}")
     for name in models:
         for tp in tps:
-            res = run_distributed(_bench, world_size=tp, tp=tp, timeout=3000, args=(MODELS[name], tp, args.repeats))[0]
+            res = run_distributed(_bench, world_size=tp, tp=tp, timeout=3000, args=(MODELS[name], tp, args.repeats),
+                                  device=args.device)[0]
             steps = {}
             for method in ("sdar", "craft"):
                 r = res[method]

@@ -2,19 +2,28 @@
 
     results = run_distributed(body, world_size=4, tp=2, pp=2, args=(x,))
 
-starts ``world_size`` processes, initialises torch.distributed (gloo, or NCCL when there is
-one GPU per rank) and megatron's parallel state with the layout, calls ``body(*args)`` on
-every rank and returns the ranks' return values, in rank order. A rank that raises fails the
-call with that rank's traceback; a run past ``timeout`` seconds fails with the ranks still
-running; in both cases every rank is killed, so no process is left behind.
+starts ``world_size`` processes, initialises torch.distributed and megatron's parallel state
+with the layout, calls ``body(*args)`` on every rank and returns the ranks' return values, in
+rank order. A rank that raises fails the call with that rank's traceback; a run past ``timeout``
+seconds fails with the ranks still running; in both cases every rank is killed, so no process is
+left behind.
 
-Ranks fork from a server process that has imported torch and megatron-core once
-(``forkserver`` with preload), which keeps a multi-rank test to about a second of start-up.
-``body`` must be importable by reference (a module-level function).
+``device``: ``"cpu"`` (gloo and the CPU mode, CUDA hidden from the ranks) or ``"cuda"`` (NCCL,
+one GPU per rank). The default is the environment variable ``NEMO_CRAFT_TEST_DEVICE``, else
+``"cpu"``: the suite compares layouts bit for bit, so one run keeps every layout on one kind of
+device, whatever the machine has; ``tests/gpu`` asks for ``"cuda"``.
+
+Without CUDA on the machine, ranks fork from a server process that has imported torch and
+megatron-core once (``forkserver`` with preload), which keeps a multi-rank test to about a second
+of start-up. With CUDA they are fresh interpreters (``spawn``): a process forked from one that
+has touched CUDA cannot use it, and ``CUDA_VISIBLE_DEVICES`` must be in a rank's environment
+before anything can initialise CUDA. ``body`` must be importable by reference (a module-level
+function).
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import multiprocessing as mp
 import os
@@ -64,10 +73,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _use_nccl(world_size: int) -> bool:
+DEVICES = ("cpu", "cuda")
+
+
+def _resolve_device(device: Optional[str], world_size: int) -> str:
+    """The device the ranks run on; a clear error where the machine cannot give it."""
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.device_count() >= world_size
+    chosen = device or os.environ.get("NEMO_CRAFT_TEST_DEVICE") or "cpu"
+    if chosen not in DEVICES:
+        source = "device" if device else "NEMO_CRAFT_TEST_DEVICE"
+        raise ValueError(f"{source}={chosen!r} is not a test device; allowed: {', '.join(DEVICES)}")
+    if chosen == "cuda" and torch.cuda.device_count() < world_size:
+        raise ValueError(f"device='cuda' needs one GPU per rank: world_size={world_size}, "
+                         f"{torch.cuda.device_count()} GPU(s) visible; run on device='cpu'")
+    return chosen
 
 
 def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequence[Any], results) -> None:
@@ -81,8 +101,6 @@ def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequenc
         import torch
 
         torch.set_num_threads(1)  # bit-reproducibility needs a fixed thread count
-        if not _use_nccl(layout.world_size):
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         from nemo_craft.parallel.config import ParallelConfig
         from nemo_craft.parallel.initialize import destroy_parallel, initialize_parallel
 
@@ -125,9 +143,28 @@ def _describe_failures(layout: Layout, rank: int, error: str, results, procs, ou
 
 
 def _context():
+    import torch
+
+    if torch.cuda.is_available():  # NVML only: does not initialise CUDA here
+        return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
     return ctx
+
+
+@contextlib.contextmanager
+def _rank_environment(device: str):
+    """The environment the ranks start with (``spawn`` copies ``os.environ`` at start)."""
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def run_distributed(
@@ -142,10 +179,12 @@ def run_distributed(
     seed: int = 1234,
     timeout: float = 180.0,
     args: Sequence[Any] = (),
+    device: Optional[str] = None,
 ) -> list:
     """Run ``fn(*args)`` on every rank of the layout; return the per-rank results."""
     if world_size % (tp * pp * cp) != 0:
         raise ValueError(f"world_size={world_size} is not divisible by tp*pp*cp={tp * pp * cp}")
+    device = _resolve_device(device, world_size)
     layout = Layout(world_size=world_size, tp=tp, pp=pp, cp=cp, vpp=vpp, sp=sp, seed=seed)
     ctx = _context()
     results = ctx.Queue()
@@ -156,8 +195,9 @@ def run_distributed(
         ctx.Process(target=_rank_main, args=(r, layout, port, fn, tuple(args), results), daemon=False)
         for r in range(world_size)
     ]
-    for p in procs:
-        p.start()
+    with _rank_environment(device):
+        for p in procs:
+            p.start()
     outputs: dict[int, Any] = {}
     deadline = time.monotonic() + timeout
     try:

@@ -36,3 +36,14 @@ def test_timeout_kills_every_rank(tmp_path):
 def test_layout_that_does_not_divide_is_refused():
     with pytest.raises(ValueError, match="not divisible"):
         run_distributed(bodies.report_layout, world_size=3, tp=2)
+
+
+def test_a_device_the_machine_cannot_give_is_refused(monkeypatch):
+    import torch
+
+    with pytest.raises(ValueError, match=r"device='cuda' needs one GPU per rank: world_size=64"):
+        run_distributed(bodies.report_layout, world_size=64, device="cuda")
+    monkeypatch.setenv("NEMO_CRAFT_TEST_DEVICE", "tpu")
+    with pytest.raises(ValueError, match=r"NEMO_CRAFT_TEST_DEVICE='tpu' is not a test device; allowed: cpu, cuda"):
+        run_distributed(bodies.report_layout, world_size=1)
+    assert torch.cuda.device_count() < 64

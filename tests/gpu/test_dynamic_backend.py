@@ -149,7 +149,7 @@ def _assert_same_greedy(reference, other):
 @pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.skipif(
     torch.cuda.device_count() < 2, reason="TP2 needs two GPUs"))])
 def test_dynamic_backend_matches_static_greedy_and_samples_reproducibly(tp):
-    ranks = run_distributed(static_and_dynamic, world_size=tp, tp=tp, timeout=600)
+    ranks = run_distributed(static_and_dynamic, world_size=tp, tp=tp, timeout=600, device="cuda")
     out = ranks[0]
     assert all(r["first"] == out["first"] and r["dynamic"] == out["dynamic"] for r in ranks[1:]), "ranks disagree"
     assert out["backends"] == ("StaticBackend", "DynamicBackend")
@@ -166,6 +166,6 @@ def test_dynamic_backend_matches_static_greedy_and_samples_reproducibly(tp):
 
 
 def test_fp32_models_fall_back_to_static_and_dynamic_names_the_dtype():
-    out = run_distributed(fp32_choice, world_size=1)[0]
+    out = run_distributed(fp32_choice, world_size=1, device="cuda")[0]
     assert out["auto"] == "StaticBackend"
     assert "float32" in out["error"] and "rollout.backend=static" in out["error"]

@@ -72,7 +72,11 @@ class BM25Retriever:
                 out.append([])
                 continue
             with self._lock:
-                ids, scores = self._index.retrieve([words], k=k, show_progress=False, n_threads=1)
+                # numpy, never bm25s's 'auto': with jax importable it takes JAX's top-k, which claims most of
+                # a GPU's memory, aborts in forked processes and breaks score ties differently (other machines,
+                # other results).
+                ids, scores = self._index.retrieve([words], k=k, show_progress=False, n_threads=1,
+                                              backend_selection="numpy")
             out.append(
                 [
                     Passage.from_document(self.corpus[int(i)], float(s))

@@ -171,7 +171,11 @@ class WebShopEnv(TextEnv):
             return []
         k = min(50, len(self.catalog))
         with lock:
-            ids, scores = index.retrieve([words], k=k, show_progress=False, n_threads=1)
+            # numpy, never bm25s's 'auto': with jax importable it takes JAX's top-k, which claims most of
+            # a GPU's memory, aborts in forked processes and breaks score ties differently (other machines,
+            # other results).
+            ids, scores = index.retrieve([words], k=k, show_progress=False, n_threads=1,
+                                         backend_selection="numpy")
         return [self.catalog[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
 
     # -- pages ---------------------------------------------------------------------------------

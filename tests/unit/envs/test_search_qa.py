@@ -135,3 +135,18 @@ def test_prompts_fit_budgets():
 def test_config_errors(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SearchQAConfig(**bad)
+
+
+def test_retrieval_never_takes_jax_top_k(monkeypatch):
+    """bm25s's 'auto' top-k is JAX's wherever jax imports (it claims the GPU's memory, aborts in
+    forked ranks, breaks ties differently): retrieval must ask for numpy whatever is installed."""
+    import bm25s.selection
+
+    def refuse(*_a, **_k):
+        raise AssertionError("JAX top-k used")
+
+    monkeypatch.setattr(bm25s.selection, "JAX_IS_AVAILABLE", True)
+    monkeypatch.setattr(bm25s.selection, "_topk_jax", refuse)
+    data = synthetic_dataset()
+    hits = BM25Retriever(data.corpus).search([data.corpus[0]["contents"]], topk=3)[0]
+    assert hits and hits[0].score > 0

@@ -89,3 +89,21 @@ def test_config_errors():
         WebShopConfig(split="dev")
     with pytest.raises(ValueError, match="num_products"):
         WebShopConfig(num_products=3)
+
+
+def test_search_never_takes_jax_top_k(monkeypatch):
+    """As Search-QA's retrieval: numpy top-k whatever is installed (see test_search_qa)."""
+    import bm25s.selection
+
+    def refuse(*_a, **_k):
+        raise AssertionError("JAX top-k used")
+
+    monkeypatch.setattr(bm25s.selection, "JAX_IS_AVAILABLE", True)
+    monkeypatch.setattr(bm25s.selection, "_topk_jax", refuse)
+    env = make_env("webshop", split="test")
+    env.reset(0)
+    total = 0.0
+    for text in env.expert_actions():
+        *_, reward, done, info = env.step(text)
+        total += reward
+    assert done and info["success"] and total == pytest.approx(1.0)
