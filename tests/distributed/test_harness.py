@@ -24,9 +24,14 @@ def test_failing_rank_traceback_is_reported_and_others_are_killed():
 
 
 def test_timeout_kills_every_rank(tmp_path):
+    import torch
+
     pid_file = str(tmp_path / "pid")
+    # Where CUDA exists, ranks are fresh interpreters that import torch and megatron themselves:
+    # their start-up must fit in the timeout before the body can write its pid and hang.
+    timeout = 45 if torch.cuda.is_available() else 8
     with pytest.raises(DistributedTestError, match="timed out"):
-        run_distributed(bodies.hang_forever, world_size=2, timeout=8, args=(pid_file,))
+        run_distributed(bodies.hang_forever, world_size=2, timeout=timeout, args=(pid_file,))
     for r in range(2):
         pid = int(open(f"{pid_file}.{r}").read())
         with pytest.raises(ProcessLookupError):

@@ -21,6 +21,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol, Sequence
 
+from nemo_craft.envs.bm25 import build_index, query_words, top_k
+
 
 @dataclasses.dataclass(frozen=True)
 class Passage:
@@ -48,39 +50,25 @@ class BM25Retriever:
     """Okapi BM25 (``bm25s``) over a corpus of {"id", "contents"} documents."""
 
     def __init__(self, corpus: Sequence[dict]):
-        import bm25s  # a project dependency; imported here so the package imports without it
-
-        self._bm25s = bm25s
         self.corpus = list(corpus)
         if not self.corpus:
             raise ValueError("BM25Retriever needs a non-empty corpus")
-        tokens = bm25s.tokenize(
-            [d["contents"] for d in self.corpus], stopwords="en", show_progress=False
-        )
-        self._index = bm25s.BM25()
-        self._index.index(tokens, show_progress=False)
+        self._index = build_index([d["contents"] for d in self.corpus])
         self._lock = threading.Lock()
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
         k = min(int(topk), len(self.corpus))
-        tokens = self._bm25s.tokenize(
-            list(queries), stopwords="en", return_ids=False, show_progress=False
-        )
         out = []
-        for words in tokens:
+        for words in query_words(queries):
             if not words:  # nothing searchable (only stopwords or punctuation)
                 out.append([])
                 continue
             with self._lock:
-                # numpy, never bm25s's 'auto': with jax importable it takes JAX's top-k, which claims most of
-                # a GPU's memory, aborts in forked processes and breaks score ties differently (other machines,
-                # other results).
-                ids, scores = self._index.retrieve([words], k=k, show_progress=False, n_threads=1,
-                                              backend_selection="numpy")
+                ids, scores = top_k(self._index, words, k)
             out.append(
                 [
                     Passage.from_document(self.corpus[int(i)], float(s))
-                    for i, s in zip(ids[0], scores[0])
+                    for i, s in zip(ids, scores)
                     if float(s) > 0
                 ]
             )

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
+from nemo_craft.envs.bm25 import build_index, query_words, top_k
 from nemo_craft.envs.prompts import PromptTemplate
 from nemo_craft.envs.webshop.catalog import Goal, Product, make_catalog, make_goal, webshop_reward
 
@@ -70,16 +71,11 @@ def _search_index(seed: int, num_products: int):
     with _INDEX_LOCK:
         key = (seed, num_products)
         if key not in _INDEXES:
-            import bm25s
-
             texts = [
                 f"{p.title} {p.name} {' '.join(p.attributes)} {p.category}"
                 for p in make_catalog(seed, num_products)
             ]
-            index = bm25s.BM25()
-            index.index(
-                bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False
-            )
+            index = build_index(texts)
             _INDEXES[key] = (index, threading.Lock())
         return _INDEXES[key]
 
@@ -163,20 +159,14 @@ class WebShopEnv(TextEnv):
                     break
 
     def _search(self, query: str) -> list[Product]:
-        import bm25s
-
         index, lock = _search_index(self.config.catalog_seed, self.config.num_products)
-        words = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+        words = query_words([query])[0]
         if not words:
             return []
         k = min(50, len(self.catalog))
         with lock:
-            # numpy, never bm25s's 'auto': with jax importable it takes JAX's top-k, which claims most of
-            # a GPU's memory, aborts in forked processes and breaks score ties differently (other machines,
-            # other results).
-            ids, scores = index.retrieve([words], k=k, show_progress=False, n_threads=1,
-                                         backend_selection="numpy")
-        return [self.catalog[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
+            ids, scores = top_k(index, words, k)
+        return [self.catalog[int(i)] for i, s in zip(ids, scores) if s > 0]
 
     # -- pages ---------------------------------------------------------------------------------
 
