@@ -14,6 +14,7 @@ import torch
 __all__ = ["TokenBatch"]
 
 _TOKEN_FLOATS = ("logp_old", "logp_teacher", "logp_ref")
+_OPTIONAL = ("logp_old", "logp_teacher")
 _TOKEN_INTS = ("turn_ids", "pos_in_turn")
 _FILLED_TOKEN = ("delta", "gate", "cti", "credit")
 
@@ -25,10 +26,13 @@ class TokenBatch:
     Values at positions where ``loss_mask`` is False are never read (they may be padding).
     """
 
-    logp_old: torch.Tensor
-    """[B, S] float: log pi_old(y | student context), the rollout policy."""
-    logp_teacher: torch.Tensor
-    """[B, S] float: log pi_old(y | privileged context + student context)."""
+    logp_old: Optional[torch.Tensor]
+    """[B, S] float: log pi_old(y | student context), the rollout policy. None: on-policy (one
+    optimizer step per rollout and nothing reads the teacher-student gap): the loss takes the
+    training forward's own log-probs, detached, which are pi_old's, and no pass computes them."""
+    logp_teacher: Optional[torch.Tensor]
+    """[B, S] float: log pi_old(y | privileged context + student context). None: no teacher pass
+    (a config that does not read it: ``LossConfig.uses_teacher`` False); Delta is then 0."""
     logp_ref: torch.Tensor
     """[B, S] float: log pi_ref(y | student context), the frozen initial policy."""
     loss_mask: torch.Tensor
@@ -69,7 +73,8 @@ class TokenBatch:
                              f"{_describe(mask)}")
         shape = tuple(mask.shape)
         for name in _TOKEN_FLOATS:
-            _check_tensor(self, name, shape, floating=True)
+            if not (name in _OPTIONAL and getattr(self, name) is None):
+                _check_tensor(self, name, shape, floating=True)
         for name in _TOKEN_INTS:
             _check_tensor(self, name, shape, floating=False)
         _check_tensor(self, "rewards", shape[:1], floating=True)
@@ -82,7 +87,8 @@ class TokenBatch:
             if getattr(self, name) is not None:
                 _check_tensor(self, name, shape, floating=True)
         for name in _TOKEN_FLOATS:
-            _check_no_nan(name, getattr(self, name)[mask])
+            if getattr(self, name) is not None:
+                _check_no_nan(name, getattr(self, name)[mask])
         _check_no_nan("rewards", self.rewards)
         for name in ("group_ids", "sample_ids"):
             value = getattr(self, name)

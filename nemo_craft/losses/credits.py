@@ -106,7 +106,14 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
     """
     mask = batch.loss_mask
     adv, n_singleton = grpo_advantages(batch.rewards, batch.group_ids, eps=cfg.adv_eps, dp_group=dp_group)
-    delta = torch.where(mask, batch.logp_teacher.float() - batch.logp_old.float(), 0.0)
+    if batch.logp_teacher is None or batch.logp_old is None:
+        if cfg.uses_teacher:
+            missing = "logp_teacher" if batch.logp_teacher is None else "logp_old"
+            raise ValueError(f"batch.{missing} is None, but this loss reads the teacher-student gap "
+                             "(LossConfig.uses_teacher): run the teacher and old log-prob passes")
+        delta = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    else:
+        delta = torch.where(mask, batch.logp_teacher.float() - batch.logp_old.float(), 0.0)
     gate = gate_from_delta(delta, cfg.gate_beta)
     cti = None
     credit = gate

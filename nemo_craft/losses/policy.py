@@ -79,8 +79,12 @@ def policy_loss(
         raise ValueError("logits give non-finite log-probs or entropy on valid tokens: they contain "
                          "NaN or infinite values")
 
-    logp_old = batch.logp_old[mask].float()
-    logp_teacher = batch.logp_teacher[mask].float()
+    # On-policy (logp_old None): pi_old is the policy being trained, so its log-probs are this
+    # forward's, detached: the ratio is exactly 1 and its gradient that of logp.
+    logp_old = logp.detach() if batch.logp_old is None else batch.logp_old[mask].float()
+    if batch.logp_teacher is None and cfg.uses_teacher:
+        raise ValueError("batch.logp_teacher is None, but this loss reads the teacher (LossConfig.uses_teacher)")
+    logp_teacher = None if batch.logp_teacher is None else batch.logp_teacher[mask].float()
     logp_ref = batch.logp_ref[mask].float()
     credit = batch.credit[mask].float()
     advantages = batch.advantages.float()[:, None].expand(mask.shape)[mask]

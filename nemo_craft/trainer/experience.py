@@ -76,8 +76,15 @@ def _teacher_mask(tb, student_mask_BS: torch.Tensor) -> torch.Tensor:
 
 def make_experience(model: list, reference, trajectories: Sequence[Trajectory], loss_cfg: LossConfig, *,
                     pad_id: int, micro_batch_size: int, pad_to_multiple_of: int, dp_group, sample_offset: int,
-                    device: torch.device, vocab_size: Optional[int] = None) -> Experience:
-    """Detached per-token tensors of this DP rank's trajectories, credits included."""
+                    device: torch.device, vocab_size: Optional[int] = None,
+                    old_pass: Optional[bool] = None) -> Experience:
+    """Detached per-token tensors of this DP rank's trajectories, credits included.
+
+    ``old_pass``: run the no-grad pass of the rollout policy's log-probs. None: where the loss
+    reads them before training (``loss_cfg.uses_teacher``: the teacher-student gap). Without it
+    the batch is on-policy (``logp_old`` None) and the loss takes the training forward's own
+    log-probs: one optimizer step per rollout makes them pi_old's (GRPO: one forward pass fewer).
+    """
     sb = collate_trajectories(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
     S = sb.input_ids.shape[1]
     mask = sb.loss_mask
@@ -85,16 +92,16 @@ def make_experience(model: list, reference, trajectories: Sequence[Trajectory], 
     student = {"input_ids": sb.input_ids.to(device), "targets": sb.targets.to(device), "loss_mask": mask.to(device)}
     student_mbs = micro_batches(student, micro_batch_size)
     clock = _Clock(device)
-    logp_old = forward_only(model, student_mbs, fn)
+    old_pass = loss_cfg.uses_teacher if old_pass is None else old_pass
+    logp_old = forward_only(model, student_mbs, fn) if old_pass else None
     clock.lap("time/old_logprobs_s")
+    logp_teacher = None  # nothing reads it (GRPO): Delta = 0 and one forward pass fewer
     if loss_cfg.uses_teacher:
         tb = collate_teacher(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of, student_length=S)
         teacher = {"input_ids": tb.input_ids.to(device), "targets": tb.targets.to(device),
                    "loss_mask": _teacher_mask(tb, mask).to(device)}
         logp_teacher = align_teacher_logprobs(forward_only(model, micro_batches(teacher, micro_batch_size), fn),
                                               tb.gather_index)
-    else:  # nothing reads it (GRPO): Delta = 0 and one forward pass fewer
-        logp_teacher = logp_old
     clock.lap("time/teacher_logprobs_s")
     with reference.swapped_in(model):
         logp_ref = forward_only(model, student_mbs, fn)
@@ -102,7 +109,8 @@ def make_experience(model: list, reference, trajectories: Sequence[Trajectory], 
     m = mask.to(device)
     zero = torch.zeros((), device=device)
     batch = TokenBatch(
-        logp_old=torch.where(m, logp_old, zero), logp_teacher=torch.where(m, logp_teacher, zero),
+        logp_old=None if logp_old is None else torch.where(m, logp_old, zero),
+        logp_teacher=None if logp_teacher is None else torch.where(m, logp_teacher, zero),
         logp_ref=torch.where(m, logp_ref, zero), loss_mask=m,
         rewards=sb.rewards.to(device), group_ids=sb.group_ids.to(device),
         turn_ids=sb.turn_ids.to(device), pos_in_turn=sb.pos_in_turn.to(device),

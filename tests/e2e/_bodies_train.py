@@ -16,13 +16,29 @@ class Killed(Exception):
     pass
 
 
-def train(run_dir: str, overrides: list, parallel: dict | None = None, kill_at_step: int | None = None):
+def train(run_dir: str, overrides: list, parallel: dict | None = None, kill_at_step: int | None = None,
+          old_pass: bool | None = None):
     """Run ``nemo-craft train`` in this rank; return the parameters (numpy) and the metrics rows.
-    ``kill_at_step``: the process dies in the middle of that step (after its rollouts)."""
+    ``kill_at_step``: the process dies in the middle of that step (after its rollouts).
+    ``old_pass``: force (True) or skip (False) the old-log-prob pass (``make_experience``)."""
+    import functools
+
     from megatron.core import parallel_state as ps
 
     from nemo_craft.config import compose
+    from nemo_craft.trainer import experience
     from nemo_craft.trainer.trainer import CraftTrainer
+
+    if old_pass is not None:
+        experience.make_experience = functools.partial(experience.make_experience, old_pass=old_pass)
+    passes = []  # the no-grad log-prob passes of make_experience
+    real_forward_only = experience.forward_only
+
+    def forward_only(*a, **k):
+        passes.append(1)
+        return real_forward_only(*a, **k)
+
+    experience.forward_only = forward_only
 
     extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
     cfg = compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides))
@@ -46,7 +62,7 @@ def train(run_dir: str, overrides: list, parallel: dict | None = None, kill_at_s
     rows = []
     if ps.get_data_parallel_rank() == 0 and trainer.rank == 0:
         rows = [json.loads(line) for line in open(trainer.logger.jsonl_path)]
-    return {"params": params, "rows": rows, "step": trainer.step}
+    return {"params": params, "rows": rows, "step": trainer.step, "logprob_passes": len(passes)}
 
 
 def nan_loss_run(run_dir: str, overrides: list):

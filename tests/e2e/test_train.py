@@ -86,6 +86,21 @@ def test_sequence_parallel_training_after_generation(tmp_path):
     assert np.isfinite(outs[0]["rows"][0]["train/loss"])
 
 
+def test_grpo_without_the_old_pass_trains_the_same_bits(tmp_path):
+    """GRPO reads pi_old only in its ratio, and one optimizer step per rollout makes pi_old the
+    policy being trained: the trainer skips the old-log-prob pass and the loss takes the training
+    forward's log-probs. That changes no bit of the run (DP2: the loss's ratio on every rank)."""
+    args = ["method=grpo", "trainer.max_steps=2", "checkpoint.save_every=0"]
+    skipped = run_distributed(bodies.train, world_size=2, timeout=600, args=(str(tmp_path / "a"), args))
+    forced = run_distributed(bodies.train, world_size=2, timeout=600,
+                             args=(str(tmp_path / "b"), args, None, None, True))
+    for x, y in zip(skipped, forced):
+        for name, value in x["params"].items():
+            assert np.array_equal(value.view(np.int32), y["params"][name].view(np.int32)), name
+    assert _stable(skipped[0]["rows"]) == _stable(forced[0]["rows"])
+    assert [skipped[0]["logprob_passes"], forced[0]["logprob_passes"]] == [2, 4]  # reference (+ old) x 2 steps
+
+
 def test_warm_start_cache_gives_the_same_bits(tmp_path):
     """A second run with the same warm start loads it from the cache (it does not train) and
     ends with the same parameters, at DP2 (one cache file per rank)."""

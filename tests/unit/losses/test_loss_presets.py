@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nemo_craft.losses import PRESETS, ControllerState, LossConfig, TokenBatch, compute_credits, policy_loss
-from nemo_craft.parallel.vocab_parallel import counter_uniforms
+from nemo_craft.parallel.vocab_parallel import counter_uniforms, vocab_parallel_token_stats
 from tests.unit.losses._reference import make_batch, ref_cringe_positive, ref_loss
 
 V = 41
@@ -155,3 +155,25 @@ def test_uses_teacher_says_whether_the_teacher_changes_the_step(name):
     b = _step_outcome(cfg, raw, logits, targets, raw.logp_teacher + torch.randn(raw.logp_teacher.shape, generator=gen))
     same = torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     assert same == (not cfg.uses_teacher), (name, cfg.uses_teacher)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_an_on_policy_batch_is_the_batch_with_the_policys_own_logprobs(name):
+    """Without the teacher the trainer runs no old-log-prob pass either (``logp_old`` None, one
+    optimizer step per rollout): the loss, gradient and next controller weights must be those of
+    a batch whose pi_old is the trained policy itself; a preset that reads the teacher refuses."""
+    import dataclasses
+
+    raw, logits, targets = _setup()
+    cfg = LossConfig.preset(name)
+    # the policy's log-probs as the trainer's old pass computes them (the loss's own token stats)
+    stats = vocab_parallel_token_stats(logits, targets, raw.loss_mask, tp_group=None, chunk_size=cfg.chunk_size)
+    own = torch.zeros(raw.loss_mask.shape)
+    own[raw.loss_mask] = stats.logp
+    if cfg.uses_teacher:
+        with pytest.raises(ValueError, match="batch.logp_teacher is None, but this loss reads the teacher-student gap"):
+            compute_credits(dataclasses.replace(raw, logp_old=None, logp_teacher=None), cfg)
+        return
+    full = _step_outcome(cfg, dataclasses.replace(raw, logp_old=own), logits, targets, own)
+    on_policy = _step_outcome(cfg, dataclasses.replace(raw, logp_old=None), logits, targets, None)
+    assert torch.equal(full[0], on_policy[0]) and torch.equal(full[1], on_policy[1]) and full[2] == on_policy[2]
