@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -26,10 +26,11 @@ from nemo_craft.eval.metrics import mean_std, paper_metrics
 from nemo_craft.eval.sweep_spec import RunSpec, SweepSpec, is_finished
 
 __all__ = ["METHOD_LABELS", "MODEL_LABELS", "RunResult", "CellStat", "read_metrics", "val_curve", "collect",
-           "aggregate", "gain_table", "markdown_table", "write_tables", "CURVE_KEY", "finished_runs", "method_label",
+           "aggregate", "gain_table", "GAIN_METRICS", "REWARD_KEY", "markdown_table", "write_tables", "CURVE_KEY", "finished_runs", "method_label",
            "model_label"]
 
 CURVE_KEY = "val/success_rate"
+REWARD_KEY = "val/reward_mean"
 METHOD_LABELS = {
     "grpo": "GRPO", "grpo_opsd": "GRPO+OPSD", "sdar": "SDAR", "adaptive_cringe": "Adaptive-CRINGE",
     "craft": "CRAFT", "rlsd": "RLSD", "skill_sd": "Skill-SD",
@@ -59,6 +60,9 @@ class RunResult:
     """Validation metric -> value at the run's last validated step."""
     curve: dict[int, float]
     """Step -> ``CURVE_KEY`` (validation success)."""
+    reward_curve: dict[int, float] = field(default_factory=dict)
+    """Step -> ``REWARD_KEY`` (mean validation reward, penalties included): where no policy succeeds
+    yet, the reward still shows what was learnt (fewer invalid actions)."""
 
 
 def finished_runs(results: Sequence[RunResult], env: str, model: str, method: str) -> list[RunResult]:
@@ -114,7 +118,8 @@ def collect(spec: SweepSpec, runs: Optional[Sequence[RunSpec]] = None) -> list[R
             curve = val_curve(rows, key)
             if curve:
                 final[key] = curve[max(curve)]
-        out.append(RunResult(run, is_finished(run.run_dir), final, val_curve(rows, CURVE_KEY)))
+        out.append(RunResult(run, is_finished(run.run_dir), final, val_curve(rows, CURVE_KEY),
+                             val_curve(rows, REWARD_KEY)))
     return out
 
 
@@ -170,19 +175,26 @@ def markdown_table(stats: Sequence[CellStat], spec: SweepSpec, finished: Optiona
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def gain_table(results: Sequence[RunResult], spec: SweepSpec) -> str:
-    """Markdown: validation success at the first validation (the starting policy: the warm start,
-    or the pretrained model), at the last, and the change, in points, mean ± std over finished
-    seeds, per environment and model. Where seeds start far apart (a tiny model's warm starts),
-    the change says more than the final value."""
+GAIN_METRICS = {"success": ("curve", "Validation success"),
+                "reward": ("reward_curve", "Mean validation reward (x 100: penalties included)")}
+
+
+def gain_table(results: Sequence[RunResult], spec: SweepSpec, metric: str = "success") -> str:
+    """Markdown: ``metric`` ("success" or "reward", see ``GAIN_METRICS``) at the first validation
+    (the starting policy: the warm start, or the pretrained model), at the last, and the change,
+    in points, mean ± std over finished seeds, per environment and model. Where seeds start far
+    apart (a tiny model's warm starts), the change says more than the final value."""
+    if metric not in GAIN_METRICS:
+        raise ValueError(f"gain_table metric={metric!r}; allowed: {', '.join(GAIN_METRICS)}")
+    attr, title = GAIN_METRICS[metric]
     n_seeds = len(spec.seeds)
-    lines = ["", "Validation success at the first and the last validation and its change (points, mean ± std "
+    lines = ["", f"{title} at the first and the last validation and its change (points, mean ± std "
              f"over {n_seeds} seed{'s' if n_seeds != 1 else ''}).", ""]
     for env in spec.envs:
         for model in spec.models:
             lines += [f"| {env} / {model_label(spec, model)} | first | last | change |", "|---|---|---|---|"]
             for method in spec.methods:
-                curves = [r.curve for r in finished_runs(results, env, model, method) if r.curve]
+                curves = [getattr(r, attr) for r in finished_runs(results, env, model, method) if getattr(r, attr)]
                 first = [100 * c[min(c)] for c in curves]
                 last = [100 * c[max(c)] for c in curves]
                 change = [b - a for a, b in zip(first, last)]
@@ -200,7 +212,7 @@ def _mean_std_cell(values: Sequence[float], signed: bool = False) -> str:
 def write_tables(stats: Sequence[CellStat], spec: SweepSpec, out_dir: str | Path,
                  finished: Optional[int] = None, results: Optional[Sequence[RunResult]] = None) -> dict[str, Path]:
     """``results.csv`` (one row per env, model, method, metric) and ``results.md`` (the table, and
-    with ``results`` the change from the first validation: ``gain_table``)."""
+    with ``results`` the change of success and of reward from the first validation: ``gain_table``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
@@ -212,7 +224,7 @@ def write_tables(stats: Sequence[CellStat], spec: SweepSpec, out_dir: str | Path
                         ";".join(f"{v:.4f}" for v in s.values)])
     text = markdown_table(stats, spec, finished)
     if results is not None:
-        text += gain_table(results, spec)
+        text += gain_table(results, spec) + gain_table(results, spec, "reward")
     paths["markdown"].write_text(text)
     return paths
 

@@ -102,3 +102,23 @@ def test_gain_table_reports_first_last_and_change(tmp_path):
     assert "| webshop / tiny | first | last | change |" in lines
     paths = write_tables(aggregate(collect(spec), spec), spec, tmp_path / "out", results=collect(spec))
     assert "| CRAFT | 10.0 ± 0.0 | 75.0 ± 25.0 | +65.0 ± 25.0 |" in paths["markdown"].read_text()
+
+
+def test_reward_gain_table_where_nothing_succeeds(tmp_path):
+    """Search-QA on a tiny model: success stays 0, the reward (invalid actions penalised) rises;
+    the reward table shows it, and results.md carries both tables."""
+    from nemo_craft.eval.results import REWARD_KEY, gain_table
+
+    spec = SweepSpec.load(write_spec(tmp_path))
+    runs = {r.name: r for r in spec.runs()}
+    for seed, reward in zip((1, 2, 3), (-0.01, 0.0, 0.01)):
+        write_run(runs[f"webshop/tiny/craft/seed{seed}"].run_dir, {S: 0.0, REWARD_KEY: reward}, early=-0.03)
+    results = collect(spec)
+    reward = gain_table(results, spec, "reward").splitlines()
+    head = reward.index("| webshop / tiny | first | last | change |")
+    assert reward[head + 3] == "| CRAFT | -3.0 ± 0.0 | 0.0 ± 1.0 | +3.0 ± 1.0 |"
+    assert reward[1].startswith("Mean validation reward (x 100: penalties included) at the first")
+    with pytest.raises(ValueError, match="gain_table metric='loss'; allowed: success, reward"):
+        gain_table(results, spec, "loss")
+    text = write_tables(aggregate(results, spec), spec, tmp_path / "out", results=results)["markdown"].read_text()
+    assert "Validation success at the first" in text and "Mean validation reward (x 100" in text
