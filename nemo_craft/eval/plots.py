@@ -31,18 +31,25 @@ def _pyplot():
     return plt
 
 
-def _mean_curve(results: Sequence[RunResult]) -> tuple[list[int], list[float], list[float]]:
-    steps = sorted({s for r in results for s in r.curve})
+def _mean_curve(results: Sequence[RunResult], attr: str = "curve") -> tuple[list[int], list[float], list[float]]:
+    curves = [getattr(r, attr) for r in results]
+    steps = sorted({s for c in curves for s in c})
     means, stds = [], []
     for s in steps:
-        mu, sd, _ = mean_std(r.curve[s] for r in results if s in r.curve)
+        mu, sd, _ = mean_std(c[s] for c in curves if s in c)
         means.append(100.0 * mu)
         stds.append(100.0 * sd)
     return steps, means, stds
 
 
+_PANELS = (("curve", "validation success (%)"), ("reward_curve", "mean validation reward (x 100)"))
+"""Rows of a learning-curve figure: success, and the reward (which shows learning where nothing
+succeeds yet: fewer invalid actions) when the runs logged it."""
+
+
 def learning_curves(results: Sequence[RunResult], spec: SweepSpec, out_dir: str | Path) -> list[Path]:
-    """One PNG per environment with a finished run (none for the others); returns their paths."""
+    """One PNG per environment with a finished run (none for the others); returns their paths.
+    Columns: the models; rows: validation success, then mean validation reward where logged."""
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,24 +57,29 @@ def learning_curves(results: Sequence[RunResult], spec: SweepSpec, out_dir: str 
     for env in spec.envs:
         models = list(spec.models)
         path = out_dir / f"curves_{env}.png"
-        if not any(finished_runs(results, env, m, method) for m in models for method in spec.methods):
+        done = [r for m in models for method in spec.methods for r in finished_runs(results, env, m, method)]
+        if not done:
             path.unlink(missing_ok=True)  # a stale plot from an earlier collection would mislead
             continue
-        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
-        for ax, model in zip(axes[0], models):
-            for method in spec.methods:
-                steps, means, stds = _mean_curve(finished_runs(results, env, model, method))
-                if not steps:
-                    continue
-                line, = ax.plot(steps, means, marker="o", ms=3, label=method_label(method))
-                ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                color=line.get_color(), alpha=0.18, linewidth=0)
-            ax.set_title(f"{env}, {model_label(spec, model)}")
-            ax.set_xlabel("step")
-            ax.set_ylabel("validation success (%)")
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+        panels = [p for p in _PANELS if any(getattr(r, p[0]) for r in done)]
+        fig, axes = plt.subplots(len(panels), len(models), figsize=(4.6 * len(models), 3.6 * len(panels)),
+                                 squeeze=False)
+        for row, (attr, ylabel) in zip(axes, panels):
+            for ax, model in zip(row, models):
+                for method in spec.methods:
+                    steps, means, stds = _mean_curve(finished_runs(results, env, model, method), attr)
+                    if not steps:
+                        continue
+                    line, = ax.plot(steps, means, marker="o", ms=3, label=method_label(method))
+                    ax.fill_between(steps, [m - s for m, s in zip(means, stds)],
+                                    [m + s for m, s in zip(means, stds)], color=line.get_color(), alpha=0.18,
+                                    linewidth=0)
+                ax.set_title(f"{env}, {model_label(spec, model)}")
+                ax.set_xlabel("step")
+                ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -30,6 +30,18 @@ def test_learning_curves_and_ablation_render(tmp_path):
     assert bars is not None and _png(bars)
 
 
+def test_a_reward_row_where_the_runs_logged_rewards(tmp_path):
+    """Success on top; below it the mean validation reward, only for runs that logged it."""
+    import matplotlib.image
+
+    spec = _sweep(tmp_path)
+    for k, run in enumerate(spec.runs()):
+        if k % 5 and run.env == "webshop":
+            write_run(run.run_dir, {"val/success_rate": 0.0, "val/reward_mean": 0.01 * (k % 4)}, early=-0.02)
+    heights = {p.name: matplotlib.image.imread(p).shape[0] for p in learning_curves(collect(spec), spec, tmp_path / "p")}
+    assert heights["curves_webshop.png"] == 2 * heights["curves_sokoban.png"]
+
+
 def test_no_learning_curve_for_an_environment_without_finished_runs(tmp_path):
     spec = _sweep(tmp_path)
     results = [r for r in collect(spec) if r.run.env != "webshop"]
