@@ -19,10 +19,11 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
-__all__ = ["ModelConfig", "ARCHITECTURES", "PARAMS_DTYPES"]
+__all__ = ["ModelConfig", "ARCHITECTURES", "PARAMS_DTYPES", "CORE_ATTENTIONS"]
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 PARAMS_DTYPES = ("fp32", "bf16")
+CORE_ATTENTIONS = ("sdpa", "local")
 
 # What each architecture fixes about the attention block (Hugging Face's modelling code).
 _ARCH_FLAGS = {
@@ -83,6 +84,11 @@ class ModelConfig:
     """Dropout on attention probabilities (0 for RL fine-tuning)."""
     hidden_dropout: float = 0.0
     """Dropout on the attention and MLP outputs (0 for RL fine-tuning)."""
+    core_attention: str = "sdpa"
+    """Attention kernel of the local spec (no Transformer Engine; with TE, TE's attention is used
+    and this is ignored): "sdpa" (:class:`~nemo_craft.models.sdpa.SDPAttention`, PyTorch's fused
+    scaled-dot-product attention: flash / memory-efficient kernels on GPUs) or "local" (megatron's
+    unfused ``DotProductAttention``, which holds [b * heads, sq, sk] scores)."""
     init_method_std: float = 0.02
     """Std of the normal initialisation used when no checkpoint is loaded."""
     hf_path: Optional[str] = None
@@ -118,6 +124,8 @@ class ModelConfig:
             raise ValueError(f"model.kv_channels={self.kv_channels}: RoPE needs an even head dimension")
         if self.params_dtype not in PARAMS_DTYPES:
             raise ValueError(f"model.params_dtype={self.params_dtype!r}: allowed values are {PARAMS_DTYPES}")
+        if self.core_attention not in CORE_ATTENTIONS:
+            raise ValueError(f"model.core_attention={self.core_attention!r}: allowed values are {CORE_ATTENTIONS}")
         for name in ("attention_dropout", "hidden_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

@@ -101,7 +101,9 @@ def layer_spec(model_cfg: ModelConfig, config, *, use_te: Optional[bool] = None,
     """The decoder block spec (``TransformerBlockSubmodules``) of one pipeline chunk.
 
     TE spec when ``use_te`` (default: TE importable), else megatron's local spec with
-    :class:`RMSNorm` for the input, pre-MLP, q/k and final norms."""
+    :class:`RMSNorm` for the input, pre-MLP, q/k and final norms and, unless
+    ``model.core_attention="local"``, :class:`~nemo_craft.models.sdpa.SDPAttention` as its core
+    attention."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
@@ -119,6 +121,14 @@ def layer_spec(model_cfg: ModelConfig, config, *, use_te: Optional[bool] = None,
             warnings.simplefilter("ignore")  # "Apex is not installed" - it is replaced below
             layer = specs.get_gpt_layer_local_spec(qk_layernorm=model_cfg.qk_layernorm, normalization="RMSNorm")
         sub = layer.submodules
+        if model_cfg.core_attention == "sdpa":
+            from nemo_craft.models.sdpa import SDPAttention, sdpa_unsupported_reason
+
+            reason = sdpa_unsupported_reason(config)
+            if reason is not None:
+                raise ValueError(f"model.core_attention='sdpa' does not support {reason}; "
+                                 "set model.core_attention=local")
+            sub.self_attention.submodules.core_attention = SDPAttention
         sub.input_layernorm = RMSNorm
         sub.pre_mlp_layernorm = RMSNorm
         if model_cfg.qk_layernorm:

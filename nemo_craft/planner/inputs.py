@@ -76,7 +76,9 @@ class Workload:
     """Activation recomputation: "none", "selective" (core attention) or "full" (every layer,
     one layer per group); read from ``parallel.recompute_granularity``."""
     attention: str = "flash"
-    """"flash" (TE fused/flash attention: no s x s scores kept) or "unfused" (scores kept)."""
+    """"flash" (no s x s scores kept: TE's fused/flash attention, or the local spec's default
+    ``model.core_attention=sdpa`` on GPUs) or "unfused" (scores kept: ``model.core_attention=local``
+    without Transformer Engine)."""
     grad_reduce_in_fp32: bool = True
     """Gradient buffers in fp32 (what ``nemo_craft.parallel.ddp.wrap_ddp`` sets)."""
     reference_on_gpu: bool = False

@@ -28,6 +28,7 @@ def test_defaults_fill_derived_fields():
     (dict(hidden_dropout=1.0), r"hidden_dropout=1.0: must be a probability"),
     (dict(norm_epsilon=0), r"norm_epsilon=0: must be a number > 0"),
     (dict(rope_scaling="yarn"), r"rope_scaling='yarn'.*'llama3'"),
+    (dict(core_attention="flash"), r"core_attention='flash'.*\('sdpa', 'local'\)"),
     (dict(architecture="qwen2", add_qkv_bias=False, qk_layernorm=False), r"add_qkv_bias=False does not match .*'qwen2'"),
     (dict(architecture="llama", qk_layernorm=True), r"qk_layernorm=True does not match .*'llama'.*'qwen3'"),
 ])

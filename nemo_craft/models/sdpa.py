@@ -1,0 +1,102 @@
+"""Core attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+megatron-core's local spec (no Transformer Engine) computes attention unfused: GQA key/value heads
+copied ``repeat_interleave`` times, a [b * np, sq, sk] score buffer, a masked softmax and a second
+batched matmul, each a separate kernel. :class:`SDPAttention` is a drop-in ``core_attention`` for
+that spec which hands the same computation to PyTorch's fused kernels instead: flash or
+memory-efficient attention on GPUs (no [sq, sk] scores in memory), the fused CPU kernel on CPUs,
+grouped-query heads without copies (``enable_gqa``). It is what :func:`nemo_craft.models.provider.
+layer_spec` puts in the local spec unless ``model.core_attention="local"``; with Transformer
+Engine the TE spec is used and this class is not.
+
+Semantics are megatron's: scores scaled by ``softmax_scale`` (1/sqrt(head dim) by default),
+``attention_mask`` is boolean with True = *not attended* ([b or 1, 1, sq, sk]), no mask with the
+causal type means a causal mask when ``sq > 1`` and none for a single query (a decode step against
+a KV cache), and dropout draws from megatron's model-parallel RNG. Masked positions get -10000
+added to their scores, where megatron's softmax sets them to -10000: identical probabilities
+whenever a row attends to anything, and no NaN from a fully masked (padding) row either way.
+
+Needs torch >= 2.5 (``enable_gqa``). What the local attention supports and this does not (sliding windows, softmax offsets, query-key
+layer scaling) is refused at construction, with the setting that keeps megatron's class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+from torch import Tensor
+
+__all__ = ["SDPAttention", "sdpa_unsupported_reason"]
+
+_MASKED_SCORE = -10000.0  # megatron's attention_mask_func fill value
+
+
+def sdpa_unsupported_reason(config) -> Optional[str]:
+    """Why :class:`SDPAttention` cannot stand in for megatron's local attention under this
+    ``TransformerConfig`` (None: it can)."""
+    if getattr(config, "window_size", None) is not None:
+        return f"window_size={config.window_size} (sliding-window attention)"
+    if getattr(config, "softmax_type", "vanilla") != "vanilla":
+        return f"softmax_type={config.softmax_type!r}"
+    if getattr(config, "apply_query_key_layer_scaling", False):
+        return "apply_query_key_layer_scaling=True"
+    return None
+
+
+class SDPAttention(DotProductAttention):
+    """megatron's ``DotProductAttention`` (same constructor, same head bookkeeping per tensor-
+    parallel partition) with its forward on PyTorch's fused attention kernels.
+
+    Shapes: query [sq, b, np/TP, hn], key and value [sk, b, ng/TP, hn] (ng query groups, GQA);
+    returns the context [sq, b, np/TP * hn]."""
+
+    # The constructor and forward take what megatron's spec passes, by name as well as position:
+    # newer megatron-core releases add arguments, which go to the parent unchanged.
+    def __init__(self, config, *args, **kwargs):
+        reason = sdpa_unsupported_reason(config)
+        if reason is not None:
+            raise ValueError(f"SDPAttention does not support {reason}; build the model with "
+                             "model.core_attention=local (megatron's DotProductAttention)")
+        super().__init__(config, *args, **kwargs)
+        dropout = kwargs.get("attention_dropout", args[3] if len(args) > 3 else None)
+        self.dropout_p = float(config.attention_dropout if dropout is None else dropout)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor],
+                attn_mask_type=None, attention_bias: Optional[Tensor] = None, packed_seq_params=None,
+                **extra) -> Tensor:
+        if packed_seq_params is not None:
+            raise ValueError("SDPAttention does not take packed sequences (packed_seq_params); they need "
+                             "Transformer Engine's attention (the TE spec)")
+        if attention_bias is not None:
+            raise ValueError("SDPAttention does not take an attention_bias")
+        unknown = sorted(k for k, v in extra.items() if v is not None)
+        if unknown:
+            raise ValueError(f"SDPAttention got arguments it does not implement: {unknown}; "
+                             "build the model with model.core_attention=local")
+        mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
+        sq, sk = query.size(0), key.size(0)
+        mask, is_causal = None, False
+        if attention_mask is not None:
+            mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+            mask.masked_fill_(attention_mask.to(query.device), _MASKED_SCORE)
+        elif mask_type == AttnMaskType.causal and sq > 1:
+            if sq != sk:
+                raise ValueError(f"a causal mask without attention_mask needs sq == sk, got sq={sq}, sk={sk}")
+            is_causal = True
+        # [s, b, heads, hn] -> [b, heads, s, hn]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        dropout_p = self.dropout_p if self.training else 0.0
+        # Dropout masks come from megatron's model-parallel RNG, as in the class this replaces.
+        rng = (tensor_parallel.get_cuda_rng_tracker().fork() if dropout_p > 0.0 and not self.config.sequence_parallel
+               else contextlib.nullcontext())
+        with rng:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                                     scale=self.softmax_scale, enable_gqa=q.size(1) != k.size(1))
+        # [b, np, sq, hn] -> [sq, b, np * hn]
+        return context.permute(2, 0, 1, 3).reshape(sq, query.size(1), self.hidden_size_per_partition)
