@@ -64,4 +64,3 @@ def test_rms_norm_marks_its_weight_for_the_sequence_parallel_grad_reduce():
         assert RMSNorm(config, 8).weight.sequence_parallel is sp
     with pytest.raises(ValueError, match="normalization='LayerNorm'"):
         RMSNorm(types.SimpleNamespace(normalization="LayerNorm", params_dtype=torch.float32, sequence_parallel=False), 8)
-
