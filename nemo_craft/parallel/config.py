@@ -55,6 +55,11 @@ class ParallelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"parallel.{name}={value!r}: must be an integer >= 1")
+        if self.context_parallel_size != 1:
+            # Refused up front: every pass would hand each CP rank the whole sequence.
+            raise ValueError(f"parallel.context_parallel_size={self.context_parallel_size}: context parallel is not "
+                             "implemented yet; allowed: 1 (split long sequences with tensor parallel + "
+                             "sequence_parallel=true, or activation recompute, instead)")
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None:
             if not isinstance(vpp, int) or vpp < 1:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["OptimConfig", "wrap_ddp", "build_optimizer"]
+__all__ = ["OptimConfig", "wrap_ddp", "build_optimizer", "grads_are_finite"]
 
 
 @dataclass
@@ -60,7 +60,43 @@ def wrap_ddp(chunks: list, parallel_cfg) -> list:
             # ready only at the very end of the backward pass anyway.
             disable_bucketing=i > 0,
         ))
+    _hand_sync_to_schedule(wrapped)
     return wrapped
+
+
+def _hand_sync_to_schedule(wrapped: list) -> None:
+    """Give megatron's schedules the DDP chunks' gradient-sync controls, as Megatron-LM's
+    ``train()`` does. With ``overlap_grad_reduce`` the bucket reduce is started by gradient
+    hooks; only ``no_sync_func`` tells them which micro-batch is the last, so without it a
+    bucket is reduced as soon as its first micro-batch's gradients are in, and the later
+    micro-batches add to a buffer already being reduced (wrong gradients whenever a step has
+    more than one micro-batch; silently different ones when the count changes between steps).
+    ``grad_sync_func`` lets the pipelined schedules start a chunk's reduce after its last
+    backward. The parameter all-gather of ``overlap_param_gather`` stays on DDP's forward
+    pre-hooks (Megatron-LM's default without ``--align-param-gather``)."""
+    config = wrapped[0].config
+    if not wrapped[0].ddp_config.overlap_grad_reduce:
+        config.no_sync_func = config.grad_sync_func = None
+        return
+
+    def one_or_list(fns):
+        return fns[0] if len(fns) == 1 else fns
+
+    config.no_sync_func = one_or_list([chunk.no_sync for chunk in wrapped])
+    config.grad_sync_func = one_or_list([chunk.start_grad_sync for chunk in wrapped])
+
+
+def grads_are_finite(model: list, device: torch.device) -> torch.Tensor:
+    """[] float32 on ``device``: 1 when every gradient this rank holds (the DDP buffers) is
+    finite, else 0. The caller reduces it (MIN) over the ranks with its own flags in one
+    collective. Megatron's bf16 / fp32 optimizers have no such check (only the fp16 loss
+    scaler looks for inf), and clipping by a NaN norm scales nothing: Adam would write NaN into
+    every weight."""
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    for chunk in model:
+        for buffer in list(chunk.buffers) + list(chunk.expert_parallel_buffers):
+            finite &= torch.isfinite(buffer.grad_data).all()
+    return finite.float()
 
 
 def build_optimizer(model: list, cfg: OptimConfig, parallel_cfg, total_steps: int):

@@ -13,6 +13,7 @@ shares the outcome, so all ranks raise the same error instead of some of them ha
 checkpoint, ``<dir>/step_000120/``, holds::
 
     dist/                  model + optimizer: dist_checkpointing "torch_dist" (loads at any TP/PP/DP)
+    reference/             the frozen reference policy pi_ref, as model state (reshards like dist/)
     rng/rank_00003.pt      RNG states of rank 3 (python, numpy, torch CPU, CUDA, megatron's tracker)
     trainer_state.pt       step, scheduler state, the caller's extra state (pickled)
     config.yaml            the resolved config the run used
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 _FORMATS = ("torch_dist",)
 DIST_DIR = "dist"
+REFERENCE_DIR = "reference"
 RNG_DIR = "rng"
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_YAML = "config.yaml"
@@ -120,7 +122,7 @@ class CheckpointManager:
     def __init__(self, config: CheckpointConfig):
         self.config = config
         apply_optimizer_fixes()
-        self._save_strategy = None  # built once: megatron caches the save plan in it
+        self._save_strategies: dict = {}  # one per state dict shape: megatron caches the save plan in it
 
     # ------------------------------------------------------------------ queries
     def should_save(self, step: int) -> bool:
@@ -140,9 +142,11 @@ class CheckpointManager:
     # --------------------------------------------------------------------- save
     def save(self, step: int, model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any],
              scheduler: Optional[Any], extra_state: Optional[dict] = None,
-             resolved_config_yaml: str = "") -> Path:
-        """Write checkpoint ``step``; returns its directory. ``extra_state`` (anything
-        picklable: controller state, task cursor, ...) is taken from rank 0. Raises
+             resolved_config_yaml: str = "", reference: Optional[Any] = None) -> Path:
+        """Write checkpoint ``step``; returns its directory. ``extra_state`` (small and
+        picklable: controller state, task cursor, ...; the same on every rank) is taken from
+        rank 0. ``reference`` (a :class:`~nemo_craft.trainer.reference.ReferenceWeights`): pi_ref,
+        swapped into the modules and saved as their sharded state in ``reference/``. Raises
         :class:`CheckpointSaveError` on every rank if any rank failed; the previous checkpoint
         then stays the latest and no ``step_<n>/`` directory appears."""
         from megatron.core import dist_checkpointing
@@ -153,20 +157,28 @@ class CheckpointManager:
         nonce = _broadcast(uuid.uuid4().hex[:8])
         tmp = root / layout.tmp_dir_name(step, nonce)
         final = root / layout.step_dir_name(step)
-        _raise_if_any(_on_rank0_errors(lambda: (tmp / DIST_DIR).mkdir(parents=True)), f"creating {tmp}")
+        dirs = [DIST_DIR] + ([REFERENCE_DIR] if reference is not None else [])
+        _raise_if_any(_on_rank0_errors(lambda: [(tmp / d).mkdir(parents=True) for d in dirs]), f"creating {tmp}")
         # Before its first step an optimizer has no state, and megatron's plain optimizer would
         # write a checkpoint it cannot load back; such a checkpoint holds no optimizer instead.
         with_optimizer = _any_rank(optimizer is not None and _optimizer_has_state(optimizer))
         try:
             sharded = build_sharded_state_dict(model_chunks, optimizer if with_optimizer else None,
                                                SHARDED_STATE_METADATA, is_loading=False)
-            dist_checkpointing.save(sharded, str(tmp / DIST_DIR), sharded_strategy=self._save_strategy_for(),
+            dist_checkpointing.save(sharded, str(tmp / DIST_DIR), sharded_strategy=self._save_strategy_for(DIST_DIR),
                                     content_metadata=dict(SHARDED_STATE_METADATA))
+            if reference is not None:
+                with reference.swapped_in(model_chunks):
+                    sharded = build_sharded_state_dict(model_chunks, None, SHARDED_STATE_METADATA, is_loading=False)
+                    dist_checkpointing.save(sharded, str(tmp / REFERENCE_DIR),
+                                            sharded_strategy=self._save_strategy_for(REFERENCE_DIR),
+                                            content_metadata=dict(SHARDED_STATE_METADATA))
         except Exception as err:
             raise CheckpointSaveError(f"saving checkpoint step {step} to '{tmp}' failed in dist_checkpointing: "
                                       f"{err!r}; the previous checkpoint stays the latest") from err
         errors = _gather_errors(lambda: self._write_rank_files(tmp, step, scheduler, extra_state,
-                                                               resolved_config_yaml, with_optimizer))
+                                                               resolved_config_yaml, with_optimizer,
+                                                               reference is not None))
         if any(errors):
             _on_rank0_errors(lambda: shutil.rmtree(tmp, ignore_errors=True))
             _raise_if_any(errors, f"saving checkpoint step {step} to '{tmp}'")
@@ -175,8 +187,8 @@ class CheckpointManager:
         logger.info("saved checkpoint %s", final)
         return final
 
-    def _save_strategy_for(self):
-        if self._save_strategy is None:
+    def _save_strategy_for(self, part: str):
+        if part not in self._save_strategies:
             from megatron.core import parallel_state
             from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
             from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
@@ -185,11 +197,11 @@ class CheckpointManager:
             if self.config.fully_parallel:
                 strategy = FullyParallelSaveStrategyWrapper(
                     strategy, parallel_state.get_data_parallel_group(with_context_parallel=True))
-            self._save_strategy = strategy
-        return self._save_strategy
+            self._save_strategies[part] = strategy
+        return self._save_strategies[part]
 
     def _write_rank_files(self, tmp: Path, step: int, scheduler, extra_state, config_yaml: str,
-                          with_optimizer: bool) -> None:
+                          with_optimizer: bool, with_reference: bool) -> None:
         rank = dist.get_rank()
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         torch.save(capture_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
@@ -197,8 +209,8 @@ class CheckpointManager:
             torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "extra_state": extra_state}, tmp / TRAINER_STATE)
             (tmp / CONFIG_YAML).write_text(config_yaml)
-            meta = dict(step=step, format=self.config.format, optimizer=with_optimizer, layout=_layout(),
-                        versions=_versions())
+            meta = dict(step=step, format=self.config.format, optimizer=with_optimizer, reference=with_reference,
+                        layout=_layout(), versions=_versions())
             (tmp / META_JSON).write_text(json.dumps(meta, indent=1))
 
     def _publish(self, tmp: Path, final: Path, step: int) -> None:
@@ -209,24 +221,27 @@ class CheckpointManager:
 
     # --------------------------------------------------------------------- load
     def load(self, model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any] = None,
-             scheduler: Optional[Any] = None, path: Optional[str] = None) -> Optional[dict]:
+             scheduler: Optional[Any] = None, path: Optional[str] = None,
+             reference: Optional[Any] = None) -> Optional[dict]:
         """Resume from ``path`` (default: ``config.resume``, see :meth:`find_resume`) into the
-        given freshly built chunks / optimizer / scheduler (pass None to skip one); returns
-        the saved ``extra_state``, or None when there is nothing to resume. The step is
+        given freshly built chunks / optimizer / scheduler / reference (pass None to skip one);
+        returns the saved ``extra_state``, or None when there is nothing to resume. The step is
         ``find_resume().step``; ``trainer_state(path)["step"]`` has it too."""
-        from megatron.core import dist_checkpointing
-
         info = self.find_resume(path)
         if info is None:
             return None
         meta = json.loads((info.path / META_JSON).read_text())
         if optimizer is not None and not meta["optimizer"]:
             optimizer = None  # saved before the first step: a fresh optimizer is the saved state
-        dist_dir = str(info.path / DIST_DIR)
-        metadata = dist_checkpointing.load_content_metadata(dist_dir) or SHARDED_STATE_METADATA
-        sharded = build_sharded_state_dict(model_chunks, optimizer, metadata, is_loading=True)
-        loaded = dist_checkpointing.load(sharded, dist_dir, sharded_strategy=self._load_strategy_for(dist_dir))
-        load_into(loaded, model_chunks, optimizer)
+        if reference is not None:
+            if not meta.get("reference"):
+                raise CheckpointCorruptError(
+                    f"checkpoint '{info.path}' holds no reference policy ({REFERENCE_DIR}/): it was saved without "
+                    "one (or by a version that kept pi_ref unsharded); resume from a checkpoint the trainer wrote")
+            # pi_ref first, through the modules (so it reshards like them), then the policy over it.
+            self._load_dir(info.path / REFERENCE_DIR, model_chunks, None)
+            reference.capture(model_chunks)
+        self._load_dir(info.path / DIST_DIR, model_chunks, optimizer)
         state = _read(info.path, TRAINER_STATE)
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -238,6 +253,14 @@ class CheckpointManager:
                            "loaded, RNG states not restored", info.path, saved_layout, _layout())
         logger.info("loaded checkpoint %s (step %d)", info.path, info.step)
         return state["extra_state"]
+
+    def _load_dir(self, directory: Path, model_chunks, optimizer) -> None:
+        from megatron.core import dist_checkpointing
+
+        metadata = dist_checkpointing.load_content_metadata(str(directory)) or SHARDED_STATE_METADATA
+        sharded = build_sharded_state_dict(model_chunks, optimizer, metadata, is_loading=True)
+        loaded = dist_checkpointing.load(sharded, str(directory), sharded_strategy=self._load_strategy_for(str(directory)))
+        load_into(loaded, model_chunks, optimizer)
 
     def _load_strategy_for(self, dist_dir: str):
         if not self.config.fully_parallel:

@@ -6,6 +6,11 @@ in GPU memory for a pass that runs once a step; swapping keeps the reference on 
 (pinned on CUDA, so the copies run at PCIe/NVLink-C2C speed) and the policy's own weights in a
 host stash for the duration of the pass. GPU memory stays that of one model. The swap is exact:
 the policy's parameters are restored bit for bit (a plain ``copy_`` in both directions).
+
+Checkpoints hold pi_ref as sharded model state beside the policy (``CheckpointManager``
+swaps it in and saves the modules' own ``sharded_state_dict``), so it is written in parallel by
+every rank and reshards like the model when a run resumes at another TP / PP / DP layout; on
+load the reference is read into the modules and captured from them with :meth:`capture`.
 """
 
 from __future__ import annotations
@@ -41,15 +46,15 @@ class ReferenceWeights:
     def __init__(self, model_chunks: list[torch.nn.Module]):
         self._ref = {name: _host_copy(t) for name, t in named_tensors(model_chunks)}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._ref)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = sorted(set(self._ref) - set(state))
-        if missing:
-            raise KeyError(f"reference weights are missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        for name, tensor in state.items():
-            self._ref[name].copy_(tensor)
+    def capture(self, model_chunks: list[torch.nn.Module]) -> None:
+        """Make the modules' current weights the reference (e.g. after loading pi_ref into them)."""
+        names = [name for name, _ in named_tensors(model_chunks)]
+        if names != list(self._ref):
+            raise ValueError(f"the modules' tensors ({len(names)}) are not those the reference was built "
+                             f"from ({len(self._ref)}): capture from the same model chunks")
+        with torch.no_grad():
+            for name, t in named_tensors(model_chunks):
+                self._ref[name].copy_(t)
 
     @contextlib.contextmanager
     def swapped_in(self, model_chunks: list[torch.nn.Module]):

@@ -141,12 +141,11 @@ class CraftTrainer:
                              f"do not split into trainer.micro_batch_size={t.micro_batch_size}")
 
     def _maybe_resume(self) -> bool:
-        state = self.ckpt.load(self.model, self.optimizer, self.scheduler)
+        state = self.ckpt.load(self.model, self.optimizer, self.scheduler, reference=self.reference)
         if state is None:
             return False
         self.step = int(state["step"])
         self.controller.load_state_dict(state["controller"])
-        self.reference.load_state_dict(state["reference"])
         self.nan_steps = int(state.get("nan_steps", 0))
         return True
 
@@ -182,10 +181,10 @@ class CraftTrainer:
     def save(self) -> None:
         if self.ckpt.config.dir is None:
             return
-        extra = {"step": self.step, "controller": self.controller.state_dict(), "nan_steps": self.nan_steps,
-                 "reference": self.reference.state_dict()}
-        self.ckpt.save(self.step, self.model, self.optimizer, self.scheduler, extra,
-                       OmegaConf.to_yaml(self.cfg, resolve=True))
+        extra = {"step": self.step, "controller": self.controller.state_dict(), "nan_steps": self.nan_steps}
+        with self._params_gathered():  # the weights of the last update, not those before it
+            self.ckpt.save(self.step, self.model, self.optimizer, self.scheduler, extra,
+                           OmegaConf.to_yaml(self.cfg, resolve=True), reference=self.reference)
 
     def close(self) -> None:
         from nemo_craft.trainer.logger import plot_curves
@@ -248,11 +247,16 @@ class CraftTrainer:
         return metrics
 
     def _optimizer_step(self, loss: torch.Tensor) -> tuple[bool, float]:
-        finite = torch.tensor([float(torch.isfinite(loss))], device=self.device)
+        """The update, unless the loss or any gradient on any rank is not finite (then nothing
+        changes: weights, optimizer state and lr schedule stay; the step is counted)."""
+        from nemo_craft.parallel.ddp import grads_are_finite
+
+        finite = torch.stack([torch.isfinite(loss).float(), grads_are_finite(self.model, self.device)])
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() == 1.0:
+        if bool(finite.min() == 1.0):
             ok, grad_norm, _ = self.optimizer.step()
-            ok = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
+            ok = bool(ok) and (grad_norm is None or math.isfinite(grad_norm))
+            grad_norm = float("nan") if grad_norm is None else grad_norm
         else:
             ok, grad_norm = False, float("nan")
         if ok:
@@ -375,15 +379,18 @@ class CraftTrainer:
                 print(f"[nemo_craft] warm start: loaded {ws.steps} steps' weights from {cache.dir}", flush=True)
         else:
             self._warm_start_steps(ws)
-            if cache is not None:
-                cache.save(self.model)
         # RL starts from the warm-started weights: pi_ref is them, and the RL optimizer is built
-        # afresh (a mixed-precision optimizer holds its own fp32 copy of the weights).
+        # afresh (a mixed-precision optimizer holds its own fp32 copy of the weights). With the
+        # overlapped param gather, the last update reaches the other DP ranks' copies only in the
+        # next forward's pre-hooks: gather it before anything snapshots the weights.
         from nemo_craft.trainer.reference import ReferenceWeights
 
-        self.reference = ReferenceWeights(self.model)
-        self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), self.run.parallel,
-                                                         self.tcfg.max_steps)
+        with self._params_gathered():
+            if cache is not None and not cache.path.exists():
+                cache.save(self.model)
+            self.reference = ReferenceWeights(self.model)
+            self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), self.run.parallel,
+                                                             self.tcfg.max_steps)
 
     def _all_ranks(self, flag: bool) -> bool:
         t = torch.tensor([float(flag)], device=self.device)

@@ -1,0 +1,91 @@
+"""The shipped parallel presets, launched as users launch them: ``torchrun -m nemo_craft train``.
+
+Each preset keeps its own settings (sequence parallel, distributed optimizer, overlapped
+gradient reduce and parameter gather); only the tensor-parallel size of the TP8 presets and
+the data-parallel size shrink to fit 2 to 4 CPU ranks (see ``_launch``). Checkpoints are
+compared as whole tensors, so runs at different layouts compare directly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.e2e import _launch as launch
+
+# name: (ranks, overrides). DP = ranks / (TP * PP).
+LAYOUTS = {
+    "tp2_dp2": (4, ["parallel=tp2"]),
+    "tp2_pp2": (4, ["parallel=tp8_pp2", "parallel.tensor_model_parallel_size=2"]),
+    "pp2": (2, ["parallel=tp8_pp2", "parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"]),
+    "dp2": (2, ["parallel=dp"]),
+    "pp2_vpp2": (2, ["parallel=tp8_pp4_vpp2", "parallel.tensor_model_parallel_size=1",
+                     "parallel.pipeline_model_parallel_size=2", "parallel.sequence_parallel=false"]),
+}
+# CI runs one layout of each kind; the rest are `slow`.
+QUICK = ("tp2_pp2",)
+STEPS = ["trainer.max_steps=2", "checkpoint.save_every=1", "checkpoint.keep_last=null"]
+
+
+def _layouts():
+    return [pytest.param(name, marks=() if name in QUICK else pytest.mark.slow) for name in LAYOUTS]
+
+
+@pytest.mark.parametrize("name", _layouts())
+def test_stop_and_resume_is_the_uninterrupted_run(tmp_path, name):
+    """Stopped after step 1 (stop file), resumed from its checkpoint: step 2 is the uninterrupted
+    run's, bit for bit: weights, optimizer state, pi_ref, controller, scheduler, every metric."""
+    ranks, layout = LAYOUTS[name]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    launch.train(ranks, straight, layout + STEPS)
+    launch.train(ranks, cut, layout + STEPS, stop_after_first_step=True)
+    assert not (cut / "checkpoints" / "step_000002").exists()
+    launch.train(ranks, cut, layout + STEPS + ["checkpoint.resume=auto"])
+    a, b = launch.checkpoint(straight, 2), launch.checkpoint(cut, 2)
+    launch.assert_same_bits(a, b)
+    assert launch.metrics(straight) == launch.metrics(cut)
+    # pi_ref is the initial policy throughout, and the policy has moved away from it
+    first = launch.checkpoint(straight, 1)
+    for k in (k for k in a if k.startswith("reference/")):
+        assert torch.equal(a[k], first[k]), k
+    moved = [k for k in a if k.startswith("dist/decoder") and not torch.equal(a[k], a["reference/" + k[5:]])]
+    assert moved
+
+
+@pytest.mark.parametrize("name, to", [
+    pytest.param("tp2_dp2", ("single", 1)),
+    pytest.param("tp2_pp2", ("single", 1), marks=pytest.mark.slow),
+    pytest.param("dp2", ("single", 1), marks=pytest.mark.slow),
+])
+def test_resume_at_another_layout(tmp_path, name, to):
+    """A checkpoint written at one layout resumes at another: pi_ref and the weights are the
+    saved ones (resharded), and training goes on from them."""
+    ranks, layout = LAYOUTS[name]
+    preset, to_ranks = to
+    saved = tmp_path / "saved"
+    launch.train(ranks, saved, layout + STEPS, stop_after_first_step=True)
+    launch.train(to_ranks, saved, [f"parallel={preset}"] + STEPS + ["checkpoint.resume=auto"])
+    before, after = launch.checkpoint(saved, 1), launch.checkpoint(saved, 2)
+    refs = [k for k in before if k.startswith("reference/")]
+    assert refs and all(torch.equal(before[k], after[k]) for k in refs)
+    # the weights after one more step are within one Adam step of the saved ones
+    lr = after["state"]["scheduler"]["max_lr"]
+    for k in (k for k in before if k.startswith("dist/decoder") and "optimizer" not in k):
+        assert (after[k] - before[k]).abs().max() <= 1.5 * lr, k
+    rows = launch.metrics(saved)
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
+    # pi_ref resharded right: KL(pi || pi_ref) at step 2 is one step's worth, not that of a scrambled reference
+    assert 0 <= rows[-1]["loss/kl_ref"] < 0.01
+
+
+def test_overlapped_grad_reduce_gives_the_same_bits(tmp_path):
+    """The dp preset (distributed optimizer, overlapped reduce-scatter and all-gather) with and
+    without overlap: a warm start of 4 micro-batches a step, then RL steps of 2, the same bits."""
+    ranks, layout = LAYOUTS["dp2"]
+    ws = ["trainer.warm_start.steps=2", "trainer.warm_start.batch_size=8", "checkpoint.save_every=0",
+          "trainer.max_steps=2"]
+    on, off = tmp_path / "on", tmp_path / "off"
+    launch.train(ranks, on, layout + ws)
+    launch.train(ranks, off, layout + ws + ["parallel.overlap_grad_reduce=false", "parallel.overlap_param_gather=false"])
+    launch.assert_same_bits(launch.checkpoint(on, 2), launch.checkpoint(off, 2))
+    assert launch.metrics(on) == launch.metrics(off)
