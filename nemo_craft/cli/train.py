@@ -28,11 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print("overrides: any key of conf/config.yaml, e.g. method=sdar env=sokoban parallel=tp2 trainer.max_steps=20")
         return 0
-    cfg = compose(argv)
     from nemo_craft.trainer.trainer import CraftTrainer
 
     _single_process_env()
-    trainer = CraftTrainer(cfg)
+    try:  # a user's mistake in the config: one line naming the value, before any process group
+        trainer = CraftTrainer(compose(argv))
+    except ValueError as err:
+        print(f"nemo-craft train: {err}", file=sys.stderr)
+        return 2
     val = trainer.fit()
     if val and trainer.rank == 0:
         print(f"[nemo_craft] final validation success {val.get('val/success_rate', float('nan')):.3f}")

@@ -13,8 +13,8 @@ import torch
 
 __all__ = ["TokenBatch"]
 
-_TOKEN_FLOATS = ("logp_old", "logp_teacher", "logp_ref")
-_OPTIONAL = ("logp_old", "logp_teacher")
+_TOKEN_FLOATS = ("logp_old", "logp_teacher", "logp_ref", "logp_rollout")
+_OPTIONAL = ("logp_old", "logp_teacher", "logp_rollout")
 _TOKEN_INTS = ("turn_ids", "pos_in_turn")
 _FILLED_TOKEN = ("delta", "gate", "cti", "credit")
 
@@ -45,6 +45,10 @@ class TokenBatch:
     """[B, S] int >= 0: turn index k of each action token."""
     pos_in_turn: torch.Tensor
     """[B, S] int >= 0: position t of each action token inside its turn's action."""
+    logp_rollout: Optional[torch.Tensor] = None
+    """[B, S] float: the log-probs the sampler reported for the tokens it drew (at the behaviour
+    temperature). Only monitored: their distance from pi_old's (``rollout/logprob_diff_*``) is
+    the train/inference mismatch, ~0 in fp32. None: not monitored."""
     sample_ids: Optional[torch.Tensor] = None
     """[B] int >= 0: index of the trajectory in the step's global batch; seeds CRINGE's draw
     (with the step and the position) so it does not depend on the micro-batch split.

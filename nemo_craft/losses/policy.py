@@ -40,6 +40,7 @@ def policy_loss(
     tp_group=None,
     num_global_tokens: Optional[int] = None,
     vocab_size: Optional[int] = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict]:
     """The micro-batch's share of the step loss, and its metrics.
 
@@ -50,6 +51,8 @@ def policy_loss(
     ``batch.num_global_tokens``, else this batch's valid-token count), so the losses of all
     micro-batches and DP ranks add up to the step's token mean. ``vocab_size``: the real
     vocabulary when the logits carry padding columns beyond it (they are left out of every softmax).
+    ``temperature``: the behaviour temperature T of the rollouts; pi_theta is softmax(logits / T),
+    as the batch's pi_old / teacher / pi_ref log-probs must be.
 
     Parallel layouts: under TP pass the vocabulary shard and the TP group; under DP, pipeline
     or context parallel nothing else is needed, because the credits (computed once per step by
@@ -73,7 +76,8 @@ def policy_loss(
             batch.batch_size, device=mask.device)
         uniforms = counter_uniforms(cfg.cringe_seed, state.step, sample_ids, mask.shape[1])
     stats = vocab_parallel_token_stats(logits, targets, mask, tp_group=tp_group, chunk_size=cfg.chunk_size,
-                                       cringe_uniforms_BS=uniforms, cringe_k=cfg.cringe_k, vocab_size=vocab_size)
+                                       cringe_uniforms_BS=uniforms, cringe_k=cfg.cringe_k, vocab_size=vocab_size,
+                                       temperature=temperature)
     logp, entropy = stats.logp, stats.entropy
     if not bool(torch.isfinite(logp.detach()).all() & torch.isfinite(entropy.detach()).all()):
         raise ValueError("logits give non-finite log-probs or entropy on valid tokens: they contain "
@@ -118,6 +122,8 @@ def policy_loss(
     loss = per_token.sum() / n_global
 
     metrics = _metrics(n_global, logp, logp_ref, entropy, pg, kl, distill, clipped, cfg)
+    if batch.logp_rollout is not None:
+        metrics.update(_mismatch(logp_old, batch.logp_rollout[mask].float(), n_global))
     metrics.update({"controller/lambda": lam, "controller/beta": beta})
     metrics.update({f"credit/{k}": v for k, v in batch.stats.items()})
     return loss, metrics
@@ -133,6 +139,15 @@ def _global_count(num_global_tokens: Optional[int], batch: TokenBatch) -> int:
         raise ValueError(f"num_global_tokens={n!r}: must be >= the valid tokens of this batch "
                          f"({batch.num_tokens})")
     return int(n)
+
+
+@torch.no_grad()
+def _mismatch(logp_old: torch.Tensor, logp_rollout: torch.Tensor, n_global: int) -> dict:
+    """How far the sampler's log-probs of its tokens are from the trainer's pi_old: the mean
+    as a share (add over micro-batches and ranks) and the max (take the max over them)."""
+    diff = (logp_old.detach().double() - logp_rollout.double()).abs()
+    return {"rollout/logprob_diff_mean": float(diff.sum() / n_global),
+            "rollout/logprob_diff_max": float(diff.max()) if diff.numel() else 0.0}
 
 
 @torch.no_grad()

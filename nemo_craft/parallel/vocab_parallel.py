@@ -65,6 +65,7 @@ def vocab_parallel_token_stats(
     cringe_uniforms_BS: Optional[torch.Tensor] = None,
     cringe_k: int = 5,
     vocab_size: Optional[int] = None,
+    temperature: float = 1.0,
 ) -> TokenStats:
     """Target log-prob and entropy of the valid tokens of (vocab-sharded) logits.
 
@@ -74,7 +75,12 @@ def vocab_parallel_token_stats(
     TP rank; given, the CRINGE outputs are computed too.
     vocab_size: the real vocabulary (``ModelConfig.vocab_size``); logit columns at and beyond it
     are padding and take no part. None: every column is real.
+    temperature: the statistics are those of softmax(logits / temperature) (the behaviour
+    policy of rollouts sampled at that temperature; CRINGE's z are the scaled logits too). The
+    division is done chunk by chunk in float32 (no copy of the logits); 1.0 skips it.
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r}: must be > 0")
     if logits_BSV.dim() != 3 or tuple(logits_BSV.shape[:2]) != tuple(mask_BS.shape):
         raise ValueError(f"logits must be [B, S, V/TP] matching loss_mask [B, S]; got logits "
                          f"{tuple(logits_BSV.shape)} and mask {tuple(mask_BS.shape)}")
@@ -101,7 +107,7 @@ def vocab_parallel_token_stats(
         raise ValueError("CRINGE needs a vocabulary of at least 2 tokens")
     u_N = cringe_uniforms_BS[b_N, s_N].double() if cringe else None
     out = _TokenStatsFn.apply(logits_BSV, b_N, s_N, targets_N, u_N, vocab_start, tp_group,
-                              int(chunk_size), int(cringe_k), valid_local)
+                              int(chunk_size), int(cringe_k), valid_local, 1.0 / float(temperature))
     logp, entropy, z_target, z_positive, positive_ids = out
     if not cringe:
         return TokenStats(logp, entropy)
@@ -127,7 +133,7 @@ class _TokenStatsFn(torch.autograd.Function):
     backward: local recomputation of each chunk's softmax, no collective."""
 
     @staticmethod
-    def forward(ctx, logits, b_N, s_N, targets_N, u_N, vocab_start, group, chunk, k, valid_local):
+    def forward(ctx, logits, b_N, s_N, targets_N, u_N, vocab_start, group, chunk, k, valid_local, inv_t):
         world = group_size(group)
         n, vocab_local = b_N.shape[0], logits.shape[-1]
         f32 = dict(dtype=torch.float32, device=logits.device)
@@ -138,6 +144,8 @@ class _TokenStatsFn(torch.autograd.Function):
         for c0 in range(0, n, chunk):
             sl = slice(c0, min(c0 + chunk, n))
             z = logits[b_N[sl], s_N[sl]].float()  # [C, VL], a fresh copy: safe to modify
+            if inv_t != 1.0:
+                z.mul_(inv_t)
             if valid_local is not None:
                 z[:, valid_local:] = _PADDING_LOGIT
             local_t, owned = _local_ids(targets_N[sl], vocab_start, vocab_local)
@@ -162,19 +170,21 @@ class _TokenStatsFn(torch.autograd.Function):
                 z_y[sl] = sums[2]
                 z_s[sl], pos_ids[sl] = _draw_positive(*cand, targets_N[sl], u_N[sl], k, group, world)
         ctx.save_for_backward(logits, b_N, s_N, targets_N, lse, entropy, pos_ids)
-        ctx.meta = (vocab_start, chunk, cringe, valid_local)
+        ctx.meta = (vocab_start, chunk, cringe, valid_local, inv_t)
         ctx.mark_non_differentiable(pos_ids)
         return logp, entropy, z_y, z_s, pos_ids
 
     @staticmethod
     def backward(ctx, g_logp, g_ent, g_zy, g_zs, _g_pos):
         logits, b_N, s_N, targets_N, lse, entropy, pos_ids = ctx.saved_tensors
-        vocab_start, chunk, cringe, valid_local = ctx.meta
+        vocab_start, chunk, cringe, valid_local, inv_t = ctx.meta
         vocab_local = logits.shape[-1]
         grad = torch.zeros_like(logits)
         for c0 in range(0, b_N.shape[0], chunk):
             sl = slice(c0, min(c0 + chunk, b_N.shape[0]))
             z = logits[b_N[sl], s_N[sl]].float()
+            if inv_t != 1.0:
+                z.mul_(inv_t)
             if valid_local is not None:
                 z[:, valid_local:] = _PADDING_LOGIT  # p = 0 there: no gradient into the padding
             z.sub_(lse[sl, None])  # log p_v
@@ -190,9 +200,11 @@ class _TokenStatsFn(torch.autograd.Function):
             for ids, g in spikes:
                 local, owned = _local_ids(ids, vocab_start, vocab_local)
                 p.index_put_((rows[owned], local[owned]), g[owned], accumulate=True)
+            if inv_t != 1.0:
+                p.mul_(inv_t)  # d(z / T) / dz
             grad[b_N[sl], s_N[sl]] = p.to(grad.dtype)
             del p  # before the next chunk's buffers exist
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def _local_ids(ids, vocab_start: int, vocab_local: int):

@@ -43,15 +43,23 @@ class RolloutConfig:
     group_size: int = 8
     """G: siblings (independent rollouts) of each task."""
     temperature: float = 1.0
-    """Sampling temperature of training rollouts (0: greedy)."""
+    """Behaviour temperature T of training rollouts: tokens are drawn from softmax(logits / T),
+    and every training-side log-prob (pi_old, pi_theta, the teacher, pi_ref) is computed at the
+    same T, so that the importance ratio compares the distributions that sampled. Must be > 0."""
     top_p: float = 1.0
+    """Nucleus sampling of training rollouts: must stay 1.0 (see ``check_trainable``)."""
     top_k: int = 0
+    """Top-k sampling of training rollouts: must stay 0 (see ``check_trainable``)."""
     max_tokens_per_turn: int = 512
     """Budget of one action."""
     max_tokens_per_episode: int = 4096
     """Budget of all actions of an episode together; the episode ends when it is spent."""
     val_temperature: float = 0.4
     """Sampling temperature of validation rollouts (SPEC.md section 8)."""
+    val_top_p: float = 1.0
+    """Nucleus sampling of validation and evaluation rollouts (1.0: off)."""
+    val_top_k: int = 0
+    """Top-k sampling of validation and evaluation rollouts (0: off)."""
     backend: str = "auto"
     """Generation backend (see ``GenerationConfig.backend``)."""
     stop_strings: tuple[str, ...] = ("</action>",)
@@ -89,13 +97,29 @@ class RolloutConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {self.backend!r}")
         self.generation_config()  # validates the sampling fields with GenerationConfig's checks
+        self.generation_config(validation=True)
         self.stop_strings = tuple(self.stop_strings)
+
+    def check_trainable(self) -> None:
+        """Refuse sampling settings under which the trainer's log-probs are not the behaviour
+        policy's. The losses compute pi_old over the whole vocabulary at ``temperature``; a
+        truncated sampler (top-p / top-k) draws from another distribution, and its tokens would
+        be weighted as if they came from this one (off-policy with no sign of it)."""
+        if not self.temperature > 0:
+            raise ValueError(f"rollout.temperature={self.temperature!r}: training rollouts must sample (> 0; "
+                             "GRPO's siblings of a greedy policy are all the same); greedy is for validation "
+                             "(rollout.val_temperature=0)")
+        if self.top_p != 1.0 or self.top_k != 0:
+            raise ValueError(f"rollout.top_p={self.top_p!r}, rollout.top_k={self.top_k!r}: training rollouts sample "
+                             "the full tempered softmax (the losses' pi_old); allowed: top_p=1.0, top_k=0. "
+                             "Truncated sampling is for validation: rollout.val_top_p / rollout.val_top_k")
 
     def generation_config(self, *, validation: bool = False) -> GenerationConfig:
         """The sampling settings of training (or validation) rollouts."""
         return GenerationConfig(
             backend=self.backend, temperature=self.val_temperature if validation else self.temperature,
-            top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_tokens_per_turn,
+            top_p=self.val_top_p if validation else self.top_p, top_k=self.val_top_k if validation else self.top_k,
+            max_new_tokens=self.max_tokens_per_turn,
             stop_strings=self.stop_strings, max_batch_size=self.max_batch_size,
             max_sequence_length=self.max_sequence_length, kv_cache_gb=self.kv_cache_gb,
             max_tokens_per_step=self.max_tokens_per_step, cuda_graphs=self.cuda_graphs,

@@ -36,16 +36,17 @@ def sample_next_tokens(
 
     Returns:
         tokens_B (int64) and logprobs_B (float32): the log-probability of each drawn token under
-        the *model's* distribution (log-softmax of the raw logits over the true vocabulary, not
-        the tempered or truncated sampling distribution), i.e. the quantity the trainer
-        recomputes as log pi_old.
+        the behaviour policy softmax(logits / temperature) over the true vocabulary (the raw
+        logits' when greedy), before any top-k / top-p truncation: the quantity the trainer
+        recomputes as log pi_old (training rollouts never truncate).
     """
     logits_BV = logits_BV[:, :vocab_size].float()
-    logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
     if temperature == 0.0:
+        logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
         tokens_B = torch.argmax(logits_BV, dim=-1)
     else:
         scores_BV = logits_BV / temperature
+        logprobs_BV = torch.log_softmax(scores_BV, dim=-1)
         if 0 < top_k < vocab_size:
             kth_B1 = torch.topk(scores_BV, top_k, dim=-1).values[:, -1:]
             scores_BV = scores_BV.masked_fill(scores_BV < kth_B1, float("-inf"))

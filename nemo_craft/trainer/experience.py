@@ -36,15 +36,16 @@ class Experience:
     """Seconds per phase: time/old_logprobs_s, time/teacher_logprobs_s, time/ref_logprobs_s, time/credits_s."""
 
 
-def logprob_fn(chunk_size: int = 256, vocab_size: Optional[int] = None):
-    """value_fn for ``forward_only``: log pi(target) per valid token, 0 elsewhere, [b, s]
-    (``vocab_size``: the real vocabulary, when the logits carry padding columns)."""
+def logprob_fn(chunk_size: int = 256, vocab_size: Optional[int] = None, temperature: float = 1.0):
+    """value_fn for ``forward_only``: log pi(target) per valid token, 0 elsewhere, [b, s], with
+    pi = softmax(logits / temperature) (``vocab_size``: the real vocabulary, when the logits
+    carry padding columns)."""
     from megatron.core import parallel_state as ps
 
     def value_fn(mb: dict, logits: torch.Tensor) -> torch.Tensor:
         mask = mb["loss_mask"]
         stats = vocab_parallel_token_stats(logits, mb["targets"], mask, tp_group=ps.get_tensor_model_parallel_group(),
-                                           chunk_size=chunk_size, vocab_size=vocab_size)
+                                           chunk_size=chunk_size, vocab_size=vocab_size, temperature=temperature)
         out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
         out[mask] = stats.logp.detach().float()
         return out
@@ -77,18 +78,19 @@ def _teacher_mask(tb, student_mask_BS: torch.Tensor) -> torch.Tensor:
 def make_experience(model: list, reference, trajectories: Sequence[Trajectory], loss_cfg: LossConfig, *,
                     pad_id: int, micro_batch_size: int, pad_to_multiple_of: int, dp_group, sample_offset: int,
                     device: torch.device, vocab_size: Optional[int] = None,
-                    old_pass: Optional[bool] = None) -> Experience:
+                    old_pass: Optional[bool] = None, temperature: float = 1.0) -> Experience:
     """Detached per-token tensors of this DP rank's trajectories, credits included.
 
     ``old_pass``: run the no-grad pass of the rollout policy's log-probs. None: where the loss
     reads them before training (``loss_cfg.uses_teacher``: the teacher-student gap). Without it
     the batch is on-policy (``logp_old`` None) and the loss takes the training forward's own
     log-probs: one optimizer step per rollout makes them pi_old's (GRPO: one forward pass fewer).
+    ``temperature``: the rollouts' behaviour temperature; every pass computes its log-probs at it.
     """
     sb = collate_trajectories(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
     S = sb.input_ids.shape[1]
     mask = sb.loss_mask
-    fn = logprob_fn(loss_cfg.chunk_size, vocab_size)
+    fn = logprob_fn(loss_cfg.chunk_size, vocab_size, temperature)
     student = {"input_ids": sb.input_ids.to(device), "targets": sb.targets.to(device), "loss_mask": mask.to(device)}
     student_mbs = micro_batches(student, micro_batch_size)
     clock = _Clock(device)
@@ -112,6 +114,7 @@ def make_experience(model: list, reference, trajectories: Sequence[Trajectory], 
         logp_old=None if logp_old is None else torch.where(m, logp_old, zero),
         logp_teacher=None if logp_teacher is None else torch.where(m, logp_teacher, zero),
         logp_ref=torch.where(m, logp_ref, zero), loss_mask=m,
+        logp_rollout=torch.where(m, sb.rollout_logprobs.to(device), zero),
         rewards=sb.rewards.to(device), group_ids=sb.group_ids.to(device),
         turn_ids=sb.turn_ids.to(device), pos_in_turn=sb.pos_in_turn.to(device),
         sample_ids=torch.arange(len(trajectories), device=device) + sample_offset,

@@ -41,12 +41,27 @@ import threading
 import time
 from typing import Iterable, NoReturn, Optional
 
-__all__ = ["PREEMPTION_EXIT_CODE", "STOP_FILE_ENV", "EXIT_MARKER_ENV", "PreemptionHandler"]
+__all__ = ["PREEMPTION_EXIT_CODE", "STOP_FILE_ENV", "EXIT_MARKER_ENV", "SIGNAL_LEAD_ENV", "PreemptionHandler",
+           "lead_time_warning"]
 
 PREEMPTION_EXIT_CODE = 75
 STOP_FILE_ENV = "NEMO_CRAFT_STOP_FILE"
 EXIT_MARKER_ENV = "NEMO_CRAFT_EXIT_MARKER"
+SIGNAL_LEAD_ENV = "NEMO_CRAFT_SIGNAL_LEAD_S"
 _DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def lead_time_warning(step_s: float, save_s: float) -> Optional[str]:
+    """A warning when one step plus one checkpoint save outlast the scheduler's warning lead
+    (``$NEMO_CRAFT_SIGNAL_LEAD_S``, set by the sbatch templates): a stop asked for then would be
+    killed before its checkpoint is complete. None when they fit or no lead is known."""
+    lead = os.environ.get(SIGNAL_LEAD_ENV)
+    if not lead or step_s + save_s <= float(lead):
+        return None
+    need = int(1.5 * (step_s + save_s)) + 60
+    return (f"one step ({step_s:.0f} s) plus one checkpoint save ({save_s:.0f} s) take longer than the SLURM "
+            f"warning lead {SIGNAL_LEAD_ENV}={lead} s: a preempted run would be killed mid-save; submit with "
+            f"SIGNAL_LEAD_S={need} sbatch --signal=B:USR1@{need} ...")
 
 
 class PreemptionHandler:

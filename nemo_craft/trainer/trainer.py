@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,19 +35,20 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 30
-    micro_batch_size: int = 16
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    max_steps: int = 150
+    micro_batch_size: int = 1
+    lr: float = 1e-6
+    """Peak learning rate of RL (the paper's, for pretrained models; the CPU demo sets its own)."""
+    min_lr: float = 1e-6
     lr_warmup_steps: int = 0
     lr_decay_style: str = "cosine"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     clip_grad: float = 1.0
-    val_every: int = 5
+    val_every: int = 10
     """Validate every this many steps (and before the first and after the last); 0: never."""
-    val_tasks: int = 64
+    val_tasks: int = 128
     val_seed_offset: int = 1_000_000
     """Validation task seeds start here, so they never overlap training tasks."""
     max_nan_steps: int = 3
@@ -71,9 +73,23 @@ class CraftTrainer:
     """Builds everything from the composed config; ``fit()`` runs the loop."""
 
     def __init__(self, cfg, *, init_method: Optional[str] = None):
+        """Builds and validates every section of the config: a bad value is refused here, before
+        any process group, model or weight exists."""
+        from nemo_craft.trainer.checkpoint import CheckpointConfig
+        from nemo_craft.trainer.logger import LoggingConfig
+
         self.cfg = cfg
         self.run = RunConfig.from_omegaconf(cfg)
         self.tcfg = to_dataclass(TrainerConfig, cfg.trainer, "trainer")
+        self.rollout_cfg = rollout_config(cfg)
+        self.ckpt_cfg = to_dataclass(CheckpointConfig, cfg.checkpoint, "checkpoint")
+        self.log_cfg = to_dataclass(LoggingConfig, cfg.logging, "logging")
+        self.tcfg.warm_start.check_pretrained(self.run.model.hf_path)
+        self.rollout_cfg.check_trainable()
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.run.model.validate_layout(self.run.parallel)
+        self.dp_size = self.run.parallel.data_parallel_size(world_size)
+        self._check_batch_layout()
         self._init_method = init_method
         self.run_dir = Path(cfg.run_dir)
 
@@ -91,15 +107,12 @@ class CraftTrainer:
         from nemo_craft.parallel.initialize import initialize_parallel
         from nemo_craft.rollout.episodes import EpisodeRunner
         from nemo_craft.rollout.generation import Generator
-        from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
-        from nemo_craft.trainer.logger import LoggingConfig, MetricsLogger
+        from nemo_craft.trainer.checkpoint import CheckpointManager
+        from nemo_craft.trainer.logger import MetricsLogger
         from nemo_craft.trainer.reference import ReferenceWeights
 
         run, cfg = self.run, self.cfg
         self.dp_size = initialize_parallel(run.parallel, seed=int(cfg.seed), init_method=self._init_method)
-        run.model.validate_layout(run.parallel)
-        self.rollout_cfg = rollout_config(cfg)
-        self._check_batch_layout()
         self.device = compute_device()
         self.rank = dist.get_rank()
         self.dp_group = ps.get_data_parallel_group() if self.dp_size > 1 else None
@@ -120,12 +133,12 @@ class CraftTrainer:
         self.runner = EpisodeRunner(self.generator, self.tokenizer, env_factory(run.env_name, **self.env_cfg),
                                     self.rollout_cfg, pool)
         self.controller = ControllerState.initial(run.loss)
-        self.ckpt = CheckpointManager(to_dataclass(CheckpointConfig, cfg.checkpoint, "checkpoint"))
+        self.ckpt = CheckpointManager(self.ckpt_cfg)
         self.step = 0
         self.nan_in_a_row = 0
         self.nan_steps = 0
         resumed = self._maybe_resume()
-        self.logger = MetricsLogger(to_dataclass(LoggingConfig, cfg.logging, "logging"), self.run_dir,
+        self.logger = MetricsLogger(self.log_cfg, self.run_dir,
                                     rank=self.rank, total_steps=total, start_step=self.step,
                                     config_dict=OmegaConf.to_container(cfg, resolve=True))
         self.resumed = resumed
@@ -152,7 +165,7 @@ class CraftTrainer:
     # -- the loop -----------------------------------------------------------------------------------
 
     def fit(self) -> dict:
-        from nemo_craft.trainer.preemption import PreemptionHandler
+        from nemo_craft.trainer.preemption import PreemptionHandler, lead_time_warning
 
         self.setup()
         preempt = PreemptionHandler()
@@ -161,15 +174,25 @@ class CraftTrainer:
             self._warm_start()
         if not self.resumed and self.tcfg.val_every:
             last_val = self.validate()
+        step_s = save_s = 0.0
+        lead_warned = False
         while self.step < self.tcfg.max_steps:
+            t0 = time.perf_counter()
             metrics = self.train_step()
             self.step += 1
             self.logger.log(self.step, metrics)
             self.logger.progress(self.step, metrics)
             if self.tcfg.val_every and (self.step % self.tcfg.val_every == 0 or self.step == self.tcfg.max_steps):
                 last_val = self.validate()
+            step_s = max(step_s, time.perf_counter() - t0)
             if self.ckpt.should_save(self.step) or self.step == self.tcfg.max_steps:
+                t0 = time.perf_counter()
                 self.save()
+                save_s = max(save_s, time.perf_counter() - t0)
+            warning = lead_time_warning(step_s, save_s)
+            if warning and not lead_warned and self.rank == 0:
+                print(f"[nemo_craft] warning: {warning}", flush=True)
+                lead_warned = True
             if preempt.should_stop():
                 if not self.ckpt.should_save(self.step):
                     self.save()
@@ -219,18 +242,19 @@ class CraftTrainer:
         exp = make_experience(self.model, self.reference, trajs, self.run.loss, pad_id=self.tokenizer.pad_id,
                               micro_batch_size=self.tcfg.micro_batch_size, pad_to_multiple_of=self._pad_multiple(),
                               dp_group=self.dp_group, sample_offset=first * self.rollout_cfg.group_size,
-                              device=self.device, vocab_size=self.run.model.vocab_size)
+                              device=self.device, vocab_size=self.run.model.vocab_size,
+                              temperature=self.rollout_cfg.temperature)
         t2 = time.perf_counter()
         batch, cfg, state = exp.batch, self.run.loss, self.controller
         tp_group = self._tp_group()
         tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
                    "index": torch.arange(exp.input_ids.shape[0], device=self.device)}
-        vocab_size = self.run.model.vocab_size
+        vocab_size, temperature = self.run.model.vocab_size, self.rollout_cfg.temperature
 
         def loss_fn(mb, logits):
             sub = batch.select(mb["index"])
             loss_sum, m = policy_loss(logits, mb["targets"], sub, cfg, state, tp_group=tp_group, num_global_tokens=1,
-                                      vocab_size=vocab_size)
+                                      vocab_size=vocab_size, temperature=temperature)
             return loss_sum, sub.loss_mask.sum(), m
 
         loss, mb_metrics = forward_backward(self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn,
@@ -281,16 +305,20 @@ class CraftTrainer:
         local = torch.tensor([sum(t.reward for t in trajs), sum(float(t.success) for t in trajs),
                               sum(t.num_turns for t in trajs), sum(t.n_invalid for t in trajs), n],
                              dtype=torch.float64, device=self.device)
-        sums = {}
+        sums, maxes = {}, {}
         for m in mb_metrics:
             for k, v in m.items():
-                if k.startswith("loss/"):
+                if k.startswith("loss/") or k == "rollout/logprob_diff_mean":
                     sums[k] = sums.get(k, 0.0) + float(v)
-        sums = self._from_last_stage(sums)  # only the last pipeline stage computed the loss
-        keys = sorted(sums)
+                elif k == "rollout/logprob_diff_max":
+                    maxes[k] = max(maxes.get(k, 0.0), float(v))
+        sums, maxes = self._from_last_stage((sums, maxes))  # only the last pipeline stage computed the loss
+        keys, max_keys = sorted(sums), sorted(maxes)
         loss_terms = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        max_terms = torch.tensor([maxes[k] for k in max_keys], dtype=torch.float64, device=self.device)
         self._reduce_over_dp(local)
         self._reduce_over_dp(loss_terms)
+        self._reduce_over_dp(max_terms, op=dist.ReduceOp.MAX)
         n_global = max(float(batch.num_global_tokens or 1), 1.0)
         out = {"rollout/reward_mean": local[0].item() / local[4].item(),
                "rollout/success_rate": local[1].item() / local[4].item(),
@@ -299,6 +327,7 @@ class CraftTrainer:
                "train/loss": loss.item(), "train/grad_norm": grad_norm, "train/step_ok": float(ok),
                "train/nan_steps": self.nan_steps, "train/lr": self.optimizer.param_groups[0]["lr"]}
         out.update({k: loss_terms[i].item() / n_global for i, k in enumerate(keys)})
+        out.update({k: max_terms[i].item() for i, k in enumerate(max_keys)})
         out.update({f"credit/{k}": v for k, v in batch.stats.items() if isinstance(v, (int, float))})
         out.update(self.controller.metrics())
         return out
@@ -314,11 +343,11 @@ class CraftTrainer:
                                    group=ps.get_pipeline_model_parallel_group())
         return box[0]
 
-    def _reduce_over_dp(self, t: torch.Tensor) -> None:
+    def _reduce_over_dp(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> None:
         from megatron.core import parallel_state as ps
 
         if self.dp_size > 1:
-            dist.all_reduce(t, group=ps.get_data_parallel_group())
+            dist.all_reduce(t, op=op, group=ps.get_data_parallel_group())
 
     @contextlib.contextmanager
     def _params_gathered(self):

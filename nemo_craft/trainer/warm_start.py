@@ -29,11 +29,15 @@ __all__ = ["WarmStartConfig", "WarmStartCache", "demonstration", "sft_loss_fn"]
 class WarmStartConfig:
     steps: int = 0
     """Supervised steps (0: no warm start)."""
-    lr: float = 3e-3
+    lr: float = 1e-5
+    """Its own peak learning rate (the CPU demo's model, trained from scratch, uses 3e-3)."""
     batch_size: int = 32
     """Demonstrations per step (over all data-parallel ranks)."""
     privileged_fraction: float = 0.5
     """Share of demonstrations whose prompt carries the privileged plan."""
+    on_pretrained: bool = False
+    """A warm start of pretrained weights (``model.hf_path`` set) fine-tunes them before they
+    become pi_ref; it runs only when asked for by name with this flag (see ``check_pretrained``)."""
     cache_dir: Optional[str] = None
     """Keep the warm-started weights here, keyed by everything they depend on, and load them
     instead of training again (a sweep's methods share one warm start per seed). None: off."""
@@ -43,6 +47,14 @@ class WarmStartConfig:
             raise ValueError(f"warm_start.steps={self.steps} / batch_size={self.batch_size}: need >= 0 / >= 1")
         if not 0.0 <= self.privileged_fraction <= 1.0:
             raise ValueError(f"warm_start.privileged_fraction={self.privileged_fraction}: must be in [0, 1]")
+
+    def check_pretrained(self, hf_path: Optional[str]) -> None:
+        """Refuse a warm start of a pretrained model unless ``on_pretrained`` asks for it."""
+        if self.steps and hf_path and not self.on_pretrained:
+            raise ValueError(
+                f"trainer.warm_start.steps={self.steps} with model.hf_path={hf_path}: a warm start fine-tunes the "
+                "pretrained weights (and they become pi_ref); set trainer.warm_start.steps=0, or ask for it with "
+                "trainer.warm_start.on_pretrained=true")
 
 
 def demonstration(env, fmt: ChatFormat, tokenizer, seed: int, *, privileged: bool,

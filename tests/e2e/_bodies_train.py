@@ -85,3 +85,48 @@ def nan_loss_run(run_dir: str, overrides: list):
         return {"error": str(err), "nan_steps": t.nan_steps, "step": t.step,
                 "params_finite": all(np.isfinite(p.detach().numpy()).all() for c in t.model for p in c.parameters())}
     return {"error": None}
+
+
+def nan_grad_run(run_dir: str, overrides: list, parallel: dict | None = None):
+    """Train with gradients poisoned to NaN while the loss stays finite: every update is skipped
+    (weights and optimizer state untouched), counted, and the run stops after max_nan_steps."""
+    import torch
+
+    from nemo_craft.config import compose
+    from nemo_craft.trainer import trainer as trainer_mod
+
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.full_like(g, float("nan"))
+
+    real = trainer_mod.policy_loss
+
+    def poisoned(logits, *args, **kwargs):
+        return real(NanGrad.apply(logits), *args, **kwargs)
+
+    trainer_mod.policy_loss = poisoned
+    extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
+    t = trainer_mod.CraftTrainer(compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
+    real_setup = t.setup
+    initial = {}
+
+    def setup():
+        real_setup()
+        initial.update({n: p.detach().clone() for n, p in t.model[0].named_parameters()})
+
+    t.setup = setup
+    error = None
+    try:
+        t.fit()
+    except trainer_mod.NonFiniteLossError as err:
+        error = str(err)
+    rows = [json.loads(line) for line in open(t.logger.jsonl_path)] if t.rank == 0 else []
+    inner = [o.optimizer for o in getattr(t.optimizer, "chained_optimizers", [t.optimizer])]
+    return {"error": error, "nan_steps": t.nan_steps, "step": t.step, "rows": rows,
+            "unchanged": all(torch.equal(initial[n], p) for n, p in t.model[0].named_parameters()),
+            "optimizer_state": sum(len(o.state) for o in inner)}

@@ -8,6 +8,8 @@ compared as whole tensors, so runs at different layouts compare directly.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -22,7 +24,8 @@ LAYOUTS = {
     "pp2_vpp2": (2, ["parallel=tp8_pp4_vpp2", "parallel.tensor_model_parallel_size=1",
                      "parallel.pipeline_model_parallel_size=2", "parallel.sequence_parallel=false"]),
 }
-# CI runs one layout of each kind; the rest are `slow`.
+# CI runs one layout (TP and PP at once, then TP1); the rest are `slow`. The dp preset's
+# distributed optimizer and overlaps run in CI through the overlap test below.
 QUICK = ("tp2_pp2",)
 STEPS = ["trainer.max_steps=2", "checkpoint.save_every=1", "checkpoint.keep_last=null"]
 
@@ -32,50 +35,38 @@ def _layouts():
 
 
 @pytest.mark.parametrize("name", _layouts())
-def test_stop_and_resume_is_the_uninterrupted_run(tmp_path, name):
+def test_stop_resume_and_resume_at_one_rank(tmp_path, name):
     """Stopped after step 1 (stop file), resumed from its checkpoint: step 2 is the uninterrupted
-    run's, bit for bit: weights, optimizer state, pi_ref, controller, scheduler, every metric."""
+    run's, bit for bit: weights, optimizer state, pi_ref, controller, scheduler, every metric.
+    The same step-1 checkpoint also resumes at one rank (TP1 PP1 DP1): pi_ref and the weights are
+    the saved ones, resharded, and training goes on from them."""
     ranks, layout = LAYOUTS[name]
-    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    straight, cut, moved = tmp_path / "straight", tmp_path / "cut", tmp_path / "moved"
     launch.train(ranks, straight, layout + STEPS)
     launch.train(ranks, cut, layout + STEPS, stop_after_first_step=True)
     assert not (cut / "checkpoints" / "step_000002").exists()
+    shutil.copytree(cut, moved)
     launch.train(ranks, cut, layout + STEPS + ["checkpoint.resume=auto"])
     a, b = launch.checkpoint(straight, 2), launch.checkpoint(cut, 2)
     launch.assert_same_bits(a, b)
     assert launch.metrics(straight) == launch.metrics(cut)
     # pi_ref is the initial policy throughout, and the policy has moved away from it
     first = launch.checkpoint(straight, 1)
-    for k in (k for k in a if k.startswith("reference/")):
-        assert torch.equal(a[k], first[k]), k
-    moved = [k for k in a if k.startswith("dist/decoder") and not torch.equal(a[k], a["reference/" + k[5:]])]
-    assert moved
+    refs = [k for k in a if k.startswith("reference/")]
+    assert refs and all(torch.equal(a[k], first[k]) for k in refs)
+    assert any(not torch.equal(a[k], a["reference/" + k[len("dist/"):]]) for k in a if k.startswith("dist/decoder")
+               and "reference/" + k[len("dist/"):] in a)
 
-
-@pytest.mark.parametrize("name, to", [
-    pytest.param("tp2_dp2", ("single", 1)),
-    pytest.param("tp2_pp2", ("single", 1), marks=pytest.mark.slow),
-    pytest.param("dp2", ("single", 1), marks=pytest.mark.slow),
-])
-def test_resume_at_another_layout(tmp_path, name, to):
-    """A checkpoint written at one layout resumes at another: pi_ref and the weights are the
-    saved ones (resharded), and training goes on from them."""
-    ranks, layout = LAYOUTS[name]
-    preset, to_ranks = to
-    saved = tmp_path / "saved"
-    launch.train(ranks, saved, layout + STEPS, stop_after_first_step=True)
-    launch.train(to_ranks, saved, [f"parallel={preset}"] + STEPS + ["checkpoint.resume=auto"])
-    before, after = launch.checkpoint(saved, 1), launch.checkpoint(saved, 2)
-    refs = [k for k in before if k.startswith("reference/")]
-    assert refs and all(torch.equal(before[k], after[k]) for k in refs)
-    # the weights after one more step are within one Adam step of the saved ones
+    launch.train(1, moved, ["parallel=single"] + STEPS + ["checkpoint.resume=auto"])
+    after = launch.checkpoint(moved, 2)
+    assert all(torch.equal(first[k], after[k]) for k in refs)  # pi_ref resharded exactly
     lr = after["state"]["scheduler"]["max_lr"]
-    for k in (k for k in before if k.startswith("dist/decoder") and "optimizer" not in k):
-        assert (after[k] - before[k]).abs().max() <= 1.5 * lr, k
-    rows = launch.metrics(saved)
+    for k in (k for k in first if k.startswith("dist/decoder") and "optimizer" not in k):
+        assert (after[k] - first[k]).abs().max() <= 1.5 * lr, k  # one Adam step from the saved weights
+    rows = launch.metrics(moved)
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
-    # pi_ref resharded right: KL(pi || pi_ref) at step 2 is one step's worth, not that of a scrambled reference
-    assert 0 <= rows[-1]["loss/kl_ref"] < 0.01
+    # KL(pi || pi_ref) at step 2 is one step's worth, as in the uninterrupted run
+    assert rows[-1]["loss/kl_ref"] == pytest.approx(launch.metrics(straight)[-1]["loss/kl_ref"], rel=0.5, abs=1e-4)
 
 
 def test_overlapped_grad_reduce_gives_the_same_bits(tmp_path):

@@ -53,6 +53,31 @@ def test_nan_loss_is_skipped_counted_and_stops_the_run(tmp_path):
     assert out["params_finite"]
 
 
+def test_nan_gradient_with_a_finite_loss_is_skipped_on_every_rank(tmp_path):
+    """DP2 with the distributed optimizer and overlapped reduce (the dp preset): a NaN gradient
+    under a finite loss is caught before the update; the weights and Adam stay untouched."""
+    outs = run_distributed(bodies.nan_grad_run, world_size=2, timeout=600,
+                           args=(str(tmp_path / "nan"), ["parallel=dp", "trainer.max_steps=5", "trainer.max_nan_steps=2"]))
+    for out in outs:
+        assert out["error"] is not None and "2 steps in a row" in out["error"]
+        assert out["nan_steps"] == 2 and out["step"] == 1
+        assert out["unchanged"] and out["optimizer_state"] == 0
+    row = outs[0]["rows"][0]
+    assert row["train/step_ok"] == 0.0 and np.isfinite(row["train/loss"]) and row["train/nan_steps"] == 1
+
+
+@pytest.mark.parametrize("method", ["craft", "grpo"])
+def test_trainer_logprobs_are_the_samplers_at_the_behaviour_temperature(tmp_path, method):
+    """At T != 1 every training log-prob is of softmax(logits / T): the sampler's own log-probs
+    of its tokens equal pi_old's (the old pass for CRAFT, the training forward for on-policy
+    GRPO) to float32 rounding, step after step."""
+    out = run_distributed(bodies.train, world_size=1, timeout=600,
+                          args=(str(tmp_path / method), [f"method={method}", "rollout.temperature=0.7",
+                                                         "trainer.max_steps=2", "checkpoint.save_every=0"]))[0]
+    for row in out["rows"]:
+        assert 0 <= row["rollout/logprob_diff_mean"] < 1e-5 and row["rollout/logprob_diff_max"] < 1e-4, row
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(DistributedTestError, match="not found"):
         run_distributed(bodies.train, world_size=1, timeout=300,

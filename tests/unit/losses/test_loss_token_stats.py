@@ -38,6 +38,34 @@ def test_values_and_gradients_match_full_vocab_autograd(chunk):
     assert torch.equal(grad[~mask], torch.zeros_like(grad[~mask]))  # padding gets exact zeros
 
 
+@pytest.mark.parametrize("temperature", [0.4, 1.7])
+def test_temperature_gives_the_stats_and_gradients_of_scaled_logits(temperature):
+    """pi = softmax(logits / T): the same values and gradients (w.r.t. the raw logits) as
+    autograd through the division, with no scaled copy of the logits made."""
+    logits, targets, mask = _inputs()
+    n = int(mask.sum())
+    weights = [torch.randn(n, dtype=torch.float64) for _ in range(2)]
+    st, grad = _grads(logits, targets, mask, weights, chunk_size=7, temperature=temperature)
+    leaf = logits.double().requires_grad_(True)
+    logp, ent = ref_token_stats(leaf / temperature, targets)
+    (weights[0] @ logp[mask] + weights[1] @ ent[mask]).backward()
+    torch.testing.assert_close(st.logp.double(), logp[mask].detach(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(st.entropy.double(), ent[mask].detach(), rtol=1e-6, atol=1e-5)
+    # float32 against float64: the scaled logits are larger, so is the rounding (x 1/T)
+    torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-5, atol=1e-6 / min(temperature, 1.0) ** 2)
+
+
+def test_temperature_one_is_bit_identical_to_none():
+    logits, targets, mask = _inputs()
+    n = int(mask.sum())
+    weights = [torch.randn(n, dtype=torch.float64) for _ in range(2)]
+    a, ga = _grads(logits, targets, mask, weights)
+    b, gb = _grads(logits, targets, mask, weights, temperature=1.0)
+    assert torch.equal(a.logp, b.logp) and torch.equal(a.entropy, b.entropy) and torch.equal(ga, gb)
+    with pytest.raises(ValueError, match="temperature=0"):
+        vocab_parallel_token_stats(logits, targets, mask, temperature=0)
+
+
 def test_chunk_size_does_not_change_bits_on_cpu():
     logits, targets, mask = _inputs(S=40)
     n = int(mask.sum())

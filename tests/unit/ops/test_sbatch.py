@@ -7,7 +7,13 @@ import re
 import subprocess
 from pathlib import Path
 
-from nemo_craft.trainer.preemption import EXIT_MARKER_ENV, PREEMPTION_EXIT_CODE, STOP_FILE_ENV
+from nemo_craft.trainer.preemption import (
+    EXIT_MARKER_ENV,
+    PREEMPTION_EXIT_CODE,
+    SIGNAL_LEAD_ENV,
+    STOP_FILE_ENV,
+    lead_time_warning,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 SBATCH = (REPO / "scripts" / "slurm" / "train.sbatch").read_text()
@@ -20,8 +26,28 @@ def test_it_is_valid_bash():
 
 def test_directives_for_requeue_on_preemption():
     directives = re.findall(r"^#SBATCH (\S+)", SBATCH, flags=re.M)
-    for needed in ("--requeue", "--signal=B:USR1@120", "--ntasks-per-node=1", "--open-mode=append"):
+    for needed in ("--requeue", "--ntasks-per-node=1", "--open-mode=append"):
         assert needed in directives
+
+
+def test_the_warning_lead_covers_a_step_and_a_save_and_the_trainer_knows_it():
+    """The lead of SLURM's warning signal must outlast one RL step plus one checkpoint save of
+    the recipes (a 2-minute lead was shorter than one step); the template hands the same value
+    to the trainer, which warns when its measured step + save times exceed it."""
+    for script in ("train.sbatch", "sweep_array.sbatch"):
+        text = (REPO / "scripts" / "slurm" / script).read_text()
+        lead = int(re.search(r"^#SBATCH --signal=B:USR1@(\d+)$", text, flags=re.M).group(1))
+        assert lead >= 900, script
+        assert f'export {SIGNAL_LEAD_ENV}="${{SIGNAL_LEAD_S:-{lead}}}"' in text, script
+
+
+def test_lead_time_warning(monkeypatch):
+    monkeypatch.delenv(SIGNAL_LEAD_ENV, raising=False)
+    assert lead_time_warning(5000.0, 5000.0) is None  # no lead known: nothing to say
+    monkeypatch.setenv(SIGNAL_LEAD_ENV, "1200")
+    assert lead_time_warning(600.0, 300.0) is None
+    warning = lead_time_warning(900.0, 500.0)
+    assert "1200" in warning and "--signal=B:USR1@2160" in warning
 
 
 def test_it_runs_launch_sh_in_the_container_and_requeues_on_the_trainers_exit_code():

@@ -33,11 +33,14 @@ def test_padding_columns_are_never_sampled():
     assert freq[2:].sum() == 0
 
 
-def test_logprobs_are_of_the_untempered_model_distribution():
+def test_logprobs_are_of_the_tempered_behaviour_distribution_before_truncation():
+    """What the trainer recomputes as pi_old: softmax(logits / T) over the true vocabulary."""
     logits = torch.tensor([[1.0, 2.0, 0.5]])
-    tokens, logprobs = sample_next_tokens(logits.expand(50, -1), vocab_size=3, temperature=0.3, top_k=2,
-                                          top_p=0.5, generator=_gen())
-    assert torch.allclose(logprobs, torch.log_softmax(logits, -1)[0, tokens])
+    for top_k, top_p in ((0, 1.0), (2, 0.5)):
+        tokens, logprobs = sample_next_tokens(logits.expand(50, -1), vocab_size=3, temperature=0.3, top_k=top_k,
+                                              top_p=top_p, generator=_gen())
+        assert torch.allclose(logprobs, torch.log_softmax(logits / 0.3, -1)[0, tokens])
+        assert not torch.allclose(logprobs, torch.log_softmax(logits, -1)[0, tokens])
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():

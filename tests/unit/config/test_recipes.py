@@ -1,0 +1,96 @@
+"""Every shipped recipe and parallel preset, composed as a user composes it and validated at the
+world size it is made for (no process group: the trainer validates every section on
+construction). The CPU demo's settings must never reach a recipe or a pretrained model."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nemo_craft.config import CONF_DIR, compose
+from nemo_craft.trainer.trainer import CraftTrainer
+
+RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF_DIR / "parallel").glob("*.yaml"))
+
+
+def _trainer(overrides, world_size, monkeypatch, cfg=None):
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    return CraftTrainer(cfg if cfg is not None else compose(overrides))
+
+
+def _recipe_yaml(name):
+    return yaml.safe_load((CONF_DIR / "recipe" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("hf_path", [None, "/models/pretrained"])
+def test_a_recipe_runs_no_warm_start_and_keeps_its_lr(recipe, hf_path, monkeypatch):
+    overrides = [f"+recipe={recipe}"] + ([f"model.hf_path={hf_path}"] if hf_path else [])
+    cfg = compose(overrides)
+    world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
+    t = _trainer(overrides, world, monkeypatch, cfg)
+    own = _recipe_yaml(recipe)["trainer"]
+    assert t.tcfg.warm_start.steps == 0
+    assert (t.tcfg.lr, t.tcfg.min_lr) == (own["lr"], own["min_lr"])
+    assert t.tcfg.micro_batch_size == own["micro_batch_size"]
+    # nothing of the CPU demo: its turn budget is the recipe's, not the tiny model's 8 tokens
+    assert t.rollout_cfg.max_tokens_per_turn == _recipe_yaml(recipe)["rollout"]["max_tokens_per_turn"]
+
+
+def test_another_model_without_a_recipe_gets_no_demo_settings():
+    cfg = compose(["model=qwen3_8b", "model.hf_path=/models/qwen3_8b"])
+    assert cfg.trainer.warm_start.steps == 0 and cfg.trainer.lr == 1e-6
+    assert cfg.rollout.max_tokens_per_turn == 512
+
+
+def test_the_demo_keeps_its_own_settings():
+    cfg = compose([])
+    assert cfg.trainer.warm_start.steps == 60 and cfg.trainer.lr == 3e-4
+    assert cfg.rollout.max_tokens_per_turn == 8
+
+
+def test_a_pretrained_warm_start_must_be_asked_for_by_name(monkeypatch):
+    with pytest.raises(ValueError, match=r"trainer.warm_start.steps=60 with model.hf_path=/w.*on_pretrained=true"):
+        _trainer(["model.hf_path=/w"], 1, monkeypatch)
+    t = _trainer(["model.hf_path=/w", "trainer.warm_start.on_pretrained=true"], 1, monkeypatch)
+    assert t.tcfg.warm_start.steps == 60
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
+    p = yaml.safe_load((CONF_DIR / "parallel" / f"{preset}.yaml").read_text())
+    model_parallel = p["tensor_model_parallel_size"] * p["pipeline_model_parallel_size"]
+    world = model_parallel * 2  # two data-parallel replicas
+    # the 8-layer-per-chunk presets need a model that splits: Llama-3.1-70B's 80 layers do
+    t = _trainer([f"parallel={preset}", "model=llama3p1_70b", "rollout.tasks_per_step=16", "rollout.group_size=8",
+                  "trainer.micro_batch_size=1"], world, monkeypatch)
+    assert t.dp_size == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("parallel.context_parallel_size=2", "context_parallel_size=2: context parallel is not implemented"),
+    ("rollout.top_p=0.9", "rollout.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
+    ("rollout.top_k=5", "rollout.top_k=5"),
+    ("rollout.temperature=0", "rollout.temperature=0.*must sample"),
+])
+def test_values_that_cannot_work_are_refused_before_any_process_group(override, message, monkeypatch):
+    with pytest.raises(ValueError, match=message):
+        _trainer([override], 1, monkeypatch)
+
+
+def test_validation_may_truncate_its_sampling(monkeypatch):
+    t = _trainer(["rollout.val_top_p=0.9", "rollout.val_top_k=20"], 1, monkeypatch)
+    g = t.rollout_cfg.generation_config(validation=True)
+    assert (g.top_p, g.top_k) == (0.9, 20)
+    assert (t.rollout_cfg.generation_config().top_p, t.rollout_cfg.generation_config().top_k) == (1.0, 0)
+
+
+def test_cli_refuses_bad_values_in_one_line(capsys, monkeypatch):
+    from nemo_craft.cli.train import main
+
+    monkeypatch.setenv("RANK", "0")  # as under torchrun: the CLI sets up no rendezvous of its own
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["parallel.context_parallel_size=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nemo-craft train: parallel.context_parallel_size=2")
