@@ -178,7 +178,8 @@ class CheckpointManager:
                                       f"{err!r}; the previous checkpoint stays the latest") from err
         errors = _gather_errors(lambda: self._write_rank_files(tmp, step, scheduler, extra_state,
                                                                resolved_config_yaml, with_optimizer,
-                                                               reference is not None))
+                                                               reference is not None,
+                                                               optimizer is not None and _is_distributed(optimizer)))
         if any(errors):
             _on_rank0_errors(lambda: shutil.rmtree(tmp, ignore_errors=True))
             _raise_if_any(errors, f"saving checkpoint step {step} to '{tmp}'")
@@ -201,7 +202,7 @@ class CheckpointManager:
         return self._save_strategies[part]
 
     def _write_rank_files(self, tmp: Path, step: int, scheduler, extra_state, config_yaml: str,
-                          with_optimizer: bool, with_reference: bool) -> None:
+                          with_optimizer: bool, with_reference: bool, distributed: bool) -> None:
         rank = dist.get_rank()
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         torch.save(capture_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
@@ -210,6 +211,7 @@ class CheckpointManager:
                         "extra_state": extra_state}, tmp / TRAINER_STATE)
             (tmp / CONFIG_YAML).write_text(config_yaml)
             meta = dict(step=step, format=self.config.format, optimizer=with_optimizer, reference=with_reference,
+                        distributed_optimizer=distributed,
                         layout=_layout(), versions=_versions())
             (tmp / META_JSON).write_text(json.dumps(meta, indent=1))
 
@@ -233,6 +235,10 @@ class CheckpointManager:
         meta = json.loads((info.path / META_JSON).read_text())
         if optimizer is not None and not meta["optimizer"]:
             optimizer = None  # saved before the first step: a fresh optimizer is the saved state
+        if optimizer is not None and meta.get("distributed_optimizer", _is_distributed(optimizer)) != _is_distributed(optimizer):
+            saved = str(meta["distributed_optimizer"]).lower()
+            raise ValueError(f"checkpoint '{info.path}' holds the optimizer state of parallel.use_distributed_optimizer="
+                             f"{saved}; resume with parallel.use_distributed_optimizer={saved} (at any TP / PP / DP)")
         if reference is not None:
             if not meta.get("reference"):
                 raise CheckpointCorruptError(
@@ -303,6 +309,14 @@ def _versions() -> dict:
     import megatron.core
 
     return dict(torch=torch.__version__, megatron_core=megatron.core.__version__)
+
+
+def _is_distributed(optimizer) -> bool:
+    """Whether ``optimizer`` is megatron's distributed optimizer (its state format differs)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return any(isinstance(o, DistributedOptimizer) for o in inner)
 
 
 def _optimizer_has_state(optimizer) -> bool:

@@ -122,6 +122,7 @@ class CraftTrainer:
         self.model = wrap_ddp(chunks, run.parallel)
         self.reference = ReferenceWeights(self.model)
         self.tokenizer = load_tokenizer(run.model.tokenizer, hf_path=run.model.hf_path)
+        self.vocab_size = self._policy_vocab_size()
         total = self.tcfg.max_steps
         self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), run.parallel, total)
         env_node = dict(run.env_kwargs)
@@ -142,6 +143,17 @@ class CraftTrainer:
                                     rank=self.rank, total_steps=total, start_step=self.step,
                                     config_dict=OmegaConf.to_container(cfg, resolve=True))
         self.resumed = resumed
+
+    def _policy_vocab_size(self) -> int:
+        """The vocabulary the policy is a distribution over: the tokenizer's ids, the ones the
+        sampler can draw (logit columns beyond them, megatron's padding or unused rows of the
+        embedding, are left out of every softmax, in rollouts and in the losses alike; otherwise
+        pi_old in the losses would not be the distribution that sampled)."""
+        vocab = self.tokenizer.vocab_size
+        if vocab > self.run.model.vocab_size:
+            raise ValueError(f"the tokenizer has {vocab} ids, model.vocab_size={self.run.model.vocab_size}: the model "
+                             "cannot score every token it may be given; use the model's own tokenizer")
+        return vocab
 
     def _check_batch_layout(self) -> None:
         r, t = self.rollout_cfg, self.tcfg
@@ -242,14 +254,14 @@ class CraftTrainer:
         exp = make_experience(self.model, self.reference, trajs, self.run.loss, pad_id=self.tokenizer.pad_id,
                               micro_batch_size=self.tcfg.micro_batch_size, pad_to_multiple_of=self._pad_multiple(),
                               dp_group=self.dp_group, sample_offset=first * self.rollout_cfg.group_size,
-                              device=self.device, vocab_size=self.run.model.vocab_size,
+                              device=self.device, vocab_size=self.vocab_size,
                               temperature=self.rollout_cfg.temperature)
         t2 = time.perf_counter()
         batch, cfg, state = exp.batch, self.run.loss, self.controller
         tp_group = self._tp_group()
         tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
                    "index": torch.arange(exp.input_ids.shape[0], device=self.device)}
-        vocab_size, temperature = self.run.model.vocab_size, self.rollout_cfg.temperature
+        vocab_size, temperature = self.vocab_size, self.rollout_cfg.temperature
 
         def loss_fn(mb, logits):
             sub = batch.select(mb["index"])
@@ -449,7 +461,7 @@ class CraftTrainer:
             sb = collate_trajectories(demos, pad_id=self.tokenizer.pad_id, pad_to_multiple_of=self._pad_multiple())
             tensors = {"input_ids": sb.input_ids.to(self.device), "targets": sb.targets.to(self.device),
                        "loss_mask": sb.loss_mask.to(self.device)}
-            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size, self.run.model.vocab_size),
+            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size, self.vocab_size),
                                        optimizer)
             optimizer.step()
             self.logger.log(0, {"warm_start/nll": loss.item(), "warm_start/step": s + 1})

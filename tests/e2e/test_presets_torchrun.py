@@ -57,7 +57,9 @@ def test_stop_resume_and_resume_at_one_rank(tmp_path, name):
     assert any(not torch.equal(a[k], a["reference/" + k[len("dist/"):]]) for k in a if k.startswith("dist/decoder")
                and "reference/" + k[len("dist/"):] in a)
 
-    launch.train(1, moved, ["parallel=single"] + STEPS + ["checkpoint.resume=auto"])
+    # the optimizer kind is the checkpoint's (its state format): one rank, still distributed
+    launch.train(1, moved, ["parallel=single", "parallel.use_distributed_optimizer=true"] + STEPS
+                 + ["checkpoint.resume=auto"])
     after = launch.checkpoint(moved, 2)
     assert all(torch.equal(first[k], after[k]) for k in refs)  # pi_ref resharded exactly
     lr = after["state"]["scheduler"]["max_lr"]
