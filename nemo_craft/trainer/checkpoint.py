@@ -123,6 +123,7 @@ class CheckpointManager:
         self.config = config
         apply_optimizer_fixes()
         self._save_strategies: dict = {}  # one per state dict shape: megatron caches the save plan in it
+        self._reference_files: Optional[tuple[str, Path]] = None  # (pi_ref's token, a published reference/)
 
     # ------------------------------------------------------------------ queries
     def should_save(self, step: int) -> bool:
@@ -167,7 +168,12 @@ class CheckpointManager:
                                                SHARDED_STATE_METADATA, is_loading=False)
             dist_checkpointing.save(sharded, str(tmp / DIST_DIR), sharded_strategy=self._save_strategy_for(DIST_DIR),
                                     content_metadata=dict(SHARDED_STATE_METADATA))
-            if reference is not None:
+            lend = self._reference_to_link(reference)
+            if lend is not None:
+                # pi_ref does not change during a run: its files are those of the last checkpoint
+                _raise_if_any(_on_rank0_errors(lambda: layout.link_files(lend, tmp / REFERENCE_DIR)),
+                              f"linking pi_ref from {lend}")
+            elif reference is not None:
                 with reference.swapped_in(model_chunks):
                     sharded = build_sharded_state_dict(model_chunks, None, SHARDED_STATE_METADATA, is_loading=False)
                     dist_checkpointing.save(sharded, str(tmp / REFERENCE_DIR),
@@ -185,8 +191,17 @@ class CheckpointManager:
             _raise_if_any(errors, f"saving checkpoint step {step} to '{tmp}'")
         _raise_if_any(_on_rank0_errors(lambda: self._publish(tmp, final, step)),
                       f"publishing checkpoint step {step} as '{final}'")
+        if reference is not None:
+            self._reference_files = (reference.token, final / REFERENCE_DIR)
         logger.info("saved checkpoint %s", final)
         return final
+
+    def _reference_to_link(self, reference) -> Optional[Path]:
+        """The published ``reference/`` holding this very pi_ref, if any (the same on every rank)."""
+        if reference is None or self._reference_files is None:
+            return None
+        token, path = self._reference_files
+        return path if token == reference.token and _on_rank0(lambda: (path / ".metadata").is_file()) else None
 
     def _save_strategy_for(self, part: str):
         if part not in self._save_strategies:
@@ -247,6 +262,7 @@ class CheckpointManager:
             # pi_ref first, through the modules (so it reshards like them), then the policy over it.
             self._load_dir(info.path / REFERENCE_DIR, model_chunks, None)
             reference.capture(model_chunks)
+            self._reference_files = (reference.token, info.path / REFERENCE_DIR)
         self._load_dir(info.path / DIST_DIR, model_chunks, optimizer)
         state = _read(info.path, TRAINER_STATE)
         if scheduler is not None and state["scheduler"] is not None:

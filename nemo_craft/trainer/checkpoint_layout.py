@@ -200,6 +200,23 @@ def write_complete_marker(tmp_dir: PathLike, step: int, **info) -> None:
     _fsync(tmp_dir)
 
 
+def link_files(source: PathLike, target: PathLike) -> None:
+    """Hard-link every file of ``source`` into ``target`` (created if absent), copying where
+    links cannot be made (another file system). Deleting either directory later leaves the
+    other whole."""
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.rglob("*"):
+        dest = target / path.relative_to(source)
+        if path.is_dir():
+            dest.mkdir(exist_ok=True)
+            continue
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
+
+
 def publish(tmp_dir: PathLike, final_dir: PathLike) -> None:
     """Rename a complete ``tmp_dir`` to ``final_dir`` and point ``latest`` at it.
 

@@ -16,6 +16,7 @@ load the reference is read into the modules and captured from them with :meth:`c
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Iterable, Iterator
 
 import torch
@@ -45,6 +46,9 @@ class ReferenceWeights:
 
     def __init__(self, model_chunks: list[torch.nn.Module]):
         self._ref = {name: _host_copy(t) for name, t in named_tensors(model_chunks)}
+        self.token = uuid.uuid4().hex
+        """Changes whenever the weights do: a checkpoint that saved this token's pi_ref can lend
+        its files to the next one (pi_ref never changes during a run)."""
 
     def capture(self, model_chunks: list[torch.nn.Module]) -> None:
         """Make the modules' current weights the reference (e.g. after loading pi_ref into them)."""
@@ -55,6 +59,7 @@ class ReferenceWeights:
         with torch.no_grad():
             for name, t in named_tensors(model_chunks):
                 self._ref[name].copy_(t)
+        self.token = uuid.uuid4().hex
 
     @contextlib.contextmanager
     def swapped_in(self, model_chunks: list[torch.nn.Module]):

@@ -187,6 +187,18 @@ def reshard_body(ckpt_path: str) -> dict:
     return dict(extra=extra, logits=_full_logits(model), steps=steps, sched_steps=scheduler.num_steps)
 
 
+def other_kind_body(ckpt_path: str, dist_opt: bool) -> str:
+    """Load a checkpoint into the other optimizer kind: the refusal's message."""
+    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+
+    model, optimizer, scheduler = _build(dist_opt=dist_opt)
+    try:
+        CheckpointManager(CheckpointConfig(resume=ckpt_path)).load(model, optimizer, scheduler)
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 def _params_by_global_layer(chunks) -> dict:
     """Parameters named as in a PP1 model: each chunk's local ``layers.<i>`` renamed to the
     global layer index (megatron's 1-based ``layer_number``)."""
@@ -394,6 +406,16 @@ def test_reshard_tp2_to_tp1(runs):
         assert out["extra"] == dict(EXTRA, step=SAVE_AT)
         assert out["steps"] == {float(SAVE_AT)} and out["sched_steps"] == SAVE_AT
         np.testing.assert_allclose(out["logits"], tp2[0]["distributed"]["logits_at_save"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["plain", "distributed"])
+def test_the_other_optimizer_kind_is_refused_with_the_fix(runs, kind):
+    """The two optimizers keep their state in different formats: loading one's checkpoint into
+    the other is refused by name (megatron itself fails deep inside with a KeyError)."""
+    root, _ = runs()
+    errors = run_distributed(other_kind_body, world_size=1, args=(str(root / kind / "step_000002"), kind == "plain"))
+    saved = str(kind == "distributed").lower()
+    assert f"resume with parallel.use_distributed_optimizer={saved}" in errors[0]
 
 
 def test_virtual_pipeline_checkpoint_loads_at_pp1(tmp_path):

@@ -8,6 +8,7 @@ compared as whole tensors, so runs at different layouts compare directly.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -50,6 +51,10 @@ def test_stop_resume_and_resume_at_one_rank(tmp_path, name):
     a, b = launch.checkpoint(straight, 2), launch.checkpoint(cut, 2)
     launch.assert_same_bits(a, b)
     assert launch.metrics(straight) == launch.metrics(cut)
+    # pi_ref is written once a run: later checkpoints hard-link its files (also after a resume)
+    for run in (straight, cut):
+        ref1, ref2 = (run / "checkpoints" / f"step_{s:06d}" / "reference" / ".metadata" for s in (1, 2))
+        assert os.stat(ref1).st_ino == os.stat(ref2).st_ino
     # pi_ref is the initial policy throughout, and the policy has moved away from it
     first = launch.checkpoint(straight, 1)
     refs = [k for k in a if k.startswith("reference/")]
