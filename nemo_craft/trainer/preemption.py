@@ -42,13 +42,29 @@ import time
 from typing import Iterable, NoReturn, Optional
 
 __all__ = ["PREEMPTION_EXIT_CODE", "STOP_FILE_ENV", "EXIT_MARKER_ENV", "SIGNAL_LEAD_ENV", "PreemptionHandler",
-           "lead_time_warning"]
+           "LeadTimeWatch", "lead_time_warning"]
 
 PREEMPTION_EXIT_CODE = 75
 STOP_FILE_ENV = "NEMO_CRAFT_STOP_FILE"
 EXIT_MARKER_ENV = "NEMO_CRAFT_EXIT_MARKER"
 SIGNAL_LEAD_ENV = "NEMO_CRAFT_SIGNAL_LEAD_S"
 _DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class LeadTimeWatch:
+    """The longest step and save seen so far; prints :func:`lead_time_warning` once when they
+    stop fitting (``show``: this rank prints)."""
+
+    def __init__(self, show: bool):
+        self.show, self.step_s, self.save_s, self.warned = show, 0.0, 0.0, False
+
+    def record(self, step_s: float = 0.0, save_s: float = 0.0) -> None:
+        self.step_s, self.save_s = max(self.step_s, step_s), max(self.save_s, save_s)
+        warning = lead_time_warning(self.step_s, self.save_s)
+        if warning and not self.warned:
+            self.warned = True
+            if self.show:
+                print(f"[nemo_craft] warning: {warning}", flush=True)
 
 
 def lead_time_warning(step_s: float, save_s: float) -> Optional[str]:

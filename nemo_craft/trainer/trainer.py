@@ -177,7 +177,7 @@ class CraftTrainer:
     # -- the loop -----------------------------------------------------------------------------------
 
     def fit(self) -> dict:
-        from nemo_craft.trainer.preemption import PreemptionHandler, lead_time_warning
+        from nemo_craft.trainer.preemption import LeadTimeWatch, PreemptionHandler
 
         self.setup()
         preempt = PreemptionHandler()
@@ -186,8 +186,7 @@ class CraftTrainer:
             self._warm_start()
         if not self.resumed and self.tcfg.val_every:
             last_val = self.validate()
-        step_s = save_s = 0.0
-        lead_warned = False
+        lead = LeadTimeWatch(show=self.rank == 0)  # does a stop asked for by SLURM still fit?
         while self.step < self.tcfg.max_steps:
             t0 = time.perf_counter()
             metrics = self.train_step()
@@ -196,15 +195,10 @@ class CraftTrainer:
             self.logger.progress(self.step, metrics)
             if self.tcfg.val_every and (self.step % self.tcfg.val_every == 0 or self.step == self.tcfg.max_steps):
                 last_val = self.validate()
-            step_s = max(step_s, time.perf_counter() - t0)
+            t1 = time.perf_counter()
             if self.ckpt.should_save(self.step) or self.step == self.tcfg.max_steps:
-                t0 = time.perf_counter()
                 self.save()
-                save_s = max(save_s, time.perf_counter() - t0)
-            warning = lead_time_warning(step_s, save_s)
-            if warning and not lead_warned and self.rank == 0:
-                print(f"[nemo_craft] warning: {warning}", flush=True)
-                lead_warned = True
+            lead.record(step_s=t1 - t0, save_s=time.perf_counter() - t1)
             if preempt.should_stop():
                 if not self.ckpt.should_save(self.step):
                     self.save()

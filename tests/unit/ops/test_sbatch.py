@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nemo_craft.trainer.preemption import (
     EXIT_MARKER_ENV,
+    LeadTimeWatch,
     PREEMPTION_EXIT_CODE,
     SIGNAL_LEAD_ENV,
     STOP_FILE_ENV,
@@ -70,3 +71,14 @@ def test_dockerfile_builds_on_a_nemo_image_and_installs_the_package():
     assert re.search(r"^ARG NEMO_IMAGE=nvcr\.io/nvidia/nemo:25\.\d\d$", docker, flags=re.M)
     assert "FROM ${NEMO_IMAGE}" in docker and "pip install --no-deps -e ." in docker
     assert "megatron-core==${MEGATRON_CORE_VERSION}" in docker
+
+
+def test_the_trainer_warns_once_when_a_step_and_a_save_outgrow_the_lead(monkeypatch, capsys):
+    monkeypatch.setenv(SIGNAL_LEAD_ENV, "100")
+    watch = LeadTimeWatch(show=True)
+    watch.record(step_s=60.0, save_s=30.0)
+    assert capsys.readouterr().out == ""
+    watch.record(step_s=50.0, save_s=45.0)  # the longest step (60) and save (45) together: 105 > 100
+    watch.record(step_s=70.0)
+    out = capsys.readouterr().out
+    assert out.count("[nemo_craft] warning") == 1 and "SIGNAL_LEAD_S=217" in out
