@@ -2,9 +2,11 @@
 # Install nemo_craft into the active Python environment (a venv is recommended).
 #   bash scripts/install.sh          # the package and what the main job needs
 #   bash scripts/install.sh test     # plus the test dependencies
-# Without CUDA, torch is pinned to the CPU build first: a bare `torch` requirement would
-# otherwise pull a multi-GB CUDA build. Inside a NeMo container torch is already there and
-# is left alone.
+# Without CUDA, torch is pinned to 2.13.0 first: a bare `torch` requirement would otherwise pull
+# the newest multi-GB CUDA build. Where pip finds a CPU build of 2.13.0 (a wheel in its find-links,
+# as on the CI machine for Python 3.11) it takes that; PyPI's x86_64 Linux wheels are CUDA builds
+# (about 4.7 GB installed for Python 3.12), which run on the CPU as well. Inside a NeMo container
+# torch is already there and is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}

@@ -26,6 +26,20 @@ _COMMANDS = {
 }
 
 
+_NEEDS_MEGATRON = ("train", "evaluate", "convert")
+"""Commands that build a megatron model: an unsupported megatron-core is one line, not a traceback."""
+
+
+def _megatron_problem() -> str | None:
+    from nemo_craft.parallel.mcore_compat import UnsupportedMegatronError, require_supported
+
+    try:
+        require_supported()
+    except UnsupportedMegatronError as err:
+        return str(err)
+    return None
+
+
 def _usage() -> str:
     lines = ["usage: nemo-craft COMMAND [args...]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in _COMMANDS.items()]
@@ -42,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nemo-craft: unknown command {name!r}; allowed: {', '.join(_COMMANDS)}\n", file=sys.stderr)
         print(_usage(), file=sys.stderr)
         return 2
+    if name in _NEEDS_MEGATRON:
+        problem = _megatron_problem()
+        if problem is not None:
+            print(f"nemo-craft: {problem}", file=sys.stderr)
+            return 2
     module = importlib.import_module(_COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

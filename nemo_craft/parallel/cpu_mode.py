@@ -1,8 +1,8 @@
 """Run the real megatron-core on a machine without CUDA (the "CPU mode").
 
-megatron-core 0.16 assumes CUDA in a few dozen places. On a machine where
-``torch.cuda.is_available()`` is False, :func:`enable_cpu_mode` makes those places
-run on the CPU, so that the same megatron code paths (GPTModel, TP/PP/DP/VPP/SP,
+megatron-core (0.16 to 0.19, see ``mcore_compat``) assumes CUDA in a few dozen places.
+On a machine where ``torch.cuda.is_available()`` is False, :func:`enable_cpu_mode` makes
+those places run on the CPU, so that the same megatron code paths (GPTModel, TP/PP/DP/VPP/SP,
 the pipeline schedules, the (distributed) optimizer, dist_checkpointing, the static
 inference engine) run on the gloo backend. Which calls need what, and why:
 
@@ -21,6 +21,9 @@ CUDA RNG tracker                    ``tensor_parallel/random.py`` saves and rest
 (``tensor_parallel.random``)        CUDA generator states; routed to the CPU
                                     generator so dropout is reproducible per TP rank
 ``torch.cuda.Event/Stream/nvtx``    inert stand-ins (inference engine, timers)
+``pin_memory=True``                 dropped, and ``Tensor.pin_memory()`` returns the
+(dynamic inference context, 0.17+)  tensor: pinning needs a CUDA driver, and host
+                                    memory serves the CPU as well unpinned
 ==================================  =================================================
 
 Nothing here is active on a machine with CUDA: :func:`enable_cpu_mode` refuses to
@@ -72,6 +75,10 @@ class _CudaToCpuMode(TorchFunctionMode):
             return args[0]
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
             return _cuda_type_name(args[0])
+        if func is torch.Tensor.pin_memory:
+            return args[0]
+        if kwargs.get("pin_memory"):
+            kwargs = dict(kwargs, pin_memory=False)
         device = kwargs.get("device")
         if device is not None and _is_cuda_device(device):
             kwargs = dict(kwargs, device=_CPU)

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from nemo_craft.parallel.config import ParallelConfig
 from nemo_craft.parallel.cpu_mode import maybe_enable_cpu_mode
+from nemo_craft.parallel.mcore_compat import require_supported
 
 __all__ = ["initialize_parallel", "destroy_parallel", "resolve_backend", "set_seed"]
 
@@ -41,11 +42,13 @@ def initialize_parallel(cfg: ParallelConfig, seed: int = 1234, init_method: str 
     """Initialise torch.distributed (from the torchrun/SLURM environment unless
     ``init_method`` is given) and megatron's parallel state. Returns the DP size.
 
-    Enters the CPU mode first when CUDA is absent (see ``cpu_mode``); on CUDA binds the
-    rank to ``LOCAL_RANK``'s GPU and uses NCCL.
+    Refuses a megatron-core outside ``mcore_compat.SUPPORTED`` first. Enters the CPU mode when
+    CUDA is absent (see ``cpu_mode``); on CUDA binds the rank to ``LOCAL_RANK``'s GPU and uses
+    NCCL.
     """
     from megatron.core import parallel_state
 
+    require_supported()  # an unsupported megatron-core stops here, before any process group
     maybe_enable_cpu_mode()
     backend = resolve_backend(cfg.backend)
     if torch.cuda.is_available():

@@ -7,8 +7,9 @@ What is megatron's and what is ours:
   adds waiting requests whenever blocks and the per-step token budget allow, pauses or evicts
   rows when the cache is full and re-runs an evicted row's prompt + tokens later), the flash-attn
   prefill / decode kernels over the paged cache, and optionally CUDA graphs for decode steps.
-* ours, through two hooks of its ``TextGenerationController`` (``dynamic_engine_adapter``): the
-  sampler and the stop decision. megatron's sampler cannot combine top-k with top-p, draws from
+* ours, through two hooks of its ``TextGenerationController`` (``dynamic_engine_adapter``, with
+  each megatron-core version's hooks from ``nemo_craft.parallel.mcore_compat``): the sampler and
+  the stop decision. megatron's sampler cannot combine top-k with top-p, draws from
   the padded vocabulary (clamping the draw), divides by a temperature of 0 (its greedy is
   top_k=1) and uses a generator seeded once per controller from
   ``TransformerConfig.inference_sampling_seed``; its stop conditions are one termination id and
@@ -42,6 +43,7 @@ from typing import Sequence
 
 import torch
 
+from nemo_craft.parallel import mcore_compat
 from nemo_craft.parallel.cpu_mode import compute_device
 from nemo_craft.rollout.backend_common import generation_mode, sample_and_share
 from nemo_craft.rollout.dynamic_engine_adapter import (
@@ -127,12 +129,13 @@ class DynamicBackend:
             prompt must fit (chunked prefill is off).
         cuda_graphs: decode steps as CUDA graphs; the model must be built with
             ``cuda_graph_impl="local"`` (and only then).
-        pp_microbatch_tokens: megatron's ``inference_batch_times_seqlen_threshold`` (PP > 1).
+        pp_microbatch_tokens: megatron-core 0.16's ``inference_batch_times_seqlen_threshold`` (PP > 1;
+            None: 512); later versions refuse any value but None / -1 (``mcore_compat``).
     """
 
     def __init__(self, model_chunks: Sequence[torch.nn.Module], *, vocab_size: int, max_batch_size: int,
                  max_sequence_length: int, kv_cache_gb: float, max_tokens_per_step: int, cuda_graphs: bool,
-                 pp_microbatch_tokens: int):
+                 pp_microbatch_tokens: int | None = None):
         from megatron.core import parallel_state as ps
         from megatron.core.utils import get_model_config, unwrap_model
 
@@ -141,6 +144,7 @@ class DynamicBackend:
                              "megatron's inference does not support virtual pipeline parallel")
         self.model = model_chunks[0]
         config = get_model_config(self.model)
+        mcore_compat.pp_microbatch_threshold(pp_microbatch_tokens)  # refused here, not at the first rollout
         problem = DynamicCapability.probe(config.params_dtype).problem()
         if problem is not None:
             raise ValueError(f"backend='dynamic' cannot run here: {problem}; use rollout.backend=static")

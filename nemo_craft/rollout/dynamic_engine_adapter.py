@@ -1,46 +1,29 @@
-"""The one place that touches megatron-core's dynamic inference API (``DynamicBackend`` uses it).
+"""How ``DynamicBackend`` drives megatron-core's dynamic inference engine: build it for a model
+chunk, run a batch of requests through it with our sampler and stop decision, free its KV cache.
 
-megatron-core has built the dynamic engine two ways; this adapter picks by what the installed
-version's signatures accept, not by version number:
+Every version difference of megatron-core's API (constructors, the sampler hook, the KV cache
+release) is ``nemo_craft.parallel.mcore_compat``'s; this module is the same on every supported
+version. What it uses of megatron's: ``engine.add_request(id, token ids, SamplingParams)``,
+``engine.has_unfinished_requests()``, ``engine.step_modern()``,
+``controller.set_stop_word_finished_ids_callback`` (megatron calls it once per step, after
+sampling, with the active request ids in the order of the sampled tokens; the ids it returns
+finish at that step, their token kept), and the context's ``total_request_count`` /
+``paused_request_count`` / ``chunked_prefill_request_id``.
 
-==============================  ==========================================  ===========================================
-piece                           0.16.1 (keyword arguments)                   later (``megatron.core.inference.config``)
-==============================  ==========================================  ===========================================
-``DynamicInferenceContext``     ``(params_dtype=, num_layers=, ...,          ``(model_config, InferenceConfig(...))``
-                                buffer_size_gb=, max_requests=, ...)``
-``GPTInferenceWrapper``         ``(model, InferenceWrapperConfig, context)``  ``(model, context)``
-``DynamicInferenceEngine``      ``(controller, context, random_seed=,         ``(controller, context)``; chunked prefill
-                                enable_chunked_prefill=)``                    is an ``InferenceConfig`` field
-sampling hook                   ``_dynamic_step_sample_logits(logits)``       ``_dynamic_step_sample_logits()``, logits
-                                                                             in ``controller._all_logits_cuda``
-==============================  ==========================================  ===========================================
-
-Used from both: ``TextGenerationController(wrapper, tokenizer)``, ``engine.add_request(id, token
-ids, SamplingParams)``, ``engine.has_unfinished_requests()``, ``engine.step_modern()`` (or
-``step()`` where that is the no-argument step), ``controller.set_stop_word_finished_ids_callback``
-(megatron calls it once per step, after sampling, with the active request ids in the order of the
-sampled tokens; the ids it returns finish at that step, their token kept), and the context's
-``total_request_count`` / ``paused_request_count`` / ``chunked_prefill_request_id`` /
-``deallocate_all_tensors()``.
-
-The controller subclass replaces megatron's sampler (see ``DynamicBackend`` for why) and nothing
-else. Only the keyword-argument path has been read against installed code (0.16.1), and only its
-context has been built (on CPU; the controller and engine need CUDA); the other follows Megatron-LM's newer constructors
-as published on its main branch and has not run. Megatron-LM's main branch has since split the
-engine into ``engines/dynamic/`` with asynchronous scheduling; whether the stop callback still
-runs in the step that sampled is unverified there, and ``tests/gpu/test_dynamic_backend.py``
-is the check to run after an upgrade.
+The controller, engine and asynchronous step need CUDA, so on a machine without a GPU only the
+context is built (and released); ``tests/gpu/test_dynamic_backend.py`` runs the engine, and is
+the check to run on a GPU after a megatron-core upgrade.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+
+from nemo_craft.parallel import mcore_compat
 
 __all__ = ["EngineSpec", "build_context", "build_engine", "controller_class", "release_kv_cache", "run_requests"]
 
@@ -61,45 +44,34 @@ class EngineSpec:
     max_requests: int
     max_tokens: int
     cuda_graphs: bool
-    pp_microbatch_tokens: int
+    pp_microbatch_tokens: int | None
     padded_vocab_size: int
     layers_on_stage: int
 
 
 def build_engine(model: torch.nn.Module, spec: EngineSpec):
     """Context, wrapper, controller (our sampler hook) and engine for ``model`` (this rank's chunk)."""
-    from megatron.core.inference.engines.dynamic_engine import DynamicInferenceEngine
-    from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import (
-        GPTInferenceWrapper,
-    )
-    from megatron.core.utils import get_model_config
-
     context = build_context(model, spec)
-    if "inference_wrapper_config" in inspect.signature(GPTInferenceWrapper).parameters:
-        wrapper = GPTInferenceWrapper(model, _wrapper_config(get_model_config(model), spec), context)
-    else:
-        wrapper = GPTInferenceWrapper(model, context)
-    if hasattr(wrapper, "prep_model_for_inference"):
-        wrapper.prep_model_for_inference()  # eval mode, pipeline flags
+    wrapper = mcore_compat.inference_wrapper(
+        model, context, padded_vocab_size=spec.padded_vocab_size, max_batch_size=spec.max_requests,
+        max_sequence_length=spec.max_sequence_length, pp_microbatch_tokens=spec.pp_microbatch_tokens)
+    wrapper.prep_model_for_inference()  # eval mode, pipeline flags
     controller = controller_class()(wrapper, _NoTextTokenizer(spec.padded_vocab_size))
-    engine_params = inspect.signature(DynamicInferenceEngine).parameters
-    extra = {}
-    if "random_seed" in engine_params:  # 0.16 asserts an int; nothing reads it (our sampler has its own stream)
-        extra["random_seed"] = 0
-    if "enable_chunked_prefill" in engine_params:
-        extra["enable_chunked_prefill"] = False
-    return DynamicInferenceEngine(controller, context, **extra)
+    return mcore_compat.dynamic_engine(controller, context)
 
 
 def build_context(model: torch.nn.Module, spec: EngineSpec):
     """megatron's ``DynamicInferenceContext`` (the paged KV cache, allocated here) for ``model``."""
-    from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
     from megatron.core.utils import get_model_config
 
-    config = get_model_config(model)
-    if "inference_config" in inspect.signature(DynamicInferenceContext).parameters:
-        return DynamicInferenceContext(config, _inference_config(config, spec))
-    return DynamicInferenceContext(**_context_kwargs(config, spec))
+    settings = dict(block_size_tokens=KV_BLOCK_TOKENS, buffer_size_gb=spec.kv_cache_gb,
+                    max_requests=spec.max_requests, max_tokens=spec.max_tokens,
+                    max_sequence_length=spec.max_sequence_length, materialize_only_last_token_logits=True,
+                    num_cuda_graphs=CUDA_GRAPH_COUNT if spec.cuda_graphs else None,
+                    use_cuda_graphs_for_non_decode_steps=False, enable_chunked_prefill=False,
+                    unified_memory_level=0)
+    return mcore_compat.dynamic_context(get_model_config(model), layers_on_stage=spec.layers_on_stage,
+                                        settings=settings)
 
 
 def run_requests(engine, ids: Sequence[int], prompts: Sequence[Sequence[int]], budgets: Sequence[int], *,
@@ -122,13 +94,12 @@ def run_requests(engine, ids: Sequence[int], prompts: Sequence[Sequence[int]], b
             # termination_id=-1: megatron stops only at the budget; every other end is `finished`'s.
             engine.add_request(request_id, list(prompt),
                                SamplingParams(num_tokens_to_generate=int(budget), termination_id=-1))
-        step = getattr(engine, "step_modern", None) or engine.step
         # Each step that runs a request gives at least one row a token, so more steps than tokens
         # means requests wait for blocks that never come: fail rather than spin.
         for _ in range(sum(int(b) for b in budgets) + len(ids)):
             if not engine.has_unfinished_requests():
                 break
-            step()
+            engine.step_modern()
         else:
             if engine.has_unfinished_requests():
                 raise RuntimeError("megatron's dynamic engine stopped making progress (requests wait for KV blocks "
@@ -142,76 +113,12 @@ def release_kv_cache(engine) -> None:
     """Free the engine's KV cache and request tensors now: the engine object itself can outlive the
     call (asyncio's loop keeps its pending notification tasks until the loop next runs), and
     gigabytes of cache must not stay allocated through training."""
-    deallocate = getattr(engine.context, "deallocate_all_tensors", None)
-    if deallocate is not None:
-        deallocate()
+    mcore_compat.release_dynamic_context(engine.context)
 
 
 def _finish_hook(context, finished, active_ids):
-    chunked = getattr(context, "chunked_prefill_request_id", -1)
-    assert chunked == -1, "chunked prefill is off: no active request may be mid-prompt"
+    assert context.chunked_prefill_request_id == -1, "chunked prefill is off: no active request may be mid-prompt"
     return finished(list(active_ids))
-
-
-# -- construction of the two API generations --------------------------------------------------------
-
-
-def _context_kwargs(config, spec: EngineSpec) -> dict:
-    return dict(
-        params_dtype=config.params_dtype,
-        num_layers=spec.layers_on_stage,
-        kv_channels=config.kv_channels,
-        num_attention_heads=config.num_query_groups or config.num_attention_heads,
-        max_sequence_length=spec.max_sequence_length,
-        buffer_size_gb=spec.kv_cache_gb,
-        max_requests=spec.max_requests,
-        max_tokens=spec.max_tokens,
-        block_size_tokens=KV_BLOCK_TOKENS,
-        tensor_model_parallel_size=config.tensor_model_parallel_size,
-        pipeline_model_parallel_size=config.pipeline_model_parallel_size,
-        num_cuda_graphs=CUDA_GRAPH_COUNT if spec.cuda_graphs else None,
-        materialize_only_last_token_logits=True,
-        use_cuda_graphs_for_non_decode_steps=False,
-        unified_memory_level=0,
-    )
-
-
-def _inference_config(config, spec: EngineSpec):
-    from megatron.core.inference.config import InferenceConfig
-
-    if spec.layers_on_stage != config.num_layers // config.pipeline_model_parallel_size:
-        raise ValueError(
-            f"this pipeline stage has {spec.layers_on_stage} layers, not num_layers / PP = "
-            f"{config.num_layers // config.pipeline_model_parallel_size}: this megatron-core's dynamic "
-            "context sizes the KV cache for an even split; use rollout.backend=static")
-    wanted = dict(block_size_tokens=KV_BLOCK_TOKENS, buffer_size_gb=spec.kv_cache_gb,
-                  max_requests=spec.max_requests, max_tokens=spec.max_tokens,
-                  max_sequence_length=spec.max_sequence_length, materialize_only_last_token_logits=True,
-                  num_cuda_graphs=CUDA_GRAPH_COUNT if spec.cuda_graphs else None,
-                  use_cuda_graphs_for_non_decode_steps=False, enable_chunked_prefill=False,
-                  unified_memory_level=0)
-    fields = {f.name for f in dataclasses.fields(InferenceConfig)}
-    missing = sorted(set(wanted) - fields)
-    if missing:
-        raise RuntimeError(f"this megatron-core's InferenceConfig has no {missing}; the dynamic backend "
-                           "knows megatron-core 0.16's and the InferenceConfig API; use rollout.backend=static")
-    return InferenceConfig(**wanted)
-
-
-def _wrapper_config(config, spec: EngineSpec):
-    from megatron.core.inference.model_inference_wrappers.inference_wrapper_config import (
-        InferenceWrapperConfig,
-    )
-
-    return InferenceWrapperConfig(
-        hidden_size=config.hidden_size,
-        params_dtype=config.params_dtype,
-        inference_batch_times_seqlen_threshold=spec.pp_microbatch_tokens,
-        padded_vocab_size=spec.padded_vocab_size,
-        inference_max_requests=spec.max_requests,
-        inference_max_seq_length=spec.max_sequence_length,
-        fp32_residual_connection=config.fp32_residual_connection,
-    )
 
 
 class _NoTextTokenizer:
@@ -228,25 +135,7 @@ class _NoTextTokenizer:
         return ""
 
 
-@functools.lru_cache(maxsize=None)
 def controller_class():
-    """megatron's ``TextGenerationController`` with its dynamic-batching sampler replaced."""
-    from megatron.core.inference.text_generation_controllers.text_generation_controller import (
-        TextGenerationController,
-    )
-
-    class NemoCraftController(TextGenerationController):
-        nemo_craft_sample = None
-
-        def _dynamic_step_sample_bookkeeping(self, *args, **kwargs):
-            """megatron groups rows by their sampling settings for its own sampler; unused."""
-
-        def _dynamic_step_sample_logits(self, logits=None):
-            if logits is None:  # newer megatron keeps them on the controller
-                logits = getattr(self, "_all_logits_cuda", None)
-            context = self.inference_wrapped_model.inference_context
-            n = context.total_request_count - context.paused_request_count
-            logits_NV = None if logits is None else logits.reshape(-1, logits.shape[-1])[:n]
-            self._sampled_tokens_cuda[:n] = self.nemo_craft_sample(logits_NV, n)
-
-    return NemoCraftController
+    """megatron's ``TextGenerationController`` with its dynamic-batching sampler replaced by
+    ``controller.nemo_craft_sample`` (``mcore_compat.sampling_controller_class``)."""
+    return mcore_compat.sampling_controller_class()

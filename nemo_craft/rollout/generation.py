@@ -67,9 +67,11 @@ class GenerationConfig:
     many rows; dynamic: requests decoded together, a multiple of the tensor-parallel size)."""
     max_sequence_length: int | None = None
     """Prompt + generated tokens of one row, at most; None: the model's max_sequence_length."""
-    pp_microbatch_tokens: int = 512
-    """Pipeline-parallel forwards over more tokens than this are split into micro-batches so
-    the stages overlap (megatron's inference_batch_times_seqlen_threshold; -1: never)."""
+    pp_microbatch_tokens: int | None = None
+    """megatron-core 0.16 only: pipeline-parallel forwards over more tokens than this are split
+    into micro-batches so the stages overlap (its inference_batch_times_seqlen_threshold; -1:
+    never; None: 512). megatron-core 0.17 and later have no such split: there any value but None
+    or -1 is a ValueError when the generator is built."""
     vocab_size: int | None = None
     """Vocabulary to sample from; None: the tokenizer's. Logits beyond it are padding."""
     kv_cache_gb: float = 4.0
@@ -105,8 +107,8 @@ class GenerationConfig:
         if self.max_sequence_length is not None and self.max_sequence_length < 2:
             raise ValueError(f"max_sequence_length must be >= 2 or None, got {self.max_sequence_length!r}")
         self._check_dynamic_fields()
-        if self.pp_microbatch_tokens != -1 and self.pp_microbatch_tokens < 1:
-            raise ValueError(f"pp_microbatch_tokens must be >= 1 or -1 (never split), got "
+        if self.pp_microbatch_tokens not in (None, -1) and self.pp_microbatch_tokens < 1:
+            raise ValueError(f"pp_microbatch_tokens must be >= 1, -1 (never split) or None, got "
                              f"{self.pp_microbatch_tokens!r}")
 
     def _check_dynamic_fields(self) -> None:

@@ -2,14 +2,15 @@
 
 What is megatron's and what is ours:
 
-* megatron-core: ``GPTInferenceWrapper`` (inputs, attention mask and position ids of a context
-  window; the forward pass for TP, for PP with p2p between stages and micro-batching of large
-  prefills; logits gathered over TP), ``StaticInferenceContext`` (the per-layer KV cache that
-  attention fills and reads, prefill then decode mode) and the static batching scheme of its
-  ``TextGenerationController``: prompts left-aligned, prefill up to the shortest prompt, then one
-  position per step, where a row still inside its prompt feeds its next prompt token and a row
-  past it feeds its last sampled token. No padding token is ever attended to, so the scheme is
-  exact with every attention backend (local, TE, flash) and every position-embedding type.
+* megatron-core: ``GPTInferenceWrapper`` (built by ``mcore_compat``: inputs, attention mask and
+  position ids of a context window; the forward pass for TP, for PP with p2p between stages and,
+  on megatron-core 0.16, micro-batching of large prefills; logits gathered over TP),
+  ``StaticInferenceContext`` (the per-layer KV cache that attention fills and reads, prefill
+  then decode mode) and the static batching scheme of its ``TextGenerationController``:
+  prompts left-aligned, prefill up to the shortest prompt, then one position per step, where a
+  row still inside its prompt feeds its next prompt token and a row past it feeds its last
+  sampled token. No padding token is ever attended to, so the scheme is exact with every
+  attention backend (local, TE, flash) and every position-embedding type.
 * the loop below (~60 lines) replaces ``TextGenerationController.
   generate_all_output_tokens_static_batch``, which does not serve RL rollouts: it has one budget
   and one termination id for the whole batch and no stop strings (so every action would run to
@@ -32,6 +33,7 @@ from typing import Sequence
 
 import torch
 
+from nemo_craft.parallel import mcore_compat
 from nemo_craft.parallel.cpu_mode import compute_device
 from nemo_craft.rollout.backend_common import generation_mode, sample_and_share
 from nemo_craft.rollout.stopping import StopCriteria
@@ -49,19 +51,14 @@ class StaticBackend:
         vocab_size: the tokenizer's vocabulary (logits beyond it are padding, never sampled).
         max_batch_size: rows per forward pass; larger batches are split.
         max_sequence_length: prompt plus generated tokens of one row, at most.
-        pp_microbatch_tokens: megatron's ``inference_batch_times_seqlen_threshold``: a pipeline-
-            parallel forward of more tokens than this is split into micro-batches (-1: never).
+        pp_microbatch_tokens: megatron-core 0.16's ``inference_batch_times_seqlen_threshold``: a
+            pipeline-parallel forward of more tokens than this is split into micro-batches (-1:
+            never; None: 512). Later versions never split, and refuse any value but None / -1.
     """
 
     def __init__(self, model_chunks: Sequence[torch.nn.Module], *, vocab_size: int, max_batch_size: int,
-                 max_sequence_length: int, pp_microbatch_tokens: int):
+                 max_sequence_length: int, pp_microbatch_tokens: int | None = None):
         from megatron.core.inference.contexts import StaticInferenceContext
-        from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import (
-            GPTInferenceWrapper,
-        )
-        from megatron.core.inference.model_inference_wrappers.inference_wrapper_config import (
-            InferenceWrapperConfig,
-        )
         from megatron.core.utils import get_model_config, unwrap_model
 
         if len(model_chunks) != 1:
@@ -78,17 +75,11 @@ class StaticBackend:
         self.vocab_size = vocab_size
         self.max_batch_size = max_batch_size
         self.max_sequence_length = max_sequence_length
-        wrapper_config = InferenceWrapperConfig(
-            hidden_size=self.config.hidden_size,
-            params_dtype=self.config.params_dtype,
-            inference_batch_times_seqlen_threshold=pp_microbatch_tokens,
-            padded_vocab_size=padded_vocab_size,
-            inference_max_requests=max_batch_size,
-            inference_max_seq_length=max_sequence_length,
-            fp32_residual_connection=self.config.fp32_residual_connection,
-        )
         self._context_cls = StaticInferenceContext
-        self.wrapper = GPTInferenceWrapper(self.model, wrapper_config, StaticInferenceContext(1, 1))
+        self.wrapper = mcore_compat.inference_wrapper(
+            self.model, StaticInferenceContext(1, 1), padded_vocab_size=padded_vocab_size,
+            max_batch_size=max_batch_size, max_sequence_length=max_sequence_length,
+            pp_microbatch_tokens=pp_microbatch_tokens)
 
     # -- public ------------------------------------------------------------------------------------
 

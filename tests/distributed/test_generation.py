@@ -87,14 +87,17 @@ def reference_greedy(chunks, prompt, steps, vocab_size):
 
 def greedy_and_sampling():
     """Greedy generation and the plain loop; top-k + top-p sampling twice with one seed and once
-    with another. max_batch_size=2 splits the 3 prompts into two passes; the small
-    pp_microbatch_tokens sends the PP prefill through megatron's micro-batched path."""
+    with another. max_batch_size=2 splits the 3 prompts into two passes; on megatron-core 0.16 the
+    small pp_microbatch_tokens sends the PP prefill through megatron's micro-batched path."""
+    from nemo_craft.parallel.mcore_compat import mcore_api
     from nemo_craft.rollout import GenerationConfig, Generator
 
     tok = CharTokenizer()
     chunks = tiny_model()
+    # megatron-core 0.17+ has no micro-batched prefill (and refuses the setting)
+    microbatch = 16 if mcore_api().pp_microbatched_prefill else None
     gen = Generator(chunks, tok, GenerationConfig(temperature=0.0, stop_strings=(), max_new_tokens=STEPS,
-                                                   max_batch_size=2, pp_microbatch_tokens=16))
+                                                   max_batch_size=2, pp_microbatch_tokens=microbatch))
     greedy = _plain(gen.generate(_prompts(tok)))
     training = chunks[0].training
     reference = [reference_greedy(chunks, p, STEPS, tok.vocab_size) for p in _prompts(tok)]

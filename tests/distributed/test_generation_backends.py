@@ -1,7 +1,9 @@
 """Backend choice with a real megatron model on this machine's layout, and megatron's dynamic
 context (the paged KV cache) built on CPU from the dynamic backend's settings: its block count,
-request and token limits are the ones the backend's own checks assume, and releasing it frees
-the cache. Running the dynamic engine needs a GPU (tests/gpu/test_dynamic_backend.py).
+request and token limits are the ones the backend's own checks assume, releasing it frees the
+cache (on every supported megatron-core: from 0.17 megatron's own release frees nothing unless
+the context was built to recompute), and building it again allocates a new one. Running the
+dynamic engine needs a GPU (tests/gpu/test_dynamic_backend.py).
 
 The rank bodies are the module-level functions without ``test_``."""
 
@@ -43,29 +45,58 @@ def chosen_backends():
     return out
 
 
+def _tensors_on(data_ptr: int) -> int:
+    """Live tensors whose storage starts at ``data_ptr`` (another view would keep it allocated)."""
+    import gc
+
+    count = 0
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.untyped_storage().data_ptr() == data_ptr:
+                count += 1
+        except Exception:  # noqa: BLE001 - tensors without storage (meta, sparse) hold nothing
+            pass
+    return count
+
+
 def dynamic_context(kv_cache_gb):
-    """megatron's dynamic context for the tiny bf16 model, against the backend's sizing."""
+    """megatron's dynamic context for the tiny bf16 model, against the backend's sizing; then
+    released as the backend does after each call (the KV cache freed: no tensor is left on its
+    storage), and built again (allocated anew)."""
+    import gc
+    import weakref
+
     from megatron.core import parallel_state as ps
 
     from types import SimpleNamespace
 
+    from nemo_craft.parallel.mcore_compat import kv_block_allocator, last_token_logits_only
     from nemo_craft.rollout.dynamic_backend import kv_block_bytes, kv_cache_blocks
     from nemo_craft.rollout.dynamic_engine_adapter import EngineSpec, build_context, release_kv_cache
 
     chunks = _tiny("bf16")
     tp = ps.get_tensor_model_parallel_world_size()
     spec = EngineSpec(max_sequence_length=512, kv_cache_gb=kv_cache_gb, max_requests=8, max_tokens=1024,
-                      cuda_graphs=False, pp_microbatch_tokens=512, padded_vocab_size=chunks[0].vocab_size,
+                      cuda_graphs=False, pp_microbatch_tokens=None, padded_vocab_size=chunks[0].vocab_size,
                       layers_on_stage=2)
     context = build_context(chunks[0], spec)
     ours = kv_cache_blocks(kv_cache_gb, kv_block_bytes(layers=2, kv_heads=2 // tp, head_dim=16, dtype_bytes=2))
-    out = dict(megatron_usable=context.block_allocator.total_count - 1, ours=ours,
+    out = dict(megatron_usable=kv_block_allocator(context).total_count - 1, ours=ours,
                block_tokens=context.block_size_tokens, limits=(context.max_requests, context.max_tokens,
                                                                 context.max_sequence_length),
-               last_token_only=context.materialize_only_last_token_logits, dtype=str(context.params_dtype),
+               last_token_only=last_token_logits_only(context), dtype=str(context.params_dtype),
                kv_shape=tuple(context.memory_buffer.shape))
+    kv_storage = context.memory_buffer.untyped_storage().data_ptr()
+    kv_ref = weakref.ref(context.memory_buffer)
     release_kv_cache(SimpleNamespace(context=context))  # what the backend does after each call
-    out["released"] = not hasattr(context, "memory_buffer")
+    gc.collect()
+    out["released"] = not hasattr(context, "memory_buffer") and kv_ref() is None and _tensors_on(kv_storage) == 0
+    again = build_context(chunks[0], spec)
+    out["reallocated"] = tuple(again.memory_buffer.shape) == out["kv_shape"]
+    release_kv_cache(SimpleNamespace(context=again))
+    # megatron-core 0.17+ pins host buffers of the context; the CPU mode leaves them pageable
+    out["pinning_is_harmless"] = not torch.empty(2, pin_memory=True).is_pinned() and \
+        torch.zeros(2).pin_memory().device.type == "cpu"
     return out
 
 
@@ -86,4 +117,5 @@ def test_megatrons_paged_kv_cache_has_the_blocks_the_backend_counts(tp):
         assert out["last_token_only"] and out["dtype"] == "torch.bfloat16"
         # [K/V, layers, blocks, block tokens, KV heads of this rank, head dim]
         assert out["kv_shape"] == (2, 2, out["ours"] + 1, 256, 2 // tp, 16)
-        assert out["released"]
+        assert out["released"], "the KV cache is still allocated after release_kv_cache"
+        assert out["reallocated"] and out["pinning_is_harmless"]

@@ -10,6 +10,7 @@ the TP2 cases also need two GPUs.
 * sampled: the same seed twice gives the same tokens, another seed others; each sampled token's
   log-prob is what a full forward of the model (no KV cache: the trainer's recomputation, and the
   static backend's prefill) gives it; the global and megatron's CUDA RNG states are untouched.
+* memory: the KV cache of a call is freed when the call returns.
 * fp32: flash-attn has no fp32 kernels, so ``auto`` builds the static backend and ``dynamic``
   is a ValueError naming the dtype.
 
@@ -33,6 +34,8 @@ PROMPTS = ["<|user|>push the box left<eos><|assistant|>", "<|user|>hi<eos><|assi
            "<|user|>a longer observation: ### . @ $ . ###<eos><|assistant|>"]
 BUDGETS = [12, 5, 20, 1, 16]
 TIE = 0.05
+KV_PROBE_GB = 0.25
+"""KV cache of the call whose memory must be freed afterwards: large beside everything else a call keeps."""
 """|log p| difference allowed between two backends' picks where they differ, and between log-probs."""
 
 
@@ -113,7 +116,26 @@ def static_and_dynamic():
     out["other"] = _plain(dynamic.generate(prompts, max_new_tokens=BUDGETS, seed=8, config=sampling))
     out["forced"] = [forced_logprobs(chunks[0], p, r[0], tok.vocab_size) for p, r in zip(prompts, out["first"])]
     out["training"] = chunks[0].training
+    out["kept_bytes"] = _bytes_kept_by_a_call(chunks, tok, prompts, {**common, "kv_cache_gb": KV_PROBE_GB})
     return out
+
+
+def _bytes_kept_by_a_call(chunks, tok, prompts, settings):
+    """CUDA memory still allocated after one dynamic generate call beyond what was before it: the
+    KV cache must be freed between rollout and training (megatron-core 0.17+ frees nothing under
+    its default kv_cache_management_mode; mcore_compat builds the context to recompute)."""
+    import gc
+
+    from nemo_craft.rollout import GenerationConfig, Generator
+
+    generator = Generator(chunks, tok, GenerationConfig(backend="dynamic", **settings))
+    gc.collect()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    generator.generate(prompts[:1], max_new_tokens=[2])
+    gc.collect()
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated() - before
 
 
 def fp32_choice():
@@ -163,6 +185,7 @@ def test_dynamic_backend_matches_static_greedy_and_samples_reproducibly(tp):
     for (_, logps, _, _), forced in zip(out["first"], out["forced"]):
         assert logps == pytest.approx(forced, abs=TIE)
     assert out["training"], "generation must give the model back in train mode"
+    assert out["kept_bytes"] < KV_PROBE_GB * 1024**3 / 8, f"{out['kept_bytes']} bytes stay allocated after a call"
 
 
 def test_fp32_models_fall_back_to_static_and_dynamic_names_the_dtype():
