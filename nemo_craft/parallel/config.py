@@ -90,6 +90,17 @@ class ParallelConfig:
         if self.overlap_param_gather and not self.use_distributed_optimizer:
             raise ValueError("parallel.overlap_param_gather=true needs use_distributed_optimizer=true")
 
+    def generation_problem(self) -> Optional[str]:
+        """Why rollouts cannot run on this layout (None when they can). megatron's inference
+        engines take one model chunk per rank, so virtual pipeline stages cannot generate; the
+        RL trainer and the evaluator generate, so they refuse such a layout before any process
+        group exists."""
+        vpp = self.virtual_pipeline_model_parallel_size
+        if vpp is not None and vpp > 1:
+            return (f"parallel.virtual_pipeline_model_parallel_size={vpp}: rollouts run megatron's inference engines, "
+                    "which take one model chunk per rank; allowed: null (plain 1F1B pipeline, e.g. parallel=tp8_pp4)")
+        return None
+
     def recompute_kwargs(self) -> dict:
         """The TransformerConfig fields of the recompute settings (empty when off)."""
         if self.recompute_granularity is None:

@@ -150,8 +150,6 @@ class CheckpointManager:
         swapped into the modules and saved as their sharded state in ``reference/``. Raises
         :class:`CheckpointSaveError` on every rank if any rank failed; the previous checkpoint
         then stays the latest and no ``step_<n>/`` directory appears."""
-        from megatron.core import dist_checkpointing
-
         if self.config.dir is None:
             raise ValueError("CheckpointManager.save: checkpoint.dir is not set")
         root = Path(self.config.dir)
@@ -164,10 +162,7 @@ class CheckpointManager:
         # write a checkpoint it cannot load back; such a checkpoint holds no optimizer instead.
         with_optimizer = _any_rank(optimizer is not None and _optimizer_has_state(optimizer))
         try:
-            sharded = build_sharded_state_dict(model_chunks, optimizer if with_optimizer else None,
-                                               SHARDED_STATE_METADATA, is_loading=False)
-            dist_checkpointing.save(sharded, str(tmp / DIST_DIR), sharded_strategy=self._save_strategy_for(DIST_DIR),
-                                    content_metadata=dict(SHARDED_STATE_METADATA))
+            self._save_sharded(tmp / DIST_DIR, model_chunks, optimizer if with_optimizer else None)
             lend = self._reference_to_link(reference)
             if lend is not None:
                 # pi_ref does not change during a run: its files are those of the last checkpoint
@@ -175,10 +170,7 @@ class CheckpointManager:
                               f"linking pi_ref from {lend}")
             elif reference is not None:
                 with reference.swapped_in(model_chunks):
-                    sharded = build_sharded_state_dict(model_chunks, None, SHARDED_STATE_METADATA, is_loading=False)
-                    dist_checkpointing.save(sharded, str(tmp / REFERENCE_DIR),
-                                            sharded_strategy=self._save_strategy_for(REFERENCE_DIR),
-                                            content_metadata=dict(SHARDED_STATE_METADATA))
+                    self._save_sharded(tmp / REFERENCE_DIR, model_chunks, None)
         except Exception as err:
             raise CheckpointSaveError(f"saving checkpoint step {step} to '{tmp}' failed in dist_checkpointing: "
                                       f"{err!r}; the previous checkpoint stays the latest") from err
@@ -195,6 +187,13 @@ class CheckpointManager:
             self._reference_files = (reference.token, final / REFERENCE_DIR)
         logger.info("saved checkpoint %s", final)
         return final
+
+    def _save_sharded(self, directory: Path, model_chunks, optimizer) -> None:
+        from megatron.core import dist_checkpointing
+
+        sharded = build_sharded_state_dict(model_chunks, optimizer, SHARDED_STATE_METADATA, is_loading=False)
+        dist_checkpointing.save(sharded, str(directory), sharded_strategy=self._save_strategy_for(directory.name),
+                                content_metadata=dict(SHARDED_STATE_METADATA))
 
     def _reference_to_link(self, reference) -> Optional[Path]:
         """The published ``reference/`` holding this very pi_ref, if any (the same on every rank)."""

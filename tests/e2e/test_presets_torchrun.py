@@ -22,8 +22,6 @@ LAYOUTS = {
     "tp2_pp2": (4, ["parallel=tp8_pp2", "parallel.tensor_model_parallel_size=2"]),
     "pp2": (2, ["parallel=tp8_pp2", "parallel.tensor_model_parallel_size=1", "parallel.sequence_parallel=false"]),
     "dp2": (2, ["parallel=dp"]),
-    "pp2_vpp2": (2, ["parallel=tp8_pp4_vpp2", "parallel.tensor_model_parallel_size=1",
-                     "parallel.pipeline_model_parallel_size=2", "parallel.sequence_parallel=false"]),
 }
 # CI runs one layout (TP and PP at once, then TP1); the rest are `slow`. The dp preset's
 # distributed optimizer and overlaps run in CI through the overlap test below.

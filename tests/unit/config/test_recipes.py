@@ -73,10 +73,12 @@ def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
     ("rollout.top_p=0.9", "rollout.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
     ("rollout.top_k=5", "rollout.top_k=5"),
     ("rollout.temperature=0", "rollout.temperature=0.*must sample"),
+    ("parallel.pipeline_model_parallel_size=2 parallel.virtual_pipeline_model_parallel_size=2",
+     "virtual_pipeline_model_parallel_size=2: rollouts run megatron's inference engines"),
 ])
 def test_values_that_cannot_work_are_refused_before_any_process_group(override, message, monkeypatch):
     with pytest.raises(ValueError, match=message):
-        _trainer([override], 1, monkeypatch)
+        _trainer(override.split(), 2, monkeypatch)
 
 
 def test_validation_may_truncate_its_sampling(monkeypatch):
