@@ -12,7 +12,7 @@ Each run is ``nemo-craft train`` in a subprocess with its own ``run_dir``
 (``<out_dir>/runs/<env>/<model>/<method>/seed<k>``, its output in ``train.log`` there) and
 ``checkpoint.resume=auto``, so an interrupted run resumes; a finished run (its ``done.json``, or a
 checkpoint at its last step) is skipped. The results go to ``<out_dir>/results/``:
-``results.csv``, ``results.md`` (SPEC.md section 8's table, mean ± std over seeds),
+``results.csv``, ``results.md`` (the paper's table, docs/algorithm.md#the-papers-evaluation, mean ± std over seeds),
 ``curves_<env>.png`` and ``ablation.png``.
 """
 

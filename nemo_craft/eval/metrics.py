@@ -1,4 +1,4 @@
-"""The metrics each environment reports in the paper (SPEC.md section 8), and the summary of
+"""The metrics each environment reports in the paper (docs/algorithm.md#the-papers-evaluation), and the summary of
 one evaluation.
 
 The paper's cell for a model is "ALFWorld avg / Search-QA avg / WebShop score / WebShop

@@ -1,5 +1,5 @@
 """A sweep's results: each finished run's final validation metrics (from its ``metrics.jsonl``),
-mean ± standard deviation over seeds, as one table in SPEC.md section 8's format.
+mean ± standard deviation over seeds, as one table in the paper's format (docs/algorithm.md#the-papers-evaluation).
 
     results = collect(spec)                   # RunResult per run of the spec
     stats = aggregate(results, spec)          # CellStat per (env, model, method, paper metric)
@@ -148,7 +148,8 @@ def _cell(stats: list[CellStat], n_seeds: int) -> str:
 
 
 def markdown_table(stats: Sequence[CellStat], spec: SweepSpec, finished: Optional[int] = None) -> str:
-    """The SPEC.md section 8 table: a row per method, a column per model, "mean ± std" cells."""
+    """The paper's table (docs/algorithm.md#the-papers-evaluation): a row per method, a column per
+    model, "mean ± std" cells."""
     labels = [m.label for env in spec.envs for m in paper_metrics(env)]
     n_seeds = len(spec.seeds)
     head = (f"Cells: {' / '.join(labels)} (%, final validation, mean ± std over {n_seeds} seed"

@@ -1,4 +1,4 @@
-"""The loss library of SPEC.md sections 2-7: GRPO, SDAR, CRAFT's pillars and related methods.
+"""The loss library of docs/algorithm.md: GRPO, SDAR, CRAFT's pillars and related methods.
 
     cfg = LossConfig.preset("craft")
     batch = compute_credits(TokenBatch(...), cfg, dp_group=None)

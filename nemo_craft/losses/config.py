@@ -1,9 +1,9 @@
-"""One config for every method of SPEC.md: a method is a preset of ``LossConfig``.
+"""One config for every method of docs/algorithm.md: a method is a preset of ``LossConfig``.
 
     cfg = LossConfig.preset("craft")                     # SDAR + the three pillars
     cfg = LossConfig.preset("craft", counterfactual=False)  # an ablation: Pillar 1 off
 
-Every constant of SPEC.md sections 2-4 is a field with its SPEC symbol in the docstring.
+Every constant of docs/algorithm.md is a field with its symbol there in the docstring.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ADVANTAGE_SHAPINGS = ("none", "rlsd")
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The policy loss of SPEC.md sections 2-4 and the switches of section 5.
+    """The policy loss of docs/algorithm.md and its switches (docs/algorithm.md#the-switch-contract).
 
     Defaults are SDAR's (the baseline of every comparison); presets change a few fields.
     """
@@ -161,7 +161,7 @@ PRESETS: dict[str, dict] = {
     "adaptive_cringe": dict(distill="cringe", controller=True),
     "craft": dict(counterfactual=True, controller=True, polarized_kl=True),
 }
-"""SPEC.md's methods as overrides of the SDAR defaults."""
+"""The methods (docs/algorithm.md#presets) as overrides of the SDAR defaults."""
 
 
 def _check_choice(name: str, value, allowed) -> None:

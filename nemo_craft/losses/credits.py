@@ -30,7 +30,8 @@ def gate_from_delta(delta: torch.Tensor, gate_beta: float) -> torch.Tensor:
 
 def grpo_advantages(rewards_B: torch.Tensor, group_ids_B: torch.Tensor, *, eps: float = 1e-6,
                     dp_group=None) -> tuple[torch.Tensor, int]:
-    """A_i = (R_i - mean_j R_j) / (std_unbiased_j R_j + eps) over each group's siblings (SPEC 2).
+    """A_i = (R_i - mean_j R_j) / (std_unbiased_j R_j + eps) over each group's siblings
+    (docs/algorithm.md#group-advantage-grpo).
 
     Siblings on other DP ranks are included. A group with one sibling has no std: its A is 0.
     Returns (advantages [B] float32, number of one-sibling groups in the whole step).
@@ -49,7 +50,8 @@ def grpo_advantages(rewards_B: torch.Tensor, group_ids_B: torch.Tensor, *, eps: 
 def counterfactual_token_importance(delta_BS, advantages_B, mask_BS, group_ids_B, turn_ids_BS,
                                     pos_in_turn_BS, *, align: str = "turn_position",
                                     clip: float = 5.0, tau: float = 1.0, dp_group=None):
-    """CTI of SPEC 4, Pillar 1, with leave-one-out by subtraction.
+    """CTI of Pillar 1 (docs/algorithm.md#pillar-1-counterfactual-credit-from-siblings), with
+    leave-one-out by subtraction.
 
         w_j = exp(clamp(Delta_j, -C, C) / tau)
         CTI_i = sum_{j != i} m_j w_j A_j / sum_{j != i} m_j w_j - A_i

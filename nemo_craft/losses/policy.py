@@ -6,7 +6,7 @@ micro-batch.
     L = token_mean(L_pg + L_ent + L_kl + L_sd)
 
 in that order, each term a function of ``terms``. A switch that is off skips its code with a
-Python ``if`` and leaves the operations of the others unchanged (SPEC.md section 5), so the
+Python ``if`` and leaves the operations of the others unchanged (docs/algorithm.md#the-switch-contract), so the
 loss and its gradient are bit-identical to the method without that pillar:
 
 - Pillar 1 (counterfactual) lives in ``compute_credits``: the loss reads ``batch.credit``,

@@ -1,11 +1,11 @@
-"""The loss terms of SPEC.md sections 3-4, over per-token log-probs; none sees parallelism.
+"""The loss terms of docs/algorithm.md, over per-token log-probs; none sees parallelism.
 
 Shape letter: N valid (action) tokens, flattened. Every input is [N]; ``logp`` (and CRINGE's
 logits) carry the gradient, everything else is detached. Each term returns the per-token loss
 [N] and declares its reduction (``fn.reduction``): all are "token_mean", i.e. summed over the
 step's valid tokens and divided by the global valid-token count by ``policy_loss``.
 
-The order of operations inside each function is part of the contract: SPEC.md section 5 asks
+The order of operations inside each function is part of the contract: docs/algorithm.md#the-switch-contract asks
 for bit-identical losses with a pillar switched off, and each switch selects a whole function
 (never a blend), so a term's arithmetic must not change between methods.
 """

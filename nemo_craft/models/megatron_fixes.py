@@ -1,5 +1,5 @@
 """Two megatron-core 0.16 settings that give wrong numbers, without an error, when left at their
-defaults (MEGATRON_NOTES.md). Applied by the provider on every machine, GPUs included: the bugs
+defaults (docs/megatron_notes.md). Applied by the provider on every machine, GPUs included: the bugs
 are in megatron-core's schedules and gradient finalisation, not in the CPU mode.
 """
 

@@ -1,7 +1,7 @@
 """RMSNorm for megatron-core's local (no Transformer Engine, no apex) spec.
 
 megatron-core's fallback ``WrappedTorchNorm`` asserts that sequence parallel is off
-(MEGATRON_NOTES.md, bug 2). :class:`RMSNorm` is a plain module that works either way: under
+(docs/megatron_notes.md, bug 2). :class:`RMSNorm` is a plain module that works either way: under
 sequence parallel each TP rank normalises its own slice of the sequence, so the weight's
 gradient on a rank covers only those tokens; the weight is marked ``sequence_parallel=True``
 and megatron's ``finalize_model_grads`` all-reduces such gradients over the TP group (the

@@ -18,7 +18,7 @@ class OptimConfig:
     """Adam with decoupled weight decay, gradient clipping and a cosine lr schedule."""
 
     lr: float = 1e-6
-    """Peak learning rate (SPEC.md section 8 uses 1e-6 for the paper's models)."""
+    """Peak learning rate (the paper uses 1e-6 for its models: docs/algorithm.md#the-papers-evaluation)."""
     min_lr: float = 0.0
     """Learning rate at the end of the cosine decay."""
     lr_warmup_steps: int = 0

@@ -1,5 +1,5 @@
-"""megatron-core 0.16.1 bug 3 (MEGATRON_NOTES.md): resuming the distributed optimizer with
-torch's Adam/AdamW from a ``fully_reshardable`` checkpoint.
+"""megatron-core 0.16.1 bug 3: resuming the distributed optimizer with torch's Adam/AdamW from a
+``fully_reshardable`` checkpoint (docs/megatron_notes.md#3-resuming-the-distributed-optimizer-without-te-or-apex).
 
 When neither Transformer Engine nor apex is importable, ``megatron.core.optimizer`` builds
 ``torch.optim.Adam``/``AdamW`` (``USING_PYTORCH_OPTIMIZER``) and ``distrib_optimizer.py`` takes

@@ -19,8 +19,9 @@ megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * T
 rows (zero weights after an import) would otherwise add exp(0) terms that Hugging Face's model
 does not have. They get a finite -1e30 rather than -inf, so that exp gives 0 and 0 * z stays 0.
 
-The all-reduced normaliser never enters autograd (MEGATRON_NOTES item 6): the gradient
-d/dz_v of log p_y is 1[v = y] - p_v and of H is -p_v (log p_v + H), both computed locally.
+The all-reduced normaliser never enters autograd
+(docs/megatron_notes.md#hand-written-vocabulary-parallel-statistics): the gradient d/dz_v of
+log p_y is 1[v = y] - p_v and of H is -p_v (log p_v + H), both computed locally.
 """
 
 from __future__ import annotations

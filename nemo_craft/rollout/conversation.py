@@ -13,7 +13,7 @@ trained, and the context each action was sampled in is exactly the prefix before
   does not depend on what earlier turns contain (Qwen3's template rewrites older assistant
   turns, which would break a diff of whole-conversation renders).
 
-The teacher's sequence (SPEC.md section 1) is the same sequence with a different prompt: the
+The teacher's sequence (docs/algorithm.md#notation-and-setting) is the same sequence with a different prompt: the
 privileged context as a system message; every later token is shared, so student token s sits at
 teacher position s + (teacher prompt length - student prompt length).
 """

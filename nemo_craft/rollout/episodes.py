@@ -55,7 +55,7 @@ class RolloutConfig:
     max_tokens_per_episode: int = 4096
     """Budget of all actions of an episode together; the episode ends when it is spent."""
     val_temperature: float = 0.4
-    """Sampling temperature of validation rollouts (SPEC.md section 8)."""
+    """Sampling temperature of validation rollouts (docs/algorithm.md#the-papers-evaluation)."""
     val_top_p: float = 1.0
     """Nucleus sampling of validation and evaluation rollouts (1.0: off)."""
     val_top_k: int = 0

@@ -53,7 +53,7 @@ class GenerationConfig:
     """Keep the k most likely tokens (0: off); combined with top_p, top-k applies first."""
     max_new_tokens: int = 512
     """Default token budget of one generation (one turn's action) when ``generate`` is given
-    none; SPEC.md section 8 uses 512."""
+    none; the paper uses 512 (docs/algorithm.md#the-papers-evaluation)."""
     stop_strings: tuple[str, ...] = ("</action>",)
     """A row ends as soon as its text contains one of these (the completing token is kept)."""
     stop_token_ids: tuple[int, ...] = ()

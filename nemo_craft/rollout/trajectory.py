@@ -1,4 +1,4 @@
-"""Trajectories (one token sequence each, SPEC.md section 1) and their padded tensors.
+"""Trajectories (one token sequence each, docs/algorithm.md#notation-and-setting) and their padded tensors.
 
 Shape letters: B trajectories, S positions of the student sequence (padded), T positions of the
 teacher sequence (padded).

@@ -1,4 +1,5 @@
-"""Experience: trajectories -> the step's detached per-token tensors (SPEC.md section 1).
+"""Experience: trajectories -> the step's detached per-token tensors
+(docs/algorithm.md#notation-and-setting).
 
     exp = make_experience(model, reference, trajectories, loss_cfg, ...)
 

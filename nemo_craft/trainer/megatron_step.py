@@ -8,8 +8,8 @@ a 2-tuple ``(loss, metrics)`` is multiplied by ``cp_size / num_microbatches``; a
 * training uses the 3-tuple with ``calculate_per_token_loss=True``: a micro-batch returns the
   *sum* of its per-token losses and its number of valid tokens; DDP then sums gradients over
   data parallel (scaling factor 1) and ``finalize_model_grads`` divides them by the global token
-  count (all-reduced over DP x CP), which is exactly SPEC.md's ``token_mean`` whatever the split
-  into ranks and micro-batches;
+  count (all-reduced over DP x CP), which is exactly ``token_mean``
+  (docs/algorithm.md#sdar-the-baseline-loss) whatever the split into ranks and micro-batches;
 * forward-only passes (old / teacher / reference log-probs) return per-token values in the
   metrics dict and a zero loss, and are broadcast from the last pipeline stage to the others.
 

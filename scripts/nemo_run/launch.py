@@ -1,7 +1,7 @@
 """Submit a nemo_craft training run to SLURM with NeMo-Run (the alternative to train.sbatch).
 
     python scripts/nemo_run/launch.py --account ACC --partition batch --nodes 2 \\
-        --container-image /shared/containers/nemo_craft.sqsh --mount /lustre/ckpt:/lustre/ckpt \\
+        --container-image /lustre/containers/nemo_craft.sqsh --mount /lustre/ckpt:/lustre/ckpt \\
         -- +recipe=qwen3_8b_2nodes env=search_qa method=craft
 
 Runs ``torchrun ... -m nemo_craft train checkpoint.resume=auto <overrides>`` on every node in

@@ -1,4 +1,4 @@
-"""Generation with the megatron model on parallel layouts (issue 4): greedy equals a plain
+"""Generation with the megatron model on parallel layouts: greedy equals a plain
 no-KV-cache loop; seeded sampling is reproducible and identical on every rank; stop tokens,
 stop strings and budgets; training after generation; a Sokoban rollout under TP2 + SP.
 

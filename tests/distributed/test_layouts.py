@@ -1,5 +1,5 @@
 """One model, one batch, every parallel layout: loss, gradient and the updated model agree with
-TP1 (issue 2 item 7), and the same layout run twice is bit-identical."""
+TP1 (docs/algorithm.md#parallelism-contract), and the same layout run twice is bit-identical."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """Sibling statistics and credits bit-identical for DP 1, 2, 4 and any micro-batch split; the
 policy loss at TP=2 x DP=2 equal to one process to float32 rounding, with the switch-off
-bit-identity of SPEC.md section 5 holding on that layout too."""
+bit-identity of docs/algorithm.md#the-switch-contract holding on that layout too."""
 
 import dataclasses
 

@@ -1,6 +1,6 @@
-"""Straightforward (slow, float64, loop-based) implementations of SPEC.md, for the tests.
+"""Straightforward (slow, float64, loop-based) implementations of docs/algorithm.md, for the tests.
 
-Written from the SPEC formulas, not from the library: no chunking, no sibling tables, no
+Written from the formulas, not from the library: no chunking, no sibling tables, no
 vocabulary sharding, per-token Python loops where that is the plainest statement.
 """
 
@@ -129,7 +129,7 @@ def ref_token_stats(logits, targets):
 
 
 def ref_loss(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, cringe_pos=None):
-    """SPEC section 3-4 loss in float64, token by token. ``credit``: [B, S] c per token."""
+    """The SDAR / CRAFT loss in float64, token by token. ``credit``: [B, S] c per token."""
     logp_all, ent_all = ref_token_stats(logits, targets)
     z64 = logits.double()
     mask = batch.loss_mask

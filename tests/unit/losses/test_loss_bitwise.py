@@ -1,4 +1,4 @@
-"""SPEC.md section 5: a switch that is off gives the loss and gradient of the method without
+"""docs/algorithm.md#the-switch-contract: a switch that is off gives the loss and gradient of the method without
 that pillar, bit for bit (raw bits compared), in float32 and bf16; all off is SDAR."""
 
 import dataclasses

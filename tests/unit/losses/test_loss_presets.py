@@ -1,4 +1,4 @@
-"""Every preset's loss and gradient against the float64 token-by-token reference of SPEC.md."""
+"""Every preset's loss and gradient against the float64 token-by-token reference of docs/algorithm.md."""
 
 import pytest
 import torch

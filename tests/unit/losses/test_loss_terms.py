@@ -1,4 +1,4 @@
-"""Each term function against its SPEC.md formula, on hand-picked tokens."""
+"""Each term function against its formula in docs/algorithm.md, on hand-picked tokens."""
 
 import math
 

@@ -1,6 +1,7 @@
-"""SPEC.md section 6 on a synthetic K-armed bandit: CTI's self-normalised importance-sampling
-estimate of E_pi~[A] is consistent, within the Agapiou et al. (2017) MSE and bias bounds, and
-agrees in sign with the exact counterfactual change more often as G grows.
+"""docs/algorithm.md#what-the-theory-promises-as-tests on a synthetic K-armed bandit: CTI's
+self-normalised importance-sampling estimate of E_pi~[A] is consistent, within the Agapiou et al.
+(2017) MSE and bias bounds, and agrees in sign with the exact counterfactual change more often as
+G grows.
 
 pi_theta and the teacher pi_T are known; the tilted policy is
 pi~ proportional to pi_theta^(1 - 1/tau) * pi_T^(1/tau). The teacher likes two arms that are bad.

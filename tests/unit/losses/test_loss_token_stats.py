@@ -147,8 +147,9 @@ def _peak_bytes(fn):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_loss_memory_stays_within_a_quarter_above_the_logits(dtype):
-    """SPEC 7 / the memory target: forward + backward of the loss hold the logits' gradient plus
-    two float32 chunk buffers, at most 1.25x the logits for 4k tokens (naive: about 5x)."""
+    """docs/algorithm.md#parallelism-contract / the memory target: forward + backward of the loss
+    hold the logits' gradient plus two float32 chunk buffers, at most 1.25x the logits for 4k
+    tokens (naive: about 5x)."""
     from nemo_craft.losses import LossConfig, compute_credits, policy_loss
     from tests.unit.losses._reference import make_batch
 

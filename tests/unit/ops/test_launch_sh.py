@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[3]
 LAUNCH = REPO / "scripts" / "slurm" / "launch.sh"
 
 SLURM = dict(SLURM_JOB_ID="4242", SLURM_NNODES="4", SLURM_NODEID="2", SLURM_RESTART_COUNT="1",
-             SLURM_GPUS_ON_NODE="8", MASTER_ADDR="gpu-node-007", MASTER_PORT="24242", LOG_DIR="/shared/logs/4242")
+             SLURM_GPUS_ON_NODE="8", MASTER_ADDR="gpu-node-007", MASTER_PORT="24242", LOG_DIR="/lustre/logs/4242")
 
 
 def _launch(env: dict, *overrides: str, path_prepend: Path | None = None) -> subprocess.CompletedProcess:
@@ -31,7 +31,7 @@ def test_dry_run_prints_the_exact_torchrun_command():
     assert out.stdout == (
         "torchrun --nnodes=4 --nproc-per-node=8 --node-rank=2 --rdzv-backend=c10d "
         "--rdzv-endpoint=gpu-node-007:24242 --rdzv-id=4242 --max-restarts=0 "
-        "--log-dir=/shared/logs/4242/attempt1/node2 --redirects=3 --tee=3 "
+        "--log-dir=/lustre/logs/4242/attempt1/node2 --redirects=3 --tee=3 "
         "-m nemo_craft train checkpoint.resume=auto +recipe=qwen2p5_72b_4nodes env=search_qa method=craft\n")
 
 
