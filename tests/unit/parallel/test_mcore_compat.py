@@ -191,3 +191,30 @@ def test_ci_runs_on_the_megatron_core_series_the_job_names():
     expected = os.environ["NEMO_CRAFT_EXPECT_MEGATRON"]
     installed = mcore_compat.installed_version()
     assert installed.startswith(expected + "."), f"this job is for megatron-core {expected}, pip installed {installed}"
+
+
+def test_the_sampler_hook_gives_our_sampler_the_active_rows_and_keeps_its_tokens():
+    """The hook of the installed version, called as megatron's step calls it."""
+    api = mcore_compat.mcore_api()
+    cls = mcore_compat.sampling_controller_class()
+    controller = cls.__new__(cls)  # megatron's __init__ needs a model; the hook needs none of it
+    context = types.SimpleNamespace(total_request_count=5, paused_request_count=2)  # 3 active rows
+    controller.inference_wrapped_model = types.SimpleNamespace(inference_context=context)
+    controller._sampled_tokens_cuda = None if api.sampler_rebinds_tokens else torch.full((8,), -1)
+    logits = torch.arange(4 * 6, dtype=torch.float32).reshape(1, 4, 6)  # [1, rows with padding, V']
+    seen = []
+
+    def sample(logits_NV, n):
+        seen.append((logits_NV.clone(), n))
+        return torch.tensor([3, 1, 4])
+
+    controller.nemo_craft_sample = sample
+    if api.sampler_takes_logits:
+        controller._dynamic_step_sample_bookkeeping()
+        controller._dynamic_step_sample_logits(logits)
+    else:
+        controller._all_logits_cuda = logits
+        controller._dynamic_step_sample_logits()
+    (logits_NV, n), = seen
+    assert n == 3 and torch.equal(logits_NV, logits[0, :3])
+    assert controller._sampled_tokens_cuda[:3].tolist() == [3, 1, 4]
