@@ -144,7 +144,7 @@ class GenerationResult:
     token_ids: list[int]
     """The sampled tokens (a final EOS / stop token included)."""
     logprobs: list[float]
-    """log pi(token) under the model (raw logits, temperature 1), one per token."""
+    """log pi(token) under the sampling temperature's softmax (raw logits when greedy), one per token."""
     finish_reason: str
     """"eos", "stop" (a stop string) or "length" (the budget); see ``stopping.FINISH_REASONS``."""
     text: str = ""
