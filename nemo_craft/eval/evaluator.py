@@ -86,8 +86,7 @@ class Evaluator:
 
         self.cfg = cfg
         self.run_cfg = RunConfig.from_omegaconf(cfg)
-        if self.run_cfg.parallel.generation_problem():
-            raise ValueError(self.run_cfg.parallel.generation_problem())
+        self.run_cfg.parallel.check_generation()
         self.tcfg = to_dataclass(TrainerConfig, cfg.trainer, "trainer")
         self.split = split_spec(self.run_cfg.env_name, split)
         self.n_tasks = int(n_tasks if n_tasks is not None else self.tcfg.val_tasks)

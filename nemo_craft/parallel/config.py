@@ -101,6 +101,12 @@ class ParallelConfig:
                     "which take one model chunk per rank; allowed: null (plain 1F1B pipeline, e.g. parallel=tp8_pp4)")
         return None
 
+    def check_generation(self) -> None:
+        """Raise :meth:`generation_problem` as a ValueError, if there is one."""
+        problem = self.generation_problem()
+        if problem:
+            raise ValueError(problem)
+
     def recompute_kwargs(self) -> dict:
         """The TransformerConfig fields of the recompute settings (empty when off)."""
         if self.recompute_granularity is None:

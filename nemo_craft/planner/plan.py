@@ -282,8 +282,9 @@ def make_plan(model, parallel, cluster: ClusterConfig, workload: Workload, *, mo
 
         plan.total_params = sum(s.model_share(1) for s in estimate_stages(model, ParallelConfig()))
         plan.counted_vocab = model.padded_vocab_size(1)
-    if parallel.generation_problem():  # planned all the same: the memory of such a layout is still worth seeing
-        plan.problems.append(parallel.generation_problem())
+    problem = parallel.generation_problem()
+    if problem:  # planned all the same: the memory of such a layout is still worth seeing
+        plan.problems.append(problem)
     if plan.problems and suggest:
         plan.suggestion = fit_layout(model, parallel, cluster, workload)
         if plan.suggestion is None:

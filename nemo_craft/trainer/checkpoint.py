@@ -249,7 +249,8 @@ class CheckpointManager:
         meta = json.loads((info.path / META_JSON).read_text())
         if optimizer is not None and not meta["optimizer"]:
             optimizer = None  # saved before the first step: a fresh optimizer is the saved state
-        if optimizer is not None and meta.get("distributed_optimizer", _is_distributed(optimizer)) != _is_distributed(optimizer):
+        kind = optimizer is not None and _is_distributed(optimizer)
+        if optimizer is not None and meta.get("distributed_optimizer", kind) != kind:
             saved = str(meta["distributed_optimizer"]).lower()
             raise ValueError(f"checkpoint '{info.path}' holds the optimizer state of parallel.use_distributed_optimizer="
                              f"{saved}; resume with parallel.use_distributed_optimizer={saved} (at any TP / PP / DP)")

@@ -88,8 +88,7 @@ class CraftTrainer:
         self.rollout_cfg.check_trainable()
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.run.model.validate_layout(self.run.parallel)
-        if self.run.parallel.generation_problem():
-            raise ValueError(self.run.parallel.generation_problem())
+        self.run.parallel.check_generation()
         self.dp_size = self.run.parallel.data_parallel_size(world_size)
         self._check_batch_layout()
         self._init_method = init_method
