@@ -28,6 +28,7 @@ from nemo_craft.envs.pool import EnvPool, EnvResult, PoolConfig
 from nemo_craft.rollout.conversation import ChatFormat
 from nemo_craft.rollout.generation import BACKENDS, GenerationConfig, GenerationResult
 from nemo_craft.rollout.trajectory import Trajectory, TurnRecord
+from nemo_craft.seeds import turn_sampling_seed
 
 __all__ = ["RolloutConfig", "EpisodeRunner", "Policy"]
 
@@ -264,7 +265,7 @@ def _turn_seed(seed: int, turn: int) -> int:
         from megatron.core import parallel_state as ps
 
         dp_rank = ps.get_data_parallel_rank() if ps.model_parallel_is_initialized() else 0
-    return ((int(seed) * 1_000_003 + dp_rank) * 1_000_033 + turn) % (2**63)
+    return turn_sampling_seed(seed, dp_rank, turn)
 
 
 class _EnvDriver:
