@@ -16,7 +16,8 @@ import torch
 
 from nemo_craft.losses.batch import TokenBatch
 from nemo_craft.losses.config import LossConfig
-from nemo_craft.parallel.sibling_stats import all_reduce_sum, gather_table, sibling_sums
+from nemo_craft.parallel.reductions import reduce_named
+from nemo_craft.parallel.sibling_stats import gather_table, sibling_sums
 
 __all__ = ["compute_credits", "grpo_advantages", "counterfactual_token_importance", "gate_from_delta"]
 
@@ -119,7 +120,7 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
     gate = gate_from_delta(delta, cfg.gate_beta)
     cti = None
     credit = gate
-    extra = []
+    counts = {}
     if cfg.counterfactual:
         cti64, defined, ess = counterfactual_token_importance(
             delta, adv, mask, batch.group_ids, batch.turn_ids, batch.pos_in_turn,
@@ -128,23 +129,25 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
         credit = gate.clone()
         credit[defined] = gate[defined] * torch.tanh(cti64[defined] / cfg.cti_kappa).float()
         n_defined = defined.sum()
-        extra = [cti64[defined].abs().sum(), ess[defined].sum(), n_defined, mask.sum() - n_defined]
+        counts = {"abs_cti": cti64[defined].abs().sum(), "ess": ess[defined].sum(), "defined": n_defined,
+                  "fallback": mask.sum() - n_defined}
     valid_credit = credit[mask]
-    local = torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in [
-        mask.sum(), (delta[mask] > 0).sum(), (valid_credit > 0).sum(), (valid_credit < 0).sum(), *extra]])
-    total = all_reduce_sum(local, dp_group).tolist()
-    n_tokens = int(total[0])
+    counts.update(tokens=mask.sum(), gate_on=(delta[mask] > 0).sum(), pos_credit=(valid_credit > 0).sum(),
+                  neg_credit=(valid_credit < 0).sum())
+    total = reduce_named(counts, dp_group, device=mask.device)
+    n_tokens = int(total["tokens"])
     per_token = 1.0 / max(n_tokens, 1)
     stats = {
         "num_tokens": n_tokens,
-        "gate_activity": total[1] * per_token,
-        "frac_pos_credit": total[2] * per_token,
-        "frac_neg_credit": total[3] * per_token,
+        "gate_activity": total["gate_on"] * per_token,
+        "frac_pos_credit": total["pos_credit"] * per_token,
+        "frac_neg_credit": total["neg_credit"] * per_token,
         "n_singleton_groups": n_singleton,
     }
     if cfg.counterfactual:
-        n_def = max(total[6], 1.0)
-        stats.update(mean_abs_cti=total[4] / n_def, ess=total[5] / n_def, n_fallback_tokens=int(total[7]))
+        n_def = max(total["defined"], 1.0)
+        stats.update(mean_abs_cti=total["abs_cti"] / n_def, ess=total["ess"] / n_def,
+                     n_fallback_tokens=int(total["fallback"]))
     return dataclasses.replace(batch, advantages=adv, delta=delta, gate=gate, cti=cti, credit=credit,
                                num_global_tokens=n_tokens, stats=stats)
 

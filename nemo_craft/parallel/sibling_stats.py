@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["SiblingTable", "gather_table", "sibling_sums", "all_reduce_sum", "group_size"]
+__all__ = ["SiblingTable", "gather_table", "sibling_sums", "group_size"]
 
 _EXACT_INT = 2**53  # keys travel as float64 in the single all-gather
 _SUM_BITS = 62
@@ -89,14 +89,6 @@ def group_size(group: Optional[dist.ProcessGroup]) -> int:
     if group is None or not dist.is_available() or not dist.is_initialized():
         return 1
     return dist.get_world_size(group)
-
-
-def all_reduce_sum(values: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
-    """Sum of ``values`` over ``group`` (a copy; ``values`` itself is left alone)."""
-    out = values.clone()
-    if group_size(group) > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-    return out
 
 
 def gather_table(keys_NK: torch.Tensor, values_NF: torch.Tensor,

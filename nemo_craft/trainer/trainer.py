@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from nemo_craft.config import RunConfig, rollout_config, to_dataclass
 from nemo_craft.losses import ControllerState, policy_loss
 from nemo_craft.parallel.ddp import OptimConfig
+from nemo_craft.seeds import WARM_START_FIRST_TASK, step_sampling_seed, train_task_seed0
 from nemo_craft.trainer.warm_start import WarmStartConfig
 
 __all__ = ["TrainerConfig", "CraftTrainer", "NonFiniteLossError"]
@@ -67,6 +68,11 @@ class TrainerConfig:
                            lr_warmup_steps=self.lr_warmup_steps, lr_decay_style=self.lr_decay_style,
                            weight_decay=self.weight_decay, adam_beta1=self.adam_beta1,
                            adam_beta2=self.adam_beta2, clip_grad=self.clip_grad)
+
+
+_EPISODE_FIELDS = {"reward": lambda t: t.reward, "success": lambda t: float(t.success), "score": lambda t: t.score,
+                   "turns": lambda t: t.num_turns, "invalid": lambda t: t.n_invalid}
+"""Per-episode numbers the trainer averages over the data-parallel ranks' episodes, by name."""
 
 
 class CraftTrainer:
@@ -234,7 +240,7 @@ class CraftTrainer:
 
         n_local = self.rollout_cfg.tasks_per_step // self.dp_size
         first = self.step * self.rollout_cfg.tasks_per_step + ps.get_data_parallel_rank() * n_local
-        seed0 = int(self.cfg.seed) * 7_919
+        seed0 = train_task_seed0(self.cfg.seed)
         return [seed0 + first + i for i in range(n_local)], first
 
     def train_step(self) -> dict:
@@ -244,7 +250,7 @@ class CraftTrainer:
         t0 = time.perf_counter()
         seeds, first = self._task_seeds()
         with self._params_gathered():
-            trajs = self.runner.run(seeds, seed=int(self.cfg.seed) * 1_000_003 + self.step, group_offset=first)
+            trajs = self.runner.run(seeds, seed=step_sampling_seed(self.cfg.seed, self.step), group_offset=first)
         t1 = time.perf_counter()
         exp = make_experience(self.model, self.reference, trajs, self.run.loss, pad_id=self.tokenizer.pad_id,
                               micro_batch_size=self.tcfg.micro_batch_size, pad_to_multiple_of=self._pad_multiple(),
@@ -308,10 +314,8 @@ class CraftTrainer:
         return False, float("nan")
 
     def _step_metrics(self, trajs, batch, loss, grad_norm, ok, mb_metrics) -> dict:
-        n = len(trajs)
-        local = torch.tensor([sum(t.reward for t in trajs), sum(float(t.success) for t in trajs),
-                              sum(t.num_turns for t in trajs), sum(t.n_invalid for t in trajs), n],
-                             dtype=torch.float64, device=self.device)
+        from nemo_craft.parallel.reductions import reduce_named
+
         sums, maxes = {}, {}
         for m in mb_metrics:
             for k, v in m.items():
@@ -320,24 +324,28 @@ class CraftTrainer:
                 elif k == "rollout/logprob_diff_max":
                     maxes[k] = max(maxes.get(k, 0.0), float(v))
         sums, maxes = self._from_last_stage((sums, maxes))  # only the last pipeline stage computed the loss
-        keys, max_keys = sorted(sums), sorted(maxes)
-        loss_terms = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
-        max_terms = torch.tensor([maxes[k] for k in max_keys], dtype=torch.float64, device=self.device)
-        self._reduce_over_dp(local)
-        self._reduce_over_dp(loss_terms)
-        self._reduce_over_dp(max_terms, op=dist.ReduceOp.MAX)
+        rollout = self._episode_means(trajs, ("reward", "success", "turns", "invalid"))
+        loss_terms = reduce_named(sums, self.dp_group, device=self.device)
+        max_terms = reduce_named(maxes, self.dp_group, op="max", device=self.device)
         n_global = max(float(batch.num_global_tokens or 1), 1.0)
-        out = {"rollout/reward_mean": local[0].item() / local[4].item(),
-               "rollout/success_rate": local[1].item() / local[4].item(),
-               "rollout/turns_mean": local[2].item() / local[4].item(),
-               "rollout/invalid_per_episode": local[3].item() / local[4].item(),
+        out = {"rollout/reward_mean": rollout["reward"], "rollout/success_rate": rollout["success"],
+               "rollout/turns_mean": rollout["turns"], "rollout/invalid_per_episode": rollout["invalid"],
                "train/loss": loss.item(), "train/grad_norm": grad_norm, "train/step_ok": float(ok),
                "train/nan_steps": self.nan_steps, "train/lr": self.optimizer.param_groups[0]["lr"]}
-        out.update({k: loss_terms[i].item() / n_global for i, k in enumerate(keys)})
-        out.update({k: max_terms[i].item() for i, k in enumerate(max_keys)})
+        out.update({k: v / n_global for k, v in loss_terms.items()})
+        out.update(max_terms)
         out.update({f"credit/{k}": v for k, v in batch.stats.items() if isinstance(v, (int, float))})
         out.update(self.controller.metrics())
         return out
+
+    def _episode_means(self, trajs, fields: tuple[str, ...]) -> dict[str, float]:
+        """Means over every data-parallel rank's episodes of the named per-episode fields (and
+        "episodes": how many there were)."""
+        from nemo_craft.parallel.reductions import reduce_named
+
+        local = {f: sum(_EPISODE_FIELDS[f](t) for t in trajs) for f in fields}
+        total = reduce_named(dict(local, episodes=len(trajs)), self.dp_group, device=self.device)
+        return dict({f: total[f] / total["episodes"] for f in fields}, episodes=total["episodes"])
 
     @staticmethod
     def _from_last_stage(obj):
@@ -349,12 +357,6 @@ class CraftTrainer:
         dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
                                    group=ps.get_pipeline_model_parallel_group())
         return box[0]
-
-    def _reduce_over_dp(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> None:
-        from megatron.core import parallel_state as ps
-
-        if self.dp_size > 1:
-            dist.all_reduce(t, op=op, group=ps.get_data_parallel_group())
 
     @contextlib.contextmanager
     def _params_gathered(self):
@@ -391,17 +393,13 @@ class CraftTrainer:
         with self._params_gathered():
             trajs = self.runner.run([base + i for i in range(n_local)], seed=int(self.cfg.seed), group_size=1,
                                     validation=True)
-        local = torch.tensor([sum(float(t.success) for t in trajs), sum(t.reward for t in trajs),
-                              sum(t.score for t in trajs), sum(t.num_turns for t in trajs), len(trajs)],
-                             dtype=torch.float64, device=self.device)
-        self._reduce_over_dp(local)
-        n = local[4].item()
-        out = {"val/success_rate": local[0].item() / n, "val/reward_mean": local[1].item() / n,
-               "val/score_mean": local[2].item() / n, "val/turns_mean": local[3].item() / n}
+        means = self._episode_means(trajs, ("success", "reward", "score", "turns"))
+        out = {"val/success_rate": means["success"], "val/reward_mean": means["reward"],
+               "val/score_mean": means["score"], "val/turns_mean": means["turns"]}
         self.logger.log(self.step, out)
         if self.rank == 0:
             print(f"[nemo_craft] step {self.step}: validation success {out['val/success_rate']:.3f} "
-                  f"reward {out['val/reward_mean']:.3f} ({int(n)} tasks)", flush=True)
+                  f"reward {out['val/reward_mean']:.3f} ({int(means['episodes'])} tasks)", flush=True)
         return out
 
     def _warm_start(self) -> None:
@@ -449,7 +447,7 @@ class CraftTrainer:
         per_rank = ws.batch_size // self.dp_size
         mbs_size = math.gcd(per_rank, self.tcfg.micro_batch_size)
         for s in range(ws.steps):
-            first = 500_000_000 + (s * self.dp_size + ps.get_data_parallel_rank()) * per_rank
+            first = WARM_START_FIRST_TASK + (s * self.dp_size + ps.get_data_parallel_rank()) * per_rank
             demos = demonstrations(self.run.env_name, self.env_cfg, fmt, self.tokenizer,
                                    list(range(first, first + per_rank)), ws.privileged_fraction,
                                    self.rollout_cfg.observation_message)
