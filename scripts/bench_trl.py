@@ -266,13 +266,13 @@ def run_nemo_craft(spec: dict, method: str) -> dict:
     """CraftTrainer.train_step(), the step of the training loop, timed from outside like TRL's:
     gen = EpisodeRunner.run, logp = make_experience (old, teacher, reference passes, credits),
     train = the rest (forward/backward over the micro-batches, optimizer and scheduler step)."""
-    from nemo_craft.cli.train import _single_process_env
     from nemo_craft.config import compose
     from nemo_craft.parallel.initialize import destroy_parallel
+    from nemo_craft.parallel.rendezvous import single_process_env
     from nemo_craft.trainer import experience
     from nemo_craft.trainer.trainer import CraftTrainer
 
-    _single_process_env()
+    single_process_env()
     trainer = CraftTrainer(compose(_nemo_craft_overrides(spec, method)))
     trainer.setup()
     timer = _Timer()

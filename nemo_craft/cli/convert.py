@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.direction == "from-hf" and not run.model.hf_path:
         ap.error("from-hf needs model.hf_path=DIR (the Hugging Face checkpoint to import)")
 
-    from nemo_craft.cli.train import _single_process_env
+    from nemo_craft.parallel.rendezvous import single_process_env
     from nemo_craft.parallel.initialize import destroy_parallel, initialize_parallel
 
-    _single_process_env()
+    single_process_env()
     initialize_parallel(run.parallel, seed=int(cfg.seed))
     chunks, step = load_policy(cfg, run)
     if args.direction == "to-hf":

@@ -36,12 +36,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    from nemo_craft.cli.train import _single_process_env
+    from nemo_craft.parallel.rendezvous import single_process_env
     from nemo_craft.eval.evaluator import Evaluator, eval_config, write_results
     from nemo_craft.parallel.initialize import destroy_parallel
 
     cfg, info = eval_config(args.overrides)
-    _single_process_env()
+    single_process_env()
     evaluator = Evaluator(cfg, args.split, n_tasks=args.tasks)
     try:
         result = evaluator.run()

@@ -6,20 +6,10 @@ process on this machine (world size 1).
 
 from __future__ import annotations
 
-import os
 import sys
 
 from nemo_craft.config import compose
-
-
-def _single_process_env() -> None:
-    """torch.distributed's env:// rendezvous for a run that was not started by a launcher."""
-    if "RANK" in os.environ:
-        return
-    from nemo_craft.testing.distributed import free_port
-
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()))
+from nemo_craft.parallel.rendezvous import single_process_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from nemo_craft.trainer.trainer import CraftTrainer
 
-    _single_process_env()
+    single_process_env()
     try:  # a user's mistake in the config: one line naming the value, before any process group
         trainer = CraftTrainer(compose(argv))
     except ValueError as err:

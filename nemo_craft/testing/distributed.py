@@ -29,11 +29,12 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
+
+from nemo_craft.parallel.rendezvous import free_port
 
 __all__ = ["Layout", "run_distributed", "current_layout", "free_port", "DistributedTestError"]
 
@@ -65,12 +66,6 @@ def current_layout() -> Layout:
     if _LAYOUT is None:
         raise RuntimeError("current_layout() is only defined inside a run_distributed body")
     return _LAYOUT
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 DEVICES = ("cpu", "cuda")
