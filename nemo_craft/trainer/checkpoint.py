@@ -295,11 +295,6 @@ class CheckpointManager:
                                                 parallel_state.get_data_parallel_group(with_context_parallel=True))
 
     @staticmethod
-    def read_config_yaml(path: str) -> str:
-        """The resolved config a checkpoint was saved with (no collectives)."""
-        return (Path(path) / CONFIG_YAML).read_text()
-
-    @staticmethod
     def trainer_state(path: str) -> dict:
         """``{"step", "scheduler", "extra_state"}`` of a checkpoint (no collectives)."""
         return _read(Path(path), TRAINER_STATE)

@@ -21,7 +21,7 @@ tokens and the last stage the per-token inputs of the loss, which so travel with
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -144,7 +144,7 @@ def forward_backward(model_chunks: Sequence[torch.nn.Module], micro_batches: Seq
     return loss, list(outputs) if ps.is_pipeline_last_stage(ignore_virtual=True) else []
 
 
-def target_logprobs_fn(tp_group_getter: Optional[Callable] = None) -> ForwardFn:
+def target_logprobs_fn() -> ForwardFn:
     """A value_fn giving log pi(target) per token ``[b, s]`` from vocab-sharded logits."""
     from megatron.core import tensor_parallel
 

@@ -16,7 +16,6 @@ comparable with published ALFWorld numbers; report them as "ALFWorld-generated".
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -89,15 +88,6 @@ def floor_plans() -> list[str]:
         {p.name.split("-")[0] for p in layouts.glob("FloorPlan*-openable.json")},
         key=lambda n: int(n[len("FloorPlan") :]),
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class GameSpec:
-    task_type: str
-    floor_plan: str
-    object_target: str
-    parent_target: str
-    task_desc: str
 
 
 def _choose(rng: random.Random, task_type: str, plans: list[str]):

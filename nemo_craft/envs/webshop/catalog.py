@@ -113,9 +113,6 @@ class Product:
     features: tuple[str, ...]
     rating: float
 
-    def options_dict(self) -> dict[str, tuple[str, ...]]:
-        return dict(self.options)
-
 
 @dataclasses.dataclass(frozen=True)
 class Goal:
