@@ -1,4 +1,6 @@
-"""``nemo-craft envs check NAME [--seeds K]``: replay the privileged plan on K seeded instances."""
+"""``nemo-craft envs check NAME [--seeds K]``: replay the privileged plan on K seeded instances.
+``nemo-craft envs limits NAME``: the turn limit of each task kind (and, for ScienceWorld, how many
+variations each split leaves out because their plans do not fit)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Sequence
 
 import yaml
 
-from nemo_craft.envs.registry import ENVIRONMENTS, make_env
+from nemo_craft.envs.registry import ENVIRONMENTS, env_class, make_config, make_env
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict:
@@ -22,31 +24,41 @@ def _parse_overrides(pairs: Sequence[str]) -> dict:
     return cfg
 
 
+def replay(env, seed: int) -> tuple[bool, str, bool]:
+    """Reset ``seed`` and replay ``expert_actions()``: (success, detail, plan too long). A plan
+    longer than the episode's turn limit is reported as such, not replayed: it cannot succeed."""
+    env.reset(seed)
+    plan, limit = env.expert_actions(), env.turn_limit()
+    if len(plan) > limit:
+        return False, f"plan={len(plan):3d} > turn limit {limit}: the expert plan cannot finish", True
+    info, total, done = {}, 0.0, False
+    for text in plan:
+        _, reward, done, info = env.step(text)
+        total += reward
+        if done:
+            break
+    ok = bool(info.get("success")) and done
+    detail = (
+        f"turns={info.get('turn', 0):3d} plan={len(plan):3d} limit={limit:3d} reward={total:+.3f} "
+        f"score={info.get('score', 0.0):.3f}"
+    )
+    return ok, detail, False
+
+
 def check(name: str, seeds: Sequence[int], cfg: dict, out=None) -> bool:
     """Reset each seed, replay ``expert_actions()``; True when every episode succeeds."""
     out = out if out is not None else sys.stdout
     env = make_env(name, **cfg)
-    all_ok = True
+    all_ok, too_long = True, 0
     try:
         for seed in seeds:
             t0 = time.perf_counter()
             try:
-                env.reset(seed)
-                plan = env.expert_actions()
-                info, total, done = {}, 0.0, False
-                for text in plan:
-                    _, reward, done, info = env.step(text)
-                    total += reward
-                    if done:
-                        break
-                ok = bool(info.get("success")) and done
-                detail = (
-                    f"turns={info.get('turn', 0):3d} plan={len(plan):3d} reward={total:+.3f} "
-                    f"score={info.get('score', 0.0):.3f}"
-                )
+                ok, detail, long_plan = replay(env, seed)
             except Exception as err:  # report and go on to the next seed
-                ok, detail = False, f"error: {type(err).__name__}: {err}"
+                ok, detail, long_plan = False, f"error: {type(err).__name__}: {err}", False
             all_ok &= ok
+            too_long += long_plan
             print(
                 f"{name} seed={seed:<6d} success={str(ok):5s} {detail} "
                 f"({time.perf_counter() - t0:.2f} s)",
@@ -55,31 +67,48 @@ def check(name: str, seeds: Sequence[int], cfg: dict, out=None) -> bool:
             )
     finally:
         env.close()
+    if too_long:
+        print(f"{name}: {too_long} expert plan(s) longer than the turn limit", file=out)
     return all_ok
+
+
+def limits(name: str, cfg: dict, out=None) -> None:
+    """Print the turn limit of each task kind of ``name`` under ``cfg`` (no engine is started)."""
+    out = out if out is not None else sys.stdout
+    rows = env_class(name).turn_limits(make_config(name, **cfg))
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys), file=out)
+    for row in rows:
+        print("  ".join(str(row[k]).ljust(widths[k]) for k in keys), file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nemo-craft envs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     chk = sub.add_parser("check", help="replay the privileged plan on seeded instances")
-    chk.add_argument("name", choices=sorted(ENVIRONMENTS))
     chk.add_argument("--seeds", type=int, default=5, help="how many seeds (default 5)")
     chk.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    chk.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment config overrides, e.g. --set height=8 num_boxes=2",
-    )
+    lim = sub.add_parser("limits", help="turn limit of each task kind (and variations left out)")
+    for cmd in (chk, lim):
+        cmd.add_argument("name", choices=sorted(ENVIRONMENTS))
+        cmd.add_argument(
+            "--set",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="environment config overrides, e.g. --set height=8 num_boxes=2",
+        )
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    seeds = range(args.start, args.start + args.seeds)
     try:
-        ok = check(args.name, seeds, _parse_overrides(args.set))
+        if args.command == "limits":
+            limits(args.name, _parse_overrides(args.set))
+            return 0
+        if args.seeds < 1:
+            parser.error(f"--seeds must be >= 1, got {args.seeds}")
+        ok = check(args.name, range(args.start, args.start + args.seeds), _parse_overrides(args.set))
     except ValueError as err:
-        print(f"envs check: {err}", file=sys.stderr)
+        print(f"envs {args.command}: {err}", file=sys.stderr)
         return 2
     print(f"{args.name}: {'all' if ok else 'NOT all'} {args.seeds} plan replays succeeded")
     return 0 if ok else 1

@@ -5,8 +5,8 @@
 
 ``action_text`` is the model's raw text for the turn; the environment parses it (``parse_action``)
 and an unparseable or inadmissible action is *invalid*: it costs ``invalid_penalty``, leaves the
-state unchanged and does not end the episode (only the turn budget does). Rewards are per step;
-the trajectory reward is their sum.
+state unchanged and does not end the episode (only the turn budget, ``turn_limit()``, does).
+Rewards are per step; the trajectory reward is their sum.
 
 ``info`` always carries ``success`` (bool), ``score`` (float in [0, 1]), ``invalid`` (bool),
 ``admissible_actions`` (list[str]; empty where an environment has free-form actions) and ``turn``.
@@ -118,7 +118,7 @@ class TextEnv(abc.ABC):
         if invalid:
             reward -= self.config.invalid_penalty
             observation = self.observation  # an invalid action changes nothing
-        if not done and self.turn >= self.config.max_turns:
+        if not done and self.turn >= self.turn_limit():
             done, info["truncated"] = True, True
         info = self._complete_info(info, invalid=invalid)
         shown = action if action is not None else action_text.strip()[:80]
@@ -128,6 +128,17 @@ class TextEnv(abc.ABC):
 
     def close(self) -> None:
         """Release engine resources (processes, JVMs); the default has none."""
+
+    def turn_limit(self) -> int:
+        """Turns the current episode may take. ``config.max_turns`` here; an environment whose task
+        kinds need different budgets (ScienceWorld) sets one per task at reset."""
+        return self.config.max_turns
+
+    @classmethod
+    def turn_limits(cls, config: EnvConfig) -> list[dict[str, Any]]:
+        """The turn limit of each task kind under ``config``, without building the environment
+        (``nemo-craft envs limits``): one row here, as every task shares ``max_turns``."""
+        return [{"task": "(all)", "turn_limit": config.max_turns}]
 
     # -- prompts -------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@
   ScienceWorld, whose official ``dev`` variations are used.
 - ``test`` is held out: the environment's test split where it has one, read from its first task
   on (ALFWorld ``test`` = the official ``valid_unseen`` games with ``$ALFWORLD_DATA``, unseen
-  floor plans for generated games; ScienceWorld's ``test`` variations; Search-QA's test
+  floor plans for generated games; ScienceWorld's ``test`` variations, less the few whose gold
+  sequence does not fit the environment's ``turn_cap`` (docs/environments.md); Search-QA's test
   questions; WebShop's held-out products). Sokoban is procedural and has no split: its test seeds
   start at ``TEST_SEED_OFFSET``, far from training (``seed * 7919 + step * N``), warm-start
   (5e8 on) and validation seeds.

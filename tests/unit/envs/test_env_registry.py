@@ -53,3 +53,23 @@ def test_envs_check_cli(capsys, monkeypatch):
     monkeypatch.setattr(SokobanEnv, "expert_actions", lambda self: ["<action>up</action>"] * 2)
     assert main(["check", "sokoban", "--seeds", "4", "--set", "max_turns=2"]) == 1
     assert main(["check", "sokoban", "--set", "bogus=1"]) == 2
+
+
+def test_envs_check_names_a_plan_longer_than_the_turn_limit(capsys, monkeypatch):
+    monkeypatch.setattr(SokobanEnv, "expert_actions", lambda self: ["<action>up</action>"] * 5)
+    assert main(["check", "sokoban", "--seeds", "2", "--set", "max_turns=4"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("plan=  5 > turn limit 4: the expert plan cannot finish") == 2
+    assert "sokoban: 2 expert plan(s) longer than the turn limit" in out
+
+
+def test_envs_limits_cli(capsys):
+    assert main(["limits", "webshop"]) == 0
+    assert capsys.readouterr().out.split() == ["task", "turn_limit", "(all)", "15"]
+    assert main(["limits", "scienceworld", "--set", "tasks=[find-plant, boil]"]) == 0
+    header, boil, find_plant, total = (line.split() for line in capsys.readouterr().out.splitlines())
+    assert header == ["task", "turn_limit", "longest_plan", "train", "dev", "test"]
+    assert boil[0] == "boil" and int(boil[1]) >= int(boil[2]) > 100  # its limit covers its plans
+    assert find_plant[:2] == ["find-plant", "100"] and find_plant[3:] == ["150/150", "75/75", "75/75"]
+    assert total[:2] == ["(all", "tasks)"]
+    assert main(["limits", "scienceworld", "--set", "turn_cap=50"]) == 2

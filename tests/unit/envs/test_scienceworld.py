@@ -8,6 +8,11 @@ if shutil.which("java") is None:
 
 from nemo_craft.envs import make_env  # noqa: E402
 from nemo_craft.envs.scienceworld import ScienceWorldConfig  # noqa: E402
+from nemo_craft.envs.scienceworld_plan_lengths import (  # noqa: E402
+    PLAN_LENGTHS,
+    SCIENCEWORLD_VERSION,
+    SPLIT_RANGES,
+)
 
 SHORT = ["find-non-living-thing", "lifespan-longest-lived"]
 
@@ -64,6 +69,42 @@ def test_gold_replay_longer_tasks():
         for seed in range(3):
             done, info, _ = _replay(env, seed)
             assert done and info["success"], env.instance(seed)
+    finally:
+        env.close()
+
+
+def test_shipped_plan_table_matches_the_engine(env):
+    """Seeds are mapped with the table's split ranges: they must be ScienceWorld's own."""
+    import scienceworld
+
+    assert scienceworld.__version__ == SCIENCEWORLD_VERSION
+    engine = env._engine
+    assert sorted(engine.get_task_names()) == sorted(PLAN_LENGTHS)
+    for task, ranges in SPLIT_RANGES.items():
+        engine.load(task, 0, "easy")
+        assert engine.get_max_variations(task) == len(PLAN_LENGTHS[task])
+        assert sorted(engine.get_variations_train()) == list(range(*ranges["train"]))
+        assert sorted(engine.get_variations_dev()) == list(range(*ranges["dev"]))
+        assert sorted(engine.get_variations_test()) == list(range(*ranges["test"]))
+
+
+def test_gold_sequence_has_the_tabled_length(env):
+    for seed in (1, 3, 5):  # lifespan-longest-lived: one gold sequence per variation
+        env.reset(seed)
+        task, variation = env.instance(seed)
+        assert len(env.gold) == PLAN_LENGTHS[task][variation]
+        assert env.turn_limit() == 30  # fits the fixture's max_turns
+
+
+@pytest.mark.slow
+def test_a_plan_longer_than_max_turns_replays_within_its_task_turn_limit():
+    env = make_env("scienceworld", split="test")
+    try:
+        env.reset(77003)
+        assert env.instance(77003)[0] == "mendelian-genetics-known-plant"
+        assert env.config.max_turns < len(env.gold) <= env.turn_limit()
+        done, info, _ = _replay(env, 77003)
+        assert done and info["success"], info
     finally:
         env.close()
 
