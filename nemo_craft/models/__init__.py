@@ -1,9 +1,9 @@
 """models: megatron-core GPTModel providers and everything that maps a model in or out.
 
 - ``config``          ModelConfig (architecture, validated; from/to Hugging Face config.json)
-- ``provider``        build_model: GPTModel chunks per pipeline/virtual-pipeline stage (TE or local spec)
+- ``provider``        build_model: GPTModel chunks per pipeline/virtual-pipeline stage (TE or local spec),
+                      with the megatron-core fixes of ``nemo_craft.parallel.megatron_fixes`` applied
 - ``norm``            RMSNorm of the local spec (sequence parallel without TE/apex)
-- ``megatron_fixes``  the two megatron-core settings that otherwise give wrong numbers
 - ``hf_mapping``      megatron <-> Hugging Face names and TP layouts (pure tensor code)
 - ``hf``              safetensors import (per-rank slices) and export (gather to rank 0)
 - ``tokenizer``       Hugging Face tokenizers and the built-in character tokenizer

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from nemo_craft.models.config import ModelConfig
-from nemo_craft.models.megatron_fixes import use_finalize_model_grads, use_unbatched_p2p_for_interleaved_pipeline
+from nemo_craft.parallel.megatron_fixes import use_finalize_model_grads, use_unbatched_p2p_for_interleaved_pipeline
 from nemo_craft.models.norm import RMSNorm
 
 __all__ = ["build_model", "gpt_model", "make_transformer_config", "layer_spec", "te_available", "parameter_count"]
@@ -43,7 +43,7 @@ def te_available() -> bool:
 def make_transformer_config(model_cfg: ModelConfig, parallel_cfg, *, use_cpu_initialization: Optional[bool] = None,
                             perform_initialization: bool = True, overrides: Optional[dict] = None):
     """The megatron ``TransformerConfig`` of the model on this layout, with the two megatron fixes
-    of :mod:`nemo_craft.models.megatron_fixes` applied. ``overrides`` sets further fields
+    of :mod:`nemo_craft.parallel.megatron_fixes` applied. ``overrides`` sets further fields
     (fusions, recompute, ...) before validation.
 
     ``perform_initialization`` must stay True: megatron-core marks its TP-split weights

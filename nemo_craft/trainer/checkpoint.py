@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from nemo_craft.parallel.megatron_fixes_optim import apply_optimizer_fixes
+from nemo_craft.parallel.megatron_fixes import apply_optimizer_fixes
 from nemo_craft.trainer import checkpoint_layout as layout
 from nemo_craft.trainer.checkpoint_layout import (
     CheckpointCorruptError,

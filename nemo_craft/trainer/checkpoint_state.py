@@ -29,7 +29,7 @@ __all__ = [
 SHARDED_STATE_METADATA: dict[str, Any] = {
     # The distributed optimizer's "fully_reshardable" format: the only one of megatron-core
     # 0.16.1 that changes TP as well as DP ("fully_sharded_model_space" fails on save,
-    # "dp_reshardable" changes DP only). Its resume needs megatron_fixes_optim (bug 3).
+    # "dp_reshardable" changes DP only). Its resume needs parallel/megatron_fixes.py (bug 3).
     "distrib_optim_sharding_type": "fully_reshardable",
     # ChainedOptimizer (several param groups / buffers): no "chained_<i>." key prefix.
     "chained_optim_avoid_prefix": True,

@@ -236,7 +236,7 @@ def bug3_body(ckpt_path: str) -> dict:
     """megatron-core 0.16.1 without the fix, one symptom at a time (fresh optimizers)."""
     from megatron.core import dist_checkpointing
 
-    from nemo_craft.parallel import megatron_fixes_optim as fixes
+    from nemo_craft.parallel import megatron_fixes as fixes
     from nemo_craft.trainer.checkpoint import DIST_DIR
     from nemo_craft.trainer.checkpoint_state import SHARDED_STATE_METADATA, build_sharded_state_dict
 
@@ -435,7 +435,7 @@ def test_virtual_pipeline_checkpoint_loads_at_pp1(tmp_path):
 
 def test_megatron_bug3_still_present_without_fix(runs):
     """Canary: if this fails after a megatron-core upgrade, bug 3 may be fixed upstream; check
-    megatron_fixes_optim against the new code before removing it."""
+    megatron_fixes against the new code before removing it."""
     path = runs()[0] / "distributed" / "step_000002"
     seen = run_distributed(bug3_body, world_size=2, tp=1, args=(str(path),))
     for out in seen:

@@ -4,7 +4,7 @@ torch Adam (no ranks)."""
 import pytest
 import torch
 
-from nemo_craft.parallel import megatron_fixes_optim as fixes
+from nemo_craft.parallel import megatron_fixes as fixes
 from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
 
 
