@@ -12,8 +12,8 @@
   floor plans for generated games; ScienceWorld's ``test`` variations, less the few whose gold
   sequence does not fit the environment's ``turn_cap`` (docs/environments.md); Search-QA's test
   questions; WebShop's held-out products). Sokoban is procedural and has no split: its test seeds
-  start at ``TEST_SEED_OFFSET``, far from training (``seed * 7919 + step * N``), warm-start
-  (5e8 on) and validation seeds.
+  start at ``TEST_SEED_OFFSET``, far from the training, warm-start and validation seeds (the
+  streams of ``nemo_craft.seeds``).
 
 A seed picks a task ``seed % #tasks`` in environments with a fixed task list, so asking for more
 tasks than a split holds repeats tasks (with other sampling seeds).
@@ -24,11 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from nemo_craft.seeds import TEST_FIRST_TASK
+
 __all__ = ["SPLITS", "TEST_SEED_OFFSET", "SplitSpec", "split_spec"]
 
 SPLITS = ("val", "test")
-TEST_SEED_OFFSET = 2_000_000_000
-"""First test seed of environments without a held-out split (Sokoban)."""
+TEST_SEED_OFFSET = TEST_FIRST_TASK
+"""First test seed of environments without a held-out split (Sokoban): nemo_craft/seeds.py."""
 
 
 @dataclass(frozen=True)

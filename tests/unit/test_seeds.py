@@ -4,21 +4,23 @@ home of the stream constants (a bare constant elsewhere would be a second, silen
 import ast
 from pathlib import Path
 
-import yaml
-
 from nemo_craft import seeds
+from nemo_craft.config import compose, rollout_config, to_dataclass
 from nemo_craft.eval.splits import split_spec
+from nemo_craft.trainer.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
+RUN = compose([])
+TRAINER = to_dataclass(TrainerConfig, RUN.trainer, "trainer")
+TASKS_PER_STEP = rollout_config(RUN).tasks_per_step
 
 
 def _ranges():
-    steps, n = RUN["trainer"]["max_steps"], RUN["rollout"]["tasks_per_step"]
-    train0 = seeds.train_task_seed0(RUN["seed"])
-    val0 = RUN["trainer"]["val_seed_offset"]
+    steps, n = TRAINER.max_steps, TASKS_PER_STEP
+    train0 = seeds.train_task_seed0(RUN.seed)
+    val0 = TRAINER.val_seed_offset
     test0 = split_spec("sokoban", "test").seeds(1, val_seed_offset=val0)[0]
-    return {"train": range(train0, train0 + steps * n), "validation": range(val0, val0 + RUN["trainer"]["val_tasks"]),
+    return {"train": range(train0, train0 + steps * n), "validation": range(val0, val0 + TRAINER.val_tasks),
             "warm_start": range(seeds.WARM_START_FIRST_TASK, seeds.WARM_START_FIRST_TASK + 10**6),
             "test": range(test0, test0 + 10**4)}
 
@@ -30,8 +32,7 @@ def test_task_streams_of_the_shipped_run_do_not_overlap():
 
 
 def test_training_tasks_of_consecutive_run_seeds_do_not_overlap():
-    steps, n = RUN["trainer"]["max_steps"], RUN["rollout"]["tasks_per_step"]
-    assert seeds.train_task_seed0(2) - seeds.train_task_seed0(1) >= steps * n
+    assert seeds.train_task_seed0(2) - seeds.train_task_seed0(1) >= TRAINER.max_steps * TASKS_PER_STEP
 
 
 def test_turn_sampling_seeds_are_distinct_over_steps_ranks_and_turns():
@@ -42,7 +43,8 @@ def test_turn_sampling_seeds_are_distinct_over_steps_ranks_and_turns():
 
 
 def test_stream_constants_live_only_in_the_seeds_module():
-    constants = {seeds.TRAIN_TASK_STRIDE, seeds.SAMPLING_STRIDE, seeds.TURN_STRIDE, seeds.WARM_START_FIRST_TASK}
+    constants = {seeds.TRAIN_TASK_STRIDE, seeds.SAMPLING_STRIDE, seeds.TURN_STRIDE, seeds.WARM_START_FIRST_TASK,
+                 seeds.TEST_FIRST_TASK}
     found = [f"{p.relative_to(ROOT)}:{node.lineno}" for p in (ROOT / "nemo_craft").rglob("*.py") if p.name != "seeds.py"
              for node in ast.walk(ast.parse(p.read_text()))
              if isinstance(node, ast.Constant) and type(node.value) is int and node.value in constants]
