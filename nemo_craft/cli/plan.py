@@ -47,7 +47,9 @@ def _model_choice(overrides: Sequence[str]) -> str:
     from nemo_craft.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        # the group choices only (model=..., +recipe=...): field overrides are checked by config.compose
+        choices = [o for o in overrides if "." not in o.split("=", 1)[0]]
+        cfg = compose(config_name="config", overrides=choices, return_hydra_config=True)
     return str(cfg.hydra.runtime.choices.get("model", "model"))
 
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from nemo_craft.config import CONF_DIR, compose
-from nemo_craft.trainer.trainer import CraftTrainer
+from nemo_craft.rollout.episodes import RolloutConfig
+from nemo_craft.trainer.trainer import CraftTrainer, TrainerConfig
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF_DIR / "parallel").glob("*.yaml"))
@@ -30,12 +31,14 @@ def test_a_recipe_runs_no_warm_start_and_keeps_its_lr(recipe, hf_path, monkeypat
     cfg = compose(overrides)
     world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
     t = _trainer(overrides, world, monkeypatch, cfg)
-    own = _recipe_yaml(recipe)["trainer"]
+    own = _recipe_yaml(recipe)
+    trainer, rollout = own.get("trainer", {}), own.get("rollout", {})
     assert t.tcfg.warm_start.steps == 0
-    assert (t.tcfg.lr, t.tcfg.min_lr) == (own["lr"], own["min_lr"])
-    assert t.tcfg.micro_batch_size == own["micro_batch_size"]
-    # nothing of the CPU demo: its turn budget is the recipe's, not the tiny model's 8 tokens
-    assert t.rollout_cfg.max_tokens_per_turn == _recipe_yaml(recipe)["rollout"]["max_tokens_per_turn"]
+    # what a recipe leaves out is the dataclass default (the paper's), never the CPU demo's
+    for name in ("lr", "min_lr", "micro_batch_size"):
+        assert getattr(t.tcfg, name) == trainer.get(name, getattr(TrainerConfig, name)), name
+    assert t.rollout_cfg.max_tokens_per_turn == rollout.get("max_tokens_per_turn", RolloutConfig.max_tokens_per_turn)
+    assert t.rollout_cfg.max_tokens_per_turn != compose([]).rollout.max_tokens_per_turn  # the demo's 8 tokens
 
 
 def test_another_model_without_a_recipe_gets_no_demo_settings():
@@ -59,8 +62,8 @@ def test_a_pretrained_warm_start_must_be_asked_for_by_name(monkeypatch):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
-    p = yaml.safe_load((CONF_DIR / "parallel" / f"{preset}.yaml").read_text())
-    model_parallel = p["tensor_model_parallel_size"] * p["pipeline_model_parallel_size"]
+    p = yaml.safe_load((CONF_DIR / "parallel" / f"{preset}.yaml").read_text()) or {}  # defaults: TP = PP = 1
+    model_parallel = p.get("tensor_model_parallel_size", 1) * p.get("pipeline_model_parallel_size", 1)
     world = model_parallel * 2  # two data-parallel replicas
     # the 8-layer-per-chunk presets need a model that splits: Llama-3.1-70B's 80 layers do
     t = _trainer([f"parallel={preset}", "model=llama3p1_70b", "rollout.tasks_per_step=16", "rollout.group_size=8",

@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from nemo_craft.config import CONF_DIR
+from nemo_craft.config import compose
 from nemo_craft.rollout import GenerationConfig, RolloutConfig
 
 
@@ -45,7 +45,7 @@ def test_generation_config_defaults():
 
 
 def test_rollout_config_reads_the_run_configs_section():
-    section = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").rollout)
+    section = OmegaConf.to_container(compose([]).rollout)  # every field, the YAML's and the defaults
     cfg = RolloutConfig(**section)
     gen = cfg.generation_config()
     val = cfg.generation_config(validation=True)
