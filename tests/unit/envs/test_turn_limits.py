@@ -12,22 +12,23 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import yaml
 
+from omegaconf import OmegaConf
+
+from nemo_craft.config import compose
 from nemo_craft.envs import make_config, make_env
 from nemo_craft.envs import scienceworld as sw
 from nemo_craft.envs.scienceworld_plan_lengths import PLAN_LENGTHS, SPLIT_RANGES
 from nemo_craft.eval.splits import split_spec
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
-RUN = yaml.safe_load((CONF / "config.yaml").read_text())
-TRAIN_FIRST = RUN["seed"] * 7_919
-VAL_FIRST = RUN["trainer"]["val_seed_offset"]
+RUN = compose([])  # the shipped configuration, its YAMLs and the dataclass defaults they leave out
+TRAIN_FIRST = RUN.seed * 7_919
+VAL_FIRST = RUN.trainer.val_seed_offset
 SEEDS = 300
 
 
 def env_config(name: str) -> dict:
-    return yaml.safe_load((CONF / "env" / f"{name}.yaml").read_text())["config"]
+    return OmegaConf.to_container(compose([f"env={name}"]).env.config)
 
 
 def draws(name: str, n: int = SEEDS) -> list[tuple[str, dict, list[int]]]:
@@ -138,7 +139,7 @@ def test_the_shipped_plan_table_is_the_generator_output():
 
     from nemo_craft.envs import scienceworld_plan_lengths as table
 
-    path = CONF.parent / "scripts" / "scienceworld_plan_lengths.py"
+    path = Path(__file__).resolve().parents[3] / "scripts" / "scienceworld_plan_lengths.py"
     spec = importlib.util.spec_from_file_location("scienceworld_plan_lengths_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
