@@ -19,7 +19,7 @@ import argparse
 import sys
 
 from nemo_craft.config import RunConfig, to_dataclass
-from nemo_craft.eval.evaluator import eval_config, load_policy
+from nemo_craft.eval.evaluator import eval_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.direction == "from-hf" and not run.model.hf_path:
         ap.error("from-hf needs model.hf_path=DIR (the Hugging Face checkpoint to import)")
 
-    from nemo_craft.parallel.rendezvous import single_process_env
     from nemo_craft.parallel.initialize import destroy_parallel, initialize_parallel
+    from nemo_craft.parallel.rendezvous import single_process_env
+    from nemo_craft.trainer.checkpoint import CheckpointConfig
+    from nemo_craft.trainer.policy_stack import build_model_chunks, load_checkpoint_weights
 
     single_process_env()
     initialize_parallel(run.parallel, seed=int(cfg.seed))
-    chunks, step = load_policy(cfg, run)
+    chunks = build_model_chunks(run, for_training=False)
+    step = load_checkpoint_weights(to_dataclass(CheckpointConfig, cfg.checkpoint, "checkpoint"), chunks)
     if args.direction == "to-hf":
         from nemo_craft.models.hf import save_hf_checkpoint
 
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from omegaconf import OmegaConf
 
-        from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+        from nemo_craft.trainer.checkpoint import CheckpointManager
 
         manager = CheckpointManager(to_dataclass(CheckpointConfig, {"dir": args.out, "save_every": 0}, "checkpoint"))
         manager.save(0, chunks, None, None, {"step": 0}, OmegaConf.to_yaml(cfg, resolve=True))

@@ -87,6 +87,7 @@ class Evaluator:
         self.cfg = cfg
         self.run_cfg = RunConfig.from_omegaconf(cfg)
         self.run_cfg.parallel.check_generation()
+        self.run_cfg.model.validate_layout(self.run_cfg.parallel)
         self.tcfg = to_dataclass(TrainerConfig, cfg.trainer, "trainer")
         self.split = split_spec(self.run_cfg.env_name, split)
         self.n_tasks = int(n_tasks if n_tasks is not None else self.tcfg.val_tasks)
@@ -102,34 +103,23 @@ class Evaluator:
         self.step: Optional[int] = None
 
     def setup(self) -> None:
-        import torch.distributed as dist
-        from megatron.core import parallel_state as ps
-
-        from nemo_craft.envs import PoolConfig, env_factory
-        from nemo_craft.models.tokenizer import load_tokenizer
-        from nemo_craft.parallel.initialize import initialize_parallel
-        from nemo_craft.rollout.episodes import EpisodeRunner
-        from nemo_craft.rollout.generation import Generator
+        from nemo_craft.trainer.checkpoint import CheckpointConfig
+        from nemo_craft.trainer.policy_stack import PolicyStack, load_checkpoint_weights
 
         run = self.run_cfg
-        self.dp_size = initialize_parallel(run.parallel, seed=int(self.cfg.seed), init_method=self._init_method)
-        run.model.validate_layout(run.parallel)
-        self.rank = dist.get_rank()
-        self.dp_rank = ps.get_data_parallel_rank()
+        stack = PolicyStack.build(run, seed=int(self.cfg.seed), init_method=self._init_method, for_training=False)
+        self.dp_size, self.dp_rank, self.dp_group, self.rank = stack.dp_size, stack.dp_rank, stack.dp_group, stack.rank
         self.rollout_cfg = rollout_config(self.cfg)
-        self.chunks, self.step = load_policy(self.cfg, run)
+        self.chunks, self.tokenizer = stack.chunks, stack.tokenizer
+        self.step = load_checkpoint_weights(to_dataclass(CheckpointConfig, self.cfg.checkpoint, "checkpoint"),
+                                            self.chunks)
         for chunk in self.chunks:
             chunk.eval()
-        self.tokenizer = load_tokenizer(run.model.tokenizer, hf_path=run.model.hf_path)
-        generator = Generator(self.chunks, self.tokenizer, self.rollout_cfg.generation_config(validation=True))
-        pool = PoolConfig(**run.env_kwargs.get("pool", {}))
-        self.runner = EpisodeRunner(generator, self.tokenizer, env_factory(run.env_name, **self.env_cfg),
-                                    self.rollout_cfg, pool)
+        self.runner = stack.start_episodes(run, self.rollout_cfg, self.env_cfg, validation=True)
 
     def run(self) -> dict[str, Any]:
         """Roll out the split; the result (summary and episodes) on every rank."""
         import torch.distributed as dist
-        from megatron.core import parallel_state as ps
 
         if not hasattr(self, "runner"):
             self.setup()
@@ -139,7 +129,7 @@ class Evaluator:
         local = [episode_record(t) for t in trajs]
         gathered: list = [None] * self.dp_size
         if self.dp_size > 1:
-            dist.all_gather_object(gathered, local, group=ps.get_data_parallel_group())
+            dist.all_gather_object(gathered, local, group=self.dp_group)
         else:
             gathered = [local]
         order = {s: i for i, s in enumerate(seeds)}
@@ -155,24 +145,6 @@ class Evaluator:
     def close(self) -> None:
         if hasattr(self, "runner"):
             self.runner.close()
-
-
-def load_policy(cfg: DictConfig, run: RunConfig) -> tuple[list, Optional[int]]:
-    """This rank's bare model chunks with the checkpoint's weights (``checkpoint.resume``; the
-    initial or ``model.hf_path`` weights when none), and the checkpoint's step (None)."""
-    from nemo_craft.models.hf import load_hf_weights
-    from nemo_craft.models.provider import build_model
-    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
-
-    chunks = build_model(run.model, run.parallel)
-    if run.model.hf_path:
-        load_hf_weights(chunks, run.model, run.model.hf_path)
-    ckpt = CheckpointManager(to_dataclass(CheckpointConfig, cfg.checkpoint, "checkpoint"))
-    info = ckpt.find_resume()
-    if info is None:
-        return chunks, None
-    ckpt.load(chunks, None, None, path=str(info.path))
-    return chunks, info.step
 
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

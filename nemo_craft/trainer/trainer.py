@@ -103,43 +103,25 @@ class CraftTrainer:
     # -- set-up -------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from megatron.core import parallel_state as ps
-
-        from nemo_craft.envs import PoolConfig, env_factory
-        from nemo_craft.models.hf import load_hf_weights
-        from nemo_craft.models.provider import build_model
-        from nemo_craft.models.tokenizer import load_tokenizer
-        from nemo_craft.parallel.cpu_mode import compute_device
         from nemo_craft.parallel.ddp import build_optimizer, wrap_ddp
-        from nemo_craft.parallel.initialize import initialize_parallel
-        from nemo_craft.rollout.episodes import EpisodeRunner
-        from nemo_craft.rollout.generation import Generator
         from nemo_craft.trainer.checkpoint import CheckpointManager
         from nemo_craft.trainer.logger import MetricsLogger
+        from nemo_craft.trainer.policy_stack import PolicyStack
         from nemo_craft.trainer.reference import ReferenceWeights
 
         run, cfg = self.run, self.cfg
-        self.dp_size = initialize_parallel(run.parallel, seed=int(cfg.seed), init_method=self._init_method)
-        self.device = compute_device()
-        self.rank = dist.get_rank()
-        self.dp_group = ps.get_data_parallel_group() if self.dp_size > 1 else None
-        chunks = build_model(run.model, run.parallel, transformer_config_overrides={"calculate_per_token_loss": True})
-        if run.model.hf_path:
-            load_hf_weights(chunks, run.model, run.model.hf_path)
-        self.model = wrap_ddp(chunks, run.parallel)
+        stack = PolicyStack.build(run, seed=int(cfg.seed), init_method=self._init_method, for_training=True)
+        self.dp_size, self.dp_group, self.rank, self.device = stack.dp_size, stack.dp_group, stack.rank, stack.device
+        self.tokenizer, self.vocab_size = stack.tokenizer, stack.vocab_size
+        self.model = wrap_ddp(stack.chunks, run.parallel)
         self.reference = ReferenceWeights(self.model)
-        self.tokenizer = load_tokenizer(run.model.tokenizer, hf_path=run.model.hf_path)
-        self.vocab_size = self._policy_vocab_size()
         total = self.tcfg.max_steps
         self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), run.parallel, total)
-        env_node = dict(run.env_kwargs)
-        self.env_cfg = env_node.get("config", {})
-        pool = PoolConfig(**env_node.get("pool", {}))
+        self.env_cfg = dict(run.env_kwargs).get("config", {})
         # Generation runs the bare chunks (megatron's inference wrapper calls set_input_tensor on them);
         # they hold the same parameters as the DDP-wrapped training model.
-        self.generator = Generator(chunks, self.tokenizer, self.rollout_cfg.generation_config())
-        self.runner = EpisodeRunner(self.generator, self.tokenizer, env_factory(run.env_name, **self.env_cfg),
-                                    self.rollout_cfg, pool)
+        self.runner = stack.start_episodes(run, self.rollout_cfg, self.env_cfg, validation=False)
+        self.generator = stack.generator
         self.controller = ControllerState.initial(run.loss)
         self.ckpt = CheckpointManager(self.ckpt_cfg)
         self.step = 0
@@ -150,17 +132,6 @@ class CraftTrainer:
                                     rank=self.rank, total_steps=total, start_step=self.step,
                                     config_dict=OmegaConf.to_container(cfg, resolve=True))
         self.resumed = resumed
-
-    def _policy_vocab_size(self) -> int:
-        """The vocabulary the policy is a distribution over: the tokenizer's ids, the ones the
-        sampler can draw (logit columns beyond them, megatron's padding or unused rows of the
-        embedding, are left out of every softmax, in rollouts and in the losses alike; otherwise
-        pi_old in the losses would not be the distribution that sampled)."""
-        vocab = self.tokenizer.vocab_size
-        if vocab > self.run.model.vocab_size:
-            raise ValueError(f"the tokenizer has {vocab} ids, model.vocab_size={self.run.model.vocab_size}: the model "
-                             "cannot score every token it may be given; use the model's own tokenizer")
-        return vocab
 
     def _check_batch_layout(self) -> None:
         r, t = self.rollout_cfg, self.tcfg
