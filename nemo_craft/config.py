@@ -91,7 +91,7 @@ def check_choices(obj: Any, section: str) -> None:
             inner = [a for a in args if a is not type(None)]
             hint, args = inner[0], typing.get_args(inner[0]) + (None,)
         if typing.get_origin(hint) is typing.Literal and getattr(obj, name) not in args:
-            raise ValueError(f"{section}.{name}={getattr(obj, name)!r}: allowed values are {list(args)}")
+            raise ValueError(f"{section}.{name}={getattr(obj, name)!r}: allowed values are {tuple(args)}")
 
 
 # ------------------------------------------------------------------------------- composition

@@ -17,13 +17,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, get_args
 
 __all__ = ["ModelConfig", "ARCHITECTURES", "PARAMS_DTYPES", "CORE_ATTENTIONS"]
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
-PARAMS_DTYPES = ("fp32", "bf16")
-CORE_ATTENTIONS = ("sdpa", "local")
+Architecture = Literal["llama", "qwen2", "qwen3"]
+ParamsDtype = Literal["fp32", "bf16"]
+CoreAttention = Literal["sdpa", "local"]
+ARCHITECTURES, PARAMS_DTYPES, CORE_ATTENTIONS = get_args(Architecture), get_args(ParamsDtype), get_args(CoreAttention)
 
 # What each architecture fixes about the attention block (Hugging Face's modelling code).
 _ARCH_FLAGS = {
@@ -40,7 +41,7 @@ _LLAMA3_ROPE_CONSTANTS = dict(low_freq_factor=1.0, high_freq_factor=4.0, origina
 class ModelConfig:
     """A dense decoder-only transformer (RMSNorm, SwiGLU, GQA, RoPE)."""
 
-    architecture: str = "qwen3"
+    architecture: Architecture = "qwen3"
     """Hugging Face family the weights map to: "llama", "qwen2" or "qwen3" (fixes the bias and
     q/k-norm flags below and the names used by checkpoint import/export)."""
     num_layers: int = 4
@@ -78,13 +79,13 @@ class ModelConfig:
     """RMSNorm over each query and key head before RoPE (Qwen3)."""
     tie_word_embeddings: bool = False
     """Output layer shares the input embedding's weight."""
-    params_dtype: str = "fp32"
+    params_dtype: ParamsDtype = "fp32"
     """Dtype of the parameters: "fp32" or "bf16"."""
     attention_dropout: float = 0.0
     """Dropout on attention probabilities (0 for RL fine-tuning)."""
     hidden_dropout: float = 0.0
     """Dropout on the attention and MLP outputs (0 for RL fine-tuning)."""
-    core_attention: str = "sdpa"
+    core_attention: CoreAttention = "sdpa"
     """Attention kernel of the local spec (no Transformer Engine; with TE, TE's attention is used
     and this is ignored): "sdpa" (:class:`~nemo_craft.models.sdpa.SDPAttention`, PyTorch's fused
     scaled-dot-product attention: flash / memory-efficient kernels on GPUs) or "local" (megatron's
@@ -98,8 +99,9 @@ class ModelConfig:
     None for the tokenizer of ``hf_path`` (or "char" when there is no hf_path)."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"model.architecture={self.architecture!r}: allowed values are {ARCHITECTURES}")
+        from nemo_craft.config import check_choices
+
+        check_choices(self, "model")  # architecture, params_dtype, core_attention
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
                      "make_vocab_size_divisible_by", "max_position_embeddings"):
             _check_int(name, getattr(self, name))
@@ -122,10 +124,6 @@ class ModelConfig:
         _check_int("kv_channels", self.kv_channels)
         if self.kv_channels % 2 != 0:
             raise ValueError(f"model.kv_channels={self.kv_channels}: RoPE needs an even head dimension")
-        if self.params_dtype not in PARAMS_DTYPES:
-            raise ValueError(f"model.params_dtype={self.params_dtype!r}: allowed values are {PARAMS_DTYPES}")
-        if self.core_attention not in CORE_ATTENTIONS:
-            raise ValueError(f"model.core_attention={self.core_attention!r}: allowed values are {CORE_ATTENTIONS}")
         for name in ("attention_dropout", "hidden_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 __all__ = ["LoggingConfig", "MetricsLogger", "plot_curves"]
 
@@ -21,12 +21,13 @@ class WandbConfig:
     enabled: bool = False
     """Log to Weights & Biases too (``pip install wandb``)."""
     project: str = "nemo_craft"
-    mode: str = "offline"
+    mode: Literal["online", "offline", "disabled"] = "offline"
     """"online", "offline" (writes under the run dir; ``wandb sync`` later) or "disabled"."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"logging.wandb.mode={self.mode!r}: allowed are online, offline, disabled")
+        from nemo_craft.config import check_choices
+
+        check_choices(self, "logging.wandb")
 
 
 @dataclass
