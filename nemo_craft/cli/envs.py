@@ -11,7 +11,7 @@ from typing import Sequence
 
 import yaml
 
-from nemo_craft.envs.registry import ENVIRONMENTS, env_class, make_config, make_env
+from nemo_craft.envs.registry import ENVIRONMENTS, MissingEngineError, env_class, make_config, make_env
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict:
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seeds < 1:
             parser.error(f"--seeds must be >= 1, got {args.seeds}")
         ok = check(args.name, range(args.start, args.start + args.seeds), _parse_overrides(args.set))
-    except ValueError as err:
+    except (ValueError, MissingEngineError) as err:  # a bad value, or an engine to install: one line
         print(f"envs {args.command}: {err}", file=sys.stderr)
         return 2
     print(f"{args.name}: {'all' if ok else 'NOT all'} {args.seeds} plan replays succeeded")

@@ -36,13 +36,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    from nemo_craft.parallel.rendezvous import single_process_env
+    from nemo_craft.envs.registry import MissingEngineError
     from nemo_craft.eval.evaluator import Evaluator, eval_config, write_results
     from nemo_craft.parallel.initialize import destroy_parallel
+    from nemo_craft.parallel.rendezvous import single_process_env
 
-    cfg, info = eval_config(args.overrides)
     single_process_env()
-    evaluator = Evaluator(cfg, args.split, n_tasks=args.tasks)
+    try:  # a user's mistake: one line naming the value, before any process group
+        cfg, info = eval_config(args.overrides)
+        evaluator = Evaluator(cfg, args.split, n_tasks=args.tasks)
+    except (ValueError, MissingEngineError) as err:
+        print(f"nemo-craft evaluate: {err}", file=sys.stderr)
+        return 2
     try:
         result = evaluator.run()
     finally:

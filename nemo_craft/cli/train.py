@@ -18,12 +18,13 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print("overrides: any key of conf/config.yaml, e.g. method=sdar env=sokoban parallel=tp2 trainer.max_steps=20")
         return 0
+    from nemo_craft.envs.registry import MissingEngineError
     from nemo_craft.trainer.trainer import CraftTrainer
 
     single_process_env()
     try:  # a user's mistake in the config: one line naming the value, before any process group
         trainer = CraftTrainer(compose(argv))
-    except ValueError as err:
+    except (ValueError, MissingEngineError) as err:
         print(f"nemo-craft train: {err}", file=sys.stderr)
         return 2
     val = trainer.fit()

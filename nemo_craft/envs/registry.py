@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
 from typing import Any
 
 from nemo_craft.envs.base import EnvConfig, TextEnv
@@ -17,6 +18,26 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
     "alfworld": ("nemo_craft.envs.alfworld.env", "ALFWorldEnv"),
     "scienceworld": ("nemo_craft.envs.scienceworld", "ScienceWorldEnv"),
 }
+
+# name -> the modules of its optional engine (the ``envs`` extra of setup.cfg)
+ENGINES: dict[str, tuple[str, ...]] = {
+    "alfworld": ("alfworld", "textworld"),
+    "scienceworld": ("scienceworld",),
+}
+INSTALL_ENGINES = "pip install 'nemo_craft[envs]' (or bash scripts/install.sh test)"
+
+
+class MissingEngineError(ImportError):
+    """An environment's optional engine is not installed; the message is one line naming the
+    environment, the missing module and the install command."""
+
+
+def require_engine(name: str) -> None:
+    """Raise :class:`MissingEngineError` when environment ``name``'s engine cannot be imported."""
+    missing = [m for m in ENGINES.get(name, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingEngineError(f"environment {name!r} needs {' and '.join(missing)}, which is not installed: "
+                                 f"{INSTALL_ENGINES}")
 
 
 def env_class(name: str) -> type[TextEnv]:
@@ -38,10 +59,17 @@ def make_config(name: str, **cfg: Any) -> EnvConfig:
 
 def make_env(name: str, **cfg: Any) -> TextEnv:
     """An environment by registry name, e.g. ``make_env("sokoban", height=7, num_boxes=2)``."""
+    require_engine(name)
     return env_class(name)(make_config(name, **cfg))
 
 
 def env_factory(name: str, **cfg: Any) -> functools.partial:
-    """A picklable zero-argument factory (for ``EnvPool``); validates the config now."""
-    make_config(name, **cfg)
+    """A picklable zero-argument factory (for ``EnvPool``). Checks now what would otherwise fail
+    inside the pool, where a failure only ends each episode: the config, the engine, and what the
+    environment's ``preflight(config)`` checks (e.g. a data directory)."""
+    config = make_config(name, **cfg)
+    require_engine(name)
+    preflight = getattr(env_class(name), "preflight", None)
+    if preflight is not None:
+        preflight(config)
     return functools.partial(make_env, name, **cfg)

@@ -82,6 +82,7 @@ class Evaluator:
 
     def __init__(self, cfg: DictConfig, split: str, *, n_tasks: Optional[int] = None,
                  init_method: Optional[str] = None):
+        from nemo_craft.envs import env_factory
         from nemo_craft.trainer.trainer import TrainerConfig
 
         self.cfg = cfg
@@ -99,6 +100,7 @@ class Evaluator:
                 raise ValueError(f"environment {self.run_cfg.env_name!r} has no 'split' setting for "
                                  f"split {split!r}")
             self.env_cfg["split"] = self.split.env_split
+        env_factory(self.run_cfg.env_name, **self.env_cfg)  # the engine and its data, before any process group
         self._init_method = init_method
         self.step: Optional[int] = None
 

@@ -81,6 +81,7 @@ class CraftTrainer:
     def __init__(self, cfg, *, init_method: Optional[str] = None):
         """Builds and validates every section of the config: a bad value is refused here, before
         any process group, model or weight exists."""
+        from nemo_craft.envs import env_factory
         from nemo_craft.trainer.checkpoint import CheckpointConfig
         from nemo_craft.trainer.logger import LoggingConfig
 
@@ -92,6 +93,7 @@ class CraftTrainer:
         self.log_cfg = to_dataclass(LoggingConfig, cfg.logging, "logging")
         self.tcfg.warm_start.check_pretrained(self.run.model.hf_path)
         self.rollout_cfg.check_trainable()
+        env_factory(self.run.env_name, **dict(self.run.env_kwargs).get("config", {}))  # engine, data: here, not in the pool
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.run.model.validate_layout(self.run.parallel)
         self.run.parallel.check_generation()

@@ -96,24 +96,32 @@ class ALFWorldEnv(TextEnv):
             import textworld
             from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
         except ImportError as err:
-            raise ImportError("the alfworld environment needs `pip install alfworld`") from err
+            from nemo_craft.envs.registry import INSTALL_ENGINES, MissingEngineError
+
+            raise MissingEngineError(f"the alfworld environment needs alfworld: {INSTALL_ENGINES}") from err
         self._textworld = textworld
         self._wrappers = (AlfredDemangler, AlfredInfos)
-        cfg = self.config
-        self.games = official_games(cfg.split) if cfg.data != "generated" else []
-        if cfg.data == "official" and not self.games:
-            raise ValueError(
-                "data='official' but no games under $ALFWORLD_DATA/json_2.1.1/"
-                f"{_OFFICIAL_SPLIT[cfg.split]}; set ALFWORLD_DATA or use 'generated'"
-            )
-        if not self.games and cfg.split in ("valid_seen", "valid_unseen"):
-            raise ValueError(f"split {cfg.split!r} needs the official data (ALFWORLD_DATA)")
+        self.games = self.preflight(self.config)
         self._engine = None
         self._state = None
         self.plan: list[str] = []
         self.task_text = ""
         self.won = False
         self.gamefile = ""
+
+    @staticmethod
+    def preflight(cfg: ALFWorldConfig) -> list[str]:
+        """The official game files ``cfg`` plays (empty: generated games); a ValueError naming
+        ALFWORLD_DATA when ``cfg`` needs the official games and they are not there."""
+        games = official_games(cfg.split) if cfg.data != "generated" else []
+        if games or (cfg.data != "official" and cfg.split not in ("valid_seen", "valid_unseen")):
+            return games
+        why = f"data={cfg.data!r}" if cfg.data == "official" else f"split={cfg.split!r}"
+        root = os.environ.get("ALFWORLD_DATA")
+        where = (f"ALFWORLD_DATA={root} has no games under json_2.1.1/{_OFFICIAL_SPLIT[cfg.split]}" if root
+                 else "ALFWORLD_DATA is not set")
+        raise ValueError(f"alfworld: {why} needs the official games, and {where}; set ALFWORLD_DATA to the "
+                         "directory alfworld-download fills, or use env.config.data=generated with split train/test")
 
     @property
     def generated(self) -> bool:
