@@ -29,14 +29,15 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import wait as mp_wait
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 from nemo_craft.envs.base import TextEnv
 
 logger = logging.getLogger(__name__)
 
 EnvFactory = Callable[[], TextEnv]
-_BACKENDS = ("thread", "process")
+PoolBackend = Literal["thread", "process"]
+_BACKENDS = get_args(PoolBackend)
 _POLL_S = 0.02
 
 
@@ -44,7 +45,7 @@ _POLL_S = 0.02
 class PoolConfig:
     """How episodes are run in parallel."""
 
-    backend: str = "thread"
+    backend: PoolBackend = "thread"
     """"thread" (in-process) or "process" (one killable worker process per slot)."""
     max_workers: int = 8
     """Concurrent calls for the thread backend."""

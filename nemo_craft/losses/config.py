@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["LossConfig", "PRESETS", "DISTILL_TERMS", "ALIGNMENTS", "ADVANTAGE_SHAPINGS"]
 
-DISTILL_TERMS = ("sdar", "skill_sd", "cringe", "none")
-ALIGNMENTS = ("turn_position", "turn_mean")
-ADVANTAGE_SHAPINGS = ("none", "rlsd")
+DistillTerm = Literal["sdar", "skill_sd", "cringe", "none"]
+Alignment = Literal["turn_position", "turn_mean"]
+AdvantageShaping = Literal["none", "rlsd"]
+DISTILL_TERMS = typing.get_args(DistillTerm)
+ALIGNMENTS = typing.get_args(Alignment)
+ADVANTAGE_SHAPINGS = typing.get_args(AdvantageShaping)
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,13 @@ class LossConfig:
     """beta_g: gate g = sigmoid(beta_g * Delta); 0 gives g = 0.5 everywhere (GRPO+OPSD)."""
     sd_coef: float = 0.01
     """lambda (lambda_0 under the controller): L_sd = lambda * c * (logp_T - logp)."""
-    distill: str = "sdar"
+    distill: DistillTerm = "sdar"
     """Distillation term: "sdar" (lambda * c * (logp_T - logp)), "skill_sd" (Skill-SD's
     divergence), "cringe" (Adaptive-CRINGE: SDAR's term on Delta > 0, CRINGE on Delta < 0)
     or "none" (GRPO, RLSD)."""
 
     # -- related methods ----------------------------------------------------------------
-    advantage_shaping: str = "none"
+    advantage_shaping: AdvantageShaping = "none"
     """"rlsd": A_t = A * ((1 - l) + l * clip(exp(sign(A) * Delta), 1 - e, 1 + e))."""
     rlsd_mix: float = 0.5
     """RLSD's l."""
@@ -70,7 +75,7 @@ class LossConfig:
     # -- Pillar 1: counterfactual token importance ----------------------------------------
     counterfactual: bool = False
     """Switch of Pillar 1: credit c = g * tanh(CTI / kappa) instead of c = g."""
-    align: str = "turn_position"
+    align: Alignment = "turn_position"
     """Which sibling tokens are compared: "turn_position" (same turn k and position t) or
     "turn_mean" (one weight per turn from the turn's mean Delta; same CTI for the turn)."""
     cti_clip: float = 5.0

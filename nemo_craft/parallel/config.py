@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 __all__ = ["ParallelConfig"]
 
-_BACKENDS = ("auto", "nccl", "gloo")
-_RECOMPUTE_GRANULARITY = (None, "selective", "full")
-_RECOMPUTE_METHODS = ("uniform", "block")
+Backend = Literal["auto", "nccl", "gloo"]
+RecomputeGranularity = Literal["selective", "full"]
+RecomputeMethod = Literal["uniform", "block"]
+_BACKENDS = typing.get_args(Backend)
+_RECOMPUTE_GRANULARITY = (None, *typing.get_args(RecomputeGranularity))
+_RECOMPUTE_METHODS = typing.get_args(RecomputeMethod)
 
 
 @dataclass
@@ -36,15 +40,15 @@ class ParallelConfig:
     """Overlap the data-parallel gradient reduce-scatter/all-reduce with the backward pass."""
     overlap_param_gather: bool = False
     """Overlap the distributed optimizer's parameter all-gather with the next forward."""
-    backend: str = "auto"
+    backend: Backend = "auto"
     """torch.distributed backend: "auto" is NCCL on CUDA and gloo without it."""
     distributed_timeout_minutes: int = 30
     """Collective timeout; a hung rank fails the job after this long instead of hanging it."""
-    recompute_granularity: Optional[str] = None
+    recompute_granularity: Optional[RecomputeGranularity] = None
     """Activation recomputation in the training backward: None (keep every activation),
     "selective" (recompute core attention: drops the s x s scores of unfused attention) or
     "full" (keep only each recomputed layer's input; about a third more compute)."""
-    recompute_method: str = "uniform"
+    recompute_method: RecomputeMethod = "uniform"
     """With "full": "uniform" recomputes every layer in groups of ``recompute_num_layers``;
     "block" recomputes only the first ``recompute_num_layers`` layers of each pipeline chunk."""
     recompute_num_layers: int = 1

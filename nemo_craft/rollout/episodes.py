@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from nemo_craft.envs.pool import EnvPool, EnvResult, PoolConfig
 from nemo_craft.rollout.conversation import ChatFormat
-from nemo_craft.rollout.generation import BACKENDS, GenerationConfig, GenerationResult
+from nemo_craft.rollout.generation import BACKENDS, Backend, GenerationConfig, GenerationResult
 from nemo_craft.rollout.trajectory import Trajectory, TurnRecord
 from nemo_craft.seeds import turn_sampling_seed
 
@@ -61,7 +61,7 @@ class RolloutConfig:
     """Nucleus sampling of validation and evaluation rollouts (1.0: off)."""
     val_top_k: int = 0
     """Top-k sampling of validation and evaluation rollouts (0: off)."""
-    backend: str = "auto"
+    backend: Backend = "auto"
     """Generation backend (see ``GenerationConfig.backend``)."""
     stop_strings: tuple[str, ...] = ("</action>",)
     """An action ends when its text contains one of these."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, get_args
 
 import torch
 
@@ -34,14 +34,15 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKENDS", "GenerationConfig", "GenerationResult", "Generator", "GenerationTokenizer", "resolve_backend"]
 
-BACKENDS = ("auto", "static", "dynamic")
+Backend = Literal["auto", "static", "dynamic"]
+BACKENDS = get_args(Backend)
 
 
 @dataclass
 class GenerationConfig:
     """How actions are sampled."""
 
-    backend: str = "auto"
+    backend: Backend = "auto"
     """"static" (megatron's static KV cache; CPU and GPU), "dynamic" (megatron's dynamic engine:
     paged KV cache, in-flight batching; CUDA, flash-attn >= 2.7.3, bf16 / fp16) or "auto" (dynamic
     where it can run, else static)."""
