@@ -93,7 +93,8 @@ class CraftTrainer:
         self.log_cfg = to_dataclass(LoggingConfig, cfg.logging, "logging")
         self.tcfg.warm_start.check_pretrained(self.run.model.hf_path)
         self.rollout_cfg.check_trainable()
-        env_factory(self.run.env_name, **dict(self.run.env_kwargs).get("config", {}))  # engine, data: here, not in the pool
+        # the environment's config, engine and data checked here: inside the pool a failure only ends episodes
+        env_factory(self.run.env_name, **dict(self.run.env_kwargs).get("config", {}))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.run.model.validate_layout(self.run.parallel)
         self.run.parallel.check_generation()
