@@ -26,11 +26,11 @@ def test_unknown_config_key_is_named():
 def test_conf_files_match_the_config_dataclasses(path):
     conf = yaml.safe_load(path.read_text())
     assert conf["name"] == path.stem
-    config = make_config(conf["name"], **conf["config"])
+    config = make_config(conf["name"], **conf.get("config", {}))
     fields = {f.name for f in dataclasses.fields(env_class(conf["name"]).config_cls)}
-    assert set(conf["config"]) == fields, "every field has its default in the YAML"
+    assert set(conf.get("config", {})) <= fields, "the YAML sets only fields of the config class"
     assert config.max_turns >= 1
-    PoolConfig(**conf["pool"])
+    PoolConfig(**conf.get("pool", {}))
 
 
 def test_conf_covers_every_environment():

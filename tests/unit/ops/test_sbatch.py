@@ -70,7 +70,10 @@ def test_dockerfile_builds_on_a_nemo_image_and_installs_the_package():
     docker = (REPO / "containers" / "Dockerfile").read_text()
     # NeMo 26.04 ships megatron-core 0.17.0 (docs/compatibility.md); the build refuses one outside the range
     assert re.search(r"^ARG NEMO_IMAGE=nvcr\.io/nvidia/nemo:26\.04$", docker, flags=re.M)
-    assert "FROM ${NEMO_IMAGE}" in docker and "pip install --no-deps -e ." in docker
+    assert "FROM ${NEMO_IMAGE}" in docker
+    # the users' install path (a wheel), with the image's own torch build pinned
+    assert "PIP_CONSTRAINT=/tmp/image-constraints.txt NEMO_CRAFT_EDITABLE=0 bash scripts/install.sh" in docker
+    assert "print(f'torch=={torch.__version__}')\" > /tmp/image-constraints.txt" in docker
     assert "megatron-core==${MEGATRON_CORE_VERSION}" in docker and "require_supported()" in docker
 
 
