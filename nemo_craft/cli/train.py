@@ -1,7 +1,8 @@
 """``nemo-craft train [key=value ...]``: compose the config and run the RL loop.
 
 Under torchrun/SLURM every rank runs this with the same overrides; run directly, it is one
-process on this machine (world size 1).
+process on this machine (world size 1). ``nemo-craft train --cfg job [key=value ...]`` prints the
+composed config, every default filled in and every section validated, and exits (Hydra's flag).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-        print("overrides: any key of conf/config.yaml, e.g. method=sdar env=sokoban parallel=tp2 trainer.max_steps=20")
+        print("overrides: a config group (method=sdar env=sokoban parallel=tp2) or any field of a section\n"
+              "(trainer.max_steps=20 loss.sd_coef=0.01); `nemo-craft train --cfg job [overrides]` shows them all")
         return 0
+    if argv and argv[0] == "--cfg":
+        return print_config(argv[2:] if argv[1:2] == ["job"] else argv[1:])
     from nemo_craft.envs.registry import MissingEngineError
     from nemo_craft.trainer.trainer import CraftTrainer
 
@@ -33,4 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     from nemo_craft.parallel.initialize import destroy_parallel
 
     destroy_parallel()
+    return 0
+
+
+def print_config(overrides: list[str]) -> int:
+    """The run's config as YAML on stdout, after ``CraftTrainer`` has validated it (which builds
+    no process group, model or weight)."""
+    from omegaconf import OmegaConf
+
+    from nemo_craft.envs.registry import MissingEngineError
+    from nemo_craft.trainer.trainer import CraftTrainer
+
+    try:
+        cfg = compose(overrides)
+        CraftTrainer(cfg)
+    except (ValueError, MissingEngineError) as err:
+        print(f"nemo-craft train: {err}", file=sys.stderr)
+        return 2
+    print(OmegaConf.to_yaml(cfg), end="")
     return 0
