@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "SECTIONS", "compose", "to_dataclass", "field_defaults", "check_choices",
-           "rollout_config", "RunConfig"]
+__all__ = [
+    "CONF_DIR",
+    "SECTIONS",
+    "compose",
+    "to_dataclass",
+    "field_defaults",
+    "check_choices",
+    "rollout_config",
+    "RunConfig",
+]
 
 # Inside the package, so that a wheel ships it: in a checkout nemo_craft/conf links to the
 # top-level conf/ that users edit (setup.cfg's package_data copies the files into the wheel).
@@ -37,8 +46,8 @@ SECTIONS = {
     "trainer": "nemo_craft.trainer.trainer:TrainerConfig",
     "checkpoint": "nemo_craft.trainer.checkpoint:CheckpointConfig",
     "logging": "nemo_craft.trainer.logger:LoggingConfig",
-    "loss": "nemo_craft.losses.config:LossConfig",   # defaults: the method's preset (LossConfig.preset)
-    "plan": "nemo_craft.planner.inputs:Workload",    # not filled: its defaults derive from rollout/trainer
+    "loss": "nemo_craft.losses.config:LossConfig",  # defaults: the method's preset (LossConfig.preset)
+    "plan": "nemo_craft.planner.inputs:Workload",  # not filled: its defaults derive from rollout/trainer
 }
 # Keys of a section that are no dataclass field: the loss preset's name and label, the env's name.
 _EXTRA_KEYS = {"loss": ("preset", "name"), "env": ("name",)}
@@ -96,8 +105,10 @@ def check_choices(obj: Any, section: str) -> None:
 
 # ------------------------------------------------------------------------------- composition
 
-def compose(overrides: Sequence[str] = (), config_dir: str | Path | None = None,
-            config_name: str = "config") -> DictConfig:
+
+def compose(
+    overrides: Sequence[str] = (), config_dir: str | Path | None = None, config_name: str = "config"
+) -> DictConfig:
     """The resolved config of ``conf/<config_name>.yaml`` with ``overrides`` applied, every
     section filled with its dataclass's defaults where the YAML and the overrides leave a field out."""
     conf = Path(config_dir or CONF_DIR).resolve()
@@ -167,8 +178,9 @@ def _check_path(path: Sequence[str], schema: type | dict, where: str) -> None:
     nested = nested_class(schema, path[0])
     if len(path) > 1 or nested is not None:
         if nested is None:
-            raise ValueError(f"unknown config key '{where}.{'.'.join(path)}': {where}.{path[0]} is a value, "
-                             "not a section")
+            raise ValueError(
+                f"unknown config key '{where}.{'.'.join(path)}': {where}.{path[0]} is a value, not a section"
+            )
         if len(path) > 1:
             _check_path(path[1:], nested, f"{where}.{path[0]}")
 
@@ -197,6 +209,7 @@ def _fill_defaults(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------------- typed sections
+
 
 def to_dataclass(cls: type, node: Any, section: str, drop: Sequence[str] = ()) -> Any:
     """Build dataclass ``cls`` from a config node; unknown keys (in nested sections too) are an
@@ -246,7 +259,7 @@ class RunConfig:
     pool: Any = None
 
     @classmethod
-    def from_omegaconf(cls, cfg: DictConfig) -> "RunConfig":
+    def from_omegaconf(cls, cfg: DictConfig) -> RunConfig:
         from nemo_craft.envs import PoolConfig
         from nemo_craft.envs.registry import make_config
         from nemo_craft.losses import LossConfig
@@ -263,10 +276,17 @@ class RunConfig:
         env_name = env_node.pop("name", None)  # the rest: config (the env's own), pool
         if env_name is None:
             raise ValueError("config section 'env' needs a 'name' (pick one with env=NAME)")
-        sections = {s: to_dataclass(section_class(s), cfg[s], s)
-                    for s in ("model", "parallel", "trainer", "checkpoint", "logging") if s in cfg}
+        sections = {
+            s: to_dataclass(section_class(s), cfg[s], s)
+            for s in ("model", "parallel", "trainer", "checkpoint", "logging")
+            if s in cfg
+        }
         return cls(
-            raw=cfg, loss=loss, env_name=env_name, env_kwargs=env_node, **sections,
+            raw=cfg,
+            loss=loss,
+            env_name=env_name,
+            env_kwargs=env_node,
+            **sections,
             rollout=rollout_config(cfg) if "rollout" in cfg else None,
             env_config=make_config(env_name, **env_node.get("config", {})),
             pool=to_dataclass(PoolConfig, env_node.get("pool", {}), "env.pool"),

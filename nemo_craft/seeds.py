@@ -16,8 +16,16 @@ compare runs bit for bit across layouts, not against stored numbers, so they wou
 
 from __future__ import annotations
 
-__all__ = ["TRAIN_TASK_STRIDE", "SAMPLING_STRIDE", "TURN_STRIDE", "WARM_START_FIRST_TASK", "TEST_FIRST_TASK",
-           "train_task_seed0", "step_sampling_seed", "turn_sampling_seed"]
+__all__ = [
+    "TRAIN_TASK_STRIDE",
+    "SAMPLING_STRIDE",
+    "TURN_STRIDE",
+    "WARM_START_FIRST_TASK",
+    "TEST_FIRST_TASK",
+    "train_task_seed0",
+    "step_sampling_seed",
+    "turn_sampling_seed",
+]
 
 TRAIN_TASK_STRIDE = 7_919
 """A prime: the training tasks of consecutive run seeds start 7919 tasks apart."""

@@ -23,8 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nemo_craft.testing.distributed import run_distributed  # noqa: E402
 
 # A small Qwen3-like shape: 16 query heads of 64 over 4 key/value groups.
-MODEL = dict(num_layers=4, hidden_size=1024, ffn_hidden_size=2816, num_attention_heads=16, num_query_groups=4,
-             kv_channels=64, vocab_size=2048, make_vocab_size_divisible_by=128, max_position_embeddings=16384)
+MODEL = dict(
+    num_layers=4,
+    hidden_size=1024,
+    ffn_hidden_size=2816,
+    num_attention_heads=16,
+    num_query_groups=4,
+    kv_channels=64,
+    vocab_size=2048,
+    make_vocab_size_divisible_by=128,
+    max_position_embeddings=16384,
+)
 
 
 def _bench(seq_lens: list, batch: int, repeats: int, dtype: str) -> list:
@@ -95,19 +104,26 @@ def main() -> int:
     args = ap.parse_args()
     seqs = args.seq or ([256, 1024] if args.device == "cpu" else [1024, 4096, 8192])
     dtype = "bf16" if args.device == "cuda" else "fp32"
-    rows = run_distributed(_bench, world_size=1, timeout=3000, args=(seqs, args.batch, args.repeats, dtype),
-                           device=args.device)[0]
-    print(f"model: {MODEL['num_layers']} layers, hidden {MODEL['hidden_size']}, {MODEL['num_attention_heads']} heads / "
-          f"{MODEL['num_query_groups']} groups of {MODEL['kv_channels']}; {dtype}; batch {args.batch}; "
-          f"forward + backward; {args.device}")
-    print(f"{'seq':>6} {'attention':<9} {'seconds':>8} {'peak MiB':>9} {'time sdpa/local':>16} {'memory sdpa/local':>18}")
+    rows = run_distributed(
+        _bench, world_size=1, timeout=3000, args=(seqs, args.batch, args.repeats, dtype), device=args.device
+    )[0]
+    print(
+        f"model: {MODEL['num_layers']} layers, hidden {MODEL['hidden_size']}, {MODEL['num_attention_heads']} heads / "
+        f"{MODEL['num_query_groups']} groups of {MODEL['kv_channels']}; {dtype}; batch {args.batch}; "
+        f"forward + backward; {args.device}"
+    )
+    print(
+        f"{'seq':>6} {'attention':<9} {'seconds':>8} {'peak MiB':>9} {'time sdpa/local':>16} {'memory sdpa/local':>18}"
+    )
     by = {(r["seq"], r.get("attention")): r for r in rows}
     for seq in seqs:
         local, sdpa = by[(seq, "local")], by[(seq, "sdpa")]
         for r in (local, sdpa):
             print(f"{seq:>6} {r['attention']:<9} {r['seconds']:8.3f} {r['peak_mib']:9.0f}")
-        print(f"{seq:>6} {'':<9} {'':>8} {'':>9} {sdpa['seconds'] / local['seconds']:16.3f} "
-              f"{sdpa['peak_mib'] / local['peak_mib']:18.3f}   max |logit diff| {by[(seq, None)]['max_logit_diff']:.2e}")
+        print(
+            f"{seq:>6} {'':<9} {'':>8} {'':>9} {sdpa['seconds'] / local['seconds']:16.3f} "
+            f"{sdpa['peak_mib'] / local['peak_mib']:18.3f}   max |logit diff| {by[(seq, None)]['max_logit_diff']:.2e}"
+        )
     return 0
 
 

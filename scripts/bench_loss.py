@@ -51,13 +51,21 @@ def make_batch(tokens: int, vocab: int, device, seed: int = 0):
     pos = pos - (period * 2) // 5
     lp = -torch.rand(b, SEQ, generator=gen) * 2
     batch = TokenBatch(
-        logp_old=lp, logp_teacher=lp + torch.randn(b, SEQ, generator=gen),
+        logp_old=lp,
+        logp_teacher=lp + torch.randn(b, SEQ, generator=gen),
         logp_ref=lp + 0.3 * torch.randn(b, SEQ, generator=gen),
-        loss_mask=mask, rewards=torch.randint(0, 2, (b,), generator=gen).float(),
-        group_ids=torch.arange(b) // GROUP, turn_ids=turn, pos_in_turn=pos.clamp(min=0))
+        loss_mask=mask,
+        rewards=torch.randint(0, 2, (b,), generator=gen).float(),
+        group_ids=torch.arange(b) // GROUP,
+        turn_ids=turn,
+        pos_in_turn=pos.clamp(min=0),
+    )
     targets = torch.randint(0, vocab, (b, SEQ), generator=gen)
-    moved = {f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
-             if isinstance(getattr(batch, f.name), torch.Tensor)}
+    moved = {
+        f.name: getattr(batch, f.name).to(device)
+        for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
+    }
     return dataclasses.replace(batch, **moved), targets.to(device)
 
 
@@ -87,7 +95,7 @@ class _GatherVocab(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad[..., ctx.rank * ctx.width:(ctx.rank + 1) * ctx.width], None
+        return grad[..., ctx.rank * ctx.width : (ctx.rank + 1) * ctx.width], None
 
 
 def naive_loss(logits, targets, batch, cfg, state, tp_group):
@@ -140,8 +148,7 @@ def _peak_bytes(fn, device):
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -165,6 +172,7 @@ def measure(vocab, tokens, dtype, device, repeats, tp_group=None, with_model=Tru
         def run():
             leaf.grad = None
             loss_fn().backward()
+
         return run
 
     run_craft = step(lambda: policy_loss(leaf, targets, b_craft, craft, state, tp_group=tp_group)[0])
@@ -198,8 +206,19 @@ def _tp_worker(rank, world, port, args, queue):
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        rows = [measure(v, t, args.dtype, torch.device("cpu"), args.repeats, dist.group.WORLD, with_model=False,
-                        chunk_size=args.chunk_size) for v, t in args.sizes]
+        rows = [
+            measure(
+                v,
+                t,
+                args.dtype,
+                torch.device("cpu"),
+                args.repeats,
+                dist.group.WORLD,
+                with_model=False,
+                chunk_size=args.chunk_size,
+            )
+            for v, t in args.sizes
+        ]
         if rank == 0:
             queue.put(rows)
     finally:
@@ -222,15 +241,22 @@ def run_tp(world, args):
 
 
 def print_table(rows):
-    head = (f"| {'V':>7} | {'tokens':>6} | TP | CRAFT ms | SDAR ms | CRAFT/SDAR | credits ms | fwd ms "
-            f"| credits/fwd | mem chunked | mem naive |")
+    head = (
+        f"| {'V':>7} | {'tokens':>6} | TP | CRAFT ms | SDAR ms | CRAFT/SDAR | credits ms | fwd ms "
+        f"| credits/fwd | mem chunked | mem naive |"
+    )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for r in rows:
-        cred = (f"{r['credits_ms']:>10.2f} | {r['fwd_ms']:>6.1f} | {r['credit_ratio']:>11.4f}"
-                if "credits_ms" in r else f"{'-':>10} | {'-':>6} | {'-':>11}")
-        print(f"| {r['V']:>7} | {r['T']:>6} | {r['TP']:>2} | {r['craft_ms']:>8.1f} | {r['sdar_ms']:>7.1f} "
-              f"| {r['time_ratio']:>10.3f} | {cred} | {r['mem_chunked']:>10.2f}x | {r['mem_naive']:>8.2f}x |")
+        cred = (
+            f"{r['credits_ms']:>10.2f} | {r['fwd_ms']:>6.1f} | {r['credit_ratio']:>11.4f}"
+            if "credits_ms" in r
+            else f"{'-':>10} | {'-':>6} | {'-':>11}"
+        )
+        print(
+            f"| {r['V']:>7} | {r['T']:>6} | {r['TP']:>2} | {r['craft_ms']:>8.1f} | {r['sdar_ms']:>7.1f} "
+            f"| {r['time_ratio']:>10.3f} | {cred} | {r['mem_chunked']:>10.2f}x | {r['mem_naive']:>8.2f}x |"
+        )
 
 
 def main(argv=None):
@@ -243,9 +269,13 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--chunk-size", type=int, default=None, help="LossConfig.chunk_size (default: the config's)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads per process (CPU timing counts process CPU time, which idle "
-                        "OpenMP threads inflate by spinning; 1 keeps it exact)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per process (CPU timing counts process CPU time, which idle "
+        "OpenMP threads inflate by spinning; 1 keeps it exact)",
+    )
     args = p.parse_args(argv)
     vocab = args.vocab or ([8192, 32768] if args.quick else [32000, 152064])
     tokens = args.tokens or ([1024, 4096] if args.quick else [4096, 16384])
@@ -253,9 +283,11 @@ def main(argv=None):
     args.dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
-          f"{args.dtype}, chunk_size {args.chunk_size or LossConfig().chunk_size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s) per process, TP > 1 on gloo/CPU")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+        f"{args.dtype}, chunk_size {args.chunk_size or LossConfig().chunk_size}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s) per process, TP > 1 on gloo/CPU"
+    )
     rows = []
     if 1 in args.tp:
         rows += [measure(v, t, args.dtype, device, args.repeats, chunk_size=args.chunk_size) for v, t in args.sizes]

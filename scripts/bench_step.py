@@ -28,8 +28,17 @@ MODELS = {
     "tiny": [],
     "tiny_x10": ["model.num_layers=8", "model.hidden_size=256", "model.ffn_hidden_size=768", "model.kv_channels=64"],
 }
-BASE = ["trainer.warm_start.steps=0", "trainer.val_every=0", "checkpoint.dir=null", "checkpoint.save_every=0", "logging.tensorboard=false",
-        "logging.jsonl=false", "logging.progress_bar=false", "logging.plot=false", "run_dir=/tmp/nemo_craft_bench"]
+BASE = [
+    "trainer.warm_start.steps=0",
+    "trainer.val_every=0",
+    "checkpoint.dir=null",
+    "checkpoint.save_every=0",
+    "logging.tensorboard=false",
+    "logging.jsonl=false",
+    "logging.progress_bar=false",
+    "logging.plot=false",
+    "run_dir=/tmp/nemo_craft_bench",
+]
 
 
 def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
@@ -83,18 +92,31 @@ def _one_step(trainer, trajs, start: dict, loss_cfg) -> dict:
         for c in trainer.model:
             for n, p in c.named_parameters():
                 p.copy_(start[n])
-    exp = make_experience(trainer.model, trainer.reference, trajs, loss_cfg, pad_id=trainer.tokenizer.pad_id,
-                          micro_batch_size=trainer.tcfg.micro_batch_size, pad_to_multiple_of=1,
-                          dp_group=None, sample_offset=0, device=trainer.device)
+    exp = make_experience(
+        trainer.model,
+        trainer.reference,
+        trajs,
+        loss_cfg,
+        pad_id=trainer.tokenizer.pad_id,
+        micro_batch_size=trainer.tcfg.micro_batch_size,
+        pad_to_multiple_of=1,
+        dp_group=None,
+        sample_offset=0,
+        device=trainer.device,
+    )
     timings = {k.replace("time/", ""): v for k, v in exp.timings.items()}
     state = copy.deepcopy(trainer.controller)
-    tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
-               "index": torch.arange(exp.input_ids.shape[0], device=trainer.device)}
+    tensors = {
+        "input_ids": exp.input_ids,
+        "targets": exp.targets,
+        "index": torch.arange(exp.input_ids.shape[0], device=trainer.device),
+    }
 
     def loss_fn(mb, logits):
         sub = exp.batch.select(mb["index"])
-        loss, m = policy_loss(logits, mb["targets"], sub, loss_cfg, state, tp_group=trainer._tp_group(),
-                              num_global_tokens=1)
+        loss, m = policy_loss(
+            logits, mb["targets"], sub, loss_cfg, state, tp_group=trainer._tp_group(), num_global_tokens=1
+        )
         return loss, sub.loss_mask.sum(), m
 
     _sync(trainer.device)
@@ -110,8 +132,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                    help="cpu: gloo ranks, CUDA hidden; cuda: NCCL, one GPU per rank")
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cpu: gloo ranks, CUDA hidden; cuda: NCCL, one GPU per rank",
+    )
     args = ap.parse_args()
     import torch
 
@@ -120,25 +146,33 @@ def main() -> int:
     if args.device == "cuda":
         tps = [tp for tp in tps if tp <= torch.cuda.device_count()]
         print(f"device: {torch.cuda.get_device_name()} x{torch.cuda.device_count()}; TP {tps}")
-    print(f"{'model':<9} {'TP':>2} {'method':<6} {'rollout':>8} {'old':>7} {'teacher':>8} {'ref':>7} "
-          f"{'credits':>8} {'train':>7} {'step':>8} {'tok/s':>7}")
+    print(
+        f"{'model':<9} {'TP':>2} {'method':<6} {'rollout':>8} {'old':>7} {'teacher':>8} {'ref':>7} "
+        f"{'credits':>8} {'train':>7} {'step':>8} {'tok/s':>7}"
+    )
     for name in models:
         for tp in tps:
-            res = run_distributed(_bench, world_size=tp, tp=tp, timeout=3000, args=(MODELS[name], tp, args.repeats),
-                                  device=args.device)[0]
+            res = run_distributed(
+                _bench, world_size=tp, tp=tp, timeout=3000, args=(MODELS[name], tp, args.repeats), device=args.device
+            )[0]
             steps = {}
             for method in ("sdar", "craft"):
                 r = res[method]
                 step = res["rollout_s"] + sum(r.values())
                 steps[method] = (step, r)
-                print(f"{name:<9} {tp:>2} {method:<6} {res['rollout_s']:8.2f} {r['old_logprobs_s']:7.2f} "
-                      f"{r['teacher_logprobs_s']:8.2f} {r['ref_logprobs_s']:7.2f} {r['credits_s']:8.4f} "
-                      f"{r['train_s']:7.2f} {step:8.2f} {res['tokens'] / step:7.0f}")
+                print(
+                    f"{name:<9} {tp:>2} {method:<6} {res['rollout_s']:8.2f} {r['old_logprobs_s']:7.2f} "
+                    f"{r['teacher_logprobs_s']:8.2f} {r['ref_logprobs_s']:7.2f} {r['credits_s']:8.4f} "
+                    f"{r['train_s']:7.2f} {step:8.2f} {res['tokens'] / step:7.0f}"
+                )
             (s_sdar, r_sdar), (s_craft, r_craft) = steps["sdar"], steps["craft"]
-            own = (max(r_craft["credits_s"] - r_sdar["credits_s"], 0.0)
-                   + max(r_craft["train_s"] - r_sdar["train_s"], 0.0))
-            print(f"{'':<9} {'':>2} CRAFT step / SDAR step = {s_craft / s_sdar:.4f} (target <= 1.02); "
-                  f"CRAFT's own work (credits + extra loss terms) = {100 * own / s_craft:.2f}% of the step")
+            own = max(r_craft["credits_s"] - r_sdar["credits_s"], 0.0) + max(
+                r_craft["train_s"] - r_sdar["train_s"], 0.0
+            )
+            print(
+                f"{'':<9} {'':>2} CRAFT step / SDAR step = {s_craft / s_sdar:.4f} (target <= 1.02); "
+                f"CRAFT's own work (credits + extra loss terms) = {100 * own / s_craft:.2f}% of the step"
+            )
     return 0
 
 

@@ -20,8 +20,8 @@ import multiprocessing as mp
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "nemo_craft" / "envs" / "scienceworld_plan_lengths.py"
@@ -57,8 +57,11 @@ def split_ranges(task: str) -> dict[str, tuple[int, int]]:
     engine = _engine()
     engine.load(task, 0, "")
     ranges = {}
-    for split, getter in (("train", engine.get_variations_train), ("dev", engine.get_variations_dev),
-                          ("test", engine.get_variations_test)):
+    for split, getter in (
+        ("train", engine.get_variations_train),
+        ("dev", engine.get_variations_dev),
+        ("test", engine.get_variations_test),
+    ):
         variations = sorted(getter())
         if variations != list(range(variations[0], variations[-1] + 1)):
             raise SystemExit(f"{task}: the {split} variations are not contiguous: {variations}")
@@ -91,25 +94,26 @@ def load_cache(path: Path, simplifications: str) -> dict[str, dict[int, int]]:
     return done
 
 
-def jobs(sizes: dict[str, int], done: dict[str, dict[int, int]], simplifications: str,
-         draws: int) -> Iterator[tuple[str, list[int], str, int]]:
+def jobs(
+    sizes: dict[str, int], done: dict[str, dict[int, int]], simplifications: str, draws: int
+) -> Iterator[tuple[str, list[int], str, int]]:
     """Chunks of the variations still to measure, the slowest tasks' first."""
     for task in sorted(sizes, key=lambda t: ("mendelian" not in t and "inclined" not in t, t)):
         todo = [v for v in range(sizes[task]) if v not in done.get(task, {})]
         for k in range(0, len(todo), CHUNK):
-            yield task, todo[k:k + CHUNK], simplifications, draws
+            yield task, todo[k : k + CHUNK], simplifications, draws
 
 
-def write_module(path: Path, lengths: dict[str, dict[int, int]], sizes: dict[str, int],
-                 simplifications: str, draws: int) -> None:
+def write_module(
+    path: Path, lengths: dict[str, dict[int, int]], sizes: dict[str, int], simplifications: str, draws: int
+) -> None:
     """The lengths and split ranges as a Python module, one line per task."""
     import scienceworld
 
     version = getattr(scienceworld, "__version__", "unknown")
     lines = [
         '"""Length of the gold action sequence of every ScienceWorld (task, variation) and the variations',
-        "of each split, measured by ``scripts/scienceworld_plan_lengths.py`` (scienceworld "
-        f"{version},",
+        f"of each split, measured by ``scripts/scienceworld_plan_lengths.py`` (scienceworld {version},",
         f'simplifications "{simplifications}", the longest of {draws} draw(s) a variation). Generated:',
         'do not edit by hand, run the script again."""',
         "",
@@ -144,8 +148,9 @@ def plan_length_lines(rows: dict[str, tuple[int, ...]]) -> list[str]:
     return lines + ["}"] + aliases
 
 
-def measure_missing(todo: list, workers: int, cache_path: Path, simplifications: str,
-                    done: dict[str, dict[int, int]]) -> None:
+def measure_missing(
+    todo: list, workers: int, cache_path: Path, simplifications: str, done: dict[str, dict[int, int]]
+) -> None:
     """Measure the chunks in ``todo``, appending each to the cache as soon as it is done."""
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"{sum(len(j[1]) for j in todo)} variations to measure in {len(todo)} chunks", flush=True)
@@ -156,8 +161,7 @@ def measure_missing(todo: list, workers: int, cache_path: Path, simplifications:
             cache.write(json.dumps(row) + "\n")
             cache.flush()
             done.setdefault(task, {}).update(lengths)
-            print(f"{task}: {len(lengths)} variations, longest {max(lengths.values())} "
-                  f"({seconds:.0f} s)", flush=True)
+            print(f"{task}: {len(lengths)} variations, longest {max(lengths.values())} ({seconds:.0f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,13 @@ from pathlib import Path
 
 import pytest
 
-MARKER_OF_DIRECTORY = {"unit": "unit", "distributed": "distributed", "e2e": "e2e", "gpu": "gpu",
-                       "real_model": "real_model"}
+MARKER_OF_DIRECTORY = {
+    "unit": "unit",
+    "distributed": "distributed",
+    "e2e": "e2e",
+    "gpu": "gpu",
+    "real_model": "real_model",
+}
 _TESTS = Path(__file__).resolve().parent
 
 
@@ -28,8 +33,10 @@ def marker_of(path: Path) -> str | None:
     except ValueError:
         return None
     if top not in MARKER_OF_DIRECTORY:
-        raise pytest.UsageError(f"tests/{top}/ has no marker: add it to MARKER_OF_DIRECTORY in tests/conftest.py "
-                                f"(known: {sorted(MARKER_OF_DIRECTORY)}) and to setup.cfg's markers")
+        raise pytest.UsageError(
+            f"tests/{top}/ has no marker: add it to MARKER_OF_DIRECTORY in tests/conftest.py "
+            f"(known: {sorted(MARKER_OF_DIRECTORY)}) and to setup.cfg's markers"
+        )
     return MARKER_OF_DIRECTORY[top]
 
 

@@ -24,8 +24,9 @@ from nemo_craft.eval.evaluator import eval_config
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="nemo-craft convert", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="nemo-craft convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("direction", choices=("to-hf", "from-hf", "from-gguf"))
     ap.add_argument("--out", required=True, help="output directory")
     args, overrides = ap.parse_known_args(argv)

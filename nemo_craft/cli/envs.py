@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import yaml
 
@@ -60,8 +60,7 @@ def check(name: str, seeds: Sequence[int], cfg: dict, out=None) -> bool:
             all_ok &= ok
             too_long += long_plan
             print(
-                f"{name} seed={seed:<6d} success={str(ok):5s} {detail} "
-                f"({time.perf_counter() - t0:.2f} s)",
+                f"{name} seed={seed:<6d} success={str(ok):5s} {detail} ({time.perf_counter() - t0:.2f} s)",
                 file=out,
                 flush=True,
             )

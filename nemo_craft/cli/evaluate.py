@@ -24,10 +24,14 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nemo-craft evaluate", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*",
-                   help="config overrides key=value (checkpoint.resume=PATH picks the checkpoint)")
+    p = argparse.ArgumentParser(
+        prog="nemo-craft evaluate",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides key=value (checkpoint.resume=PATH picks the checkpoint)"
+    )
     p.add_argument("--split", choices=("val", "test"), default="val", help="the environment's split (default: val)")
     p.add_argument("--out", default=None, help="output directory (default: <run_dir>/eval/<split>_step<N>)")
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (default: trainer.val_tasks)")

@@ -22,7 +22,10 @@ _COMMANDS = {
     "envs": ("nemo_craft.cli.envs", "check an agentic environment by replaying its privileged plan"),
     "evaluate": ("nemo_craft.cli.evaluate", "evaluate a checkpoint on an environment split"),
     "convert": ("nemo_craft.cli.convert", "convert checkpoints between Hugging Face and megatron"),
-    "sweep": ("nemo_craft.cli.sweep", "run a methods x envs x models x seeds sweep (here or as SLURM arrays) and tabulate it"),
+    "sweep": (
+        "nemo_craft.cli.sweep",
+        "run a methods x envs x models x seeds sweep (here or as SLURM arrays) and tabulate it",
+    ),
 }
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 __all__ = ["main", "plan_from_overrides"]
 
@@ -24,11 +25,13 @@ _USAGE = "nemo-craft plan [--json] [--no-suggest] [overrides...]"
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="nemo-craft plan", usage=_USAGE,
+        prog="nemo-craft plan",
+        usage=_USAGE,
         description="Parameters and memory of every pipeline rank of a layout, without a GPU.",
         epilog="overrides: the Hydra overrides of `nemo-craft train` (model=..., parallel=..., cluster=..., "
-               "parallel.tensor_model_parallel_size=4, +recipe=...), plus plan.* workload assumptions "
-               "(plan.seq_length, plan.privileged_tokens, parallel.recompute_granularity=selective|full, ...).")
+        "parallel.tensor_model_parallel_size=4, +recipe=...), plus plan.* workload assumptions "
+        "(plan.seq_length, plan.privileged_tokens, parallel.recompute_granularity=selective|full, ...).",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--no-suggest", action="store_true", help="do not search for a layout that fits")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value")

@@ -24,8 +24,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from nemo_craft.eval.sweep_spec import RunSpec, SweepSpec, is_finished, write_done
 
@@ -33,15 +33,24 @@ _ONLY_KEYS = ("env", "model", "method", "seed")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nemo-craft sweep", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="nemo-craft sweep",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("spec", help="the sweep's YAML, e.g. conf/sweep/cpu_study.yaml")
     p.add_argument("--dry-run", action="store_true", help="print what would run or be submitted; run nothing")
-    p.add_argument("--slurm", action="store_true",
-                   help="submit SLURM arrays (one task per run) instead of running here")
+    p.add_argument(
+        "--slurm", action="store_true", help="submit SLURM arrays (one task per run) instead of running here"
+    )
     p.add_argument("--collect", action="store_true", help="only collect the results and plot them")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"run only the runs with this {'/'.join(_ONLY_KEYS)} (repeatable; same key: any of them)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"run only the runs with this {'/'.join(_ONLY_KEYS)} (repeatable; same key: any of them)",
+    )
     return p
 
 
@@ -93,8 +102,12 @@ def _start(spec: SweepSpec, tag: str, run: RunSpec):
     log = run.run_dir / "train.log"
     print(f"{tag}: running (log {log})", flush=True)
     f = open(log, "a")
-    proc = subprocess.Popen(run.train_command(spec.local.nproc_per_node), stdout=f, stderr=subprocess.STDOUT,
-                            env=_child_env(spec.local.threads_per_run))
+    proc = subprocess.Popen(
+        run.train_command(spec.local.nproc_per_node),
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        env=_child_env(spec.local.threads_per_run),
+    )
     return proc, f, tag, run, log, time.monotonic()
 
 

@@ -17,8 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-        print("overrides: a config group (method=sdar env=sokoban parallel=tp2) or any field of a section\n"
-              "(trainer.max_steps=20 loss.sd_coef=0.01); `nemo-craft train --cfg job [overrides]` shows them all")
+        print(
+            "overrides: a config group (method=sdar env=sokoban parallel=tp2) or any field of a section\n"
+            "(trainer.max_steps=20 loss.sd_coef=0.01); `nemo-craft train --cfg job [overrides]` shows them all"
+        )
         return 0
     if argv and argv[0] == "--cfg":
         return print_config(argv[2:] if argv[1:2] == ["job"] else argv[1:])

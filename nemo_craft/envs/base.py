@@ -45,8 +45,7 @@ class EnvConfig:
             raise ValueError(f"max_turns must be an int >= 1, got {self.max_turns!r}")
         if self.invalid_penalty < 0:
             raise ValueError(
-                f"invalid_penalty is subtracted per invalid action and must be >= 0, "
-                f"got {self.invalid_penalty!r}"
+                f"invalid_penalty is subtracted per invalid action and must be >= 0, got {self.invalid_penalty!r}"
             )
         if self.template not in _TEMPLATES:
             raise ValueError(f"template must be one of {_TEMPLATES}, got {self.template!r}")
@@ -126,7 +125,7 @@ class TextEnv(abc.ABC):
         self.observation, self.done, self._last_info = observation, done, info
         return observation, float(reward), done, info
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- optional hook: most environments hold nothing to release
         """Release engine resources (processes, JVMs); the default has none."""
 
     def turn_limit(self) -> int:

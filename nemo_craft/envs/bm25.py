@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 TOPK_BACKEND = "numpy"
 
@@ -39,12 +40,12 @@ def build_index(texts: Sequence[str]) -> Any:
 
 def query_words(queries: Sequence[str]) -> list[list[str]]:
     """Each query's words as the index tokenises them (an empty list: nothing searchable)."""
-    return [list(w) for w in import_bm25s().tokenize(list(queries), stopwords="en", return_ids=False,
-                                                     show_progress=False)]
+    return [
+        list(w) for w in import_bm25s().tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
+    ]
 
 
 def top_k(index: Any, words: Sequence[str], k: int) -> tuple[Any, Any]:
     """Document ids and scores of the ``k`` best matches of one tokenised query: [k] each."""
-    ids, scores = index.retrieve([list(words)], k=k, show_progress=False, n_threads=1,
-                                 backend_selection=TOPK_BACKEND)
+    ids, scores = index.retrieve([list(words)], k=k, show_progress=False, n_threads=1, backend_selection=TOPK_BACKEND)
     return ids[0], scores[0]

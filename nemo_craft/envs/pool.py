@@ -28,8 +28,9 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as mp_wait
-from typing import Any, Callable, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 from nemo_craft.envs.base import TextEnv
 
@@ -70,9 +71,7 @@ class PoolConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.start_method not in mp.get_all_start_methods():
-            raise ValueError(
-                f"start_method {self.start_method!r} is not one of {mp.get_all_start_methods()}"
-            )
+            raise ValueError(f"start_method {self.start_method!r} is not one of {mp.get_all_start_methods()}")
 
 
 @dataclasses.dataclass
@@ -197,7 +196,7 @@ class EnvPool:
         for slot in range(self.num_slots):
             self._drop_worker(slot, graceful=True)
 
-    def __enter__(self) -> "EnvPool":
+    def __enter__(self) -> EnvPool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -242,8 +241,7 @@ class EnvPool:
         }
         self.failures.append(record)
         logger.warning(
-            "environment failed in %s (slot %d, seed %s, turn %d); episode ended, "
-            "worker replaced: %s",
+            "environment failed in %s (slot %d, seed %s, turn %d); episode ended, worker replaced: %s",
             cmd,
             slot,
             record["seed"],

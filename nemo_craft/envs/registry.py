@@ -36,8 +36,9 @@ def require_engine(name: str) -> None:
     """Raise :class:`MissingEngineError` when environment ``name``'s engine cannot be imported."""
     missing = [m for m in ENGINES.get(name, ()) if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingEngineError(f"environment {name!r} needs {' and '.join(missing)}, which is not installed: "
-                                 f"{INSTALL_ENGINES}")
+        raise MissingEngineError(
+            f"environment {name!r} needs {' and '.join(missing)}, which is not installed: {INSTALL_ENGINES}"
+        )
 
 
 def env_class(name: str) -> type[TextEnv]:

@@ -69,9 +69,7 @@ class ScienceWorldConfig(EnvConfig):
         check_positive("engine_step_limit", self.engine_step_limit)
         unknown = sorted(set(self.tasks) - set(plans.PLAN_LENGTHS))
         if unknown:
-            raise ValueError(
-                f"unknown ScienceWorld task(s) {unknown}; known: {sorted(plans.PLAN_LENGTHS)}"
-            )
+            raise ValueError(f"unknown ScienceWorld task(s) {unknown}; known: {sorted(plans.PLAN_LENGTHS)}")
         self._check_turn_cap()
 
     def _check_turn_cap(self) -> None:
@@ -101,7 +99,7 @@ def turns_needed(plan_length: int) -> int:
     return math.ceil(plan_length * PLAN_MARGIN / 10) * 10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _drawn(task: str, split: str, turn_cap: int) -> tuple[int, ...]:
     """``split_variations`` by value, cached: every reset maps its seed through it."""
     start, stop = plans.SPLIT_RANGES[task][split]
@@ -199,9 +197,7 @@ class ScienceWorldEnv(TextEnv):
         try:
             from scienceworld import ScienceWorldEnv as Engine
         except ImportError as err:
-            raise ImportError(
-                "the scienceworld environment needs `pip install scienceworld` and Java 17"
-            ) from err
+            raise ImportError("the scienceworld environment needs `pip install scienceworld` and Java 17") from err
         _warn_on_other_version()
         self._engine = Engine("", envStepLimit=self.config.engine_step_limit)
         self.task_names = task_names(self.config)
@@ -225,13 +221,20 @@ class ScienceWorldEnv(TextEnv):
         totals."""
         counts = {task: _split_counts(task, config) for task in task_names(config)}
         rows = [
-            {"task": task, "turn_limit": task_turn_limit(task, config),
-             "longest_plan": max(plan_lengths(task)), **_drawn_of_all(c)}
+            {
+                "task": task,
+                "turn_limit": task_turn_limit(task, config),
+                "longest_plan": max(plan_lengths(task)),
+                **_drawn_of_all(c),
+            }
             for task, c in counts.items()
         ]
         totals = {s: tuple(map(sum, zip(*(c[s] for c in counts.values())))) for s in _SPLITS}
-        total = {"task": "(all tasks)", "turn_limit": max(r["turn_limit"] for r in rows),
-                 "longest_plan": max(r["longest_plan"] for r in rows)}
+        total = {
+            "task": "(all tasks)",
+            "turn_limit": max(r["turn_limit"] for r in rows),
+            "longest_plan": max(r["longest_plan"] for r in rows),
+        }
         return rows + [{**total, **_drawn_of_all(totals)}]
 
     def _reset(self, seed: int) -> tuple[str, str, dict[str, Any]]:

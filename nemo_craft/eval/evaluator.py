@@ -19,8 +19,9 @@ episode runner; no optimizer, no reference copy. Tasks are spread over data-para
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -31,8 +32,13 @@ from nemo_craft.eval.splits import split_spec
 __all__ = ["eval_config", "Evaluator", "write_results"]
 
 # group name on the command line -> the config section it fills (and top-level names derived from it)
-_GROUP_SECTIONS = {"model": ("model",), "env": ("env", "env_name"), "method": ("loss", "method_name"),
-                   "parallel": ("parallel",), "cluster": ("cluster",)}
+_GROUP_SECTIONS = {
+    "model": ("model",),
+    "env": ("env", "env_name"),
+    "method": ("loss", "method_name"),
+    "parallel": ("parallel",),
+    "cluster": ("cluster",),
+}
 
 
 def _override_key(override: str) -> str:
@@ -56,8 +62,10 @@ def eval_config(overrides: Sequence[str]):
     composed = compose(overrides)
     path = _resume_path(overrides)
     if path == "auto":
-        raise ValueError("evaluate: checkpoint.resume=auto has no run to look in; pass a checkpoint path "
-                         "(a step_<n> directory, or a run's checkpoints directory for its newest)")
+        raise ValueError(
+            "evaluate: checkpoint.resume=auto has no run to look in; pass a checkpoint path "
+            "(a step_<n> directory, or a run's checkpoints directory for its newest)"
+        )
     info = resolve_checkpoint(None, path) if path is not None else None
     cfg = composed
     if info is not None and (info.path / CONFIG_YAML).is_file():
@@ -65,8 +73,10 @@ def eval_config(overrides: Sequence[str]):
         for o in overrides:
             key = _override_key(o)
             if key == "recipe":
-                raise ValueError("evaluate with a checkpoint takes the run's config from the checkpoint; a recipe "
-                                 "is not applied on top of it: override the sections to change (e.g. parallel=dp)")
+                raise ValueError(
+                    "evaluate with a checkpoint takes the run's config from the checkpoint; a recipe "
+                    "is not applied on top of it: override the sections to change (e.g. parallel=dp)"
+                )
             with open_dict(cfg):
                 for section in _GROUP_SECTIONS.get(key, (key,)):
                     OmegaConf.update(cfg, section, OmegaConf.select(composed, section), merge=False)
@@ -80,8 +90,9 @@ def eval_config(overrides: Sequence[str]):
 class Evaluator:
     """Builds the policy and the environments of ``cfg`` and rolls out one split."""
 
-    def __init__(self, cfg: DictConfig, split: str, *, n_tasks: Optional[int] = None,
-                 init_method: Optional[str] = None):
+    def __init__(
+        self, cfg: DictConfig, split: str, *, n_tasks: Optional[int] = None, init_method: Optional[str] = None
+    ):
         from nemo_craft.envs import env_factory
         from nemo_craft.trainer.trainer import TrainerConfig
 
@@ -97,8 +108,7 @@ class Evaluator:
         self.env_cfg = dict(self.run_cfg.env_kwargs.get("config", {}))
         if self.split.env_split is not None:
             if "split" not in self.env_cfg:
-                raise ValueError(f"environment {self.run_cfg.env_name!r} has no 'split' setting for "
-                                 f"split {split!r}")
+                raise ValueError(f"environment {self.run_cfg.env_name!r} has no 'split' setting for split {split!r}")
             self.env_cfg["split"] = self.split.env_split
         env_factory(self.run_cfg.env_name, **self.env_cfg)  # the engine and its data, before any process group
         self._init_method = init_method
@@ -113,8 +123,9 @@ class Evaluator:
         self.dp_size, self.dp_rank, self.dp_group, self.rank = stack.dp_size, stack.dp_rank, stack.dp_group, stack.rank
         self.rollout_cfg = rollout_config(self.cfg)
         self.chunks, self.tokenizer = stack.chunks, stack.tokenizer
-        self.step = load_checkpoint_weights(to_dataclass(CheckpointConfig, self.cfg.checkpoint, "checkpoint"),
-                                            self.chunks)
+        self.step = load_checkpoint_weights(
+            to_dataclass(CheckpointConfig, self.cfg.checkpoint, "checkpoint"), self.chunks
+        )
         for chunk in self.chunks:
             chunk.eval()
         self.runner = stack.start_episodes(run, self.rollout_cfg, self.env_cfg, validation=True)
@@ -126,7 +137,7 @@ class Evaluator:
         if not hasattr(self, "runner"):
             self.setup()
         seeds = self.split.seeds(self.n_tasks, val_seed_offset=self.tcfg.val_seed_offset)
-        mine = seeds[self.dp_rank::self.dp_size]
+        mine = seeds[self.dp_rank :: self.dp_size]
         trajs = self.runner.run(mine, seed=int(self.cfg.seed), group_size=1, validation=True) if mine else []
         local = [episode_record(t) for t in trajs]
         gathered: list = [None] * self.dp_size
@@ -137,11 +148,18 @@ class Evaluator:
         order = {s: i for i, s in enumerate(seeds)}
         episodes = sorted((e for part in gathered for e in part), key=lambda e: order[e["task_seed"]])
         return {
-            "env": self.run_cfg.env_name, "method": self.run_cfg.loss.name, "split": self.split.name,
-            "env_split": self.env_cfg.get("split"), "first_seed": seeds[0], "n_tasks": len(seeds),
-            "checkpoint": self.cfg.checkpoint.resume, "step": self.step,
-            "temperature": self.rollout_cfg.val_temperature, "sampling_seed": int(self.cfg.seed),
-            "summary": summarize(episodes, self.run_cfg.env_name), "episodes": episodes,
+            "env": self.run_cfg.env_name,
+            "method": self.run_cfg.loss.name,
+            "split": self.split.name,
+            "env_split": self.env_cfg.get("split"),
+            "first_seed": seeds[0],
+            "n_tasks": len(seeds),
+            "checkpoint": self.cfg.checkpoint.resume,
+            "step": self.step,
+            "temperature": self.rollout_cfg.val_temperature,
+            "sampling_seed": int(self.cfg.seed),
+            "summary": summarize(episodes, self.run_cfg.env_name),
+            "episodes": episodes,
         }
 
     def close(self) -> None:

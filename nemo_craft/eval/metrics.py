@@ -12,8 +12,9 @@ num_turns) and ``summarize`` averages them; a metric's ``val_key`` is the traine
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 __all__ = ["PaperMetric", "PAPER_METRICS", "paper_metrics", "episode_record", "summarize", "markdown_summary"]
 
@@ -51,9 +52,16 @@ def paper_metrics(env_name: str) -> tuple[PaperMetric, ...]:
 
 def episode_record(traj) -> dict[str, Any]:
     """The outcome of one validation episode (a ``Trajectory``) as plain JSON values."""
-    return {"task_seed": int(traj.task_seed), "success": bool(traj.success), "score": float(traj.score),
-            "reward": float(traj.reward), "num_turns": int(traj.num_turns), "n_invalid": int(traj.n_invalid),
-            "finish_reason": traj.finish_reason, "error": traj.error}
+    return {
+        "task_seed": int(traj.task_seed),
+        "success": bool(traj.success),
+        "score": float(traj.score),
+        "reward": float(traj.reward),
+        "num_turns": int(traj.num_turns),
+        "n_invalid": int(traj.n_invalid),
+        "finish_reason": traj.finish_reason,
+        "error": traj.error,
+    }
 
 
 def summarize(episodes: Sequence[dict[str, Any]], env_name: str) -> dict[str, Any]:
@@ -88,13 +96,20 @@ def markdown_summary(result: dict[str, Any]) -> str:
     """One evaluation (``Evaluator.run``'s result) as a Markdown table with a heading."""
     s = result["summary"]
     ckpt = result.get("checkpoint") or "initial weights"
-    lines = [f"# {result['method']} on {result['env']} ({result['split']} split)", "",
-             f"checkpoint: `{ckpt}` (step {result.get('step')}), {s['n_tasks']} tasks from seed "
-             f"{result['first_seed']}, env split {result['env_split']!r}, temperature {result['temperature']}", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"# {result['method']} on {result['env']} ({result['split']} split)",
+        "",
+        f"checkpoint: `{ckpt}` (step {result.get('step')}), {s['n_tasks']} tasks from seed "
+        f"{result['first_seed']}, env split {result['env_split']!r}, temperature {result['temperature']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {label} (%) | {value:.1f} |" for label, value in s["paper"].items()]
-    lines += [f"| {key} | {_fmt(s[key])} |" for key in
-              ("success_rate", "score_mean", "reward_mean", "turns_mean", "invalid_per_episode", "env_errors")]
+    lines += [
+        f"| {key} | {_fmt(s[key])} |"
+        for key in ("success_rate", "score_mean", "reward_mean", "turns_mean", "invalid_per_episode", "env_errors")
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from nemo_craft.eval.metrics import mean_std
 from nemo_craft.eval.results import CURVE_KEY, RunResult, finished_runs, method_label, model_label
@@ -62,18 +63,24 @@ def learning_curves(results: Sequence[RunResult], spec: SweepSpec, out_dir: str 
             path.unlink(missing_ok=True)  # a stale plot from an earlier collection would mislead
             continue
         panels = [p for p in _PANELS if any(getattr(r, p[0]) for r in done)]
-        fig, axes = plt.subplots(len(panels), len(models), figsize=(4.6 * len(models), 3.6 * len(panels)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(panels), len(models), figsize=(4.6 * len(models), 3.6 * len(panels)), squeeze=False
+        )
         for row, (attr, ylabel) in zip(axes, panels):
             for ax, model in zip(row, models):
                 for method in spec.methods:
                     steps, means, stds = _mean_curve(finished_runs(results, env, model, method), attr)
                     if not steps:
                         continue
-                    line, = ax.plot(steps, means, marker="o", ms=3, label=method_label(method))
-                    ax.fill_between(steps, [m - s for m, s in zip(means, stds)],
-                                    [m + s for m, s in zip(means, stds)], color=line.get_color(), alpha=0.18,
-                                    linewidth=0)
+                    (line,) = ax.plot(steps, means, marker="o", ms=3, label=method_label(method))
+                    ax.fill_between(
+                        steps,
+                        [m - s for m, s in zip(means, stds)],
+                        [m + s for m, s in zip(means, stds)],
+                        color=line.get_color(),
+                        alpha=0.18,
+                        linewidth=0,
+                    )
                 ax.set_title(f"{env}, {model_label(spec, model)}")
                 ax.set_xlabel("step")
                 ax.set_ylabel(ylabel)
@@ -91,8 +98,12 @@ def ablation_bars(results: Sequence[RunResult], spec: SweepSpec, out_path: str |
     """The pillar ablation, a panel per (environment, model) with a finished ablation run; None
     when there is no such panel (or the sweep runs none of ``spec.ablation``'s methods)."""
     methods = [m for m in spec.ablation if m in spec.methods]
-    panels = [(env, model) for env in spec.envs for model in spec.models
-              if any(finished_runs(results, env, model, m) for m in methods)]
+    panels = [
+        (env, model)
+        for env in spec.envs
+        for model in spec.models
+        if any(finished_runs(results, env, model, m) for m in methods)
+    ]
     if not panels:
         return None
     plt = _pyplot()
@@ -100,15 +111,21 @@ def ablation_bars(results: Sequence[RunResult], spec: SweepSpec, out_path: str |
     for ax, (env, model) in zip(axes[0], panels):
         means, stds = [], []
         for method in methods:
-            values = [100.0 * r.final[CURVE_KEY] for r in finished_runs(results, env, model, method)
-                      if CURVE_KEY in r.final]
+            values = [
+                100.0 * r.final[CURVE_KEY] for r in finished_runs(results, env, model, method) if CURVE_KEY in r.final
+            ]
             mu, sd, _ = mean_std(values)
             means.append(mu)
             stds.append(sd)
         xs = range(len(methods))
         colors = [_BAR_COLORS.get(m, "#7fa7d9") for m in methods]
-        ax.bar(xs, [0.0 if math.isnan(m) else m for m in means], yerr=[0.0 if math.isnan(s) else s for s in stds],
-               capsize=3, color=colors)
+        ax.bar(
+            xs,
+            [0.0 if math.isnan(m) else m for m in means],
+            yerr=[0.0 if math.isnan(s) else s for s in stds],
+            capsize=3,
+            color=colors,
+        )
         ax.set_xticks(list(xs), [method_label(m).replace(" (", "\n(") for m in methods], fontsize=7)
         ax.set_title(f"{env}, {model_label(spec, model)}")
         ax.set_ylabel("final validation success (%)")

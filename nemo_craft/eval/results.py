@@ -18,29 +18,56 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from nemo_craft.eval.metrics import mean_std, paper_metrics
 from nemo_craft.eval.sweep_spec import RunSpec, SweepSpec, is_finished
 
-__all__ = ["METHOD_LABELS", "MODEL_LABELS", "RunResult", "CellStat", "read_metrics", "val_curve", "collect",
-           "aggregate", "gain_table", "GAIN_METRICS", "REWARD_KEY", "markdown_table", "write_tables", "CURVE_KEY", "finished_runs", "method_label",
-           "model_label"]
+__all__ = [
+    "METHOD_LABELS",
+    "MODEL_LABELS",
+    "RunResult",
+    "CellStat",
+    "read_metrics",
+    "val_curve",
+    "collect",
+    "aggregate",
+    "gain_table",
+    "GAIN_METRICS",
+    "REWARD_KEY",
+    "markdown_table",
+    "write_tables",
+    "CURVE_KEY",
+    "finished_runs",
+    "method_label",
+    "model_label",
+]
 
 CURVE_KEY = "val/success_rate"
 REWARD_KEY = "val/reward_mean"
 METHOD_LABELS = {
-    "grpo": "GRPO", "grpo_opsd": "GRPO+OPSD", "sdar": "SDAR", "adaptive_cringe": "Adaptive-CRINGE",
-    "craft": "CRAFT", "rlsd": "RLSD", "skill_sd": "Skill-SD",
+    "grpo": "GRPO",
+    "grpo_opsd": "GRPO+OPSD",
+    "sdar": "SDAR",
+    "adaptive_cringe": "Adaptive-CRINGE",
+    "craft": "CRAFT",
+    "rlsd": "RLSD",
+    "skill_sd": "Skill-SD",
     "craft_only_counterfactual": "CRAFT only P1 (counterfactual)",
     "craft_only_controller": "CRAFT only P2 (controller)",
     "craft_only_polarized_kl": "CRAFT only P3 (polarised KL)",
 }
 MODEL_LABELS = {
-    "qwen3_1p7b": "Qwen3-1.7B", "qwen2p5_3b": "Qwen2.5-3B", "qwen2p5_7b": "Qwen2.5-7B", "qwen3_8b": "Qwen3-8B",
-    "qwen2p5_72b": "Qwen2.5-72B", "llama3p1_70b": "Llama-3.1-70B", "tiny": "tiny",
+    "qwen3_1p7b": "Qwen3-1.7B",
+    "qwen2p5_3b": "Qwen2.5-3B",
+    "qwen2p5_7b": "Qwen2.5-7B",
+    "qwen3_8b": "Qwen3-8B",
+    "qwen2p5_72b": "Qwen2.5-72B",
+    "llama3p1_70b": "Llama-3.1-70B",
+    "tiny": "tiny",
 }
 
 
@@ -118,8 +145,9 @@ def collect(spec: SweepSpec, runs: Optional[Sequence[RunSpec]] = None) -> list[R
             curve = val_curve(rows, key)
             if curve:
                 final[key] = curve[max(curve)]
-        out.append(RunResult(run, is_finished(run.run_dir), final, val_curve(rows, CURVE_KEY),
-                             val_curve(rows, REWARD_KEY)))
+        out.append(
+            RunResult(run, is_finished(run.run_dir), final, val_curve(rows, CURVE_KEY), val_curve(rows, REWARD_KEY))
+        )
     return out
 
 
@@ -152,11 +180,18 @@ def markdown_table(stats: Sequence[CellStat], spec: SweepSpec, finished: Optiona
     model, "mean ± std" cells."""
     labels = [m.label for env in spec.envs for m in paper_metrics(env)]
     n_seeds = len(spec.seeds)
-    head = (f"Cells: {' / '.join(labels)} (%, final validation, mean ± std over {n_seeds} seed"
-            f"{'s' if n_seeds != 1 else ''}: {', '.join(map(str, spec.seeds))}).")
-    lines = [f"# {spec.name}", "", head, "",
-             "| method | " + " | ".join(model_label(spec, m) for m in spec.models) + " |",
-             "|---" * (len(spec.models) + 1) + "|"]
+    head = (
+        f"Cells: {' / '.join(labels)} (%, final validation, mean ± std over {n_seeds} seed"
+        f"{'s' if n_seeds != 1 else ''}: {', '.join(map(str, spec.seeds))})."
+    )
+    lines = [
+        f"# {spec.name}",
+        "",
+        head,
+        "",
+        "| method | " + " | ".join(model_label(spec, m) for m in spec.models) + " |",
+        "|---" * (len(spec.models) + 1) + "|",
+    ]
     partial = False
     for method in spec.methods:
         cells = []
@@ -176,8 +211,10 @@ def markdown_table(stats: Sequence[CellStat], spec: SweepSpec, finished: Optiona
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-GAIN_METRICS = {"success": ("curve", "Validation success"),
-                "reward": ("reward_curve", "Mean validation reward (x 100: penalties included)")}
+GAIN_METRICS = {
+    "success": ("curve", "Validation success"),
+    "reward": ("reward_curve", "Mean validation reward (x 100: penalties included)"),
+}
 
 
 def gain_table(results: Sequence[RunResult], spec: SweepSpec, metric: str = "success") -> str:
@@ -189,8 +226,12 @@ def gain_table(results: Sequence[RunResult], spec: SweepSpec, metric: str = "suc
         raise ValueError(f"gain_table metric={metric!r}; allowed: {', '.join(GAIN_METRICS)}")
     attr, title = GAIN_METRICS[metric]
     n_seeds = len(spec.seeds)
-    lines = ["", f"{title} at the first and the last validation and its change (points, mean ± std "
-             f"over {n_seeds} seed{'s' if n_seeds != 1 else ''}).", ""]
+    lines = [
+        "",
+        f"{title} at the first and the last validation and its change (points, mean ± std "
+        f"over {n_seeds} seed{'s' if n_seeds != 1 else ''}).",
+        "",
+    ]
     for env in spec.envs:
         for model in spec.models:
             lines += [f"| {env} / {model_label(spec, model)} | first | last | change |", "|---|---|---|---|"]
@@ -210,8 +251,13 @@ def _mean_std_cell(values: Sequence[float], signed: bool = False) -> str:
     return "–" if n == 0 else f"{mean:{'+' if signed else ''}.1f} ± {std:.1f}"
 
 
-def write_tables(stats: Sequence[CellStat], spec: SweepSpec, out_dir: str | Path,
-                 finished: Optional[int] = None, results: Optional[Sequence[RunResult]] = None) -> dict[str, Path]:
+def write_tables(
+    stats: Sequence[CellStat],
+    spec: SweepSpec,
+    out_dir: str | Path,
+    finished: Optional[int] = None,
+    results: Optional[Sequence[RunResult]] = None,
+) -> dict[str, Path]:
     """``results.csv`` (one row per env, model, method, metric) and ``results.md`` (the table, and
     with ``results`` the change of success and of reward from the first validation: ``gain_table``)."""
     out = Path(out_dir)
@@ -221,8 +267,18 @@ def write_tables(stats: Sequence[CellStat], spec: SweepSpec, out_dir: str | Path
         w = csv.writer(f)
         w.writerow(["env", "model", "method", "metric", "n_seeds", "mean_pct", "std_pct", "values_pct"])
         for s in stats:
-            w.writerow([s.env, s.model, s.method, s.metric, s.n, _num(s.mean), _num(s.std),
-                        ";".join(f"{v:.4f}" for v in s.values)])
+            w.writerow(
+                [
+                    s.env,
+                    s.model,
+                    s.method,
+                    s.metric,
+                    s.n,
+                    _num(s.mean),
+                    _num(s.std),
+                    ";".join(f"{v:.4f}" for v in s.values),
+                ]
+            )
     text = markdown_table(stats, spec, finished)
     if results is not None:
         text += gain_table(results, spec) + gain_table(results, spec, "reward")

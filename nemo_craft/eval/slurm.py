@@ -12,9 +12,9 @@ submitted (``--array=0-3,7``, throttled with ``%max_parallel``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import groupby
 from pathlib import Path
-from typing import Sequence
 
 from nemo_craft.eval.sweep_spec import RunSpec, SweepSpec
 
@@ -57,7 +57,17 @@ def sbatch_commands(spec: SweepSpec, runs: Sequence[RunSpec], manifest: str | Pa
         array = index_ranges([r.index for r in group])
         if spec.slurm.max_parallel:
             array += f"%{spec.slurm.max_parallel}"
-        cmds.append(["sbatch", f"--array={array}", f"--nodes={nodes}", f"--job-name=craft-{spec.name}",
-                     f"--time={spec.slurm.time}", f"--output={log_dir}/%x-%A_%a.out", *spec.slurm.sbatch_args,
-                     spec.slurm.script, str(manifest)])
+        cmds.append(
+            [
+                "sbatch",
+                f"--array={array}",
+                f"--nodes={nodes}",
+                f"--job-name=craft-{spec.name}",
+                f"--time={spec.slurm.time}",
+                f"--output={log_dir}/%x-%A_%a.out",
+                *spec.slurm.sbatch_args,
+                spec.slurm.script,
+                str(manifest),
+            ]
+        )
     return cmds

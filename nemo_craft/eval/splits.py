@@ -64,7 +64,9 @@ def split_spec(env_name: str, split: str) -> SplitSpec:
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: allowed values are {SPLITS}")
     if env_name not in _TABLE:
-        raise ValueError(f"no evaluation splits are defined for environment {env_name!r}; known: {sorted(_TABLE)} "
-                         "(add it to nemo_craft/eval/splits.py)")
+        raise ValueError(
+            f"no evaluation splits are defined for environment {env_name!r}; known: {sorted(_TABLE)} "
+            "(add it to nemo_craft/eval/splits.py)"
+        )
     env_split, offset = _TABLE[env_name][split]
     return SplitSpec(split, env_split, offset)

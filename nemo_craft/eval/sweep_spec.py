@@ -35,14 +35,22 @@ from omegaconf import OmegaConf
 
 from nemo_craft.config import CONF_DIR, to_dataclass
 
-__all__ = ["AxisEntry", "SlurmSpec", "LocalSpec", "SweepSpec", "RunSpec", "DONE_MARKER", "is_finished",
-           "write_done", "merge_overrides"]
+__all__ = [
+    "AxisEntry",
+    "SlurmSpec",
+    "LocalSpec",
+    "SweepSpec",
+    "RunSpec",
+    "DONE_MARKER",
+    "is_finished",
+    "write_done",
+    "merge_overrides",
+]
 
 DONE_MARKER = "done.json"
 """Written into a run's directory when its training exited successfully."""
 
-DEFAULT_ABLATION = ("sdar", "craft_only_counterfactual", "craft_only_controller", "craft_only_polarized_kl",
-                    "craft")
+DEFAULT_ABLATION = ("sdar", "craft_only_counterfactual", "craft_only_controller", "craft_only_polarized_kl", "craft")
 
 
 @dataclass
@@ -178,16 +186,20 @@ class SweepSpec:
             known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
             unknown = [n for n in names if n not in known]
             if unknown:
-                raise ValueError(f"sweep '{self.name}': {axis} {unknown} have no conf/{group}/<name>.yaml; "
-                                 f"known: {known}")
+                raise ValueError(
+                    f"sweep '{self.name}': {axis} {unknown} have no conf/{group}/<name>.yaml; known: {known}"
+                )
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"sweep '{self.name}': methods {self.methods} repeat a method")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or \
-                not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+        if (
+            not self.seeds
+            or len(set(self.seeds)) != len(self.seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds)
+        ):
             raise ValueError(f"sweep '{self.name}': seeds={self.seeds!r} must be distinct integers, at least one")
 
     @classmethod
-    def load(cls, path: str | Path) -> "SweepSpec":
+    def load(cls, path: str | Path) -> SweepSpec:
         path = Path(path)
         if not path.is_file():
             available = sorted(p.name for p in (CONF_DIR / "sweep").glob("*.yaml"))
@@ -211,7 +223,11 @@ class SweepSpec:
                         run_dir = self.root / "runs" / env / model / method / f"seed{seed}"
                         overrides = merge_overrides(
                             [f"env={env}", f"model={model}", f"method={method}", f"seed={seed}"],
-                            self.overrides, m.overrides, e.overrides, [f"run_dir={run_dir}"])
+                            self.overrides,
+                            m.overrides,
+                            e.overrides,
+                            [f"run_dir={run_dir}"],
+                        )
                         out.append(RunSpec(len(out), env, model, method, seed, run_dir, tuple(overrides), m.nodes))
         return out
 

@@ -73,8 +73,7 @@ class TokenBatch:
     def __post_init__(self) -> None:
         mask = self.loss_mask
         if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
-            raise ValueError(f"loss_mask must be a [B, S] bool tensor, got "
-                             f"{_describe(mask)}")
+            raise ValueError(f"loss_mask must be a [B, S] bool tensor, got {_describe(mask)}")
         shape = tuple(mask.shape)
         for name in _TOKEN_FLOATS:
             if not (name in _OPTIONAL and getattr(self, name) is None):
@@ -112,14 +111,17 @@ class TokenBatch:
         """Valid (action) tokens in this batch."""
         return int(self.loss_mask.sum())
 
-    def select(self, index) -> "TokenBatch":
+    def select(self, index) -> TokenBatch:
         """The trajectories ``index`` (a slice, a list or a tensor of sample indices): a micro-batch
         or a data-parallel shard. Step-level fields (num_global_tokens, stats) are kept."""
         if isinstance(index, slice):
             index = torch.arange(self.batch_size)[index]
         index = torch.as_tensor(index, dtype=torch.long, device=self.loss_mask.device)
-        sample_ids = self.sample_ids if self.sample_ids is not None else torch.arange(
-            self.batch_size, device=self.loss_mask.device)
+        sample_ids = (
+            self.sample_ids
+            if self.sample_ids is not None
+            else torch.arange(self.batch_size, device=self.loss_mask.device)
+        )
         changes = {"sample_ids": sample_ids[index]}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -141,8 +143,9 @@ def _check_tensor(batch: TokenBatch, name: str, shape: tuple, *, floating: bool)
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be {article} {kind} tensor of shape {list(shape)}, got {_describe(value)}")
     if tuple(value.shape) != shape:
-        raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {shape} "
-                         f"(loss_mask is {tuple(batch.loss_mask.shape)})")
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}, expected {shape} (loss_mask is {tuple(batch.loss_mask.shape)})"
+        )
     if value.is_floating_point() != floating or value.dtype == torch.bool:
         raise ValueError(f"{name} must be {article} {kind} tensor, got dtype {value.dtype}")
 
@@ -150,5 +153,7 @@ def _check_tensor(batch: TokenBatch, name: str, shape: tuple, *, floating: bool)
 def _check_no_nan(name: str, values: torch.Tensor) -> None:
     bad = torch.isnan(values)
     if bool(bad.any()):
-        raise ValueError(f"{name} contains NaN ({int(bad.sum())} of {values.numel()} values "
-                         "on action tokens); check the log-prob / reward computation")
+        raise ValueError(
+            f"{name} contains NaN ({int(bad.sum())} of {values.numel()} values "
+            "on action tokens); check the log-prob / reward computation"
+        )

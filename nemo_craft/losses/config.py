@@ -142,11 +142,10 @@ class LossConfig:
         term, RLSD's shaping, the credit-signed KL, or the controller (its weights follow the
         gate activity). False (GRPO) lets the trainer skip the teacher pass; a test holds this
         property to the loss for every preset."""
-        return (self.distill != "none" or self.advantage_shaping != "none" or self.controller
-                or self.polarized_kl)
+        return self.distill != "none" or self.advantage_shaping != "none" or self.controller or self.polarized_kl
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "LossConfig":
+    def preset(cls, name: str, **overrides) -> LossConfig:
         """The config of a named method, with ``overrides`` applied (and validated)."""
         if name not in PRESETS:
             raise ValueError(f"unknown loss preset {name!r}; presets are: {', '.join(sorted(PRESETS))}")

@@ -49,14 +49,22 @@ class ControllerState:
     params: _Params = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def initial(cls, cfg: LossConfig) -> "ControllerState":
+    def initial(cls, cfg: LossConfig) -> ControllerState:
         """m_0 = a*, so the first step uses lambda_0 and beta_0."""
-        params = _Params(cfg.controller, cfg.sd_coef, cfg.kl_coef, cfg.ema_rho, cfg.target_activity,
-                         cfg.eta_up, cfg.eta_down, cfg.controller_bound)
+        params = _Params(
+            cfg.controller,
+            cfg.sd_coef,
+            cfg.kl_coef,
+            cfg.ema_rho,
+            cfg.target_activity,
+            cfg.eta_up,
+            cfg.eta_down,
+            cfg.controller_bound,
+        )
         return cls._from_ema(params, cfg.target_activity, 0)
 
     @classmethod
-    def _from_ema(cls, p: _Params, ema: float, step: int) -> "ControllerState":
+    def _from_ema(cls, p: _Params, ema: float, step: int) -> ControllerState:
         if not p.enabled:
             return cls(p.lambda_0, p.beta_0, ema, step, p)
         gap = ema - p.target
@@ -64,7 +72,7 @@ class ControllerState:
         beta = _clip(p.beta_0 * math.exp(-p.eta_down * gap), p.beta_0 / p.bound, p.beta_0 * p.bound)
         return cls(lam, beta, ema, step, p)
 
-    def update(self, gate_activity: float) -> "ControllerState":
+    def update(self, gate_activity: float) -> ControllerState:
         """The state after a step whose global gate activity was ``gate_activity`` (in [0, 1])."""
         a = float(gate_activity)
         if not (math.isfinite(a) and 0.0 <= a <= 1.0):

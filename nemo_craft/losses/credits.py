@@ -29,8 +29,9 @@ def gate_from_delta(delta: torch.Tensor, gate_beta: float) -> torch.Tensor:
     return 1.0 / (1.0 + torch.exp(-gate_beta * delta))
 
 
-def grpo_advantages(rewards_B: torch.Tensor, group_ids_B: torch.Tensor, *, eps: float = 1e-6,
-                    dp_group=None) -> tuple[torch.Tensor, int]:
+def grpo_advantages(
+    rewards_B: torch.Tensor, group_ids_B: torch.Tensor, *, eps: float = 1e-6, dp_group=None
+) -> tuple[torch.Tensor, int]:
     """A_i = (R_i - mean_j R_j) / (std_unbiased_j R_j + eps) over each group's siblings
     (docs/algorithm.md#group-advantage-grpo).
 
@@ -48,9 +49,19 @@ def grpo_advantages(rewards_B: torch.Tensor, group_ids_B: torch.Tensor, *, eps: 
     return adv.float(), int((table.counts == 1).sum())
 
 
-def counterfactual_token_importance(delta_BS, advantages_B, mask_BS, group_ids_B, turn_ids_BS,
-                                    pos_in_turn_BS, *, align: str = "turn_position",
-                                    clip: float = 5.0, tau: float = 1.0, dp_group=None):
+def counterfactual_token_importance(
+    delta_BS,
+    advantages_B,
+    mask_BS,
+    group_ids_B,
+    turn_ids_BS,
+    pos_in_turn_BS,
+    *,
+    align: str = "turn_position",
+    clip: float = 5.0,
+    tau: float = 1.0,
+    dp_group=None,
+):
     """CTI of Pillar 1 (docs/algorithm.md#pillar-1-counterfactual-credit-from-siblings), with
     leave-one-out by subtraction.
 
@@ -85,8 +96,7 @@ def counterfactual_token_importance(delta_BS, advantages_B, mask_BS, group_ids_B
 
     adv_U = advantages_B.double()[sample_U]
     w_U = torch.exp(delta_U.clamp(-clip, clip) / tau)
-    loo, counts = sibling_sums(keys, torch.stack([w_U * adv_U, w_U, w_U * w_U], 1), dp_group,
-                               leave_one_out=True)
+    loo, counts = sibling_sums(keys, torch.stack([w_U * adv_U, w_U, w_U * w_U], 1), dp_group, leave_one_out=True)
     defined_U = (counts > 1) & (loo[:, 1] > 0)
     cti_U = torch.where(defined_U, loo[:, 0] / loo[:, 1] - adv_U, 0.0)
     ess_U = torch.where(defined_U, loo[:, 1] * loo[:, 1] / loo[:, 2], 0.0)
@@ -112,8 +122,10 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
     if batch.logp_teacher is None or batch.logp_old is None:
         if cfg.uses_teacher:
             missing = "logp_teacher" if batch.logp_teacher is None else "logp_old"
-            raise ValueError(f"batch.{missing} is None, but this loss reads the teacher-student gap "
-                             "(LossConfig.uses_teacher): run the teacher and old log-prob passes")
+            raise ValueError(
+                f"batch.{missing} is None, but this loss reads the teacher-student gap "
+                "(LossConfig.uses_teacher): run the teacher and old log-prob passes"
+            )
         delta = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     else:
         delta = torch.where(mask, batch.logp_teacher.float() - batch.logp_old.float(), 0.0)
@@ -123,17 +135,34 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
     counts = {}
     if cfg.counterfactual:
         cti64, defined, ess = counterfactual_token_importance(
-            delta, adv, mask, batch.group_ids, batch.turn_ids, batch.pos_in_turn,
-            align=cfg.align, clip=cfg.cti_clip, tau=cfg.cti_tau, dp_group=dp_group)
+            delta,
+            adv,
+            mask,
+            batch.group_ids,
+            batch.turn_ids,
+            batch.pos_in_turn,
+            align=cfg.align,
+            clip=cfg.cti_clip,
+            tau=cfg.cti_tau,
+            dp_group=dp_group,
+        )
         cti = cti64.float()
         credit = gate.clone()
         credit[defined] = gate[defined] * torch.tanh(cti64[defined] / cfg.cti_kappa).float()
         n_defined = defined.sum()
-        counts = {"abs_cti": cti64[defined].abs().sum(), "ess": ess[defined].sum(), "defined": n_defined,
-                  "fallback": mask.sum() - n_defined}
+        counts = {
+            "abs_cti": cti64[defined].abs().sum(),
+            "ess": ess[defined].sum(),
+            "defined": n_defined,
+            "fallback": mask.sum() - n_defined,
+        }
     valid_credit = credit[mask]
-    counts.update(tokens=mask.sum(), gate_on=(delta[mask] > 0).sum(), pos_credit=(valid_credit > 0).sum(),
-                  neg_credit=(valid_credit < 0).sum())
+    counts.update(
+        tokens=mask.sum(),
+        gate_on=(delta[mask] > 0).sum(),
+        pos_credit=(valid_credit > 0).sum(),
+        neg_credit=(valid_credit < 0).sum(),
+    )
     total = reduce_named(counts, dp_group, device=mask.device)
     n_tokens = int(total["tokens"])
     per_token = 1.0 / max(n_tokens, 1)
@@ -146,13 +175,17 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
     }
     if cfg.counterfactual:
         n_def = max(total["defined"], 1.0)
-        stats.update(mean_abs_cti=total["abs_cti"] / n_def, ess=total["ess"] / n_def,
-                     n_fallback_tokens=int(total["fallback"]))
-    return dataclasses.replace(batch, advantages=adv, delta=delta, gate=gate, cti=cti, credit=credit,
-                               num_global_tokens=n_tokens, stats=stats)
+        stats.update(
+            mean_abs_cti=total["abs_cti"] / n_def, ess=total["ess"] / n_def, n_fallback_tokens=int(total["fallback"])
+        )
+    return dataclasses.replace(
+        batch, advantages=adv, delta=delta, gate=gate, cti=cti, credit=credit, num_global_tokens=n_tokens, stats=stats
+    )
 
 
 def _check_unique(keys_NK: torch.Tensor, what: str) -> None:
     if keys_NK.shape[0] and int(gather_table(keys_NK, keys_NK[:, :0].double()).counts.max()) > 1:
-        raise ValueError(f"two action tokens of one sample share {what}; each token of a sample "
-                         "needs its own (turn, position) for align='turn_position'")
+        raise ValueError(
+            f"two action tokens of one sample share {what}; each token of a sample "
+            "needs its own (turn, position) for align='turn_position'"
+        )

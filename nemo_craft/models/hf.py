@@ -27,17 +27,31 @@ import torch.distributed as dist
 
 from nemo_craft.models.config import ModelConfig
 from nemo_craft.models.hf_mapping import (
-    IGNORED_HF_SUFFIXES, REPLICATED, expected_names, global_named_parameters, hf_tensor_names, merge_tp_shards,
-    read_tp_shard, weight_rule,
+    IGNORED_HF_SUFFIXES,
+    REPLICATED,
+    expected_names,
+    global_named_parameters,
+    hf_tensor_names,
+    merge_tp_shards,
+    read_tp_shard,
+    weight_rule,
 )
 
 __all__ = ["SafetensorsReader", "load_hf_model", "load_hf_weights", "save_hf_checkpoint", "TOKENIZER_FILES"]
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json",
-                   "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -81,8 +95,9 @@ class SafetensorsReader:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(name).get_slice(name).get_shape())
 
-    def read(self, name: str, rows: Optional[tuple[int, int]] = None,
-             cols: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    def read(
+        self, name: str, rows: Optional[tuple[int, int]] = None, cols: Optional[tuple[int, int]] = None
+    ) -> torch.Tensor:
         sl = self._handle(name).get_slice(name)
         r = slice(*rows) if rows is not None else slice(None)
         if cols is None:
@@ -142,17 +157,31 @@ def _check_checkpoint_names(reader: SafetensorsReader, cfg: ModelConfig) -> None
     needed = hf_tensor_names(cfg)
     missing = sorted(needed - reader.keys())
     if missing:
-        raise ValueError(f"checkpoint {reader.hf_dir!r} lacks {len(missing)} tensors the model needs, e.g. "
-                         f"{missing[:4]}; check architecture / qk_layernorm / add_qkv_bias / tie_word_embeddings")
-    extra = sorted(k for k in reader.keys() - needed if not k.endswith(IGNORED_HF_SUFFIXES)
-                   and not (k == "lm_head.weight" and cfg.tie_word_embeddings))
+        raise ValueError(
+            f"checkpoint {reader.hf_dir!r} lacks {len(missing)} tensors the model needs, e.g. "
+            f"{missing[:4]}; check architecture / qk_layernorm / add_qkv_bias / tie_word_embeddings"
+        )
+    extra = sorted(
+        k
+        for k in reader.keys() - needed
+        if not k.endswith(IGNORED_HF_SUFFIXES) and not (k == "lm_head.weight" and cfg.tie_word_embeddings)
+    )
     if extra:
-        raise ValueError(f"checkpoint {reader.hf_dir!r} has {len(extra)} tensors the model has no place for, "
-                         f"e.g. {extra[:4]}; the model config does not describe this checkpoint")
+        raise ValueError(
+            f"checkpoint {reader.hf_dir!r} has {len(extra)} tensors the model has no place for, "
+            f"e.g. {extra[:4]}; the model config does not describe this checkpoint"
+        )
 
 
-def save_hf_checkpoint(chunks, model_cfg: ModelConfig, out_dir: str, *, dtype: Optional[str] = None,
-                       template_dir: Optional[str] = None, max_shard_bytes: int = 5 * 2**30) -> None:
+def save_hf_checkpoint(
+    chunks,
+    model_cfg: ModelConfig,
+    out_dir: str,
+    *,
+    dtype: Optional[str] = None,
+    template_dir: Optional[str] = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> None:
     """Write the model as a Hugging Face checkpoint to ``out_dir`` (rank 0 writes).
 
     Collective: every rank of the world must call it. ``dtype`` ("fp32"/"bf16"; default the
@@ -279,8 +308,9 @@ class _ShardWriter:
                 json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, f, indent=2)
 
 
-def _write_config_and_tokenizer(cfg: ModelConfig, out_dir: str, template_dir: Optional[str],
-                                dtype: Optional[str]) -> None:
+def _write_config_and_tokenizer(
+    cfg: ModelConfig, out_dir: str, template_dir: Optional[str], dtype: Optional[str]
+) -> None:
     config_path = os.path.join(out_dir, "config.json")
     if template_dir and os.path.exists(os.path.join(template_dir, "config.json")):
         with open(os.path.join(template_dir, "config.json")) as f:

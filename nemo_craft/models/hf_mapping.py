@@ -24,16 +24,24 @@ fused-norm names (``linear_qkv.layer_norm_weight``) are translated to them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 
 from nemo_craft.models.config import ModelConfig
 
 __all__ = [
-    "WeightRule", "weight_rule", "canonical_name", "expected_names", "global_named_parameters",
-    "read_tp_shard", "merge_tp_shards", "hf_tensor_names", "IGNORED_HF_SUFFIXES",
+    "WeightRule",
+    "weight_rule",
+    "canonical_name",
+    "expected_names",
+    "global_named_parameters",
+    "read_tp_shard",
+    "merge_tp_shards",
+    "hf_tensor_names",
+    "IGNORED_HF_SUFFIXES",
 ]
 
 # Megatron kinds: how a parameter is laid out over TP.
@@ -51,10 +59,14 @@ _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 _PER_LAYER = {
     "input_layernorm.weight": (REPLICATED, ("input_layernorm.weight",)),
     "pre_mlp_layernorm.weight": (REPLICATED, ("post_attention_layernorm.weight",)),
-    "self_attention.linear_qkv.weight": (QKV, ("self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                                               "self_attn.v_proj.weight")),
-    "self_attention.linear_qkv.bias": (QKV, ("self_attn.q_proj.bias", "self_attn.k_proj.bias",
-                                             "self_attn.v_proj.bias")),
+    "self_attention.linear_qkv.weight": (
+        QKV,
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    ),
+    "self_attention.linear_qkv.bias": (
+        QKV,
+        ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+    ),
     "self_attention.q_layernorm.weight": (REPLICATED, ("self_attn.q_norm.weight",)),
     "self_attention.k_layernorm.weight": (REPLICATED, ("self_attn.k_norm.weight",)),
     "self_attention.linear_proj.weight": (COLUMN, ("self_attn.o_proj.weight",)),
@@ -120,8 +132,12 @@ def expected_names(cfg: ModelConfig) -> list[str]:
         per_layer.append("self_attention.linear_qkv.bias")
     if cfg.qk_layernorm:
         per_layer += ["self_attention.q_layernorm.weight", "self_attention.k_layernorm.weight"]
-    per_layer += ["self_attention.linear_proj.weight", "pre_mlp_layernorm.weight", "mlp.linear_fc1.weight",
-                  "mlp.linear_fc2.weight"]
+    per_layer += [
+        "self_attention.linear_proj.weight",
+        "pre_mlp_layernorm.weight",
+        "mlp.linear_fc1.weight",
+        "mlp.linear_fc2.weight",
+    ]
     names = ["embedding.word_embeddings.weight"]
     names += [f"decoder.layers.{i}.{p}" for i in range(cfg.num_layers) for p in per_layer]
     names.append("decoder.final_layernorm.weight")
@@ -182,8 +198,9 @@ def read_tp_shard(rule: WeightRule, read: Reader, cfg: ModelConfig, tp_rank: int
         v = read(rule.hf_names[2], (g0 * d, g1 * d), None)
         rest = tuple(q.shape[1:])
         groups = g1 - g0
-        qkv = torch.cat([q.reshape(groups, hpg * d, *rest), k.reshape(groups, d, *rest),
-                         v.reshape(groups, d, *rest)], dim=1)
+        qkv = torch.cat(
+            [q.reshape(groups, hpg * d, *rest), k.reshape(groups, d, *rest), v.reshape(groups, d, *rest)], dim=1
+        )
         return qkv.reshape(groups * (hpg + 2) * d, *rest)
     raise AssertionError(rule.kind)
 
@@ -198,8 +215,10 @@ def merge_tp_shards(rule: WeightRule, shards: Sequence[torch.Tensor], cfg: Model
         return {rule.hf_names[0]: torch.cat(list(shards), dim=0)[: rule.hf_shapes[0][0]]}
     if rule.kind == FC1:
         halves = [s.chunk(2, dim=0) for s in shards]
-        return {rule.hf_names[0]: torch.cat([g for g, _ in halves], dim=0),
-                rule.hf_names[1]: torch.cat([u for _, u in halves], dim=0)}
+        return {
+            rule.hf_names[0]: torch.cat([g for g, _ in halves], dim=0),
+            rule.hf_names[1]: torch.cat([u for _, u in halves], dim=0),
+        }
     if rule.kind == QKV:
         d, hpg = cfg.kv_channels, cfg.num_attention_heads // cfg.num_query_groups
         full = torch.cat(list(shards), dim=0)

@@ -21,8 +21,8 @@ from typing import Any, Optional
 import torch
 
 from nemo_craft.models.config import ModelConfig
-from nemo_craft.parallel.megatron_fixes import use_finalize_model_grads, use_unbatched_p2p_for_interleaved_pipeline
 from nemo_craft.models.norm import RMSNorm
+from nemo_craft.parallel.megatron_fixes import use_finalize_model_grads, use_unbatched_p2p_for_interleaved_pipeline
 
 __all__ = ["build_model", "gpt_model", "make_transformer_config", "layer_spec", "te_available", "parameter_count"]
 
@@ -33,15 +33,20 @@ def te_available() -> bool:
     """Whether Transformer Engine (and megatron's TE extension) can be imported."""
     try:
         import transformer_engine  # noqa: F401
-
         from megatron.core.extensions import transformer_engine as _mte  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means the local spec
         return False
     return True
 
 
-def make_transformer_config(model_cfg: ModelConfig, parallel_cfg, *, use_cpu_initialization: Optional[bool] = None,
-                            perform_initialization: bool = True, overrides: Optional[dict] = None):
+def make_transformer_config(
+    model_cfg: ModelConfig,
+    parallel_cfg,
+    *,
+    use_cpu_initialization: Optional[bool] = None,
+    perform_initialization: bool = True,
+    overrides: Optional[dict] = None,
+):
     """The megatron ``TransformerConfig`` of the model on this layout, with the two megatron fixes
     of :mod:`nemo_craft.parallel.megatron_fixes` applied. ``overrides`` sets further fields
     (fusions, recompute, ...) before validation.
@@ -126,8 +131,9 @@ def layer_spec(model_cfg: ModelConfig, config, *, use_te: Optional[bool] = None,
 
             reason = sdpa_unsupported_reason(config)
             if reason is not None:
-                raise ValueError(f"model.core_attention='sdpa' does not support {reason}; "
-                                 "set model.core_attention=local")
+                raise ValueError(
+                    f"model.core_attention='sdpa' does not support {reason}; set model.core_attention=local"
+                )
             sub.self_attention.submodules.core_attention = SDPAttention
         sub.input_layernorm = RMSNorm
         sub.pre_mlp_layernorm = RMSNorm
@@ -139,8 +145,14 @@ def layer_spec(model_cfg: ModelConfig, config, *, use_te: Optional[bool] = None,
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=final_norm)
 
 
-def build_model(model_cfg: ModelConfig, parallel_cfg, *, device: Optional[str] = None, use_te: Optional[bool] = None,
-                transformer_config_overrides: Optional[dict] = None) -> list:
+def build_model(
+    model_cfg: ModelConfig,
+    parallel_cfg,
+    *,
+    device: Optional[str] = None,
+    use_te: Optional[bool] = None,
+    transformer_config_overrides: Optional[dict] = None,
+) -> list:
     """This rank's model chunks (``list[GPTModel]``, length VPP or 1), randomly initialised
     (``init_method_std``), in train mode, on the compute device (GPU, or the CPU in CPU mode).
     Load a checkpoint into them with :func:`nemo_craft.models.hf.load_hf_weights`.
@@ -165,18 +177,25 @@ def build_model(model_cfg: ModelConfig, parallel_cfg, *, device: Optional[str] =
     # Initialisation stays on for meta (it costs nothing there): megatron marks the TP-split
     # weights (``tensor_model_parallel``) only while initialising them.
     config = make_transformer_config(
-        model_cfg, parallel_cfg, use_cpu_initialization=True if meta else None,
+        model_cfg,
+        parallel_cfg,
+        use_cpu_initialization=True if meta else None,
         overrides=transformer_config_overrides,
     )
     _check_parallel_state(parallel_cfg)
     vpp = parallel_cfg.virtual_pipeline_model_parallel_size
     chunks = []
-    for vp_stage in (range(vpp) if vpp else [None]):
+    for vp_stage in range(vpp) if vpp else [None]:
         with _meta_context(meta):
-            model = gpt_model(config, model_cfg, parallel_cfg.tensor_model_parallel_size, vp_stage=vp_stage,
-                              pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
-                              post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-                              use_te=use_te)
+            model = gpt_model(
+                config,
+                model_cfg,
+                parallel_cfg.tensor_model_parallel_size,
+                vp_stage=vp_stage,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+                use_te=use_te,
+            )
         for param in model.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
         if not meta:
@@ -186,8 +205,17 @@ def build_model(model_cfg: ModelConfig, parallel_cfg, *, device: Optional[str] =
     return chunks
 
 
-def gpt_model(config, model_cfg: ModelConfig, tp: int, *, vp_stage: Optional[int], pre_process: bool,
-              post_process: bool, use_te: Optional[bool] = None, pg_collection=None):
+def gpt_model(
+    config,
+    model_cfg: ModelConfig,
+    tp: int,
+    *,
+    vp_stage: Optional[int],
+    pre_process: bool,
+    post_process: bool,
+    use_te: Optional[bool] = None,
+    pg_collection=None,
+):
     """One megatron ``GPTModel`` chunk: the single place that maps a :class:`ModelConfig` onto
     GPTModel's arguments (the trainer's :func:`build_model` and the planner's meta builds both
     call it). ``pg_collection``: process groups other than parallel_state's (the planner's
@@ -217,10 +245,16 @@ def _check_parallel_state(parallel_cfg) -> None:
     """The layout must be the one megatron's parallel state was initialised with."""
     from megatron.core import parallel_state as ps
 
-    want = (parallel_cfg.tensor_model_parallel_size, parallel_cfg.pipeline_model_parallel_size,
-            parallel_cfg.virtual_pipeline_model_parallel_size)
-    have = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
-            ps.get_virtual_pipeline_model_parallel_world_size() or None)
+    want = (
+        parallel_cfg.tensor_model_parallel_size,
+        parallel_cfg.pipeline_model_parallel_size,
+        parallel_cfg.virtual_pipeline_model_parallel_size,
+    )
+    have = (
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_virtual_pipeline_model_parallel_world_size() or None,
+    )
     if want != have:
         raise ValueError(
             f"parallel_cfg has (TP, PP, VPP) = {want} but megatron's parallel state was initialised with {have}; "

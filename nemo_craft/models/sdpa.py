@@ -16,8 +16,9 @@ a KV cache), and dropout draws from megatron's model-parallel RNG. Masked positi
 added to their scores, where megatron's softmax sets them to -10000: identical probabilities
 whenever a row attends to anything, and no NaN from a fully masked (padding) row either way.
 
-Needs torch >= 2.5 (``enable_gqa``). What the local attention supports and this does not (sliding windows, softmax offsets, query-key
-layer scaling) is refused at construction, with the setting that keeps megatron's class.
+Needs torch >= 2.5 (``enable_gqa``). What the local attention supports and this does not (sliding
+windows, softmax offsets, query-key layer scaling) is refused at construction, with the setting that
+keeps megatron's class.
 """
 
 from __future__ import annotations
@@ -61,24 +62,38 @@ class SDPAttention(DotProductAttention):
     def __init__(self, config, *args, **kwargs):
         reason = sdpa_unsupported_reason(config)
         if reason is not None:
-            raise ValueError(f"SDPAttention does not support {reason}; build the model with "
-                             "model.core_attention=local (megatron's DotProductAttention)")
+            raise ValueError(
+                f"SDPAttention does not support {reason}; build the model with "
+                "model.core_attention=local (megatron's DotProductAttention)"
+            )
         super().__init__(config, *args, **kwargs)
         dropout = kwargs.get("attention_dropout", args[3] if len(args) > 3 else None)
         self.dropout_p = float(config.attention_dropout if dropout is None else dropout)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor],
-                attn_mask_type=None, attention_bias: Optional[Tensor] = None, packed_seq_params=None,
-                **extra) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Optional[Tensor],
+        attn_mask_type=None,
+        attention_bias: Optional[Tensor] = None,
+        packed_seq_params=None,
+        **extra,
+    ) -> Tensor:
         if packed_seq_params is not None:
-            raise ValueError("SDPAttention does not take packed sequences (packed_seq_params); they need "
-                             "Transformer Engine's attention (the TE spec)")
+            raise ValueError(
+                "SDPAttention does not take packed sequences (packed_seq_params); they need "
+                "Transformer Engine's attention (the TE spec)"
+            )
         if attention_bias is not None:
             raise ValueError("SDPAttention does not take an attention_bias")
         unknown = sorted(k for k, v in extra.items() if v is not None)
         if unknown:
-            raise ValueError(f"SDPAttention got arguments it does not implement: {unknown}; "
-                             "build the model with model.core_attention=local")
+            raise ValueError(
+                f"SDPAttention got arguments it does not implement: {unknown}; "
+                "build the model with model.core_attention=local"
+            )
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
         sq, sk = query.size(0), key.size(0)
         mask, is_causal = None, False
@@ -93,10 +108,21 @@ class SDPAttention(DotProductAttention):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout_p = self.dropout_p if self.training else 0.0
         # Dropout masks come from megatron's model-parallel RNG, as in the class this replaces.
-        rng = (tensor_parallel.get_cuda_rng_tracker().fork() if dropout_p > 0.0 and not self.config.sequence_parallel
-               else contextlib.nullcontext())
+        rng = (
+            tensor_parallel.get_cuda_rng_tracker().fork()
+            if dropout_p > 0.0 and not self.config.sequence_parallel
+            else contextlib.nullcontext()
+        )
         with rng:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
-                                                     scale=self.softmax_scale, enable_gqa=q.size(1) != k.size(1))
+            context = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=self.softmax_scale,
+                enable_gqa=q.size(1) != k.size(1),
+            )
         # [b, np, sq, hn] -> [sq, b, np * hn]
         return context.permute(2, 0, 1, 3).reshape(sq, query.size(1), self.hidden_size_per_partition)

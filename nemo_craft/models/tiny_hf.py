@@ -17,23 +17,48 @@ import torch
 __all__ = ["make_tiny_hf_checkpoint", "tiny_hf_config"]
 
 
-def tiny_hf_config(architecture: str, *, tied: bool = False, num_layers: int = 2, hidden_size: int = 64,
-                   intermediate_size: int = 160, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                   head_dim: Optional[int] = None, vocab_size: int = 320, rope_theta: float = 10000.0,
-                   llama3_rope_scaling: Optional[float] = None):
+def tiny_hf_config(
+    architecture: str,
+    *,
+    tied: bool = False,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    intermediate_size: int = 160,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    head_dim: Optional[int] = None,
+    vocab_size: int = 320,
+    rope_theta: float = 10000.0,
+    llama3_rope_scaling: Optional[float] = None,
+):
     """A transformers config of ``architecture`` ("llama", "qwen2", "qwen3")."""
     from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
     common = dict(
-        num_hidden_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads, vocab_size=vocab_size,
-        max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=tied, hidden_act="silu",
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        num_hidden_layers=num_layers,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     rope = {"rope_type": "default", "rope_theta": rope_theta}
     if llama3_rope_scaling is not None:
-        rope = dict(rope_type="llama3", rope_theta=rope_theta, factor=llama3_rope_scaling, low_freq_factor=1.0,
-                    high_freq_factor=4.0, original_max_position_embeddings=8192)
+        rope = dict(
+            rope_type="llama3",
+            rope_theta=rope_theta,
+            factor=llama3_rope_scaling,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        )
         common["max_position_embeddings"] = int(8192 * llama3_rope_scaling)
     if architecture == "qwen2":
         if head_dim is not None:
@@ -46,8 +71,9 @@ def tiny_hf_config(architecture: str, *, tied: bool = False, num_layers: int = 2
     raise ValueError(f"architecture={architecture!r}: allowed values are 'llama', 'qwen2', 'qwen3'")
 
 
-def make_tiny_hf_checkpoint(out_dir: str, architecture: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                            **config_kwargs) -> str:
+def make_tiny_hf_checkpoint(
+    out_dir: str, architecture: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, **config_kwargs
+) -> str:
     """Build a random ``architecture`` model (see :func:`tiny_hf_config` for the sizes), save it
     to ``out_dir`` as safetensors and return ``out_dir``."""
     from transformers import AutoModelForCausalLM

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Protocol, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Protocol, Union
 
 __all__ = ["Tokenizer", "CharTokenizer", "HFTokenizer", "load_tokenizer", "simple_chat_template"]
 
@@ -37,15 +38,17 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str: ...
 
-    def apply_chat_template(self, messages: Messages, *, add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> Union[str, list[int]]: ...
+    def apply_chat_template(
+        self, messages: Messages, *, add_generation_prompt: bool = True, tokenize: bool = False
+    ) -> Union[str, list[int]]: ...
 
     @property
     def stop_ids(self) -> list[int]: ...
 
 
-def simple_chat_template(messages: Messages, *, role_tokens: dict[str, str], end_token: str,
-                         add_generation_prompt: bool = True) -> str:
+def simple_chat_template(
+    messages: Messages, *, role_tokens: dict[str, str], end_token: str, add_generation_prompt: bool = True
+) -> str:
     """``<role>content<end>`` per message, then ``<assistant role>`` when a reply is wanted."""
     parts = []
     for m in messages:
@@ -69,7 +72,9 @@ class CharTokenizer:
         self.tokens: list[str] = list(self.SPECIALS) + list(self.CHARS)
         self._ids = {tok: i for i, tok in enumerate(self.tokens)}
         self.vocab_size = len(self.tokens)
-        self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self._ids[t] for t in ("<pad>", "<bos>", "<eos>", "<unk>"))
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = (
+            self._ids[t] for t in ("<pad>", "<bos>", "<eos>", "<unk>")
+        )
         # Longest first, so "<|user|>" is never read as "<" "|" ...
         self._special_re = re.compile("|".join(re.escape(s) for s in sorted(self.SPECIALS, key=len, reverse=True)))
         self._role_tokens = {r: f"<|{r}|>" for r in _ROLES}
@@ -83,7 +88,7 @@ class CharTokenizer:
         ids = [self.bos_id] if add_bos else []
         pos = 0
         for m in self._special_re.finditer(text):
-            ids.extend(self._ids.get(c, self.unk_id) for c in text[pos:m.start()])
+            ids.extend(self._ids.get(c, self.unk_id) for c in text[pos : m.start()])
             ids.append(self._ids[m.group(0)])
             pos = m.end()
         ids.extend(self._ids.get(c, self.unk_id) for c in text[pos:])
@@ -101,10 +106,12 @@ class CharTokenizer:
             out.append(self.tokens[i])
         return "".join(out)
 
-    def apply_chat_template(self, messages: Messages, *, add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> Union[str, list[int]]:
-        text = simple_chat_template(messages, role_tokens=self._role_tokens, end_token="<eos>",
-                                    add_generation_prompt=add_generation_prompt)
+    def apply_chat_template(
+        self, messages: Messages, *, add_generation_prompt: bool = True, tokenize: bool = False
+    ) -> Union[str, list[int]]:
+        text = simple_chat_template(
+            messages, role_tokens=self._role_tokens, end_token="<eos>", add_generation_prompt=add_generation_prompt
+        )
         return self.encode(text) if tokenize else text
 
 
@@ -141,16 +148,22 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: Messages, *, add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> Union[str, list[int]]:
+    def apply_chat_template(
+        self, messages: Messages, *, add_generation_prompt: bool = True, tokenize: bool = False
+    ) -> Union[str, list[int]]:
         """The tokenizer's own chat template when it has one, else the simple template with
         ``<|role|>`` markers and the eos token as end of turn."""
         if getattr(self.hf, "chat_template", None):
-            text = self.hf.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
-                                               tokenize=False)
+            text = self.hf.apply_chat_template(
+                list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+            )
         else:
-            text = simple_chat_template(messages, role_tokens={r: f"<|{r}|>" for r in _ROLES},
-                                        end_token=self.hf.eos_token, add_generation_prompt=add_generation_prompt)
+            text = simple_chat_template(
+                messages,
+                role_tokens={r: f"<|{r}|>" for r in _ROLES},
+                end_token=self.hf.eos_token,
+                add_generation_prompt=add_generation_prompt,
+            )
         return self.encode(text) if tokenize else text
 
 

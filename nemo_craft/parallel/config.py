@@ -61,9 +61,11 @@ class ParallelConfig:
                 raise ValueError(f"parallel.{name}={value!r}: must be an integer >= 1")
         if self.context_parallel_size != 1:
             # Refused up front: every pass would hand each CP rank the whole sequence.
-            raise ValueError(f"parallel.context_parallel_size={self.context_parallel_size}: context parallel is not "
-                             "implemented yet; allowed: 1 (split long sequences with tensor parallel + "
-                             "sequence_parallel=true, or activation recompute, instead)")
+            raise ValueError(
+                f"parallel.context_parallel_size={self.context_parallel_size}: context parallel is not "
+                "implemented yet; allowed: 1 (split long sequences with tensor parallel + "
+                "sequence_parallel=true, or activation recompute, instead)"
+            )
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None:
             if not isinstance(vpp, int) or vpp < 1:
@@ -84,11 +86,14 @@ class ParallelConfig:
         if self.backend not in _BACKENDS:
             raise ValueError(f"parallel.backend={self.backend!r}: allowed values are {_BACKENDS}")
         if self.recompute_granularity not in _RECOMPUTE_GRANULARITY:
-            raise ValueError(f"parallel.recompute_granularity={self.recompute_granularity!r}: allowed values are "
-                             f"{_RECOMPUTE_GRANULARITY}")
+            raise ValueError(
+                f"parallel.recompute_granularity={self.recompute_granularity!r}: allowed values are "
+                f"{_RECOMPUTE_GRANULARITY}"
+            )
         if self.recompute_method not in _RECOMPUTE_METHODS:
-            raise ValueError(f"parallel.recompute_method={self.recompute_method!r}: allowed values are "
-                             f"{_RECOMPUTE_METHODS}")
+            raise ValueError(
+                f"parallel.recompute_method={self.recompute_method!r}: allowed values are {_RECOMPUTE_METHODS}"
+            )
         if not isinstance(self.recompute_num_layers, int) or self.recompute_num_layers < 1:
             raise ValueError(f"parallel.recompute_num_layers={self.recompute_num_layers!r}: must be an integer >= 1")
         if self.overlap_param_gather and not self.use_distributed_optimizer:
@@ -101,8 +106,10 @@ class ParallelConfig:
         group exists."""
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None and vpp > 1:
-            return (f"parallel.virtual_pipeline_model_parallel_size={vpp}: rollouts run megatron's inference engines, "
-                    "which take one model chunk per rank; allowed: null (plain 1F1B pipeline, e.g. parallel=tp8_pp4)")
+            return (
+                f"parallel.virtual_pipeline_model_parallel_size={vpp}: rollouts run megatron's inference engines, "
+                "which take one model chunk per rank; allowed: null (plain 1F1B pipeline, e.g. parallel=tp8_pp4)"
+            )
         return None
 
     def check_generation(self) -> None:
@@ -117,8 +124,11 @@ class ParallelConfig:
             return {}
         if self.recompute_granularity == "selective":
             return {"recompute_granularity": "selective"}
-        return {"recompute_granularity": "full", "recompute_method": self.recompute_method,
-                "recompute_num_layers": self.recompute_num_layers}
+        return {
+            "recompute_granularity": "full",
+            "recompute_method": self.recompute_method,
+            "recompute_num_layers": self.recompute_num_layers,
+        }
 
     @property
     def model_parallel_size(self) -> int:

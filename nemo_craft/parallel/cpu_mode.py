@@ -44,7 +44,7 @@ __all__ = ["cpu_mode_active", "enable_cpu_mode", "maybe_enable_cpu_mode", "compu
 
 _STATE = threading.Lock()
 _ACTIVE = False
-_MODE: "_CudaToCpuMode | None" = None
+_MODE: _CudaToCpuMode | None = None
 
 _CPU = torch.device("cpu")
 
@@ -116,8 +116,9 @@ class _CudaToCpuMode(TorchFunctionMode):
         retain_graph = create_graph if retain_graph is None else retain_graph
         grads = _make_grads(tensors, _tensor_or_tensors_to_tuple(grads, len(tensors)), is_grads_batched=False)
         with self:
-            _engine_run_backward(tensors, grads, retain_graph, create_graph, inputs,
-                                 allow_unreachable=True, accumulate_grad=True)
+            _engine_run_backward(
+                tensors, grads, retain_graph, create_graph, inputs, allow_unreachable=True, accumulate_grad=True
+            )
 
 
 class _InertEvent:

@@ -1,7 +1,7 @@
 """megatron's DistributedDataParallel, (distributed) optimizer and lr schedule for model chunks.
 
-    model = wrap_ddp(chunks, parallel_cfg)
-    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-6), parallel_cfg, total_steps=150)
+model = wrap_ddp(chunks, parallel_cfg)
+optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-6), parallel_cfg, total_steps=150)
 """
 
 from __future__ import annotations
@@ -54,12 +54,16 @@ def wrap_ddp(chunks: list, parallel_cfg) -> list:
     )
     wrapped = []
     for i, chunk in enumerate(chunks):
-        wrapped.append(DistributedDataParallel(
-            config=chunk.config, ddp_config=ddp_cfg, module=chunk,
-            # Megatron-LM turns bucketing off for all but the first VPP chunk: their grads are
-            # ready only at the very end of the backward pass anyway.
-            disable_bucketing=i > 0,
-        ))
+        wrapped.append(
+            DistributedDataParallel(
+                config=chunk.config,
+                ddp_config=ddp_cfg,
+                module=chunk,
+                # Megatron-LM turns bucketing off for all but the first VPP chunk: their grads are
+                # ready only at the very end of the backward pass anyway.
+                disable_bucketing=i > 0,
+            )
+        )
     _hand_sync_to_schedule(wrapped)
     return wrapped
 
@@ -106,17 +110,31 @@ def build_optimizer(model: list, cfg: OptimConfig, parallel_cfg, total_steps: in
 
     mc = model[0].config
     opt_cfg = OptimizerConfig(
-        optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
-        clip_grad=cfg.clip_grad, bf16=mc.params_dtype == torch.bfloat16, params_dtype=mc.params_dtype,
+        optimizer="adam",
+        lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_eps=cfg.adam_eps,
+        clip_grad=cfg.clip_grad,
+        bf16=mc.params_dtype == torch.bfloat16,
+        params_dtype=mc.params_dtype,
         use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
         overlap_param_gather=parallel_cfg.overlap_param_gather,
     )
     optimizer = get_megatron_optimizer(opt_cfg, model)
     scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=cfg.lr if cfg.lr_warmup_steps == 0 else 0.0, max_lr=cfg.lr, min_lr=cfg.min_lr,
-        lr_warmup_steps=cfg.lr_warmup_steps, lr_decay_steps=max(total_steps, cfg.lr_warmup_steps + 1),
-        lr_decay_style=cfg.lr_decay_style, start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
-        wd_incr_steps=max(total_steps, 1), wd_incr_style="constant",
+        optimizer,
+        init_lr=cfg.lr if cfg.lr_warmup_steps == 0 else 0.0,
+        max_lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        lr_warmup_steps=cfg.lr_warmup_steps,
+        lr_decay_steps=max(total_steps, cfg.lr_warmup_steps + 1),
+        lr_decay_style=cfg.lr_decay_style,
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=max(total_steps, 1),
+        wd_incr_style="constant",
     )
     return optimizer, scheduler

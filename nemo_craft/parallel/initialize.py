@@ -18,7 +18,7 @@ __all__ = ["initialize_parallel", "destroy_parallel", "resolve_backend", "set_se
 
 
 def resolve_backend(backend: str) -> str:
-    """"auto" -> NCCL on CUDA, gloo without it. NCCL without CUDA is an error."""
+    """ "auto" -> NCCL on CUDA, gloo without it. NCCL without CUDA is an error."""
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():

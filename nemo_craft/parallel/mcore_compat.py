@@ -54,14 +54,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-__all__ = ["SUPPORTED", "McoreApi", "UnsupportedMegatronError", "api_for", "dynamic_context", "dynamic_engine",
-           "inference_wrapper", "installed_version", "kv_block_allocator", "last_token_logits_only", "mcore_api",
-           "pp_microbatch_threshold", "release_dynamic_context", "require_supported", "sampling_controller_class"]
+__all__ = [
+    "SUPPORTED",
+    "McoreApi",
+    "UnsupportedMegatronError",
+    "api_for",
+    "dynamic_context",
+    "dynamic_engine",
+    "inference_wrapper",
+    "installed_version",
+    "kv_block_allocator",
+    "last_token_logits_only",
+    "mcore_api",
+    "pp_microbatch_threshold",
+    "release_dynamic_context",
+    "require_supported",
+    "sampling_controller_class",
+]
 
 _LOWEST = (0, 16, 1)
 _BEYOND = (0, 20)
@@ -122,7 +136,8 @@ def _release(version: str) -> tuple[int, ...]:
     except InvalidVersion:
         raise UnsupportedMegatronError(
             f"megatron-core reports the version {version!r}, which is not a version number; nemo_craft "
-            f"supports megatron-core{SUPPORTED}: install one (pip install 'megatron-core{SUPPORTED}')") from None
+            f"supports megatron-core{SUPPORTED}: install one (pip install 'megatron-core{SUPPORTED}')"
+        ) from None
 
 
 def api_for(version: str) -> McoreApi:
@@ -131,7 +146,8 @@ def api_for(version: str) -> McoreApi:
     if not _LOWEST <= release[:3] or release[:2] >= _BEYOND:
         raise UnsupportedMegatronError(
             f"megatron-core {version} is not supported: nemo_craft runs on megatron-core{SUPPORTED}; "
-            f"install one (pip install 'megatron-core{SUPPORTED}'; 0.17 and later need Python >= 3.12)")
+            f"install one (pip install 'megatron-core{SUPPORTED}'; 0.17 and later need Python >= 3.12)"
+        )
     minor = release[1]
     return McoreApi(
         version=version,
@@ -151,7 +167,8 @@ def mcore_api() -> McoreApi:
     if problems:
         raise UnsupportedMegatronError(
             f"megatron-core {api.version} lacks what nemo_craft expects of that version: {'; '.join(problems)}. "
-            f"Install a released megatron-core{SUPPORTED}, or teach nemo_craft/parallel/mcore_compat.py this build")
+            f"Install a released megatron-core{SUPPORTED}, or teach nemo_craft/parallel/mcore_compat.py this build"
+        )
     return api
 
 
@@ -184,29 +201,47 @@ def _installed_classes(api: McoreApi) -> _Classes:
 
 def missing_pieces(api: McoreApi, classes: _Classes) -> list[str]:
     """What ``api``'s row relies on and ``classes`` lack: one phrase per missing piece."""
-    controller_hooks = ["set_stop_word_finished_ids_callback", "_init_dynamic_sampling_tensors",
-                        "_dynamic_step_sample_logits", api.stop_callback_caller]
+    controller_hooks = [
+        "set_stop_word_finished_ids_callback",
+        "_init_dynamic_sampling_tensors",
+        "_dynamic_step_sample_logits",
+        api.stop_callback_caller,
+    ]
     if api.sampler_takes_logits:
         controller_hooks.append("_dynamic_step_sample_bookkeeping")
     wanted = [
         ("TextGenerationController", classes.controller, controller_hooks),
         ("DynamicInferenceEngine", classes.engine, ["add_request", "has_unfinished_requests", "step_modern"]),
         ("DynamicInferenceContext", classes.context, [api.kv_release_method]),
-        ("GPTInferenceWrapper", classes.wrapper, ["prep_model_for_inference", "prep_inference_input",
-                                                  "get_batch_for_context_window", "run_one_forward_step"]),
+        (
+            "GPTInferenceWrapper",
+            classes.wrapper,
+            [
+                "prep_model_for_inference",
+                "prep_inference_input",
+                "get_batch_for_context_window",
+                "run_one_forward_step",
+            ],
+        ),
     ]
-    problems = [f"{label}.{name}" for label, cls, names in wanted for name in names
-                if not callable(getattr(cls, name, None))]
+    problems = [
+        f"{label}.{name}" for label, cls, names in wanted for name in names if not callable(getattr(cls, name, None))
+    ]
     if problems:
         return [f"no {', '.join(problems)}"]
     sampler = inspect.signature(classes.controller._dynamic_step_sample_logits).parameters
     if (len(sampler) == 2) != api.sampler_takes_logits:
-        problems.append(f"TextGenerationController._dynamic_step_sample_logits takes ({', '.join(sampler)}), "
-                        f"expected {'(self, logits)' if api.sampler_takes_logits else '(self)'}")
+        problems.append(
+            f"TextGenerationController._dynamic_step_sample_logits takes ({', '.join(sampler)}), "
+            f"expected {'(self, logits)' if api.sampler_takes_logits else '(self)'}"
+        )
     wrapper = list(inspect.signature(classes.wrapper.__init__).parameters)
-    expected = ["self", "model", "inference_context"] if api.inference_config else \
-        ["self", "model", "inference_wrapper_config", "inference_context"]
-    if wrapper[:len(expected)] != expected:
+    expected = (
+        ["self", "model", "inference_context"]
+        if api.inference_config
+        else ["self", "model", "inference_wrapper_config", "inference_context"]
+    )
+    if wrapper[: len(expected)] != expected:
         problems.append(f"GPTInferenceWrapper takes ({', '.join(wrapper)}), expected ({', '.join(expected)}, ...)")
     return problems
 
@@ -224,12 +259,20 @@ def pp_microbatch_threshold(pp_microbatch_tokens: int | None) -> int | None:
     if pp_microbatch_tokens not in (None, -1):
         raise ValueError(
             f"pp_microbatch_tokens={pp_microbatch_tokens}: megatron-core {api.version} has no micro-batched "
-            "pipeline-parallel prefill (removed in 0.17); leave pp_microbatch_tokens unset (None)")
+            "pipeline-parallel prefill (removed in 0.17); leave pp_microbatch_tokens unset (None)"
+        )
     return None
 
 
-def inference_wrapper(model: torch.nn.Module, context, *, padded_vocab_size: int, max_batch_size: int,
-                      max_sequence_length: int, pp_microbatch_tokens: int | None):
+def inference_wrapper(
+    model: torch.nn.Module,
+    context,
+    *,
+    padded_vocab_size: int,
+    max_batch_size: int,
+    max_sequence_length: int,
+    pp_microbatch_tokens: int | None,
+):
     """megatron's ``GPTInferenceWrapper`` of ``model`` over ``context`` (``pp_microbatch_tokens``:
     see ``pp_microbatch_threshold``)."""
     from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import GPTInferenceWrapper
@@ -242,10 +285,14 @@ def inference_wrapper(model: torch.nn.Module, context, *, padded_vocab_size: int
 
     config = get_model_config(model)
     wrapper_config = InferenceWrapperConfig(
-        hidden_size=config.hidden_size, params_dtype=config.params_dtype,
-        inference_batch_times_seqlen_threshold=threshold, padded_vocab_size=padded_vocab_size,
-        inference_max_requests=max_batch_size, inference_max_seq_length=max_sequence_length,
-        fp32_residual_connection=config.fp32_residual_connection)
+        hidden_size=config.hidden_size,
+        params_dtype=config.params_dtype,
+        inference_batch_times_seqlen_threshold=threshold,
+        padded_vocab_size=padded_vocab_size,
+        inference_max_requests=max_batch_size,
+        inference_max_seq_length=max_sequence_length,
+        fp32_residual_connection=config.fp32_residual_connection,
+    )
     return GPTInferenceWrapper(model, wrapper_config, context)
 
 
@@ -259,11 +306,14 @@ def dynamic_context(model_config, *, layers_on_stage: int, settings: dict):
 
     api = mcore_api()
     if not api.inference_config:
-        shape = dict(params_dtype=model_config.params_dtype, num_layers=layers_on_stage,
-                     kv_channels=model_config.kv_channels,
-                     num_attention_heads=model_config.num_query_groups or model_config.num_attention_heads,
-                     tensor_model_parallel_size=model_config.tensor_model_parallel_size,
-                     pipeline_model_parallel_size=model_config.pipeline_model_parallel_size)
+        shape = dict(
+            params_dtype=model_config.params_dtype,
+            num_layers=layers_on_stage,
+            kv_channels=model_config.kv_channels,
+            num_attention_heads=model_config.num_query_groups or model_config.num_attention_heads,
+            tensor_model_parallel_size=model_config.tensor_model_parallel_size,
+            pipeline_model_parallel_size=model_config.pipeline_model_parallel_size,
+        )
         legacy = {k: v for k, v in settings.items() if k != "enable_chunked_prefill"}  # an engine argument there
         return DynamicInferenceContext(**shape, **legacy)
     from megatron.core.inference.config import InferenceConfig, KVCacheManagementMode
@@ -272,12 +322,14 @@ def dynamic_context(model_config, *, layers_on_stage: int, settings: dict):
     if layers_on_stage != even:
         raise ValueError(
             f"this pipeline stage has {layers_on_stage} layers, not num_layers / PP = {even}: megatron-core "
-            f"{api.version}'s dynamic context sizes the KV cache for an even split; use rollout.backend=static")
+            f"{api.version}'s dynamic context sizes the KV cache for an even split; use rollout.backend=static"
+        )
     fields = {f.name for f in dataclasses.fields(InferenceConfig)}
     unknown = sorted(set(settings) - fields)
     if unknown:
-        raise UnsupportedMegatronError(f"megatron-core {api.version}'s InferenceConfig has no {unknown}; "
-                                       "use rollout.backend=static")
+        raise UnsupportedMegatronError(
+            f"megatron-core {api.version}'s InferenceConfig has no {unknown}; use rollout.backend=static"
+        )
     # RECOMPUTE: the only mode whose release frees the KV cache and request tensors (PERSIST, the
     # default, keeps them; OFFLOAD copies them to pinned host memory).
     config = InferenceConfig(**settings, kv_cache_management_mode=KVCacheManagementMode.RECOMPUTE)
@@ -303,7 +355,8 @@ def release_dynamic_context(context) -> None:
     if kept:
         raise UnsupportedMegatronError(
             f"megatron-core {mcore_api().version}'s {mcore_api().kv_release_method}() kept {kept} allocated; "
-            "the KV cache would stay through training")
+            "the KV cache would stay through training"
+        )
 
 
 def kv_block_allocator(context):
@@ -319,7 +372,7 @@ def last_token_logits_only(context) -> bool:
 # -- the sampler hook ---------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sampling_controller_class():
     """megatron's ``TextGenerationController`` whose dynamic-batching sampler is replaced by
     ``controller.nemo_craft_sample(logits_NV, n) -> tokens_N`` (logits_NV: [n, V'] of the n active
@@ -334,12 +387,14 @@ def sampling_controller_class():
         nemo_craft_sample: Callable | None = None
 
         if api.sampler_takes_logits:
+
             def _dynamic_step_sample_bookkeeping(self):
                 """megatron groups rows by their sampling settings for its own sampler; unused."""
 
             def _dynamic_step_sample_logits(self, logits):
                 self._nemo_craft_step(logits)
         else:
+
             def _dynamic_step_sample_logits(self):
                 self._nemo_craft_step(self._all_logits_cuda)
 

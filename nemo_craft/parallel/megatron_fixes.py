@@ -42,7 +42,7 @@ no-ops. The fixed resume is tested bit for bit in ``tests/distributed/test_check
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -115,8 +115,11 @@ def init_empty_adam_state(optimizer) -> bool:
     for group in inner.param_groups:
         on_device = group.get("capturable", False) or group.get("fused", False)
         for param in group["params"]:
-            step = (torch.zeros((), dtype=_get_scalar_dtype(), device=param.device) if on_device
-                    else torch.tensor(0.0, dtype=_get_scalar_dtype()))
+            step = (
+                torch.zeros((), dtype=_get_scalar_dtype(), device=param.device)
+                if on_device
+                else torch.tensor(0.0, dtype=_get_scalar_dtype())
+            )
             inner.state[param] = {
                 "step": step,
                 "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),

@@ -9,7 +9,8 @@ order whatever order it built its dict in); callers read them back by name, neve
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -22,8 +23,13 @@ Scalar = Union[float, int, bool, torch.Tensor]
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
-def reduce_named(values: Mapping[str, Scalar], group: Optional[dist.ProcessGroup], *, op: str = "sum",
-                 device: Optional[torch.device] = None) -> dict[str, float]:
+def reduce_named(
+    values: Mapping[str, Scalar],
+    group: Optional[dist.ProcessGroup],
+    *,
+    op: str = "sum",
+    device: Optional[torch.device] = None,
+) -> dict[str, float]:
     """``op`` ("sum", "max" or "min") of each named scalar over ``group`` (None: no collective,
     the values as floats). Every rank must pass the same names. ``device``: where the packed
     vector lives (the group's backend needs CUDA tensors for NCCL); default the CPU."""
@@ -32,8 +38,7 @@ def reduce_named(values: Mapping[str, Scalar], group: Optional[dist.ProcessGroup
     names = sorted(values)
     if not names:
         return {}
-    packed = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).reshape(())
-                          for k in names])
+    packed = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).reshape(()) for k in names])
     if group_size(group) > 1:
         dist.all_reduce(packed, op=_OPS[op], group=group)
     return dict(zip(names, packed.tolist()))

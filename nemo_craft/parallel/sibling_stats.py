@@ -70,7 +70,8 @@ class SiblingTable:
         values = self.values if values_MF is None else values_MF.double()
         n_rows, n_col = self.counts.shape[0], values.shape[1]
         peak = values.new_zeros((n_rows, n_col)).scatter_reduce_(
-            0, self.row[:, None].expand(values.shape), values.abs(), "amax")
+            0, self.row[:, None].expand(values.shape), values.abs(), "amax"
+        )
         _, exp = torch.frexp(peak)  # peak < 2**exp
         count_bits = int(self.counts.max()).bit_length() if n_rows else 0
         shift = torch.where(peak > 0, _SUM_BITS - count_bits - exp, 0).long().clamp(-1000, 1000)
@@ -91,16 +92,19 @@ def group_size(group: Optional[dist.ProcessGroup]) -> int:
     return dist.get_world_size(group)
 
 
-def gather_table(keys_NK: torch.Tensor, values_NF: torch.Tensor,
-                 group: Optional[dist.ProcessGroup] = None) -> SiblingTable:
+def gather_table(
+    keys_NK: torch.Tensor, values_NF: torch.Tensor, group: Optional[dist.ProcessGroup] = None
+) -> SiblingTable:
     """All-gather (key, value) units over ``group`` and index them by key.
 
     keys_NK: [N, K] integer keys in [0, 2**53); values_NF: [N, F] finite floats (as float64).
     One all-gather of the sizes and one of the packed units; no other collective.
     """
     if keys_NK.dim() != 2 or values_NF.dim() != 2 or keys_NK.shape[0] != values_NF.shape[0]:
-        raise ValueError(f"keys [N, K] and values [N, F] must agree on N; got keys "
-                         f"{tuple(keys_NK.shape)} and values {tuple(values_NF.shape)}")
+        raise ValueError(
+            f"keys [N, K] and values [N, F] must agree on N; got keys "
+            f"{tuple(keys_NK.shape)} and values {tuple(values_NF.shape)}"
+        )
     if keys_NK.is_floating_point():
         raise ValueError(f"keys must be integers, got {keys_NK.dtype}")
     keys_NK, values_NF = keys_NK.long(), values_NF.double()
@@ -110,7 +114,7 @@ def gather_table(keys_NK: torch.Tensor, values_NF: torch.Tensor,
     offset = 0
     if group_size(group) > 1:
         packed, offset = _all_gather_rows(torch.cat([keys_NK.double(), values_NF], dim=1), group)
-        keys_MK, values_MF = packed[:, : keys_NK.shape[1]].long(), packed[:, keys_NK.shape[1]:]
+        keys_MK, values_MF = packed[:, : keys_NK.shape[1]].long(), packed[:, keys_NK.shape[1] :]
     else:
         keys_MK, values_MF = keys_NK, values_NF
     row, n_rows = _key_rows(keys_MK)
@@ -118,8 +122,13 @@ def gather_table(keys_NK: torch.Tensor, values_NF: torch.Tensor,
     return SiblingTable(values_MF, row, counts, slice(offset, offset + n_local))
 
 
-def sibling_sums(keys_NK: torch.Tensor, values_NF: torch.Tensor, group: Optional[dist.ProcessGroup] = None,
-                 *, leave_one_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sibling_sums(
+    keys_NK: torch.Tensor,
+    values_NF: torch.Tensor,
+    group: Optional[dist.ProcessGroup] = None,
+    *,
+    leave_one_out: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each local unit, the sum of ``values`` over all units (all ranks) with its key
     (minus its own value with ``leave_one_out``).
 

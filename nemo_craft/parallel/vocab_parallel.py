@@ -83,11 +83,14 @@ def vocab_parallel_token_stats(
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r}: must be > 0")
     if logits_BSV.dim() != 3 or tuple(logits_BSV.shape[:2]) != tuple(mask_BS.shape):
-        raise ValueError(f"logits must be [B, S, V/TP] matching loss_mask [B, S]; got logits "
-                         f"{tuple(logits_BSV.shape)} and mask {tuple(mask_BS.shape)}")
+        raise ValueError(
+            f"logits must be [B, S, V/TP] matching loss_mask [B, S]; got logits "
+            f"{tuple(logits_BSV.shape)} and mask {tuple(mask_BS.shape)}"
+        )
     if tuple(targets_BS.shape) != tuple(mask_BS.shape) or targets_BS.is_floating_point():
-        raise ValueError(f"targets must be integer [B, S] = {tuple(mask_BS.shape)}, got "
-                         f"{tuple(targets_BS.shape)} {targets_BS.dtype}")
+        raise ValueError(
+            f"targets must be integer [B, S] = {tuple(mask_BS.shape)}, got {tuple(targets_BS.shape)} {targets_BS.dtype}"
+        )
     world = group_size(tp_group)
     vocab_local = logits_BSV.shape[-1]
     vocab_start = (dist.get_rank(tp_group) if world > 1 else 0) * vocab_local
@@ -101,14 +104,27 @@ def vocab_parallel_token_stats(
     b_N, s_N = torch.nonzero(mask_BS, as_tuple=True)
     targets_N = targets_BS[b_N, s_N].long()
     if targets_N.numel() and (int(targets_N.min()) < 0 or int(targets_N.max()) >= real):
-        raise ValueError(f"targets must be vocabulary ids in [0, {real}) on valid tokens; "
-                         f"got range [{int(targets_N.min())}, {int(targets_N.max())}]")
+        raise ValueError(
+            f"targets must be vocabulary ids in [0, {real}) on valid tokens; "
+            f"got range [{int(targets_N.min())}, {int(targets_N.max())}]"
+        )
     cringe = cringe_uniforms_BS is not None
     if cringe and vocab_local * world < 2:
         raise ValueError("CRINGE needs a vocabulary of at least 2 tokens")
     u_N = cringe_uniforms_BS[b_N, s_N].double() if cringe else None
-    out = _TokenStatsFn.apply(logits_BSV, b_N, s_N, targets_N, u_N, vocab_start, tp_group,
-                              int(chunk_size), int(cringe_k), valid_local, 1.0 / float(temperature))
+    out = _TokenStatsFn.apply(
+        logits_BSV,
+        b_N,
+        s_N,
+        targets_N,
+        u_N,
+        vocab_start,
+        tp_group,
+        int(chunk_size),
+        int(cringe_k),
+        valid_local,
+        1.0 / float(temperature),
+    )
     logp, entropy, z_target, z_positive, positive_ids = out
     if not cringe:
         return TokenStats(logp, entropy)

@@ -10,8 +10,9 @@ plan, so a figure never rests on a hidden assumption.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from nemo_craft.losses.config import LossConfig
 
@@ -91,8 +92,11 @@ class Workload:
     def __post_init__(self) -> None:
         for name in ("seq_length", "trajectories_per_step", "micro_batch_size", "logits_chunk_tokens"):
             _positive_int(name, getattr(self, name))
-        if isinstance(self.privileged_tokens, bool) or not isinstance(self.privileged_tokens, int) \
-                or self.privileged_tokens < 0:
+        if (
+            isinstance(self.privileged_tokens, bool)
+            or not isinstance(self.privileged_tokens, int)
+            or self.privileged_tokens < 0
+        ):
             raise ValueError(f"plan.privileged_tokens={self.privileged_tokens!r}: must be an integer >= 0")
         for name in ("forward_micro_batch_size", "generation_batch"):
             if getattr(self, name) is not None:
@@ -105,7 +109,7 @@ class Workload:
             raise ValueError(f"plan.overhead_gb={self.overhead_gb!r}: must be >= 0")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], *, max_position_embeddings: int) -> "Workload":
+    def from_config(cls, cfg: Mapping[str, Any], *, max_position_embeddings: int) -> Workload:
         """Read the run config (a resolved OmegaConf node or a dict): ``rollout``, ``trainer``
         and ``loss`` for what training sets, then the optional ``plan`` section on top.
         ``max_position_embeddings`` (the model's) is the sequence length when the rollout sets none."""

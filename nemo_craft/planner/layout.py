@@ -8,7 +8,7 @@ cluster, smallest model-parallel size first, for the search of one that fits.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["layout_problems", "layout_warnings", "candidate_layouts", "divisors"]
 
@@ -19,9 +19,11 @@ def divisors(n: int) -> list[int]:
 
 def _tp_options(model, cluster) -> list[int]:
     """TP sizes that split the model's heads, key/value heads and MLP and fit in one node."""
-    return [t for t in divisors(cluster.gpus_per_node)
-            if model.num_attention_heads % t == 0 and model.num_query_groups % t == 0
-            and model.ffn_hidden_size % t == 0]
+    return [
+        t
+        for t in divisors(cluster.gpus_per_node)
+        if model.num_attention_heads % t == 0 and model.num_query_groups % t == 0 and model.ffn_hidden_size % t == 0
+    ]
 
 
 def layout_problems(model, parallel, cluster, workload) -> list[str]:
@@ -37,13 +39,16 @@ def layout_problems(model, parallel, cluster, workload) -> list[str]:
             problems.append(
                 f"model.{name}={value} is not divisible by parallel.tensor_model_parallel_size={tp}; "
                 f"TP sizes that divide the heads, the key/value heads and the MLP and fit in a node of "
-                f"{cluster.gpus_per_node} GPUs: {_tp_options(model, cluster)}")
+                f"{cluster.gpus_per_node} GPUs: {_tp_options(model, cluster)}"
+            )
     if model.num_layers % (pp * vpp):
         what = f"pipeline_model_parallel_size={pp}" + (
-            f" x virtual_pipeline_model_parallel_size={vpp}" if vpp > 1 else "")
+            f" x virtual_pipeline_model_parallel_size={vpp}" if vpp > 1 else ""
+        )
         problems.append(
             f"model.num_layers={model.num_layers} is not divisible by parallel.{what} = {pp * vpp}; "
-            f"PP x VPP must be one of {divisors(model.num_layers)}")
+            f"PP x VPP must be one of {divisors(model.num_layers)}"
+        )
     world = cluster.world_size
     if world % (tp * pp * cp):
         fitting = [d for d in divisors(world) if d % (tp * cp) == 0 and model.num_layers % (d // (tp * cp)) == 0]
@@ -51,15 +56,18 @@ def layout_problems(model, parallel, cluster, workload) -> list[str]:
             f"GPUs = cluster.nodes x cluster.gpus_per_node = {cluster.nodes} x {cluster.gpus_per_node} = {world} "
             f"is not divisible by TP x PP x CP = {tp} x {pp} x {cp} = {tp * pp * cp}; with TP={tp}, CP={cp} "
             f"the pipeline size must make TP x PP x CP one of {fitting or 'no value: change TP or the GPUs'}, "
-            f"or use a multiple of {tp * pp * cp} GPUs")
+            f"or use a multiple of {tp * pp * cp} GPUs"
+        )
     if parallel.sequence_parallel and workload.seq_length % tp:
         problems.append(
             f"plan.seq_length={workload.seq_length} is not divisible by tensor_model_parallel_size={tp}, "
-            f"which sequence parallel needs; pad sequences to a multiple of {tp}")
+            f"which sequence parallel needs; pad sequences to a multiple of {tp}"
+        )
     if cp > 1 and workload.seq_length % (2 * cp):
         problems.append(
             f"plan.seq_length={workload.seq_length} is not divisible by 2 x context_parallel_size = {2 * cp}, "
-            f"which load-balanced context parallel needs; pad sequences to a multiple of {2 * cp}")
+            f"which load-balanced context parallel needs; pad sequences to a multiple of {2 * cp}"
+        )
     padded = model.padded_vocab_size(tp)
     if padded % tp or padded < model.vocab_size:
         problems.append(f"model.vocab_size={model.vocab_size} pads to {padded}, which TP={tp} does not split")
@@ -72,18 +80,26 @@ def layout_warnings(model, parallel, cluster, workload, dp: int) -> list[str]:
     pp = parallel.pipeline_model_parallel_size
     notes = []
     if tp > cluster.gpus_per_node:
-        notes.append(f"TP={tp} spans nodes ({cluster.gpus_per_node} GPUs a node): its all-reduces of every "
-                     "layer cross the inter-node network; keep TP within a node and add PP instead")
+        notes.append(
+            f"TP={tp} spans nodes ({cluster.gpus_per_node} GPUs a node): its all-reduces of every "
+            "layer cross the inter-node network; keep TP within a node and add PP instead"
+        )
     if tp > 1 and not parallel.sequence_parallel:
-        notes.append(f"TP={tp} without sequence_parallel: norm and residual activations are replicated on "
-                     "every TP rank; set parallel.sequence_parallel=true")
+        notes.append(
+            f"TP={tp} without sequence_parallel: norm and residual activations are replicated on "
+            "every TP rank; set parallel.sequence_parallel=true"
+        )
     if dp > 1 and not parallel.use_distributed_optimizer:
-        notes.append(f"DP={dp} without use_distributed_optimizer: every DP rank holds all Adam states; "
-                     "set parallel.use_distributed_optimizer=true")
+        notes.append(
+            f"DP={dp} without use_distributed_optimizer: every DP rank holds all Adam states; "
+            "set parallel.use_distributed_optimizer=true"
+        )
     share = dp * workload.micro_batch_size
     if workload.trajectories_per_step % share:
-        notes.append(f"{workload.trajectories_per_step} trajectories a step do not split evenly into "
-                     f"DP={dp} x micro_batch_size={workload.micro_batch_size}")
+        notes.append(
+            f"{workload.trajectories_per_step} trajectories a step do not split evenly into "
+            f"DP={dp} x micro_batch_size={workload.micro_batch_size}"
+        )
     microbatches = -(-workload.trajectories_per_step // share)
     if parallel.virtual_pipeline_model_parallel_size and microbatches % pp:
         notes.append(f"the interleaved schedule wants micro-batches per rank ({microbatches}) divisible by PP={pp}")
@@ -91,8 +107,10 @@ def layout_warnings(model, parallel, cluster, workload, dp: int) -> list[str]:
         notes.append(f"only {microbatches} micro-batches per rank for PP={pp}: the pipeline bubble dominates")
     pad = model.padded_vocab_size(tp) - model.vocab_size
     if pad:
-        notes.append(f"vocabulary padded from {model.vocab_size} to {model.padded_vocab_size(tp)} "
-                     f"(+{pad} rows, make_vocab_size_divisible_by={model.make_vocab_size_divisible_by} x TP={tp})")
+        notes.append(
+            f"vocabulary padded from {model.vocab_size} to {model.padded_vocab_size(tp)} "
+            f"(+{pad} rows, make_vocab_size_divisible_by={model.make_vocab_size_divisible_by} x TP={tp})"
+        )
     return notes
 
 
@@ -109,9 +127,13 @@ def candidate_layouts(model, parallel, cluster, workload) -> Iterator:
             options.append((tp * pp, pp, tp))
     for _, pp, tp in sorted(options):
         candidate = dataclasses.replace(
-            parallel, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-            virtual_pipeline_model_parallel_size=None, sequence_parallel=tp > 1,
+            parallel,
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=None,
+            sequence_parallel=tp > 1,
             use_distributed_optimizer=world // (tp * pp * cp) > 1 or parallel.use_distributed_optimizer,
-            overlap_param_gather=False)
+            overlap_param_gather=False,
+        )
         if not layout_problems(model, candidate, cluster, workload):
             yield candidate

@@ -80,8 +80,9 @@ class RankMemory:
         return self.persistent + max(self.train_activations, self.experience, self.kv_cache) + self.overhead
 
 
-def layer_activation_bytes(model, *, s: int, b: int, tp: int, sp: bool, recompute: str, attention: str,
-                           ab: int) -> float:
+def layer_activation_bytes(
+    model, *, s: int, b: int, tp: int, sp: bool, recompute: str, attention: str, ab: int
+) -> float:
     """Bytes one transformer layer keeps for backward, for one micro-batch (see module doc)."""
     h, f = model.hidden_size, model.ffn_hidden_size
     a, g, d = model.num_attention_heads, model.num_query_groups, model.kv_channels
@@ -163,9 +164,17 @@ def rank_memory(model, parallel, workload, stage, *, dp: int, padded_vocab: int)
         kv_cache += gen_b * padded_vocab * 4  # the last token's logits, gathered over TP, fp32
 
     return RankMemory(
-        weights=weights, grads=grads, optimizer=optimizer, reference=reference,
+        weights=weights,
+        grads=grads,
+        optimizer=optimizer,
+        reference=reference,
         activations_per_microbatch=layers * per_layer,
         activations_per_microbatch_full_recompute=layers * per_layer_full,
-        microbatches_in_flight=in_flight, train_activations=train, logits=logits, loss_chunk=loss_chunk,
-        experience=experience, kv_cache=kv_cache, overhead=workload.overhead_gb * GIB,
+        microbatches_in_flight=in_flight,
+        train_activations=train,
+        logits=logits,
+        loss_chunk=loss_chunk,
+        experience=experience,
+        kv_cache=kv_cache,
+        overhead=workload.overhead_gb * GIB,
     )

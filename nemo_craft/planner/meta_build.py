@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Optional
 
 __all__ = ["ChunkParams", "StageParams", "count_stage_params", "count_all_stages", "estimate_stages"]
 
@@ -98,9 +99,13 @@ def _planned_position(tp: int, pp: int, pp_rank: int, vpp: Optional[int]) -> Ite
     own_group = not dist.is_initialized()
     if own_group:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    names = ("_MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE", "_MPU_TENSOR_MODEL_PARALLEL_RANK",
-             "_MPU_PIPELINE_MODEL_PARALLEL_WORLD_SIZE", "_MPU_PIPELINE_MODEL_PARALLEL_RANK",
-             "_VIRTUAL_PIPELINE_MODEL_PARALLEL_WORLD_SIZE")
+    names = (
+        "_MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE",
+        "_MPU_TENSOR_MODEL_PARALLEL_RANK",
+        "_MPU_PIPELINE_MODEL_PARALLEL_WORLD_SIZE",
+        "_MPU_PIPELINE_MODEL_PARALLEL_RANK",
+        "_VIRTUAL_PIPELINE_MODEL_PARALLEL_WORLD_SIZE",
+    )
     saved = {name: getattr(ps, name) for name in names}
     try:
         ps._MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE = tp
@@ -134,7 +139,7 @@ def count_stage_params(model_cfg, parallel_cfg, pp_rank: int) -> StageParams:
     vpp = parallel_cfg.virtual_pipeline_model_parallel_size
     pp = parallel_cfg.pipeline_model_parallel_size
     stage = StageParams(pp_rank=pp_rank)
-    for vp_stage in (range(vpp) if vpp else [None]):
+    for vp_stage in range(vpp) if vpp else [None]:
         pre = pp_rank == 0 and vp_stage in (None, 0)
         post = pp_rank == pp - 1 and (vp_stage is None or vp_stage == vpp - 1)
         model = _build_chunk(model_cfg, parallel_cfg, pp_rank, vp_stage, pre=pre, post=post)
@@ -150,22 +155,32 @@ def _build_chunk(model_cfg, parallel_cfg, pp_rank: int, vp_stage: Optional[int],
 
     tp = parallel_cfg.tensor_model_parallel_size
     build_cfg = dataclasses.replace(parallel_cfg, context_parallel_size=1, sequence_parallel=False)
-    with _planned_position(tp, build_cfg.pipeline_model_parallel_size, pp_rank,
-                           build_cfg.virtual_pipeline_model_parallel_size) as groups, warnings.catch_warnings():
+    with (
+        _planned_position(
+            tp, build_cfg.pipeline_model_parallel_size, pp_rank, build_cfg.virtual_pipeline_model_parallel_size
+        ) as groups,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         # CPU initialisation on meta tensors costs nothing, and it is what marks the TP-split
         # weights (``tensor_model_parallel``): without it they carry no attribute.
-        config = make_transformer_config(model_cfg, build_cfg, use_cpu_initialization=True,
-                                         perform_initialization=True)
+        config = make_transformer_config(model_cfg, build_cfg, use_cpu_initialization=True, perform_initialization=True)
         with torch.device("meta"):
-            return gpt_model(config, model_cfg, tp, vp_stage=vp_stage, pre_process=pre, post_process=post,
-                             use_te=False, pg_collection=groups)
+            return gpt_model(
+                config,
+                model_cfg,
+                tp,
+                vp_stage=vp_stage,
+                pre_process=pre,
+                post_process=post,
+                use_te=False,
+                pg_collection=groups,
+            )
 
 
 def count_all_stages(model_cfg, parallel_cfg) -> list[StageParams]:
     """:func:`count_stage_params` for every pipeline rank, in order."""
-    return [count_stage_params(model_cfg, parallel_cfg, r)
-            for r in range(parallel_cfg.pipeline_model_parallel_size)]
+    return [count_stage_params(model_cfg, parallel_cfg, r) for r in range(parallel_cfg.pipeline_model_parallel_size)]
 
 
 def _count_chunk(model, vp_stage, pre: bool, post: bool) -> ChunkParams:
@@ -233,11 +248,19 @@ def estimate_stages(model_cfg, parallel_cfg) -> list[StageParams]:
                 parts.append(output)
                 embedding += output[0]
                 duplicate = output[0] if tied and not pre else 0
-            stage.chunks.append(ChunkParams(
-                vp_stage=v if vpp > 1 else None, first_layer=(v * pp + r) * per_chunk + 1,
-                num_layers=per_chunk, params=sum(p for p, _ in parts), embedding_params=embedding,
-                sharded_params=sum(s for _, s in parts), duplicate_params=duplicate,
-                pre_process=pre, post_process=post))
+            stage.chunks.append(
+                ChunkParams(
+                    vp_stage=v if vpp > 1 else None,
+                    first_layer=(v * pp + r) * per_chunk + 1,
+                    num_layers=per_chunk,
+                    params=sum(p for p, _ in parts),
+                    embedding_params=embedding,
+                    sharded_params=sum(s for _, s in parts),
+                    duplicate_params=duplicate,
+                    pre_process=pre,
+                    post_process=post,
+                )
+            )
         stages.append(stage)
     return stages
 
@@ -251,8 +274,15 @@ def _pieces(model_cfg, tp: int) -> dict[str, tuple[int, int]]:
     model = _build_chunk(one, ParallelConfig(tensor_model_parallel_size=tp), 0, None, pre=True, post=True)
     out = {"layer": [0, 0], "embedding": [0, 0], "final_norm": [0, 0], "output": [0, 0]}
     for name, p in model.named_parameters():
-        part = ("embedding" if name.startswith("embedding.") else "output" if name.startswith("output_layer")
-                else "final_norm" if name.startswith("decoder.final_layernorm") else "layer")
+        part = (
+            "embedding"
+            if name.startswith("embedding.")
+            else "output"
+            if name.startswith("output_layer")
+            else "final_norm"
+            if name.startswith("decoder.final_layernorm")
+            else "layer"
+        )
         out[part][0] += p.numel()
         out[part][1] += p.numel() if getattr(p, "tensor_model_parallel", False) else 0
     return {k: (v[0], v[1]) for k, v in out.items()}

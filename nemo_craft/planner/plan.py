@@ -47,23 +47,30 @@ class Suggestion:
     def overrides(self) -> list[str]:
         """The command-line overrides that select this layout."""
         p = self.parallel
-        out = [f"parallel.tensor_model_parallel_size={p.tensor_model_parallel_size}",
-               f"parallel.pipeline_model_parallel_size={p.pipeline_model_parallel_size}",
-               "parallel.virtual_pipeline_model_parallel_size=null",
-               f"parallel.sequence_parallel={str(p.sequence_parallel).lower()}",
-               f"parallel.use_distributed_optimizer={str(p.use_distributed_optimizer).lower()}"]
+        out = [
+            f"parallel.tensor_model_parallel_size={p.tensor_model_parallel_size}",
+            f"parallel.pipeline_model_parallel_size={p.pipeline_model_parallel_size}",
+            "parallel.virtual_pipeline_model_parallel_size=null",
+            f"parallel.sequence_parallel={str(p.sequence_parallel).lower()}",
+            f"parallel.use_distributed_optimizer={str(p.use_distributed_optimizer).lower()}",
+        ]
         if self.more_nodes:
             out.append(f"cluster.nodes={self.cluster.nodes}")
         if self.workload_changed:
-            out += [f"parallel.recompute_granularity={self.workload.recompute}",
-                    "parallel.recompute_method=uniform", "parallel.recompute_num_layers=1",
-                    f"trainer.micro_batch_size={self.workload.micro_batch_size}"]
+            out += [
+                f"parallel.recompute_granularity={self.workload.recompute}",
+                "parallel.recompute_method=uniform",
+                "parallel.recompute_num_layers=1",
+                f"trainer.micro_batch_size={self.workload.micro_batch_size}",
+            ]
         return out
 
     def describe(self) -> str:
         dp = self.cluster.world_size // self.parallel.model_parallel_size
-        return " ".join(self.overrides()) + \
-            f"  (DP={dp}, peak {self.peak_bytes / GIB:.1f} GiB of {self.cluster.gpu_memory_gb:g})"
+        return (
+            " ".join(self.overrides())
+            + f"  (DP={dp}, peak {self.peak_bytes / GIB:.1f} GiB of {self.cluster.gpu_memory_gb:g})"
+        )
 
 
 @dataclass
@@ -108,18 +115,31 @@ class Plan:
         for r in self.ranks:
             m = r.memory
             terms = {k: v for k, v in dataclasses.asdict(m).items() if k != "microbatches_in_flight"}
-            ranks.append(dict(
-                pp_rank=r.stage.pp_rank,
-                chunks=[dict(vp_stage=c.vp_stage, first_layer=c.first_layer, num_layers=c.num_layers,
-                             params=c.params, embedding_params=c.embedding_params,
-                             pre_process=c.pre_process, post_process=c.post_process) for c in r.stage.chunks],
-                params=r.stage.params,
-                microbatches_in_flight=m.microbatches_in_flight,
-                memory_bytes=dict(terms, persistent=m.persistent, peak=m.peak),
-                memory_gib={k: round(v / GIB, 3) for k, v in dict(terms, persistent=m.persistent, peak=m.peak).items()},
-                peak_phase=m.phase,
-                fits=m.peak <= budget,
-            ))
+            ranks.append(
+                dict(
+                    pp_rank=r.stage.pp_rank,
+                    chunks=[
+                        dict(
+                            vp_stage=c.vp_stage,
+                            first_layer=c.first_layer,
+                            num_layers=c.num_layers,
+                            params=c.params,
+                            embedding_params=c.embedding_params,
+                            pre_process=c.pre_process,
+                            post_process=c.post_process,
+                        )
+                        for c in r.stage.chunks
+                    ],
+                    params=r.stage.params,
+                    microbatches_in_flight=m.microbatches_in_flight,
+                    memory_bytes=dict(terms, persistent=m.persistent, peak=m.peak),
+                    memory_gib={
+                        k: round(v / GIB, 3) for k, v in dict(terms, persistent=m.persistent, peak=m.peak).items()
+                    },
+                    peak_phase=m.phase,
+                    fits=m.peak <= budget,
+                )
+            )
         p = self.parallel
         return dict(
             ok=self.ok,
@@ -136,7 +156,9 @@ class Plan:
             gpu_memory_gib=self.cluster.gpu_memory_gb,
             problems=self.problems,
             warnings=self.warnings,
-            suggestion=None if self.suggestion is None else dict(
+            suggestion=None
+            if self.suggestion is None
+            else dict(
                 parallel=dataclasses.asdict(self.suggestion.parallel),
                 cluster=dataclasses.asdict(self.suggestion.cluster),
                 peak_gib=round(self.suggestion.peak_bytes / GIB, 3),
@@ -147,24 +169,30 @@ class Plan:
     def format(self) -> str:
         m, p, c, w = self.model, self.parallel, self.cluster, self.workload
         lines = []
-        head = f"model {self.model_name} ({m.architecture}, {m.num_layers} layers, hidden {m.hidden_size}, " \
-               f"{m.num_attention_heads}q/{m.num_query_groups}kv heads x {m.kv_channels}, {m.params_dtype})"
+        head = (
+            f"model {self.model_name} ({m.architecture}, {m.num_layers} layers, hidden {m.hidden_size}, "
+            f"{m.num_attention_heads}q/{m.num_query_groups}kv heads x {m.kv_channels}, {m.params_dtype})"
+        )
         if self.total_params is not None:
             head += f": {self.total_params:,} parameters ({_b(self.total_params)})"
         lines.append(head)
         lines.append(
-            f"cluster {c.nodes} node(s) x {c.gpus_per_node} GPUs = {c.world_size}, {c.gpu_memory_gb:g} GiB each; layout "
+            f"cluster {c.nodes} node(s) x {c.gpus_per_node} GPUs = {c.world_size}, {c.gpu_memory_gb:g} GiB each; "
+            "layout "
             f"TP={p.tensor_model_parallel_size} PP={p.pipeline_model_parallel_size} "
             f"VPP={p.virtual_pipeline_model_parallel_size or 1} CP={p.context_parallel_size} "
             f"DP={self.dp if self.dp else '-'}; SP {_on(p.sequence_parallel)}, "
-            f"distributed optimizer {_on(p.use_distributed_optimizer)}; vocabulary {m.vocab_size} -> {self.padded_vocab}")
+            f"distributed optimizer {_on(p.use_distributed_optimizer)}; "
+            f"vocabulary {m.vocab_size} -> {self.padded_vocab}"
+        )
         lines.append(
             f"workload: {w.trajectories_per_step} trajectories/step, seq {w.seq_length} (+{w.privileged_tokens} "
             f"privileged), micro-batch {w.micro_batch_size}, recompute {w.recompute}, {w.attention} attention, "
             f"loss chunk {w.logits_chunk_tokens} tokens, generation KV cache "
             f"{'static' if w.generation_kv_gb is None else f'dynamic {w.generation_kv_gb:g} GiB'}, "
             f"reference on GPU: {_yes(w.reference_on_gpu)}, "
-            f"overhead {w.overhead_gb:g} GiB")
+            f"overhead {w.overhead_gb:g} GiB"
+        )
         if self.ranks:
             lines.append("")
             lines.extend(self._table())
@@ -174,7 +202,8 @@ class Plan:
             worst = max(self.ranks, key=lambda r: r.memory.peak)
             lines.append(
                 f"fits: peak {self.peak_bytes / GIB:.1f} GiB of {c.gpu_memory_gb:g} GiB "
-                f"(pipeline rank {worst.stage.pp_rank}, {worst.memory.phase} phase)")
+                f"(pipeline rank {worst.stage.pp_rank}, {worst.memory.phase} phase)"
+            )
         for problem in self.problems:
             lines.append(f"error: {problem}")
         if self.suggestion is not None:
@@ -182,22 +211,56 @@ class Plan:
         return "\n".join(lines)
 
     def _table(self) -> list[str]:
-        cols = ["pp", "layers", "params/GPU", "weights", "grads", "optim", "ref", "act/mb", "act/mb fullrc",
-                "in-flight", "train-act", "logits+loss", "experience", "kv-cache", "overhead", "peak", "phase"]
+        cols = [
+            "pp",
+            "layers",
+            "params/GPU",
+            "weights",
+            "grads",
+            "optim",
+            "ref",
+            "act/mb",
+            "act/mb fullrc",
+            "in-flight",
+            "train-act",
+            "logits+loss",
+            "experience",
+            "kv-cache",
+            "overhead",
+            "peak",
+            "phase",
+        ]
         rows = []
         for r in self.ranks:
             m = r.memory
-            rows.append([
-                str(r.stage.pp_rank), _layers(r.stage), _b(r.stage.params), _g(m.weights), _g(m.grads),
-                _g(m.optimizer), _g(m.reference), _g(m.activations_per_microbatch),
-                _g(m.activations_per_microbatch_full_recompute), f"{m.microbatches_in_flight:g}",
-                _g(m.train_activations), _g(m.logits + m.loss_chunk), _g(m.experience), _g(m.kv_cache),
-                _g(m.overhead), _g(m.peak), m.phase])
+            rows.append(
+                [
+                    str(r.stage.pp_rank),
+                    _layers(r.stage),
+                    _b(r.stage.params),
+                    _g(m.weights),
+                    _g(m.grads),
+                    _g(m.optimizer),
+                    _g(m.reference),
+                    _g(m.activations_per_microbatch),
+                    _g(m.activations_per_microbatch_full_recompute),
+                    f"{m.microbatches_in_flight:g}",
+                    _g(m.train_activations),
+                    _g(m.logits + m.loss_chunk),
+                    _g(m.experience),
+                    _g(m.kv_cache),
+                    _g(m.overhead),
+                    _g(m.peak),
+                    m.phase,
+                ]
+            )
         widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(cols)]
         out = ["  ".join(col.rjust(wd) for col, wd in zip(cols, widths))]
         out += ["  ".join(cell.rjust(wd) for cell, wd in zip(row, widths)) for row in rows]
-        out.append("(memory in GiB per GPU; every TP and DP rank of a pipeline stage holds the same; "
-                   "act/mb = the stage's activations for one micro-batch)")
+        out.append(
+            "(memory in GiB per GPU; every TP and DP rank of a pipeline stage holds the same; "
+            "act/mb = the stage's activations for one micro-batch)"
+        )
         return out
 
 
@@ -223,6 +286,7 @@ def _layers(stage: StageParams) -> str:
 
 # ---------------------------------------------------------------------- planning
 
+
 def _memory(model, parallel, cluster, workload, stages) -> list[RankMemory]:
     dp = cluster.world_size // parallel.model_parallel_size
     padded = model.padded_vocab_size(parallel.tensor_model_parallel_size)
@@ -246,19 +310,33 @@ def fit_layout(model, parallel, cluster, workload) -> Optional[Suggestion]:
                 stages = estimate_stages(model, candidate)
                 peak = max(m.peak for m in _memory(model, candidate, trial, w, stages))
                 if peak <= budget:
-                    return Suggestion(parallel=candidate, cluster=trial, peak_bytes=peak, workload=w,
-                                      more_nodes=nodes != cluster.nodes, workload_changed=w is not workload)
+                    return Suggestion(
+                        parallel=candidate,
+                        cluster=trial,
+                        peak_bytes=peak,
+                        workload=w,
+                        more_nodes=nodes != cluster.nodes,
+                        workload_changed=w is not workload,
+                    )
         nodes *= 2
     return None
 
 
-def make_plan(model, parallel, cluster: ClusterConfig, workload: Workload, *, model_name: str = "model",
-              suggest: bool = True) -> Plan:
+def make_plan(
+    model, parallel, cluster: ClusterConfig, workload: Workload, *, model_name: str = "model", suggest: bool = True
+) -> Plan:
     """Plan ``parallel`` for ``model`` on ``cluster``: meta-built parameter counts of every
     pipeline rank, their memory, and the verdict (``plan.problems`` empty when it runs and fits)."""
     tp = parallel.tensor_model_parallel_size
-    plan = Plan(model_name=model_name, model=model, parallel=parallel, cluster=cluster, workload=workload,
-                dp=None, padded_vocab=model.padded_vocab_size(tp))
+    plan = Plan(
+        model_name=model_name,
+        model=model,
+        parallel=parallel,
+        cluster=cluster,
+        workload=workload,
+        dp=None,
+        padded_vocab=model.padded_vocab_size(tp),
+    )
     plan.problems = layout_problems(model, parallel, cluster, workload)
     if not plan.problems:
         plan.dp = cluster.world_size // parallel.model_parallel_size
@@ -275,7 +353,8 @@ def make_plan(model, parallel, cluster: ClusterConfig, workload: Workload, *, mo
                 f"does not fit: pipeline rank {worst.stage.pp_rank} needs {m.peak / GIB:.1f} GiB "
                 f"(persistent {m.persistent / GIB:.1f} + {m.phase} "
                 f"{max(m.train_activations, m.experience, m.kv_cache) / GIB:.1f} + overhead {m.overhead / GIB:.1f}) "
-                f"> cluster.gpu_memory_gb={cluster.gpu_memory_gb:g}")
+                f"> cluster.gpu_memory_gb={cluster.gpu_memory_gb:g}"
+            )
     else:
         # The model's total does not depend on the layout: count it at TP=PP=1 (one build).
         from nemo_craft.parallel.config import ParallelConfig

@@ -16,9 +16,17 @@ from nemo_craft.rollout.sampling import sample_next_tokens
 __all__ = ["generation_mode", "sample_and_share"]
 
 
-def sample_and_share(logits_BV: torch.Tensor | None, batch: int, *, vocab_size: int, temperature: float,
-                     top_k: int, top_p: float, generator: torch.Generator,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_and_share(
+    logits_BV: torch.Tensor | None,
+    batch: int,
+    *,
+    vocab_size: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens_B, logprobs_B)``, the same on every rank of the model-parallel group.
 
     Sampled on the last pipeline stage (the only one whose ``logits_BV`` is read; [B, V'] there,
@@ -29,15 +37,18 @@ def sample_and_share(logits_BV: torch.Tensor | None, batch: int, *, vocab_size: 
 
     packed_2B = torch.empty(2, batch, dtype=torch.float64, device=device)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
-        next_B, logp_B = sample_next_tokens(logits_BV, vocab_size=vocab_size, temperature=temperature,
-                                            top_k=top_k, top_p=top_p, generator=generator)
+        next_B, logp_B = sample_next_tokens(
+            logits_BV, vocab_size=vocab_size, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )
         packed_2B[0], packed_2B[1] = next_B, logp_B
         if ps.get_tensor_model_parallel_world_size() > 1:
-            dist.broadcast(packed_2B, src=ps.get_tensor_model_parallel_src_rank(),
-                           group=ps.get_tensor_model_parallel_group())
+            dist.broadcast(
+                packed_2B, src=ps.get_tensor_model_parallel_src_rank(), group=ps.get_tensor_model_parallel_group()
+            )
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(packed_2B, src=ps.get_pipeline_model_parallel_last_rank(),
-                       group=ps.get_pipeline_model_parallel_group())
+        dist.broadcast(
+            packed_2B, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+        )
     return packed_2B[0].long(), packed_2B[1].float()
 
 

@@ -20,7 +20,8 @@ teacher position s + (teacher prompt length - student prompt length).
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Protocol, Union
 
 __all__ = ["ChatTokenizer", "ChatFormat"]
 
@@ -37,8 +38,9 @@ class ChatTokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
-    def apply_chat_template(self, messages: Sequence[dict], *, add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> Union[str, list[int]]: ...
+    def apply_chat_template(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = True, tokenize: bool = False
+    ) -> Union[str, list[int]]: ...
 
 
 class ChatFormat:
@@ -51,8 +53,9 @@ class ChatFormat:
             such a final token is not repeated by the continuation after it.
     """
 
-    def __init__(self, tokenizer: ChatTokenizer, *, system_prompt: Optional[str] = None,
-                 end_of_turn_ids: Sequence[int] = ()):
+    def __init__(
+        self, tokenizer: ChatTokenizer, *, system_prompt: Optional[str] = None, end_of_turn_ids: Sequence[int] = ()
+    ):
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.end_of_turn_ids = frozenset(int(i) for i in (*end_of_turn_ids, tokenizer.eos_id))
@@ -65,10 +68,12 @@ class ChatFormat:
     def teacher_prompt_ids(self, first_user_message: str, privileged_message: str) -> list[int]:
         """The teacher prompt: the privileged context as the system message (before the student's
         own system prompt, if any), then the same user message."""
-        system = privileged_message if self.system_prompt is None else (
-            f"{privileged_message.rstrip()}\n\n{self.system_prompt}")
-        return self._render([{"role": "system", "content": system},
-                             {"role": "user", "content": first_user_message}])
+        system = (
+            privileged_message
+            if self.system_prompt is None
+            else (f"{privileged_message.rstrip()}\n\n{self.system_prompt}")
+        )
+        return self._render([{"role": "system", "content": system}, {"role": "user", "content": first_user_message}])
 
     def action_text(self, action_ids: Sequence[int]) -> str:
         """The assistant message's content: the action decoded, without a final end-of-turn token."""
@@ -82,14 +87,17 @@ class ChatFormat:
         (the policy sampled it), that token is not repeated."""
         base = [{"role": "user", "content": _PLACEHOLDER_USER}]
         before = self._text(base, add_generation_prompt=True) + _PLACEHOLDER_REPLY
-        full = self._text(base + [{"role": "assistant", "content": _PLACEHOLDER_REPLY},
-                                  {"role": "user", "content": user_message}], add_generation_prompt=True)
+        full = self._text(
+            base + [{"role": "assistant", "content": _PLACEHOLDER_REPLY}, {"role": "user", "content": user_message}],
+            add_generation_prompt=True,
+        )
         if not full.startswith(before):
             raise ValueError(
                 "the chat template does not render an assistant reply verbatim after the generation "
                 "prompt (it changes the content or the prompt); multi-turn rollouts need a template "
-                f"where it does. Rendered: {full!r}")
-        ids = self.tokenizer.encode(full[len(before):])
+                f"where it does. Rendered: {full!r}"
+            )
+        ids = self.tokenizer.encode(full[len(before) :])
         if action_ids and int(action_ids[-1]) in self.end_of_turn_ids and ids and ids[0] == int(action_ids[-1]):
             ids = ids[1:]
         return ids
@@ -98,5 +106,4 @@ class ChatFormat:
         return self.tokenizer.encode(self._text(messages, add_generation_prompt=True))
 
     def _text(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                  tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)

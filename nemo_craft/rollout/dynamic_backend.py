@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -55,8 +55,14 @@ from nemo_craft.rollout.dynamic_engine_adapter import (
 )
 from nemo_craft.rollout.stopping import StopCriteria
 
-__all__ = ["DynamicBackend", "DynamicCapability", "MIN_FLASH_ATTN", "check_kv_cache", "kv_block_bytes",
-           "kv_cache_blocks"]
+__all__ = [
+    "DynamicBackend",
+    "DynamicCapability",
+    "MIN_FLASH_ATTN",
+    "check_kv_cache",
+    "kv_block_bytes",
+    "kv_cache_blocks",
+]
 
 MIN_FLASH_ATTN = "2.7.3"
 """megatron's dynamic attention asserts flash-attn >= 2.7.3 (paged-KV varlen kernels) or FA3."""
@@ -76,7 +82,7 @@ class DynamicCapability:
     """The model's parameter dtype (None: not known yet)."""
 
     @classmethod
-    def probe(cls, params_dtype: torch.dtype | None = None) -> "DynamicCapability":
+    def probe(cls, params_dtype: torch.dtype | None = None) -> DynamicCapability:
         return cls(torch.cuda.is_available(), *_flash_attn_installed(), params_dtype)
 
     def problem(self) -> str | None:
@@ -88,8 +94,10 @@ class DynamicCapability:
             have = "not installed" if self.flash_attn is None else f"{self.flash_attn} is installed"
             missing.append(f"flash-attn >= {MIN_FLASH_ATTN} (or FlashAttention-3) is needed and {have}")
         if self.params_dtype is not None and self.params_dtype not in (torch.bfloat16, torch.float16):
-            missing.append(f"the model's params_dtype is {self.params_dtype} and flash-attn kernels take bf16 / "
-                           "fp16 only (model.params_dtype=bf16)")
+            missing.append(
+                f"the model's params_dtype is {self.params_dtype} and flash-attn kernels take bf16 / "
+                "fp16 only (model.params_dtype=bf16)"
+            )
         return "; ".join(missing) or None
 
 
@@ -110,9 +118,11 @@ def check_kv_cache(kv_cache_gb: float, block_bytes: int, max_sequence_length: in
     usable = kv_cache_blocks(kv_cache_gb, block_bytes)
     need = math.ceil(max_sequence_length / KV_BLOCK_TOKENS) + 1  # +1: a row claims its next block one token early
     if usable < need:
-        raise ValueError(f"rollout.kv_cache_gb={kv_cache_gb} holds {usable} KV blocks of {KV_BLOCK_TOKENS} tokens on "
-                         f"this rank; one sequence of max_sequence_length={max_sequence_length} needs {need}: raise it "
-                         f"to at least {(need + 1) * block_bytes / 1024**3:.3g}")
+        raise ValueError(
+            f"rollout.kv_cache_gb={kv_cache_gb} holds {usable} KV blocks of {KV_BLOCK_TOKENS} tokens on "
+            f"this rank; one sequence of max_sequence_length={max_sequence_length} needs {need}: raise it "
+            f"to at least {(need + 1) * block_bytes / 1024**3:.3g}"
+        )
 
 
 class DynamicBackend:
@@ -133,15 +143,26 @@ class DynamicBackend:
             None: 512); later versions refuse any value but None / -1 (``mcore_compat``).
     """
 
-    def __init__(self, model_chunks: Sequence[torch.nn.Module], *, vocab_size: int, max_batch_size: int,
-                 max_sequence_length: int, kv_cache_gb: float, max_tokens_per_step: int, cuda_graphs: bool,
-                 pp_microbatch_tokens: int | None = None):
+    def __init__(
+        self,
+        model_chunks: Sequence[torch.nn.Module],
+        *,
+        vocab_size: int,
+        max_batch_size: int,
+        max_sequence_length: int,
+        kv_cache_gb: float,
+        max_tokens_per_step: int,
+        cuda_graphs: bool,
+        pp_microbatch_tokens: int | None = None,
+    ):
         from megatron.core import parallel_state as ps
         from megatron.core.utils import get_model_config, unwrap_model
 
         if len(model_chunks) != 1:
-            raise ValueError(f"generation needs exactly one model chunk per rank, got {len(model_chunks)}: "
-                             "megatron's inference does not support virtual pipeline parallel")
+            raise ValueError(
+                f"generation needs exactly one model chunk per rank, got {len(model_chunks)}: "
+                "megatron's inference does not support virtual pipeline parallel"
+            )
         self.model = model_chunks[0]
         config = get_model_config(self.model)
         mcore_compat.pp_microbatch_threshold(pp_microbatch_tokens)  # refused here, not at the first rollout
@@ -150,49 +171,73 @@ class DynamicBackend:
             raise ValueError(f"backend='dynamic' cannot run here: {problem}; use rollout.backend=static")
         unwrapped = unwrap_model(self.model)
         if vocab_size > unwrapped.vocab_size:
-            raise ValueError(f"tokenizer vocab_size {vocab_size} > the model's padded vocabulary "
-                             f"{unwrapped.vocab_size}")
+            raise ValueError(
+                f"tokenizer vocab_size {vocab_size} > the model's padded vocabulary {unwrapped.vocab_size}"
+            )
         tp = ps.get_tensor_model_parallel_world_size()
         if max_batch_size % tp:
-            raise ValueError(f"rollout.max_batch_size={max_batch_size} must be a multiple of the tensor-parallel "
-                             f"size {tp} for the dynamic backend")
+            raise ValueError(
+                f"rollout.max_batch_size={max_batch_size} must be a multiple of the tensor-parallel "
+                f"size {tp} for the dynamic backend"
+            )
         if max_tokens_per_step < max_sequence_length - 1:
-            raise ValueError(f"rollout.max_tokens_per_step={max_tokens_per_step} < max_sequence_length - 1 = "
-                             f"{max_sequence_length - 1}: a whole prompt must fit one forward pass; raise it")
+            raise ValueError(
+                f"rollout.max_tokens_per_step={max_tokens_per_step} < max_sequence_length - 1 = "
+                f"{max_sequence_length - 1}: a whole prompt must fit one forward pass; raise it"
+            )
         graphed = getattr(config, "cuda_graph_impl", "none") == "local"
         if cuda_graphs != graphed:
             raise ValueError(
                 f"rollout.cuda_graphs={cuda_graphs} but the model was built with cuda_graph_impl="
                 f"{getattr(config, 'cuda_graph_impl', 'none')!r}: megatron captures graphs per layer, which needs "
                 "cuda_graph_impl='local' in the TransformerConfig (and then graphs training forwards too); "
-                "set both or neither")
+                "set both or neither"
+            )
         layers = len(unwrapped.decoder.layers)
         kv_heads = (config.num_query_groups or config.num_attention_heads) // tp
-        block_bytes = kv_block_bytes(layers=layers, kv_heads=kv_heads, head_dim=config.kv_channels,
-                                     dtype_bytes=config.params_dtype.itemsize)
+        block_bytes = kv_block_bytes(
+            layers=layers, kv_heads=kv_heads, head_dim=config.kv_channels, dtype_bytes=config.params_dtype.itemsize
+        )
         check_kv_cache(kv_cache_gb, block_bytes, max_sequence_length)
         self.vocab_size = vocab_size
         self.max_sequence_length = max_sequence_length
-        self._spec = EngineSpec(max_sequence_length=max_sequence_length, kv_cache_gb=kv_cache_gb,
-                                max_requests=max_batch_size, max_tokens=max_tokens_per_step, cuda_graphs=cuda_graphs,
-                                pp_microbatch_tokens=pp_microbatch_tokens, padded_vocab_size=unwrapped.vocab_size,
-                                layers_on_stage=layers)
+        self._spec = EngineSpec(
+            max_sequence_length=max_sequence_length,
+            kv_cache_gb=kv_cache_gb,
+            max_requests=max_batch_size,
+            max_tokens=max_tokens_per_step,
+            cuda_graphs=cuda_graphs,
+            pp_microbatch_tokens=pp_microbatch_tokens,
+            padded_vocab_size=unwrapped.vocab_size,
+            layers_on_stage=layers,
+        )
         self._engine = None  # kept between calls only with CUDA graphs
         self._next_id = 0
 
-    def generate(self, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, temperature: float,
-                 top_k: int, top_p: float, stop: StopCriteria, generator: torch.Generator
-                 ) -> list[tuple[list[int], list[float], str]]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        budgets: Sequence[int],
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        stop: StopCriteria,
+        generator: torch.Generator,
+    ) -> list[tuple[list[int], list[float], str]]:
         """``(token_ids, logprobs, finish_reason)`` per prompt, in order."""
         for i, (p, b) in enumerate(zip(prompts, budgets)):
             if len(p) + b > self.max_sequence_length:
-                raise ValueError(f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
-                                 f"max_sequence_length={self.max_sequence_length}")
+                raise ValueError(
+                    f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
+                    f"max_sequence_length={self.max_sequence_length}"
+                )
         ids = list(range(self._next_id, self._next_id + len(prompts)))
         self._next_id += len(prompts)
         rows = _Rows(ids, budgets, stop)
-        sample = functools.partial(self._sample, rows, dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                                                            generator=generator))
+        sample = functools.partial(
+            self._sample, rows, dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        )
         with generation_mode(self.model):
             engine = self._engine if self._engine is not None else build_engine(self.model, self._spec)
             self._engine = None  # kept again only after a clean call: an interrupted one leaves requests behind
@@ -207,9 +252,10 @@ class DynamicBackend:
                 release_kv_cache(engine)
         return rows.results()
 
-    def _sample(self, rows: "_Rows", sampling: dict, logits_NV: torch.Tensor | None, n: int) -> torch.Tensor:
-        tokens_N, logp_N = sample_and_share(logits_NV, n, vocab_size=self.vocab_size, device=compute_device(),
-                                            **sampling)
+    def _sample(self, rows: _Rows, sampling: dict, logits_NV: torch.Tensor | None, n: int) -> torch.Tensor:
+        tokens_N, logp_N = sample_and_share(
+            logits_NV, n, vocab_size=self.vocab_size, device=compute_device(), **sampling
+        )
         rows.stage(tokens_N.tolist(), logp_N.tolist())
         return tokens_N
 
@@ -250,8 +296,10 @@ class _Rows:
     def results(self) -> list[tuple[list[int], list[float], str]]:
         unfinished = [i for i, r in enumerate(self.reasons) if r is None]
         if unfinished:
-            raise RuntimeError(f"megatron's dynamic engine ended without finishing rows {unfinished} (it fails a "
-                               "request it can never schedule); check rollout.kv_cache_gb and max_tokens_per_step")
+            raise RuntimeError(
+                f"megatron's dynamic engine ended without finishing rows {unfinished} (it fails a "
+                "request it can never schedule); check rollout.kv_cache_gb and max_tokens_per_step"
+            )
         return list(zip(self.tokens, self.logprobs, self.reasons))
 
 

@@ -18,8 +18,8 @@ the check to run on a GPU after a megatron-core upgrade.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -53,8 +53,13 @@ def build_engine(model: torch.nn.Module, spec: EngineSpec):
     """Context, wrapper, controller (our sampler hook) and engine for ``model`` (this rank's chunk)."""
     context = build_context(model, spec)
     wrapper = mcore_compat.inference_wrapper(
-        model, context, padded_vocab_size=spec.padded_vocab_size, max_batch_size=spec.max_requests,
-        max_sequence_length=spec.max_sequence_length, pp_microbatch_tokens=spec.pp_microbatch_tokens)
+        model,
+        context,
+        padded_vocab_size=spec.padded_vocab_size,
+        max_batch_size=spec.max_requests,
+        max_sequence_length=spec.max_sequence_length,
+        pp_microbatch_tokens=spec.pp_microbatch_tokens,
+    )
     wrapper.prep_model_for_inference()  # eval mode, pipeline flags
     controller = controller_class()(wrapper, _NoTextTokenizer(spec.padded_vocab_size))
     return mcore_compat.dynamic_engine(controller, context)
@@ -64,19 +69,32 @@ def build_context(model: torch.nn.Module, spec: EngineSpec):
     """megatron's ``DynamicInferenceContext`` (the paged KV cache, allocated here) for ``model``."""
     from megatron.core.utils import get_model_config
 
-    settings = dict(block_size_tokens=KV_BLOCK_TOKENS, buffer_size_gb=spec.kv_cache_gb,
-                    max_requests=spec.max_requests, max_tokens=spec.max_tokens,
-                    max_sequence_length=spec.max_sequence_length, materialize_only_last_token_logits=True,
-                    num_cuda_graphs=CUDA_GRAPH_COUNT if spec.cuda_graphs else None,
-                    use_cuda_graphs_for_non_decode_steps=False, enable_chunked_prefill=False,
-                    unified_memory_level=0)
-    return mcore_compat.dynamic_context(get_model_config(model), layers_on_stage=spec.layers_on_stage,
-                                        settings=settings)
+    settings = dict(
+        block_size_tokens=KV_BLOCK_TOKENS,
+        buffer_size_gb=spec.kv_cache_gb,
+        max_requests=spec.max_requests,
+        max_tokens=spec.max_tokens,
+        max_sequence_length=spec.max_sequence_length,
+        materialize_only_last_token_logits=True,
+        num_cuda_graphs=CUDA_GRAPH_COUNT if spec.cuda_graphs else None,
+        use_cuda_graphs_for_non_decode_steps=False,
+        enable_chunked_prefill=False,
+        unified_memory_level=0,
+    )
+    return mcore_compat.dynamic_context(
+        get_model_config(model), layers_on_stage=spec.layers_on_stage, settings=settings
+    )
 
 
-def run_requests(engine, ids: Sequence[int], prompts: Sequence[Sequence[int]], budgets: Sequence[int], *,
-                 sample: Callable[[torch.Tensor | None, int], torch.Tensor],
-                 finished: Callable[[list[int]], set[int]]) -> None:
+def run_requests(
+    engine,
+    ids: Sequence[int],
+    prompts: Sequence[Sequence[int]],
+    budgets: Sequence[int],
+    *,
+    sample: Callable[[torch.Tensor | None, int], torch.Tensor],
+    finished: Callable[[list[int]], set[int]],
+) -> None:
     """Add one request per prompt (request ids ``ids``, unused by the engine so far) and step the
     engine until none is left.
 
@@ -92,8 +110,9 @@ def run_requests(engine, ids: Sequence[int], prompts: Sequence[Sequence[int]], b
     try:
         for request_id, prompt, budget in zip(ids, prompts, budgets):
             # termination_id=-1: megatron stops only at the budget; every other end is `finished`'s.
-            engine.add_request(request_id, list(prompt),
-                               SamplingParams(num_tokens_to_generate=int(budget), termination_id=-1))
+            engine.add_request(
+                request_id, list(prompt), SamplingParams(num_tokens_to_generate=int(budget), termination_id=-1)
+            )
         # Each step that runs a request gives at least one row a token, so more steps than tokens
         # means requests wait for blocks that never come: fail rather than spin.
         for _ in range(sum(int(b) for b in budgets) + len(ids)):
@@ -102,9 +121,11 @@ def run_requests(engine, ids: Sequence[int], prompts: Sequence[Sequence[int]], b
             engine.step_modern()
         else:
             if engine.has_unfinished_requests():
-                raise RuntimeError("megatron's dynamic engine stopped making progress (requests wait for KV blocks "
-                                   "or token budget that never frees); raise rollout.kv_cache_gb or "
-                                   "max_tokens_per_step")
+                raise RuntimeError(
+                    "megatron's dynamic engine stopped making progress (requests wait for KV blocks "
+                    "or token budget that never frees); raise rollout.kv_cache_gb or "
+                    "max_tokens_per_step"
+                )
     finally:
         controller.nemo_craft_sample = None
 

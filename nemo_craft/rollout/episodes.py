@@ -19,8 +19,9 @@ and the turn, so sibling rollouts on different ranks differ.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 import torch.distributed as dist
 
@@ -91,8 +92,9 @@ class RolloutConfig:
         if self.max_turns is not None and (not isinstance(self.max_turns, int) or self.max_turns < 1):
             raise ValueError(f"rollout.max_turns must be an int >= 1 or None, got {self.max_turns!r}")
         if self.observation_message not in _OBSERVATION_MESSAGES:
-            raise ValueError(f"rollout.observation_message must be one of {_OBSERVATION_MESSAGES}, "
-                             f"got {self.observation_message!r}")
+            raise ValueError(
+                f"rollout.observation_message must be one of {_OBSERVATION_MESSAGES}, got {self.observation_message!r}"
+            )
         if not self.val_temperature >= 0:
             raise ValueError(f"rollout.val_temperature must be >= 0, got {self.val_temperature!r}")
         if self.backend not in BACKENDS:
@@ -107,23 +109,32 @@ class RolloutConfig:
         truncated sampler (top-p / top-k) draws from another distribution, and its tokens would
         be weighted as if they came from this one (off-policy with no sign of it)."""
         if not self.temperature > 0:
-            raise ValueError(f"rollout.temperature={self.temperature!r}: training rollouts must sample (> 0; "
-                             "GRPO's siblings of a greedy policy are all the same); greedy is for validation "
-                             "(rollout.val_temperature=0)")
+            raise ValueError(
+                f"rollout.temperature={self.temperature!r}: training rollouts must sample (> 0; "
+                "GRPO's siblings of a greedy policy are all the same); greedy is for validation "
+                "(rollout.val_temperature=0)"
+            )
         if self.top_p != 1.0 or self.top_k != 0:
-            raise ValueError(f"rollout.top_p={self.top_p!r}, rollout.top_k={self.top_k!r}: training rollouts sample "
-                             "the full tempered softmax (the losses' pi_old); allowed: top_p=1.0, top_k=0. "
-                             "Truncated sampling is for validation: rollout.val_top_p / rollout.val_top_k")
+            raise ValueError(
+                f"rollout.top_p={self.top_p!r}, rollout.top_k={self.top_k!r}: training rollouts sample "
+                "the full tempered softmax (the losses' pi_old); allowed: top_p=1.0, top_k=0. "
+                "Truncated sampling is for validation: rollout.val_top_p / rollout.val_top_k"
+            )
 
     def generation_config(self, *, validation: bool = False) -> GenerationConfig:
         """The sampling settings of training (or validation) rollouts."""
         return GenerationConfig(
-            backend=self.backend, temperature=self.val_temperature if validation else self.temperature,
-            top_p=self.val_top_p if validation else self.top_p, top_k=self.val_top_k if validation else self.top_k,
+            backend=self.backend,
+            temperature=self.val_temperature if validation else self.temperature,
+            top_p=self.val_top_p if validation else self.top_p,
+            top_k=self.val_top_k if validation else self.top_k,
             max_new_tokens=self.max_tokens_per_turn,
-            stop_strings=self.stop_strings, max_batch_size=self.max_batch_size,
-            max_sequence_length=self.max_sequence_length, kv_cache_gb=self.kv_cache_gb,
-            max_tokens_per_step=self.max_tokens_per_step, cuda_graphs=self.cuda_graphs,
+            stop_strings=self.stop_strings,
+            max_batch_size=self.max_batch_size,
+            max_sequence_length=self.max_sequence_length,
+            kv_cache_gb=self.kv_cache_gb,
+            max_tokens_per_step=self.max_tokens_per_step,
+            cuda_graphs=self.cuda_graphs,
         )
 
 
@@ -132,8 +143,14 @@ class Policy(Protocol):
 
     max_sequence_length: int
 
-    def generate(self, prompts_token_ids: Sequence[Sequence[int]], *, max_new_tokens: Sequence[int],
-                 seed: int, config: GenerationConfig) -> list[GenerationResult]: ...
+    def generate(
+        self,
+        prompts_token_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: Sequence[int],
+        seed: int,
+        config: GenerationConfig,
+    ) -> list[GenerationResult]: ...
 
 
 class EpisodeRunner:
@@ -147,20 +164,32 @@ class EpisodeRunner:
         pool_config: how environments run in parallel (timeouts, threads or processes).
     """
 
-    def __init__(self, policy: Policy, tokenizer, env_factory: Callable, config: RolloutConfig | None = None,
-                 pool_config: PoolConfig | None = None):
+    def __init__(
+        self,
+        policy: Policy,
+        tokenizer,
+        env_factory: Callable,
+        config: RolloutConfig | None = None,
+        pool_config: PoolConfig | None = None,
+    ):
         self.policy = policy
         self.tokenizer = tokenizer
         self.config = config if config is not None else RolloutConfig()
-        self.format = ChatFormat(tokenizer, system_prompt=self.config.system_prompt,
-                                 end_of_turn_ids=tokenizer.stop_ids)
+        self.format = ChatFormat(tokenizer, system_prompt=self.config.system_prompt, end_of_turn_ids=tokenizer.stop_ids)
         self._envs = _EnvDriver(env_factory, pool_config)
 
     def close(self) -> None:
         self._envs.close()
 
-    def run(self, task_seeds: Sequence[int], *, seed: int, group_size: int | None = None,
-            group_offset: int = 0, validation: bool = False) -> list[Trajectory]:
+    def run(
+        self,
+        task_seeds: Sequence[int],
+        *,
+        seed: int,
+        group_size: int | None = None,
+        group_offset: int = 0,
+        validation: bool = False,
+    ) -> list[Trajectory]:
         """Roll out every task ``group_size`` times (default ``config.group_size``).
 
         Returns N * G trajectories, task-major (task n's siblings are n*G .. n*G+G-1), with
@@ -168,8 +197,11 @@ class EpisodeRunner:
         data-parallel rank); ``validation`` samples at ``config.val_temperature``.
         """
         G = self.config.group_size if group_size is None else group_size
-        trajectories = [Trajectory(task_seed=int(s), group_id=group_offset + n, sibling_index=g)
-                        for n, s in enumerate(task_seeds) for g in range(G)]
+        trajectories = [
+            Trajectory(task_seed=int(s), group_id=group_offset + n, sibling_index=g)
+            for n, s in enumerate(task_seeds)
+            for g in range(G)
+        ]
         gen_config = self.config.generation_config(validation=validation)
         running = self._start(trajectories)
         used = [0] * len(trajectories)
@@ -179,18 +211,31 @@ class EpisodeRunner:
             running = self._next_turn(trajectories, running, used, pending)
             if not running:
                 break
-            budgets = [min(self.config.max_tokens_per_turn, self.config.max_tokens_per_episode - used[i],
-                           self.policy.max_sequence_length - len(trajectories[i])) for i in running]
-            results = self.policy.generate([trajectories[i].token_ids for i in running], max_new_tokens=budgets,
-                                           seed=_turn_seed(seed, turn), config=gen_config)
+            budgets = [
+                min(
+                    self.config.max_tokens_per_turn,
+                    self.config.max_tokens_per_episode - used[i],
+                    self.policy.max_sequence_length - len(trajectories[i]),
+                )
+                for i in running
+            ]
+            results = self.policy.generate(
+                [trajectories[i].token_ids for i in running],
+                max_new_tokens=budgets,
+                seed=_turn_seed(seed, turn),
+                config=gen_config,
+            )
             actions: list[Optional[str]] = [None] * len(trajectories)
             for i, result in zip(running, results):
                 trajectories[i].append(result.token_ids, turn=turn, logprobs=result.logprobs)
                 used[i] += len(result.token_ids)
                 actions[i] = self.format.action_text(result.token_ids)
             steps = self._envs.step(actions)
-            running = [i for i, result in zip(running, results)
-                       if self._record_step(trajectories[i], steps[i], result, actions[i], turn, pending, i)]
+            running = [
+                i
+                for i, result in zip(running, results)
+                if self._record_step(trajectories[i], steps[i], result, actions[i], turn, pending, i)
+            ]
             turn += 1
         return trajectories
 
@@ -231,8 +276,9 @@ class EpisodeRunner:
                 keep.append(i)
         return keep
 
-    def _record_step(self, tr: Trajectory, r: EnvResult, result: GenerationResult, action: str,
-                     turn: int, pending: dict, index: int) -> bool:
+    def _record_step(
+        self, tr: Trajectory, r: EnvResult, result: GenerationResult, action: str, turn: int, pending: dict, index: int
+    ) -> bool:
         """Book the environment's answer to one action; True when the episode goes on (then its
         next user message waits in ``pending``)."""
         record = tr.turns[-1]

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 import torch
 
@@ -99,8 +100,10 @@ class GenerationConfig:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
         if isinstance(self.stop_strings, str):
-            raise ValueError(f"stop_strings must be a list of strings, got the string "
-                             f"{self.stop_strings!r}; write [{self.stop_strings!r}]")
+            raise ValueError(
+                f"stop_strings must be a list of strings, got the string "
+                f"{self.stop_strings!r}; write [{self.stop_strings!r}]"
+            )
         self.stop_strings = tuple(self.stop_strings)
         self.stop_token_ids = tuple(int(i) for i in self.stop_token_ids)
         if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
@@ -109,29 +112,38 @@ class GenerationConfig:
             raise ValueError(f"max_sequence_length must be >= 2 or None, got {self.max_sequence_length!r}")
         self._check_dynamic_fields()
         if self.pp_microbatch_tokens not in (None, -1) and self.pp_microbatch_tokens < 1:
-            raise ValueError(f"pp_microbatch_tokens must be >= 1, -1 (never split) or None, got "
-                             f"{self.pp_microbatch_tokens!r}")
+            raise ValueError(
+                f"pp_microbatch_tokens must be >= 1, -1 (never split) or None, got {self.pp_microbatch_tokens!r}"
+            )
 
     def _check_dynamic_fields(self) -> None:
         """The dynamic backend's knobs; those that only bind it are skipped for backend=static."""
-        if isinstance(self.kv_cache_gb, bool) or not isinstance(self.kv_cache_gb, (int, float)) \
-                or not self.kv_cache_gb > 0:
+        if (
+            isinstance(self.kv_cache_gb, bool)
+            or not isinstance(self.kv_cache_gb, (int, float))
+            or not self.kv_cache_gb > 0
+        ):
             raise ValueError(f"kv_cache_gb must be a number > 0 (GiB per rank), got {self.kv_cache_gb!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if self.cuda_graphs and self.backend == "static":
-            raise ValueError("cuda_graphs=true applies to the dynamic backend; set backend=dynamic (or auto), "
-                             "or cuda_graphs=false")
+            raise ValueError(
+                "cuda_graphs=true applies to the dynamic backend; set backend=dynamic (or auto), or cuda_graphs=false"
+            )
         if not isinstance(self.max_tokens_per_step, int) or self.max_tokens_per_step < 1:
             raise ValueError(f"max_tokens_per_step must be an int >= 1, got {self.max_tokens_per_step!r}")
         if self.backend == "static":
             return
         if self.max_tokens_per_step < self.max_batch_size:
-            raise ValueError(f"max_tokens_per_step={self.max_tokens_per_step} < max_batch_size={self.max_batch_size}: "
-                             "a decode step of every row must fit one forward pass; raise it")
+            raise ValueError(
+                f"max_tokens_per_step={self.max_tokens_per_step} < max_batch_size={self.max_batch_size}: "
+                "a decode step of every row must fit one forward pass; raise it"
+            )
         if self.max_sequence_length is not None and self.max_tokens_per_step < self.max_sequence_length - 1:
-            raise ValueError(f"max_tokens_per_step={self.max_tokens_per_step} < max_sequence_length - 1 = "
-                             f"{self.max_sequence_length - 1}: a whole prompt must fit one forward pass; raise it")
+            raise ValueError(
+                f"max_tokens_per_step={self.max_tokens_per_step} < max_sequence_length - 1 = "
+                f"{self.max_sequence_length - 1}: a whole prompt must fit one forward pass; raise it"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -168,7 +180,7 @@ class GenerationTokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-def resolve_backend(requested: str, capability: Callable[[], "DynamicCapability"]) -> str:
+def resolve_backend(requested: str, capability: Callable[[], DynamicCapability]) -> str:
     """The backend that runs: "static" or "dynamic".
 
     ``capability`` gives the facts the dynamic backend needs (``DynamicCapability.probe``; read
@@ -182,8 +194,10 @@ def resolve_backend(requested: str, capability: Callable[[], "DynamicCapability"
     if problem is None:
         return "dynamic"
     if requested == "dynamic":
-        raise ValueError(f"rollout.backend=dynamic (megatron's DynamicInferenceEngine) cannot run here: {problem}. "
-                         "Use rollout.backend=static, or auto (dynamic where it can run, static elsewhere)")
+        raise ValueError(
+            f"rollout.backend=dynamic (megatron's DynamicInferenceEngine) cannot run here: {problem}. "
+            "Use rollout.backend=static, or auto (dynamic where it can run, static elsewhere)"
+        )
     return "static"
 
 
@@ -210,22 +224,37 @@ class Generator:
 
         vocab_size = config.vocab_size or self.tokenizer.vocab_size
         max_len = config.max_sequence_length or unwrap_model(self.model_chunks[0]).max_sequence_length
-        name = resolve_backend(config.backend, lambda: DynamicCapability.probe(
-            get_model_config(self.model_chunks[0]).params_dtype))
+        name = resolve_backend(
+            config.backend, lambda: DynamicCapability.probe(get_model_config(self.model_chunks[0]).params_dtype)
+        )
         if name == "dynamic":
             from nemo_craft.rollout.dynamic_backend import DynamicBackend
 
-            return DynamicBackend(self.model_chunks, vocab_size=vocab_size, max_batch_size=config.max_batch_size,
-                                  max_sequence_length=max_len, kv_cache_gb=config.kv_cache_gb,
-                                  max_tokens_per_step=config.max_tokens_per_step, cuda_graphs=config.cuda_graphs,
-                                  pp_microbatch_tokens=config.pp_microbatch_tokens)
+            return DynamicBackend(
+                self.model_chunks,
+                vocab_size=vocab_size,
+                max_batch_size=config.max_batch_size,
+                max_sequence_length=max_len,
+                kv_cache_gb=config.kv_cache_gb,
+                max_tokens_per_step=config.max_tokens_per_step,
+                cuda_graphs=config.cuda_graphs,
+                pp_microbatch_tokens=config.pp_microbatch_tokens,
+            )
         if config.cuda_graphs:
-            warnings.warn("cuda_graphs=true is ignored: backend=auto resolved to static here (CUDA graphs are the "
-                          "dynamic backend's)", stacklevel=3)
+            warnings.warn(
+                "cuda_graphs=true is ignored: backend=auto resolved to static here (CUDA graphs are the "
+                "dynamic backend's)",
+                stacklevel=3,
+            )
         from nemo_craft.rollout.static_backend import StaticBackend
 
-        return StaticBackend(self.model_chunks, vocab_size=vocab_size, max_batch_size=config.max_batch_size,
-                             max_sequence_length=max_len, pp_microbatch_tokens=config.pp_microbatch_tokens)
+        return StaticBackend(
+            self.model_chunks,
+            vocab_size=vocab_size,
+            max_batch_size=config.max_batch_size,
+            max_sequence_length=max_len,
+            pp_microbatch_tokens=config.pp_microbatch_tokens,
+        )
 
     @property
     def max_sequence_length(self) -> int:
@@ -270,13 +299,21 @@ class Generator:
 
         generator = torch.Generator(device=compute_device())
         generator.manual_seed(int(seed))
-        stop = StopCriteria((*self.tokenizer.stop_ids, *cfg.stop_token_ids), cfg.stop_strings,
-                            self.tokenizer.decode)
+        stop = StopCriteria((*self.tokenizer.stop_ids, *cfg.stop_token_ids), cfg.stop_strings, self.tokenizer.decode)
         rows = [i for i in range(n) if budgets[i] > 0]
-        outputs = self._backend.generate(
-            [list(prompts_token_ids[i]) for i in rows], [budgets[i] for i in rows],
-            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, stop=stop, generator=generator,
-        ) if rows else []
+        outputs = (
+            self._backend.generate(
+                [list(prompts_token_ids[i]) for i in rows],
+                [budgets[i] for i in rows],
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                stop=stop,
+                generator=generator,
+            )
+            if rows
+            else []
+        )
         results = [GenerationResult([], [], "length") for _ in range(n)]
         for i, (tokens, logprobs, reason) in zip(rows, outputs):
             results[i] = GenerationResult(tokens, logprobs, reason, self.tokenizer.decode(tokens))

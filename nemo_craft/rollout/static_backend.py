@@ -29,7 +29,7 @@ tokens and take the same stop decisions.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -56,8 +56,15 @@ class StaticBackend:
             never; None: 512). Later versions never split, and refuse any value but None / -1.
     """
 
-    def __init__(self, model_chunks: Sequence[torch.nn.Module], *, vocab_size: int, max_batch_size: int,
-                 max_sequence_length: int, pp_microbatch_tokens: int | None = None):
+    def __init__(
+        self,
+        model_chunks: Sequence[torch.nn.Module],
+        *,
+        vocab_size: int,
+        max_batch_size: int,
+        max_sequence_length: int,
+        pp_microbatch_tokens: int | None = None,
+    ):
         from megatron.core.inference.contexts import StaticInferenceContext
         from megatron.core.utils import get_model_config, unwrap_model
 
@@ -65,41 +72,54 @@ class StaticBackend:
             raise ValueError(
                 f"generation needs exactly one model chunk per rank, got {len(model_chunks)}: "
                 "megatron's inference wrapper does not support virtual pipeline parallel; "
-                "generate with virtual_pipeline_model_parallel_size=None")
+                "generate with virtual_pipeline_model_parallel_size=None"
+            )
         self.model = model_chunks[0]
         self.config = get_model_config(self.model)
         padded_vocab_size = unwrap_model(self.model).vocab_size
         if vocab_size > padded_vocab_size:
-            raise ValueError(f"tokenizer vocab_size {vocab_size} > the model's padded vocabulary "
-                             f"{padded_vocab_size}")
+            raise ValueError(f"tokenizer vocab_size {vocab_size} > the model's padded vocabulary {padded_vocab_size}")
         self.vocab_size = vocab_size
         self.max_batch_size = max_batch_size
         self.max_sequence_length = max_sequence_length
         self._context_cls = StaticInferenceContext
         self.wrapper = mcore_compat.inference_wrapper(
-            self.model, StaticInferenceContext(1, 1), padded_vocab_size=padded_vocab_size,
-            max_batch_size=max_batch_size, max_sequence_length=max_sequence_length,
-            pp_microbatch_tokens=pp_microbatch_tokens)
+            self.model,
+            StaticInferenceContext(1, 1),
+            padded_vocab_size=padded_vocab_size,
+            max_batch_size=max_batch_size,
+            max_sequence_length=max_sequence_length,
+            pp_microbatch_tokens=pp_microbatch_tokens,
+        )
 
     # -- public ------------------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, temperature: float,
-                 top_k: int, top_p: float, stop: StopCriteria, generator: torch.Generator
-                 ) -> list[tuple[list[int], list[float], str]]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        budgets: Sequence[int],
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        stop: StopCriteria,
+        generator: torch.Generator,
+    ) -> list[tuple[list[int], list[float], str]]:
         """``(token_ids, logprobs, finish_reason)`` per prompt, in order. Rows are grouped by
         prompt length (shortest first) into batches of at most ``max_batch_size``."""
         for i, (p, b) in enumerate(zip(prompts, budgets)):
             if len(p) + b > self.max_sequence_length:
-                raise ValueError(f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
-                                 f"max_sequence_length={self.max_sequence_length}")
+                raise ValueError(
+                    f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
+                    f"max_sequence_length={self.max_sequence_length}"
+                )
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list = [None] * len(prompts)
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, generator=generator)
         with self._inference_state():
             for first in range(0, len(order), self.max_batch_size):
-                rows = order[first:first + self.max_batch_size]
-                results = self._generate_batch([prompts[i] for i in rows], [budgets[i] for i in rows],
-                                               **sampling)
+                rows = order[first : first + self.max_batch_size]
+                results = self._generate_batch([prompts[i] for i in rows], [budgets[i] for i in rows], **sampling)
                 for i, result in zip(rows, results):
                     out[i] = result
         return out
@@ -113,7 +133,7 @@ class StaticBackend:
         width = max(n + b for n, b in zip(lengths, budgets))
         tokens_BT = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
-            tokens_BT[i, :len(p)] = torch.tensor(p, dtype=torch.long, device=device)
+            tokens_BT[i, : len(p)] = torch.tensor(p, dtype=torch.long, device=device)
         lengths_B = torch.tensor(lengths, device=device)
 
         context = self._context_cls(len(prompts), width)
@@ -128,9 +148,16 @@ class StaticBackend:
         while True:
             window = self.wrapper.get_batch_for_context_window(inputs, start, end)
             logits = self.wrapper.run_one_forward_step(window)  # [B, 1, V'] on the last stage
-            next_B, logp_B = sample_and_share(logits[:, -1, :] if logits is not None else None, len(prompts),
-                                              vocab_size=self.vocab_size, temperature=temperature, top_k=top_k,
-                                              top_p=top_p, generator=generator, device=device)
+            next_B, logp_B = sample_and_share(
+                logits[:, -1, :] if logits is not None else None,
+                len(prompts),
+                vocab_size=self.vocab_size,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+                device=device,
+            )
             started_B = lengths_B <= end  # rows whose prompt is consumed: their token goes at `end`
             tokens_BT[started_B, end] = next_B[started_B]
             next_list, logp_list = next_B.tolist(), logp_B.tolist()

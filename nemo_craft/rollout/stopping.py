@@ -6,7 +6,7 @@ decision is the same on every rank that holds the same tokens.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = ["FINISH_REASONS", "StopCriteria"]
 
@@ -25,8 +25,12 @@ class StopCriteria:
         decode: token ids -> text (the tokenizer's decode); needed when there are stop strings.
     """
 
-    def __init__(self, eos_ids: Iterable[int], stop_strings: Sequence[str] = (),
-                 decode: Callable[[Sequence[int]], str] | None = None):
+    def __init__(
+        self,
+        eos_ids: Iterable[int],
+        stop_strings: Sequence[str] = (),
+        decode: Callable[[Sequence[int]], str] | None = None,
+    ):
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.stop_strings = tuple(s for s in stop_strings if s)
         if self.stop_strings and decode is None:
@@ -43,7 +47,7 @@ class StopCriteria:
         if tokens and tokens[-1] in self.eos_ids:
             return "eos"
         if self.stop_strings and tokens:
-            tail = self._decode(list(tokens[-self._window:]))
+            tail = self._decode(list(tokens[-self._window :]))
             if any(s in tail for s in self.stop_strings):
                 return "stop"
         if len(tokens) >= budget:

@@ -13,13 +13,21 @@ target token. So a model's log-prob of ``targets`` at [b, s] is the log-prob of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
-__all__ = ["TurnRecord", "Trajectory", "TrajectoryBatch", "TeacherBatch", "collate_trajectories",
-           "collate_teacher", "align_teacher_logprobs"]
+__all__ = [
+    "TurnRecord",
+    "Trajectory",
+    "TrajectoryBatch",
+    "TeacherBatch",
+    "collate_trajectories",
+    "collate_teacher",
+    "align_teacher_logprobs",
+]
 
 
 @dataclass
@@ -92,10 +100,11 @@ class Trajectory:
 
     def teacher_token_ids(self) -> list[int]:
         """The teacher's sequence: teacher prompt, then the student's tokens after its prompt."""
-        return list(self.teacher_prompt_ids) + self.token_ids[self.prompt_length:]
+        return list(self.teacher_prompt_ids) + self.token_ids[self.prompt_length :]
 
-    def append(self, ids: Sequence[int], *, turn: Optional[int] = None,
-               logprobs: Optional[Sequence[float]] = None) -> None:
+    def append(
+        self, ids: Sequence[int], *, turn: Optional[int] = None, logprobs: Optional[Sequence[float]] = None
+    ) -> None:
         """Append tokens: an action (``turn`` given: loss mask 1, positions 0..) or context."""
         ids = [int(i) for i in ids]
         self.token_ids += ids
@@ -135,7 +144,7 @@ class TrajectoryBatch:
     group_ids: torch.Tensor
     """[B] int64: sibling group (task) of each trajectory."""
 
-    def to(self, device) -> "TrajectoryBatch":
+    def to(self, device) -> TrajectoryBatch:
         return TrajectoryBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
@@ -153,7 +162,7 @@ class TeacherBatch:
     lengths: torch.Tensor
     """[B] int64: valid positions of each row."""
 
-    def to(self, device) -> "TeacherBatch":
+    def to(self, device) -> TeacherBatch:
         return TeacherBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
@@ -165,12 +174,13 @@ def _shifted(rows: Sequence[Sequence], pad, dtype, length: int) -> torch.Tensor:
     out = torch.full((len(rows), length), pad, dtype=dtype)
     for b, row in enumerate(rows):
         if len(row):
-            out[b, :len(row)] = torch.tensor(list(row), dtype=dtype)
+            out[b, : len(row)] = torch.tensor(list(row), dtype=dtype)
     return out
 
 
-def collate_trajectories(trajectories: Sequence[Trajectory], *, pad_id: int,
-                         pad_to_multiple_of: int = 1) -> TrajectoryBatch:
+def collate_trajectories(
+    trajectories: Sequence[Trajectory], *, pad_id: int, pad_to_multiple_of: int = 1
+) -> TrajectoryBatch:
     """Padded [B, S] tensors of the student sequences (S = longest sequence - 1, rounded up to
     ``pad_to_multiple_of``, e.g. the TP size under sequence parallel)."""
     if not trajectories:
@@ -192,8 +202,13 @@ def collate_trajectories(trajectories: Sequence[Trajectory], *, pad_id: int,
     )
 
 
-def collate_teacher(trajectories: Sequence[Trajectory], *, pad_id: int, pad_to_multiple_of: int = 1,
-                    student_length: Optional[int] = None) -> TeacherBatch:
+def collate_teacher(
+    trajectories: Sequence[Trajectory],
+    *,
+    pad_id: int,
+    pad_to_multiple_of: int = 1,
+    student_length: Optional[int] = None,
+) -> TeacherBatch:
     """The teacher view of ``trajectories``: privileged prompt + the same student tokens.
 
     ``student_length`` is S of the student batch the index map is for (default: as
@@ -212,7 +227,7 @@ def collate_teacher(trajectories: Sequence[Trajectory], *, pad_id: int, pad_to_m
         # Student target position s (token s + 1) -> teacher target position s + offset; only
         # tokens after the prompt are shared, which covers every action token.
         s = torch.arange(tr.prompt_length - 1, len(tr) - 1)
-        mask = torch.tensor(tr.loss_mask[tr.prompt_length:], dtype=torch.bool)
+        mask = torch.tensor(tr.loss_mask[tr.prompt_length :], dtype=torch.bool)
         gather_BS[b, s[mask]] = s[mask] + tr.teacher_offset
     return TeacherBatch(
         input_ids=_shifted([t[:-1] for t in teacher], pad_id, torch.long, T),

@@ -31,15 +31,16 @@ import pickle
 import queue
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from nemo_craft.parallel.rendezvous import free_port
 
 __all__ = ["Layout", "run_distributed", "current_layout", "free_port", "DistributedTestError"]
 
 _PRELOAD = ["torch", "megatron.core", "megatron.core.parallel_state", "nemo_craft.parallel.initialize"]
-_LAYOUT: Optional["Layout"] = None
+_LAYOUT: Optional[Layout] = None
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,10 @@ def _resolve_device(device: Optional[str], world_size: int) -> str:
         source = "device" if device else "NEMO_CRAFT_TEST_DEVICE"
         raise ValueError(f"{source}={chosen!r} is not a test device; allowed: {', '.join(DEVICES)}")
     if chosen == "cuda" and torch.cuda.device_count() < world_size:
-        raise ValueError(f"device='cuda' needs one GPU per rank: world_size={world_size}, "
-                         f"{torch.cuda.device_count()} GPU(s) visible; run on device='cpu'")
+        raise ValueError(
+            f"device='cuda' needs one GPU per rank: world_size={world_size}, "
+            f"{torch.cuda.device_count()} GPU(s) visible; run on device='cpu'"
+        )
     return chosen
 
 
@@ -90,8 +93,11 @@ def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequenc
     faulthandler.enable()  # a rank killed by a signal (a C++ abort in gloo) still shows where it was
     try:
         os.environ.update(
-            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(layout.world_size),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(layout.world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
         )
         import torch
 
@@ -207,13 +213,16 @@ def run_distributed(
             try:
                 rank, status, value = results.get(timeout=min(remaining, 1.0))
             except queue.Empty:
-                dead = [r for r, p in enumerate(procs) if r not in outputs and not p.is_alive()
-                        and p.exitcode not in (0, None)]
+                dead = [
+                    r
+                    for r, p in enumerate(procs)
+                    if r not in outputs and not p.is_alive() and p.exitcode not in (0, None)
+                ]
                 if dead:
                     raise DistributedTestError(
                         f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} on layout "
                         f"{asdict(layout)} without reporting (killed by a signal or out of memory)"
-                    )
+                    ) from None
                 continue
             if status == "error":
                 raise DistributedTestError(_describe_failures(layout, rank, value, results, procs, outputs))

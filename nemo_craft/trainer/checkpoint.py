@@ -31,9 +31,10 @@ import json
 import logging
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -96,19 +97,23 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.save_every, int) or isinstance(self.save_every, bool) or self.save_every < 0:
             raise ValueError(f"checkpoint.save_every={self.save_every!r}: must be an integer >= 0 (0 = never)")
-        if self.keep_last is not None and (not isinstance(self.keep_last, int) or isinstance(self.keep_last, bool)
-                                           or self.keep_last < 1):
+        if self.keep_last is not None and (
+            not isinstance(self.keep_last, int) or isinstance(self.keep_last, bool) or self.keep_last < 1
+        ):
             raise ValueError(f"checkpoint.keep_last={self.keep_last!r}: must be an integer >= 1, or null to keep all")
         if self.format not in _FORMATS:
             raise ValueError(f"checkpoint.format={self.format!r}: allowed values are {_FORMATS}")
         if self.resume is not None and (not isinstance(self.resume, str) or not self.resume):
             raise ValueError(f"checkpoint.resume={self.resume!r}: must be null, 'auto' or a checkpoint path")
         if self.dir is None and self.save_every > 0:
-            raise ValueError(f"checkpoint.save_every={self.save_every} needs checkpoint.dir; set a directory "
-                             "or save_every=0")
+            raise ValueError(
+                f"checkpoint.save_every={self.save_every} needs checkpoint.dir; set a directory or save_every=0"
+            )
         if self.dir is None and self.resume == "auto":
-            raise ValueError("checkpoint.resume='auto' needs checkpoint.dir to look in; set a directory, "
-                             "a checkpoint path, or resume=null")
+            raise ValueError(
+                "checkpoint.resume='auto' needs checkpoint.dir to look in; set a directory, "
+                "a checkpoint path, or resume=null"
+            )
 
 
 class CheckpointSaveError(RuntimeError):
@@ -141,9 +146,16 @@ class CheckpointManager:
         return _on_rank0(lambda: layout.resolve_checkpoint(self.config.dir, resume))
 
     # --------------------------------------------------------------------- save
-    def save(self, step: int, model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any],
-             scheduler: Optional[Any], extra_state: Optional[dict] = None,
-             resolved_config_yaml: str = "", reference: Optional[Any] = None) -> Path:
+    def save(
+        self,
+        step: int,
+        model_chunks: Sequence[torch.nn.Module],
+        optimizer: Optional[Any],
+        scheduler: Optional[Any],
+        extra_state: Optional[dict] = None,
+        resolved_config_yaml: str = "",
+        reference: Optional[Any] = None,
+    ) -> Path:
         """Write checkpoint ``step``; returns its directory. ``extra_state`` (small and
         picklable: controller state, task cursor, ...; the same on every rank) is taken from
         rank 0. ``reference`` (a :class:`~nemo_craft.trainer.reference.ReferenceWeights`): pi_ref,
@@ -166,23 +178,36 @@ class CheckpointManager:
             lend = self._reference_to_link(reference)
             if lend is not None:
                 # pi_ref does not change during a run: its files are those of the last checkpoint
-                _raise_if_any(_on_rank0_errors(lambda: layout.link_files(lend, tmp / REFERENCE_DIR)),
-                              f"linking pi_ref from {lend}")
+                _raise_if_any(
+                    _on_rank0_errors(lambda: layout.link_files(lend, tmp / REFERENCE_DIR)),
+                    f"linking pi_ref from {lend}",
+                )
             elif reference is not None:
                 with reference.swapped_in(model_chunks):
                     self._save_sharded(tmp / REFERENCE_DIR, model_chunks, None)
         except Exception as err:
-            raise CheckpointSaveError(f"saving checkpoint step {step} to '{tmp}' failed in dist_checkpointing: "
-                                      f"{err!r}; the previous checkpoint stays the latest") from err
-        errors = _gather_errors(lambda: self._write_rank_files(tmp, step, scheduler, extra_state,
-                                                               resolved_config_yaml, with_optimizer,
-                                                               reference is not None,
-                                                               optimizer is not None and _is_distributed(optimizer)))
+            raise CheckpointSaveError(
+                f"saving checkpoint step {step} to '{tmp}' failed in dist_checkpointing: "
+                f"{err!r}; the previous checkpoint stays the latest"
+            ) from err
+        errors = _gather_errors(
+            lambda: self._write_rank_files(
+                tmp,
+                step,
+                scheduler,
+                extra_state,
+                resolved_config_yaml,
+                with_optimizer,
+                reference is not None,
+                optimizer is not None and _is_distributed(optimizer),
+            )
+        )
         if any(errors):
             _on_rank0_errors(lambda: shutil.rmtree(tmp, ignore_errors=True))
             _raise_if_any(errors, f"saving checkpoint step {step} to '{tmp}'")
-        _raise_if_any(_on_rank0_errors(lambda: self._publish(tmp, final, step)),
-                      f"publishing checkpoint step {step} as '{final}'")
+        _raise_if_any(
+            _on_rank0_errors(lambda: self._publish(tmp, final, step)), f"publishing checkpoint step {step} as '{final}'"
+        )
         if reference is not None:
             self._reference_files = (reference.token, final / REFERENCE_DIR)
         logger.info("saved checkpoint %s", final)
@@ -192,8 +217,12 @@ class CheckpointManager:
         from megatron.core import dist_checkpointing
 
         sharded = build_sharded_state_dict(model_chunks, optimizer, SHARDED_STATE_METADATA, is_loading=False)
-        dist_checkpointing.save(sharded, str(directory), sharded_strategy=self._save_strategy_for(directory.name),
-                                content_metadata=dict(SHARDED_STATE_METADATA))
+        dist_checkpointing.save(
+            sharded,
+            str(directory),
+            sharded_strategy=self._save_strategy_for(directory.name),
+            content_metadata=dict(SHARDED_STATE_METADATA),
+        )
 
     def _reference_to_link(self, reference) -> Optional[Path]:
         """The published ``reference/`` holding this very pi_ref, if any (the same on every rank)."""
@@ -211,22 +240,44 @@ class CheckpointManager:
             strategy = get_default_save_sharded_strategy(self.config.format)
             if self.config.fully_parallel:
                 strategy = FullyParallelSaveStrategyWrapper(
-                    strategy, parallel_state.get_data_parallel_group(with_context_parallel=True))
+                    strategy, parallel_state.get_data_parallel_group(with_context_parallel=True)
+                )
             self._save_strategies[part] = strategy
         return self._save_strategies[part]
 
-    def _write_rank_files(self, tmp: Path, step: int, scheduler, extra_state, config_yaml: str,
-                          with_optimizer: bool, with_reference: bool, distributed: bool) -> None:
+    def _write_rank_files(
+        self,
+        tmp: Path,
+        step: int,
+        scheduler,
+        extra_state,
+        config_yaml: str,
+        with_optimizer: bool,
+        with_reference: bool,
+        distributed: bool,
+    ) -> None:
         rank = dist.get_rank()
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         torch.save(capture_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
         if rank == 0:
-            torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "extra_state": extra_state}, tmp / TRAINER_STATE)
+            torch.save(
+                {
+                    "step": step,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "extra_state": extra_state,
+                },
+                tmp / TRAINER_STATE,
+            )
             (tmp / CONFIG_YAML).write_text(config_yaml)
-            meta = dict(step=step, format=self.config.format, optimizer=with_optimizer, reference=with_reference,
-                        distributed_optimizer=distributed,
-                        layout=_layout(), versions=_versions())
+            meta = dict(
+                step=step,
+                format=self.config.format,
+                optimizer=with_optimizer,
+                reference=with_reference,
+                distributed_optimizer=distributed,
+                layout=_layout(),
+                versions=_versions(),
+            )
             (tmp / META_JSON).write_text(json.dumps(meta, indent=1))
 
     def _publish(self, tmp: Path, final: Path, step: int) -> None:
@@ -236,9 +287,14 @@ class CheckpointManager:
             logger.info("deleted old checkpoint %s", path)
 
     # --------------------------------------------------------------------- load
-    def load(self, model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any] = None,
-             scheduler: Optional[Any] = None, path: Optional[str] = None,
-             reference: Optional[Any] = None) -> Optional[dict]:
+    def load(
+        self,
+        model_chunks: Sequence[torch.nn.Module],
+        optimizer: Optional[Any] = None,
+        scheduler: Optional[Any] = None,
+        path: Optional[str] = None,
+        reference: Optional[Any] = None,
+    ) -> Optional[dict]:
         """Resume from ``path`` (default: ``config.resume``, see :meth:`find_resume`) into the
         given freshly built chunks / optimizer / scheduler / reference (pass None to skip one);
         returns the saved ``extra_state``, or None when there is nothing to resume. The step is
@@ -252,13 +308,16 @@ class CheckpointManager:
         kind = optimizer is not None and _is_distributed(optimizer)
         if optimizer is not None and meta.get("distributed_optimizer", kind) != kind:
             saved = str(meta["distributed_optimizer"]).lower()
-            raise ValueError(f"checkpoint '{info.path}' holds the optimizer state of parallel.use_distributed_optimizer="
-                             f"{saved}; resume with parallel.use_distributed_optimizer={saved} (at any TP / PP / DP)")
+            raise ValueError(
+                f"checkpoint '{info.path}' holds the optimizer state of parallel.use_distributed_optimizer="
+                f"{saved}; resume with parallel.use_distributed_optimizer={saved} (at any TP / PP / DP)"
+            )
         if reference is not None:
             if not meta.get("reference"):
                 raise CheckpointCorruptError(
                     f"checkpoint '{info.path}' holds no reference policy ({REFERENCE_DIR}/): it was saved without "
-                    "one (or by a version that kept pi_ref unsharded); resume from a checkpoint the trainer wrote")
+                    "one (or by a version that kept pi_ref unsharded); resume from a checkpoint the trainer wrote"
+                )
             # pi_ref first, through the modules (so it reshards like them), then the policy over it.
             self._load_dir(info.path / REFERENCE_DIR, model_chunks, None)
             reference.capture(model_chunks)
@@ -271,8 +330,13 @@ class CheckpointManager:
         if saved_layout == _layout():
             restore_rng_state(_read(info.path, f"{RNG_DIR}/rank_{dist.get_rank():05d}.pt"))
         elif dist.get_rank() == 0:
-            logger.warning("checkpoint %s was saved at layout %s, this run is %s: model, optimizer and state "
-                           "loaded, RNG states not restored", info.path, saved_layout, _layout())
+            logger.warning(
+                "checkpoint %s was saved at layout %s, this run is %s: model, optimizer and state "
+                "loaded, RNG states not restored",
+                info.path,
+                saved_layout,
+                _layout(),
+            )
         logger.info("loaded checkpoint %s (step %d)", info.path, info.step)
         return state["extra_state"]
 
@@ -281,7 +345,9 @@ class CheckpointManager:
 
         metadata = dist_checkpointing.load_content_metadata(str(directory)) or SHARDED_STATE_METADATA
         sharded = build_sharded_state_dict(model_chunks, optimizer, metadata, is_loading=True)
-        loaded = dist_checkpointing.load(sharded, str(directory), sharded_strategy=self._load_strategy_for(str(directory)))
+        loaded = dist_checkpointing.load(
+            sharded, str(directory), sharded_strategy=self._load_strategy_for(str(directory))
+        )
         load_into(loaded, model_chunks, optimizer)
 
     def _load_strategy_for(self, dist_dir: str):
@@ -291,8 +357,10 @@ class CheckpointManager:
         from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
         from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
 
-        return FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(dist_dir),
-                                                parallel_state.get_data_parallel_group(with_context_parallel=True))
+        return FullyParallelLoadStrategyWrapper(
+            get_default_load_sharded_strategy(dist_dir),
+            parallel_state.get_data_parallel_group(with_context_parallel=True),
+        )
 
     @staticmethod
     def trainer_state(path: str) -> dict:
@@ -311,9 +379,14 @@ def _read(path: Path, name: str):
 def _layout() -> dict:
     from megatron.core import parallel_state as ps
 
-    return dict(world_size=dist.get_world_size(), tp=ps.get_tensor_model_parallel_world_size(),
-                pp=ps.get_pipeline_model_parallel_world_size(), cp=ps.get_context_parallel_world_size(),
-                dp=ps.get_data_parallel_world_size(), vpp=ps.get_virtual_pipeline_model_parallel_world_size())
+    return dict(
+        world_size=dist.get_world_size(),
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        cp=ps.get_context_parallel_world_size(),
+        dp=ps.get_data_parallel_world_size(),
+        vpp=ps.get_virtual_pipeline_model_parallel_world_size(),
+    )
 
 
 def _versions() -> dict:

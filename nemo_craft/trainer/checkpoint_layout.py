@@ -88,8 +88,10 @@ def checkpoint_problem(path: PathLike) -> Optional[str]:
         return "it is not a directory"
     marker = path / COMPLETE_MARKER
     if not marker.is_file():
-        return (f"the completion marker '{COMPLETE_MARKER}' is missing (the save did not finish, "
-                "or this is not a checkpoint directory)")
+        return (
+            f"the completion marker '{COMPLETE_MARKER}' is missing (the save did not finish, "
+            "or this is not a checkpoint directory)"
+        )
     try:
         manifest = json.loads(marker.read_text())
         files = dict(manifest["files"])
@@ -98,8 +100,11 @@ def checkpoint_problem(path: PathLike) -> Optional[str]:
     missing = sorted(name for name in files if not (path / name).is_file())
     if missing:
         return f"files listed in '{COMPLETE_MARKER}' are missing: {missing}"
-    wrong = [f"{name} ({(path / name).stat().st_size} bytes, expected {size})"
-             for name, size in sorted(files.items()) if (path / name).stat().st_size != size]
+    wrong = [
+        f"{name} ({(path / name).stat().st_size} bytes, expected {size})"
+        for name, size in sorted(files.items())
+        if (path / name).stat().st_size != size
+    ]
     if wrong:
         return f"files differ in size from '{COMPLETE_MARKER}' (truncated or overwritten): {wrong}"
     return None
@@ -156,14 +161,14 @@ def resolve_checkpoint(root: Optional[PathLike], resume: Optional[str]) -> Optio
     path = Path(resume)
     where = Path(root) if root is not None else path.parent
     if not path.exists():
-        raise CheckpointNotFoundError(
-            f"checkpoint '{path}' not found; available in '{where}': {_available(where)}")
+        raise CheckpointNotFoundError(f"checkpoint '{path}' not found; available in '{where}': {_available(where)}")
     if (path / COMPLETE_MARKER).exists() or _step_of(path) is not None:
         problem = checkpoint_problem(path)
         if problem is not None:
             raise CheckpointCorruptError(
                 f"checkpoint '{path}' is incomplete or corrupt: {problem}; "
-                f"available in '{path.parent}': {_available(path.parent)}")
+                f"available in '{path.parent}': {_available(path.parent)}"
+            )
         step = _step_of(path)
         if step is None:
             step = int(json.loads((path / COMPLETE_MARKER).read_text())["step"])
@@ -172,7 +177,8 @@ def resolve_checkpoint(root: Optional[PathLike], resume: Optional[str]) -> Optio
     if inside is None:
         raise CheckpointNotFoundError(
             f"checkpoint '{path}' not found: it is neither a checkpoint (no '{COMPLETE_MARKER}' marker) "
-            f"nor a directory with complete step_<n> checkpoints; available in '{where}': {_available(where)}")
+            f"nor a directory with complete step_<n> checkpoints; available in '{where}': {_available(where)}"
+        )
     return inside
 
 
@@ -188,8 +194,11 @@ def write_complete_marker(tmp_dir: PathLike, step: int, **info) -> None:
     """Write ``COMPLETE`` into ``tmp_dir``, listing every file already there with its size.
     Call after every rank has finished writing."""
     tmp_dir = Path(tmp_dir)
-    files = {str(p.relative_to(tmp_dir)): p.stat().st_size
-             for p in sorted(tmp_dir.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
+    files = {
+        str(p.relative_to(tmp_dir)): p.stat().st_size
+        for p in sorted(tmp_dir.rglob("*"))
+        if p.is_file() and p.name != COMPLETE_MARKER
+    }
     manifest = dict(step=step, saved_at=time.time(), files=files, **info)
     partial = tmp_dir / f".{COMPLETE_MARKER}.partial"
     with open(partial, "w") as f:
@@ -256,8 +265,11 @@ def prune(root: PathLike, keep_last: Optional[int], current: PathLike) -> list[P
         found = [info.path for info in list_checkpoints(root)]
         keep = set(found[-keep_last:]) | {current}
         deleted += [path for path in found if path not in keep]
-    deleted += [child for child in root.iterdir()
-                if child.is_dir() and (_TMP_DIR.match(child.name) or _OLD_DIR.match(child.name))]
+    deleted += [
+        child
+        for child in root.iterdir()
+        if child.is_dir() and (_TMP_DIR.match(child.name) or _OLD_DIR.match(child.name))
+    ]
     for path in deleted:
         shutil.rmtree(path, ignore_errors=True)
     return deleted

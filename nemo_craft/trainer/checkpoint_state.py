@@ -12,7 +12,8 @@ from the whole model dict (it finds its parameters' shards there by identity).
 from __future__ import annotations
 
 import random
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -43,8 +44,9 @@ def model_state_key(chunk_index: int, num_chunks: int) -> str:
     return "model" if num_chunks == 1 else f"model{chunk_index}"
 
 
-def build_sharded_state_dict(model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any],
-                             metadata: dict, *, is_loading: bool) -> dict:
+def build_sharded_state_dict(
+    model_chunks: Sequence[torch.nn.Module], optimizer: Optional[Any], metadata: dict, *, is_loading: bool
+) -> dict:
     """``{"model" | "model<i>": chunk sharded state, "optimizer": ...}`` for dist_checkpointing.
 
     ``metadata`` is copied per call: megatron adds process groups to the dict it is given,

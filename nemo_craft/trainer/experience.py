@@ -12,8 +12,9 @@ Shape letters: B trajectories of this DP rank, S student positions, T teacher po
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -45,8 +46,15 @@ def logprob_fn(chunk_size: int = 256, vocab_size: Optional[int] = None, temperat
 
     def value_fn(mb: dict, logits: torch.Tensor) -> torch.Tensor:
         mask = mb["loss_mask"]
-        stats = vocab_parallel_token_stats(logits, mb["targets"], mask, tp_group=ps.get_tensor_model_parallel_group(),
-                                           chunk_size=chunk_size, vocab_size=vocab_size, temperature=temperature)
+        stats = vocab_parallel_token_stats(
+            logits,
+            mb["targets"],
+            mask,
+            tp_group=ps.get_tensor_model_parallel_group(),
+            chunk_size=chunk_size,
+            vocab_size=vocab_size,
+            temperature=temperature,
+        )
         out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
         out[mask] = stats.logp.detach().float()
         return out
@@ -58,12 +66,14 @@ def micro_batches(tensors: dict[str, torch.Tensor], micro_batch_size: int) -> li
     """Split [B, ...] tensors into dicts of [micro_batch_size, ...] (B must divide)."""
     B, S = tensors["input_ids"].shape
     if B % micro_batch_size:
-        raise ValueError(f"{B} sequences do not split into micro-batches of {micro_batch_size}; "
-                         "make tasks_per_step * group_size / DP a multiple of trainer.micro_batch_size")
+        raise ValueError(
+            f"{B} sequences do not split into micro-batches of {micro_batch_size}; "
+            "make tasks_per_step * group_size / DP a multiple of trainer.micro_batch_size"
+        )
     pos = torch.arange(S, device=tensors["input_ids"].device).unsqueeze(0).expand(micro_batch_size, -1)
     out = []
     for i in range(0, B, micro_batch_size):
-        mb = {k: v[i:i + micro_batch_size] for k, v in tensors.items()}
+        mb = {k: v[i : i + micro_batch_size] for k, v in tensors.items()}
         mb["position_ids"] = pos
         out.append(mb)
     return out
@@ -76,10 +86,22 @@ def _teacher_mask(tb, student_mask_BS: torch.Tensor) -> torch.Tensor:
     return mask_BT
 
 
-def make_experience(model: list, reference, trajectories: Sequence[Trajectory], loss_cfg: LossConfig, *,
-                    pad_id: int, micro_batch_size: int, pad_to_multiple_of: int, dp_group, sample_offset: int,
-                    device: torch.device, vocab_size: Optional[int] = None,
-                    old_pass: Optional[bool] = None, temperature: float = 1.0) -> Experience:
+def make_experience(
+    model: list,
+    reference,
+    trajectories: Sequence[Trajectory],
+    loss_cfg: LossConfig,
+    *,
+    pad_id: int,
+    micro_batch_size: int,
+    pad_to_multiple_of: int,
+    dp_group,
+    sample_offset: int,
+    device: torch.device,
+    vocab_size: Optional[int] = None,
+    old_pass: Optional[bool] = None,
+    temperature: float = 1.0,
+) -> Experience:
     """Detached per-token tensors of this DP rank's trajectories, credits included.
 
     ``old_pass``: run the no-grad pass of the rollout policy's log-probs. None: where the loss
@@ -101,10 +123,14 @@ def make_experience(model: list, reference, trajectories: Sequence[Trajectory], 
     logp_teacher = None  # nothing reads it (GRPO): Delta = 0 and one forward pass fewer
     if loss_cfg.uses_teacher:
         tb = collate_teacher(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of, student_length=S)
-        teacher = {"input_ids": tb.input_ids.to(device), "targets": tb.targets.to(device),
-                   "loss_mask": _teacher_mask(tb, mask).to(device)}
-        logp_teacher = align_teacher_logprobs(forward_only(model, micro_batches(teacher, micro_batch_size), fn),
-                                              tb.gather_index)
+        teacher = {
+            "input_ids": tb.input_ids.to(device),
+            "targets": tb.targets.to(device),
+            "loss_mask": _teacher_mask(tb, mask).to(device),
+        }
+        logp_teacher = align_teacher_logprobs(
+            forward_only(model, micro_batches(teacher, micro_batch_size), fn), tb.gather_index
+        )
     clock.lap("time/teacher_logprobs_s")
     with reference.swapped_in(model):
         logp_ref = forward_only(model, student_mbs, fn)
@@ -114,10 +140,13 @@ def make_experience(model: list, reference, trajectories: Sequence[Trajectory], 
     batch = TokenBatch(
         logp_old=None if logp_old is None else torch.where(m, logp_old, zero),
         logp_teacher=None if logp_teacher is None else torch.where(m, logp_teacher, zero),
-        logp_ref=torch.where(m, logp_ref, zero), loss_mask=m,
+        logp_ref=torch.where(m, logp_ref, zero),
+        loss_mask=m,
         logp_rollout=torch.where(m, sb.rollout_logprobs.to(device), zero),
-        rewards=sb.rewards.to(device), group_ids=sb.group_ids.to(device),
-        turn_ids=sb.turn_ids.to(device), pos_in_turn=sb.pos_in_turn.to(device),
+        rewards=sb.rewards.to(device),
+        group_ids=sb.group_ids.to(device),
+        turn_ids=sb.turn_ids.to(device),
+        pos_in_turn=sb.pos_in_turn.to(device),
         sample_ids=torch.arange(len(trajectories), device=device) + sample_offset,
     )
     batch = compute_credits(batch, loss_cfg, dp_group=dp_group)

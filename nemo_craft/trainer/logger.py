@@ -54,8 +54,16 @@ def _scalar(value: Any) -> Optional[float]:
 class MetricsLogger:
     """Writes each step's metrics to the configured sinks; a no-op on ranks other than 0."""
 
-    def __init__(self, cfg: LoggingConfig, run_dir: str | Path, *, rank: int = 0, total_steps: int = 0,
-                 config_dict: Optional[dict] = None, start_step: int = 0):
+    def __init__(
+        self,
+        cfg: LoggingConfig,
+        run_dir: str | Path,
+        *,
+        rank: int = 0,
+        total_steps: int = 0,
+        config_dict: Optional[dict] = None,
+        start_step: int = 0,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.active = rank == 0
@@ -77,8 +85,13 @@ class MetricsLogger:
                 import wandb
             except ImportError as err:
                 raise ImportError("logging.wandb.enabled=true needs `pip install wandb`") from err
-            self._wandb = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(self.run_dir),
-                                     config=config_dict, resume="allow")
+            self._wandb = wandb.init(
+                project=cfg.wandb.project,
+                mode=cfg.wandb.mode,
+                dir=str(self.run_dir),
+                config=config_dict,
+                resume="allow",
+            )
         if cfg.progress_bar and total_steps:
             from tqdm import tqdm
 
@@ -90,8 +103,9 @@ class MetricsLogger:
         scalars = {f"{prefix}{k}": v for k, v in ((k, _scalar(v)) for k, v in metrics.items()) if v is not None}
         if self.cfg.jsonl:
             with open(self.jsonl_path, "a") as f:
-                f.write(json.dumps({"step": step, **{k: (None if math.isnan(v) else v)
-                                                     for k, v in scalars.items()}}) + "\n")
+                f.write(
+                    json.dumps({"step": step, **{k: (None if math.isnan(v) else v) for k, v in scalars.items()}}) + "\n"
+                )
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k.replace(".", "/"), v, step)
@@ -144,8 +158,8 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, title: str = "") -
                 continue
             # Rollout metrics of one step are noisy (a few tasks): the raw line thin, a running
             # mean over 5 steps on top.
-            line, = ax.plot(xs, ys, alpha=0.3, lw=1)
-            smooth = [sum(ys[max(0, i - 4):i + 1]) / len(ys[max(0, i - 4):i + 1]) for i in range(len(ys))]
+            (line,) = ax.plot(xs, ys, alpha=0.3, lw=1)
+            smooth = [sum(ys[max(0, i - 4) : i + 1]) / len(ys[max(0, i - 4) : i + 1]) for i in range(len(ys))]
             ax.plot(xs, smooth, color=line.get_color(), label=f"{key} (mean of 5 steps)")
         ax.set_xlabel("step")
         ax.set_title(label)

@@ -20,8 +20,8 @@ tokens and the last stage the per-token inputs of the loss, which so travel with
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 
@@ -59,8 +59,9 @@ def _schedule_args(model_chunks, micro_batches: Sequence[dict]) -> dict:
     )
 
 
-def forward_only(model_chunks: Sequence[torch.nn.Module], micro_batches: Sequence[dict],
-                 value_fn: ForwardFn) -> torch.Tensor:
+def forward_only(
+    model_chunks: Sequence[torch.nn.Module], micro_batches: Sequence[dict], value_fn: ForwardFn
+) -> torch.Tensor:
     """Per-token values ``[n_mb * b, s]`` of a no-grad pass, on every rank of the pipeline."""
     from megatron.core import parallel_state as ps
 
@@ -87,16 +88,19 @@ def forward_only(model_chunks: Sequence[torch.nn.Module], micro_batches: Sequenc
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         values = torch.cat([o["values"] for o in outputs], dim=0).float()
     else:
-        values = torch.empty(len(micro_batches) * b, s, dtype=torch.float32,
-                             device=micro_batches[0]["input_ids"].device)
+        values = torch.empty(
+            len(micro_batches) * b, s, dtype=torch.float32, device=micro_batches[0]["input_ids"].device
+        )
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        torch.distributed.broadcast(values, src=ps.get_pipeline_model_parallel_last_rank(),
-                                    group=ps.get_pipeline_model_parallel_group())
+        torch.distributed.broadcast(
+            values, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+        )
     return values
 
 
-def forward_backward(model_chunks: Sequence[torch.nn.Module], micro_batches: Sequence[dict],
-                     loss_fn: LossFn, optimizer=None) -> tuple[torch.Tensor, list[dict]]:
+def forward_backward(
+    model_chunks: Sequence[torch.nn.Module], micro_batches: Sequence[dict], loss_fn: LossFn, optimizer=None
+) -> tuple[torch.Tensor, list[dict]]:
     """Forward and backward over the micro-batches; gradients end as the global token mean.
 
     Returns the token-mean loss (all-reduced over DP, broadcast over PP, the same on every rank)
@@ -110,8 +114,10 @@ def forward_backward(model_chunks: Sequence[torch.nn.Module], micro_batches: Seq
 
     config = model_chunks[0].config
     if not config.calculate_per_token_loss:
-        raise ValueError("forward_backward needs the model built with calculate_per_token_loss=True "
-                         "(transformer_config_overrides); see nemo_craft.trainer.megatron_step")
+        raise ValueError(
+            "forward_backward needs the model built with calculate_per_token_loss=True "
+            "(transformer_config_overrides); see nemo_craft.trainer.megatron_step"
+        )
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
@@ -137,8 +143,9 @@ def forward_backward(model_chunks: Sequence[torch.nn.Module], micro_batches: Seq
             totals[0] += o["loss_sum"].double()
             totals[1] += float(o["num_tokens"])
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        torch.distributed.broadcast(totals, src=ps.get_pipeline_model_parallel_last_rank(),
-                                    group=ps.get_pipeline_model_parallel_group())
+        torch.distributed.broadcast(
+            totals, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+        )
     torch.distributed.all_reduce(totals, group=ps.get_data_parallel_group(with_context_parallel=True))
     loss = (totals[0] / totals[1].clamp(min=1)).float()
     return loss, list(outputs) if ps.is_pipeline_last_stage(ignore_virtual=True) else []

@@ -56,8 +56,10 @@ def policy_vocab_size(tokenizer, model_vocab_size: int) -> int:
     pi_old in the losses would not be the distribution that sampled)."""
     vocab = tokenizer.vocab_size
     if vocab > model_vocab_size:
-        raise ValueError(f"the tokenizer has {vocab} ids, model.vocab_size={model_vocab_size}: the model "
-                         "cannot score every token it may be given; use the model's own tokenizer")
+        raise ValueError(
+            f"the tokenizer has {vocab} ids, model.vocab_size={model_vocab_size}: the model "
+            "cannot score every token it may be given; use the model's own tokenizer"
+        )
     return vocab
 
 
@@ -81,8 +83,7 @@ class PolicyStack:
     """The generator and the episode runner, once :meth:`start_episodes` has run."""
 
     @classmethod
-    def build(cls, run: RunConfig, *, seed: int, init_method: Optional[str] = None,
-              for_training: bool) -> "PolicyStack":
+    def build(cls, run: RunConfig, *, seed: int, init_method: Optional[str] = None, for_training: bool) -> PolicyStack:
         """Initialise the process groups (seeding every generator with ``seed``), build the model
         chunks with their ``model.hf_path`` weights and load the tokenizer."""
         import torch.distributed as dist
@@ -96,10 +97,16 @@ class PolicyStack:
         device = compute_device()
         chunks = build_model_chunks(run, for_training=for_training)
         tokenizer = load_tokenizer(run.model.tokenizer, hf_path=run.model.hf_path)
-        return cls(dp_size=dp_size, dp_rank=ps.get_data_parallel_rank(),
-                   dp_group=ps.get_data_parallel_group() if dp_size > 1 else None, rank=dist.get_rank(),
-                   device=device, chunks=chunks, tokenizer=tokenizer,
-                   vocab_size=policy_vocab_size(tokenizer, run.model.vocab_size))
+        return cls(
+            dp_size=dp_size,
+            dp_rank=ps.get_data_parallel_rank(),
+            dp_group=ps.get_data_parallel_group() if dp_size > 1 else None,
+            rank=dist.get_rank(),
+            device=device,
+            chunks=chunks,
+            tokenizer=tokenizer,
+            vocab_size=policy_vocab_size(tokenizer, run.model.vocab_size),
+        )
 
     def start_episodes(self, run: RunConfig, rollout_cfg, env_cfg: dict, *, validation: bool):
         """The generator over the chunks (at the validation sampling settings when ``validation``)
@@ -110,6 +117,7 @@ class PolicyStack:
 
         self.generator = Generator(self.chunks, self.tokenizer, rollout_cfg.generation_config(validation=validation))
         pool = PoolConfig(**run.env_kwargs.get("pool", {}))
-        self.runner = EpisodeRunner(self.generator, self.tokenizer, env_factory(run.env_name, **env_cfg),
-                                    rollout_cfg, pool)
+        self.runner = EpisodeRunner(
+            self.generator, self.tokenizer, env_factory(run.env_name, **env_cfg), rollout_cfg, pool
+        )
         return self.runner

@@ -39,10 +39,18 @@ import signal
 import sys
 import threading
 import time
-from typing import Iterable, NoReturn, Optional
+from collections.abc import Iterable
+from typing import NoReturn, Optional
 
-__all__ = ["PREEMPTION_EXIT_CODE", "STOP_FILE_ENV", "EXIT_MARKER_ENV", "SIGNAL_LEAD_ENV", "PreemptionHandler",
-           "LeadTimeWatch", "lead_time_warning"]
+__all__ = [
+    "PREEMPTION_EXIT_CODE",
+    "STOP_FILE_ENV",
+    "EXIT_MARKER_ENV",
+    "SIGNAL_LEAD_ENV",
+    "PreemptionHandler",
+    "LeadTimeWatch",
+    "lead_time_warning",
+]
 
 PREEMPTION_EXIT_CODE = 75
 STOP_FILE_ENV = "NEMO_CRAFT_STOP_FILE"
@@ -75,9 +83,11 @@ def lead_time_warning(step_s: float, save_s: float) -> Optional[str]:
     if not lead or step_s + save_s <= float(lead):
         return None
     need = int(1.5 * (step_s + save_s)) + 60
-    return (f"one step ({step_s:.0f} s) plus one checkpoint save ({save_s:.0f} s) take longer than the SLURM "
-            f"warning lead {SIGNAL_LEAD_ENV}={lead} s: a preempted run would be killed mid-save; submit with "
-            f"SIGNAL_LEAD_S={need} sbatch --signal=B:USR1@{need} ...")
+    return (
+        f"one step ({step_s:.0f} s) plus one checkpoint save ({save_s:.0f} s) take longer than the SLURM "
+        f"warning lead {SIGNAL_LEAD_ENV}={lead} s: a preempted run would be killed mid-save; submit with "
+        f"SIGNAL_LEAD_S={need} sbatch --signal=B:USR1@{need} ..."
+    )
 
 
 class PreemptionHandler:
@@ -91,8 +101,14 @@ class PreemptionHandler:
         install: install the signal handlers now (main thread only); else call ``install()``.
     """
 
-    def __init__(self, signals: Iterable[int] = _DEFAULT_SIGNALS, *, stop_file: Optional[str] = None,
-                 group=None, install: bool = True) -> None:
+    def __init__(
+        self,
+        signals: Iterable[int] = _DEFAULT_SIGNALS,
+        *,
+        stop_file: Optional[str] = None,
+        group=None,
+        install: bool = True,
+    ) -> None:
         self.signals = tuple(signals)
         self.stop_file = stop_file if stop_file is not None else (os.environ.get(STOP_FILE_ENV) or None)
         self.group = group
@@ -106,13 +122,14 @@ class PreemptionHandler:
 
     # ------------------------------------------------------------------ install
 
-    def install(self) -> "PreemptionHandler":
+    def install(self) -> PreemptionHandler:
         """Install the handlers (main thread only, as Python requires); returns self. Idempotent."""
         if self._previous:
             return self
         if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("PreemptionHandler.install() must run in the main thread (Python delivers "
-                               "signals there)")
+            raise RuntimeError(
+                "PreemptionHandler.install() must run in the main thread (Python delivers signals there)"
+            )
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -123,7 +140,7 @@ class PreemptionHandler:
             signal.signal(sig, previous)
         self._previous.clear()
 
-    def __enter__(self) -> "PreemptionHandler":
+    def __enter__(self) -> PreemptionHandler:
         return self.install()
 
     def __exit__(self, *exc) -> None:
@@ -174,8 +191,13 @@ class PreemptionHandler:
         dist = _initialized_dist()
         if dist is not None and dist.get_rank() != 0:
             return
-        record = dict(exit_code=PREEMPTION_EXIT_CODE, reason=self.reason, step=step, checkpoint=checkpoint,
-                      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        record = dict(
+            exit_code=PREEMPTION_EXIT_CODE,
+            reason=self.reason,
+            step=step,
+            checkpoint=checkpoint,
+            time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         tmp = f"{path}.tmp{os.getpid()}"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "w") as f:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -35,8 +35,7 @@ def named_tensors(model_chunks: Iterable[torch.nn.Module]) -> Iterator[tuple[str
 
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu",
-                      pin_memory=torch.cuda.is_available())
+    out = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=torch.cuda.is_available())
     out.copy_(tensor.detach())
     return out
 
@@ -54,8 +53,10 @@ class ReferenceWeights:
         """Make the modules' current weights the reference (e.g. after loading pi_ref into them)."""
         names = [name for name, _ in named_tensors(model_chunks)]
         if names != list(self._ref):
-            raise ValueError(f"the modules' tensors ({len(names)}) are not those the reference was built "
-                             f"from ({len(self._ref)}): capture from the same model chunks")
+            raise ValueError(
+                f"the modules' tensors ({len(names)}) are not those the reference was built "
+                f"from ({len(self._ref)}): capture from the same model chunks"
+            )
         with torch.no_grad():
             for name, t in named_tensors(model_chunks):
                 self._ref[name].copy_(t)

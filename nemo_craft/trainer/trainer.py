@@ -60,18 +60,31 @@ class TrainerConfig:
         if isinstance(self.warm_start, dict):
             self.warm_start = WarmStartConfig(**self.warm_start)
         if self.max_steps < 0 or self.micro_batch_size < 1 or self.max_nan_steps < 1:
-            raise ValueError(f"trainer.max_steps={self.max_steps}, micro_batch_size={self.micro_batch_size}, "
-                             f"max_nan_steps={self.max_nan_steps}: need >= 0, >= 1, >= 1")
+            raise ValueError(
+                f"trainer.max_steps={self.max_steps}, micro_batch_size={self.micro_batch_size}, "
+                f"max_nan_steps={self.max_nan_steps}: need >= 0, >= 1, >= 1"
+            )
 
     def optim(self, lr: Optional[float] = None) -> OptimConfig:
-        return OptimConfig(lr=lr or self.lr, min_lr=min(self.min_lr, lr or self.lr),
-                           lr_warmup_steps=self.lr_warmup_steps, lr_decay_style=self.lr_decay_style,
-                           weight_decay=self.weight_decay, adam_beta1=self.adam_beta1,
-                           adam_beta2=self.adam_beta2, clip_grad=self.clip_grad)
+        return OptimConfig(
+            lr=lr or self.lr,
+            min_lr=min(self.min_lr, lr or self.lr),
+            lr_warmup_steps=self.lr_warmup_steps,
+            lr_decay_style=self.lr_decay_style,
+            weight_decay=self.weight_decay,
+            adam_beta1=self.adam_beta1,
+            adam_beta2=self.adam_beta2,
+            clip_grad=self.clip_grad,
+        )
 
 
-_EPISODE_FIELDS = {"reward": lambda t: t.reward, "success": lambda t: float(t.success), "score": lambda t: t.score,
-                   "turns": lambda t: t.num_turns, "invalid": lambda t: t.n_invalid}
+_EPISODE_FIELDS = {
+    "reward": lambda t: t.reward,
+    "success": lambda t: float(t.success),
+    "score": lambda t: t.score,
+    "turns": lambda t: t.num_turns,
+    "invalid": lambda t: t.n_invalid,
+}
 """Per-episode numbers the trainer averages over the data-parallel ranks' episodes, by name."""
 
 
@@ -131,20 +144,29 @@ class CraftTrainer:
         self.nan_in_a_row = 0
         self.nan_steps = 0
         resumed = self._maybe_resume()
-        self.logger = MetricsLogger(self.log_cfg, self.run_dir,
-                                    rank=self.rank, total_steps=total, start_step=self.step,
-                                    config_dict=OmegaConf.to_container(cfg, resolve=True))
+        self.logger = MetricsLogger(
+            self.log_cfg,
+            self.run_dir,
+            rank=self.rank,
+            total_steps=total,
+            start_step=self.step,
+            config_dict=OmegaConf.to_container(cfg, resolve=True),
+        )
         self.resumed = resumed
 
     def _check_batch_layout(self) -> None:
         r, t = self.rollout_cfg, self.tcfg
         if r.tasks_per_step % self.dp_size:
-            raise ValueError(f"rollout.tasks_per_step={r.tasks_per_step} does not split over {self.dp_size} "
-                             f"data-parallel ranks; use a multiple of {self.dp_size}")
+            raise ValueError(
+                f"rollout.tasks_per_step={r.tasks_per_step} does not split over {self.dp_size} "
+                f"data-parallel ranks; use a multiple of {self.dp_size}"
+            )
         per_rank = r.tasks_per_step // self.dp_size * r.group_size
         if per_rank % t.micro_batch_size:
-            raise ValueError(f"{per_rank} trajectories per data-parallel rank (tasks_per_step/DP * group_size) "
-                             f"do not split into trainer.micro_batch_size={t.micro_batch_size}")
+            raise ValueError(
+                f"{per_rank} trajectories per data-parallel rank (tasks_per_step/DP * group_size) "
+                f"do not split into trainer.micro_batch_size={t.micro_batch_size}"
+            )
 
     def _maybe_resume(self) -> bool:
         state = self.ckpt.load(self.model, self.optimizer, self.scheduler, reference=self.reference)
@@ -193,8 +215,15 @@ class CraftTrainer:
             return
         extra = {"step": self.step, "controller": self.controller.state_dict(), "nan_steps": self.nan_steps}
         with self._params_gathered():  # the weights of the last update, not those before it
-            self.ckpt.save(self.step, self.model, self.optimizer, self.scheduler, extra,
-                           OmegaConf.to_yaml(self.cfg, resolve=True), reference=self.reference)
+            self.ckpt.save(
+                self.step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                extra,
+                OmegaConf.to_yaml(self.cfg, resolve=True),
+                reference=self.reference,
+            )
 
     def close(self) -> None:
         from nemo_craft.trainer.logger import plot_curves
@@ -202,10 +231,16 @@ class CraftTrainer:
         self.runner.close()
         self.logger.close()
         if self.rank == 0 and self.logger.cfg.plot and self.logger.jsonl_path.exists():
-            png = plot_curves(self.logger.jsonl_path, self.run_dir / "curves.png",
-                              title=f"{self.run.loss.name} on {self.run.env_name}")
-            print(f"[nemo_craft] metrics: {self.logger.jsonl_path}\n[nemo_craft] tensorboard: "
-                  f"{self.logger.tb_dir}\n[nemo_craft] plot: {png}", flush=True)
+            png = plot_curves(
+                self.logger.jsonl_path,
+                self.run_dir / "curves.png",
+                title=f"{self.run.loss.name} on {self.run.env_name}",
+            )
+            print(
+                f"[nemo_craft] metrics: {self.logger.jsonl_path}\n[nemo_craft] tensorboard: "
+                f"{self.logger.tb_dir}\n[nemo_craft] plot: {png}",
+                flush=True,
+            )
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -226,26 +261,48 @@ class CraftTrainer:
         with self._params_gathered():
             trajs = self.runner.run(seeds, seed=step_sampling_seed(self.cfg.seed, self.step), group_offset=first)
         t1 = time.perf_counter()
-        exp = make_experience(self.model, self.reference, trajs, self.run.loss, pad_id=self.tokenizer.pad_id,
-                              micro_batch_size=self.tcfg.micro_batch_size, pad_to_multiple_of=self._pad_multiple(),
-                              dp_group=self.dp_group, sample_offset=first * self.rollout_cfg.group_size,
-                              device=self.device, vocab_size=self.vocab_size,
-                              temperature=self.rollout_cfg.temperature)
+        exp = make_experience(
+            self.model,
+            self.reference,
+            trajs,
+            self.run.loss,
+            pad_id=self.tokenizer.pad_id,
+            micro_batch_size=self.tcfg.micro_batch_size,
+            pad_to_multiple_of=self._pad_multiple(),
+            dp_group=self.dp_group,
+            sample_offset=first * self.rollout_cfg.group_size,
+            device=self.device,
+            vocab_size=self.vocab_size,
+            temperature=self.rollout_cfg.temperature,
+        )
         t2 = time.perf_counter()
         batch, cfg, state = exp.batch, self.run.loss, self.controller
         tp_group = self._tp_group()
-        tensors = {"input_ids": exp.input_ids, "targets": exp.targets,
-                   "index": torch.arange(exp.input_ids.shape[0], device=self.device)}
+        tensors = {
+            "input_ids": exp.input_ids,
+            "targets": exp.targets,
+            "index": torch.arange(exp.input_ids.shape[0], device=self.device),
+        }
         vocab_size, temperature = self.vocab_size, self.rollout_cfg.temperature
 
         def loss_fn(mb, logits):
             sub = batch.select(mb["index"])
-            loss_sum, m = policy_loss(logits, mb["targets"], sub, cfg, state, tp_group=tp_group, num_global_tokens=1,
-                                      vocab_size=vocab_size, temperature=temperature)
+            loss_sum, m = policy_loss(
+                logits,
+                mb["targets"],
+                sub,
+                cfg,
+                state,
+                tp_group=tp_group,
+                num_global_tokens=1,
+                vocab_size=vocab_size,
+                temperature=temperature,
+            )
             return loss_sum, sub.loss_mask.sum(), m
 
-        loss, mb_metrics = forward_backward(self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn,
-                                            self.optimizer)
+        loss, mb_metrics = forward_backward(
+            self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn, self.optimizer
+        )
         ok, grad_norm = self._optimizer_step(loss)
         t3 = time.perf_counter()
         gate_activity = float(batch.stats.get("gate_activity", 0.0))
@@ -253,8 +310,14 @@ class CraftTrainer:
         metrics = self._step_metrics(trajs, batch, loss, grad_norm, ok, mb_metrics)
         n_tokens = sum(len(t.token_ids) for t in trajs)
         metrics.update(exp.timings)
-        metrics.update({"time/rollout_s": t1 - t0, "time/experience_s": t2 - t1, "time/train_s": t3 - t2,
-                        "perf/tokens_per_s": n_tokens * self.dp_size / max(t3 - t0, 1e-9)})
+        metrics.update(
+            {
+                "time/rollout_s": t1 - t0,
+                "time/experience_s": t2 - t1,
+                "time/train_s": t3 - t2,
+                "perf/tokens_per_s": n_tokens * self.dp_size / max(t3 - t0, 1e-9),
+            }
+        )
         return metrics
 
     def _optimizer_step(self, loss: torch.Tensor) -> tuple[bool, float]:
@@ -278,13 +341,17 @@ class CraftTrainer:
         self.nan_steps += 1
         self.nan_in_a_row += 1
         if self.rank == 0:
-            print(f"[nemo_craft] step {self.step + 1}: non-finite loss or gradient ({loss.item()}); "
-                  f"step skipped ({self.nan_in_a_row} in a row, {self.nan_steps} in all)", flush=True)
+            print(
+                f"[nemo_craft] step {self.step + 1}: non-finite loss or gradient ({loss.item()}); "
+                f"step skipped ({self.nan_in_a_row} in a row, {self.nan_steps} in all)",
+                flush=True,
+            )
         if self.nan_in_a_row >= self.tcfg.max_nan_steps:
             raise NonFiniteLossError(
                 f"{self.nan_in_a_row} steps in a row had a non-finite loss or gradient (trainer.max_nan_steps="
                 f"{self.tcfg.max_nan_steps}); stopping. Lower trainer.lr, check the reward scale, or resume "
-                "from the last checkpoint")
+                "from the last checkpoint"
+            )
         return False, float("nan")
 
     def _step_metrics(self, trajs, batch, loss, grad_norm, ok, mb_metrics) -> dict:
@@ -302,10 +369,17 @@ class CraftTrainer:
         loss_terms = reduce_named(sums, self.dp_group, device=self.device)
         max_terms = reduce_named(maxes, self.dp_group, op="max", device=self.device)
         n_global = max(float(batch.num_global_tokens or 1), 1.0)
-        out = {"rollout/reward_mean": rollout["reward"], "rollout/success_rate": rollout["success"],
-               "rollout/turns_mean": rollout["turns"], "rollout/invalid_per_episode": rollout["invalid"],
-               "train/loss": loss.item(), "train/grad_norm": grad_norm, "train/step_ok": float(ok),
-               "train/nan_steps": self.nan_steps, "train/lr": self.optimizer.param_groups[0]["lr"]}
+        out = {
+            "rollout/reward_mean": rollout["reward"],
+            "rollout/success_rate": rollout["success"],
+            "rollout/turns_mean": rollout["turns"],
+            "rollout/invalid_per_episode": rollout["invalid"],
+            "train/loss": loss.item(),
+            "train/grad_norm": grad_norm,
+            "train/step_ok": float(ok),
+            "train/nan_steps": self.nan_steps,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+        }
         out.update({k: v / n_global for k, v in loss_terms.items()})
         out.update(max_terms)
         out.update({f"credit/{k}": v for k, v in batch.stats.items() if isinstance(v, (int, float))})
@@ -328,8 +402,9 @@ class CraftTrainer:
         if ps.get_pipeline_model_parallel_world_size() == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
-                                   group=ps.get_pipeline_model_parallel_group())
+        dist.broadcast_object_list(
+            box, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+        )
         return box[0]
 
     @contextlib.contextmanager
@@ -365,15 +440,23 @@ class CraftTrainer:
         n_local = max(self.tcfg.val_tasks // self.dp_size, 1)
         base = self.tcfg.val_seed_offset + ps.get_data_parallel_rank() * n_local
         with self._params_gathered():
-            trajs = self.runner.run([base + i for i in range(n_local)], seed=int(self.cfg.seed), group_size=1,
-                                    validation=True)
+            trajs = self.runner.run(
+                [base + i for i in range(n_local)], seed=int(self.cfg.seed), group_size=1, validation=True
+            )
         means = self._episode_means(trajs, ("success", "reward", "score", "turns"))
-        out = {"val/success_rate": means["success"], "val/reward_mean": means["reward"],
-               "val/score_mean": means["score"], "val/turns_mean": means["turns"]}
+        out = {
+            "val/success_rate": means["success"],
+            "val/reward_mean": means["reward"],
+            "val/score_mean": means["score"],
+            "val/turns_mean": means["turns"],
+        }
         self.logger.log(self.step, out)
         if self.rank == 0:
-            print(f"[nemo_craft] step {self.step}: validation success {out['val/success_rate']:.3f} "
-                  f"reward {out['val/reward_mean']:.3f} ({int(means['episodes'])} tasks)", flush=True)
+            print(
+                f"[nemo_craft] step {self.step}: validation success {out['val/success_rate']:.3f} "
+                f"reward {out['val/reward_mean']:.3f} ({int(means['episodes'])} tasks)",
+                flush=True,
+            )
         return out
 
     def _warm_start(self) -> None:
@@ -397,8 +480,9 @@ class CraftTrainer:
             if cache is not None and not cache.path.exists():
                 cache.save(self.model)
             self.reference = ReferenceWeights(self.model)
-            self.optimizer, self.scheduler = build_optimizer(self.model, self.tcfg.optim(), self.run.parallel,
-                                                             self.tcfg.max_steps)
+            self.optimizer, self.scheduler = build_optimizer(
+                self.model, self.tcfg.optim(), self.run.parallel, self.tcfg.max_steps
+            )
 
     def _all_ranks(self, flag: bool) -> bool:
         t = torch.tensor([float(flag)], device=self.device)
@@ -416,20 +500,34 @@ class CraftTrainer:
         from nemo_craft.trainer.warm_start import demonstrations, sft_loss_fn
 
         optimizer, _ = build_optimizer(self.model, self.tcfg.optim(ws.lr), self.run.parallel, ws.steps)
-        fmt = ChatFormat(self.tokenizer, system_prompt=self.rollout_cfg.system_prompt,
-                         end_of_turn_ids=self.tokenizer.stop_ids)
+        fmt = ChatFormat(
+            self.tokenizer, system_prompt=self.rollout_cfg.system_prompt, end_of_turn_ids=self.tokenizer.stop_ids
+        )
         per_rank = ws.batch_size // self.dp_size
         mbs_size = math.gcd(per_rank, self.tcfg.micro_batch_size)
         for s in range(ws.steps):
             first = WARM_START_FIRST_TASK + (s * self.dp_size + ps.get_data_parallel_rank()) * per_rank
-            demos = demonstrations(self.run.env_name, self.env_cfg, fmt, self.tokenizer,
-                                   list(range(first, first + per_rank)), ws.privileged_fraction,
-                                   self.rollout_cfg.observation_message)
+            demos = demonstrations(
+                self.run.env_name,
+                self.env_cfg,
+                fmt,
+                self.tokenizer,
+                list(range(first, first + per_rank)),
+                ws.privileged_fraction,
+                self.rollout_cfg.observation_message,
+            )
             sb = collate_trajectories(demos, pad_id=self.tokenizer.pad_id, pad_to_multiple_of=self._pad_multiple())
-            tensors = {"input_ids": sb.input_ids.to(self.device), "targets": sb.targets.to(self.device),
-                       "loss_mask": sb.loss_mask.to(self.device)}
-            loss, _ = forward_backward(self.model, micro_batches(tensors, mbs_size), sft_loss_fn(self.run.loss.chunk_size, self.vocab_size),
-                                       optimizer)
+            tensors = {
+                "input_ids": sb.input_ids.to(self.device),
+                "targets": sb.targets.to(self.device),
+                "loss_mask": sb.loss_mask.to(self.device),
+            }
+            loss, _ = forward_backward(
+                self.model,
+                micro_batches(tensors, mbs_size),
+                sft_loss_fn(self.run.loss.chunk_size, self.vocab_size),
+                optimizer,
+            )
             optimizer.step()
             self.logger.log(0, {"warm_start/nll": loss.item(), "warm_start/step": s + 1})
             if self.rank == 0 and (s + 1) % max(ws.steps // 5, 1) == 0:

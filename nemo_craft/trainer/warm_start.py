@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -54,11 +55,13 @@ class WarmStartConfig:
             raise ValueError(
                 f"trainer.warm_start.steps={self.steps} with model.hf_path={hf_path}: a warm start fine-tunes the "
                 "pretrained weights (and they become pi_ref); set trainer.warm_start.steps=0, or ask for it with "
-                "trainer.warm_start.on_pretrained=true")
+                "trainer.warm_start.on_pretrained=true"
+            )
 
 
-def demonstration(env, fmt: ChatFormat, tokenizer, seed: int, *, privileged: bool,
-                  observation_message: str = "observation") -> Trajectory:
+def demonstration(
+    env, fmt: ChatFormat, tokenizer, seed: int, *, privileged: bool, observation_message: str = "observation"
+) -> Trajectory:
     """The expert's episode on task ``seed`` as a Trajectory (action tokens in the loss mask)."""
     _, priv, _ = env.reset(seed)
     prompt = env.render_prompt()
@@ -82,13 +85,22 @@ def demonstration(env, fmt: ChatFormat, tokenizer, seed: int, *, privileged: boo
     return tr
 
 
-def demonstrations(env_name: str, env_kwargs: dict, fmt: ChatFormat, tokenizer, seeds: Sequence[int],
-                   privileged_fraction: float, observation_message: str) -> list[Trajectory]:
+def demonstrations(
+    env_name: str,
+    env_kwargs: dict,
+    fmt: ChatFormat,
+    tokenizer,
+    seeds: Sequence[int],
+    privileged_fraction: float,
+    observation_message: str,
+) -> list[Trajectory]:
     env = make_env(env_name, **env_kwargs)
     try:
         n_priv = round(len(seeds) * privileged_fraction)
-        return [demonstration(env, fmt, tokenizer, s, privileged=i < n_priv, observation_message=observation_message)
-                for i, s in enumerate(seeds)]
+        return [
+            demonstration(env, fmt, tokenizer, s, privileged=i < n_priv, observation_message=observation_message)
+            for i, s in enumerate(seeds)
+        ]
     finally:
         env.close()
 
@@ -101,8 +113,14 @@ def sft_loss_fn(chunk_size: int, vocab_size: Optional[int] = None):
 
     def loss_fn(mb: dict, logits: torch.Tensor):
         mask = mb["loss_mask"]
-        stats = vocab_parallel_token_stats(logits, mb["targets"], mask, tp_group=ps.get_tensor_model_parallel_group(),
-                                           chunk_size=chunk_size, vocab_size=vocab_size)
+        stats = vocab_parallel_token_stats(
+            logits,
+            mb["targets"],
+            mask,
+            tp_group=ps.get_tensor_model_parallel_group(),
+            chunk_size=chunk_size,
+            vocab_size=vocab_size,
+        )
         return -stats.logp.sum(), mask.sum(), {}
 
     return loss_fn
@@ -127,10 +145,14 @@ class WarmStartCache:
         trainer["warm_start"] = {k: v for k, v in trainer["warm_start"].items() if k != "cache_dir"}
         rollout = resolved.get("rollout", {})
         what = {k: resolved.get(k) for k in self._KEY_SECTIONS}
-        what.update(trainer=trainer, seed=resolved.get("seed"), world_size=world_size,
-                    chat={k: rollout.get(k) for k in ("system_prompt", "observation_message")},
-                    # the CPU thread count sets the order of the sums
-                    threads=None if torch.cuda.is_available() else torch.get_num_threads())
+        what.update(
+            trainer=trainer,
+            seed=resolved.get("seed"),
+            world_size=world_size,
+            chat={k: rollout.get(k) for k in ("system_prompt", "observation_message")},
+            # the CPU thread count sets the order of the sums
+            threads=None if torch.cuda.is_available() else torch.get_num_threads(),
+        )
         digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / digest
         self.path = self.dir / f"rank{rank:05d}.pt"
@@ -145,8 +167,10 @@ class WarmStartCache:
         with torch.no_grad():
             for name, t in named_tensors(model_chunks):
                 if name not in state or state[name].shape != t.shape:
-                    raise ValueError(f"warm-start cache {self.path} does not match the model at {name!r}; "
-                                     "delete it or set trainer.warm_start.cache_dir to another directory")
+                    raise ValueError(
+                        f"warm-start cache {self.path} does not match the model at {name!r}; "
+                        "delete it or set trainer.warm_start.cache_dir to another directory"
+                    )
                 t.copy_(state[name])
         return True
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_FILE = REPO / "scripts" / "slurm" / "env.sh"
@@ -40,8 +41,9 @@ def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--account", required=True)
     parser.add_argument("--partition", required=True)
     parser.add_argument("--nodes", type=int, default=1)
@@ -83,17 +85,28 @@ def build(args: argparse.Namespace):
     try:
         import nemo_run as run
     except ImportError as err:
-        raise SystemExit(f"NeMo-Run is not installed ({err}); `pip install nemo-run`, or submit with "
-                         "scripts/slurm/train.sbatch instead") from None
+        raise SystemExit(
+            f"NeMo-Run is not installed ({err}); `pip install nemo-run`, or submit with "
+            "scripts/slurm/train.sbatch instead"
+        ) from None
     if args.ssh_host:
         tunnel = run.SSHTunnel(host=args.ssh_host, user=args.ssh_user, job_dir=args.job_dir)
     else:
         tunnel = run.LocalTunnel(job_dir=args.job_dir)
     executor = run.SlurmExecutor(
-        account=args.account, partition=args.partition, nodes=args.nodes,
-        ntasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node, time=args.time,
-        container_image=args.container_image, container_mounts=container_mounts(args),
-        exclusive=True, mem="0", tunnel=tunnel, env_vars=job_env(), retries=args.retries,
+        account=args.account,
+        partition=args.partition,
+        nodes=args.nodes,
+        ntasks_per_node=args.gpus_per_node,
+        gpus_per_node=args.gpus_per_node,
+        time=args.time,
+        container_image=args.container_image,
+        container_mounts=container_mounts(args),
+        exclusive=True,
+        mem="0",
+        tunnel=tunnel,
+        env_vars=job_env(),
+        retries=args.retries,
     )
     executor.launcher = "torchrun"  # one agent per node, nproc = GPUs, c10d rendezvous
     script = run.Script(path="nemo_craft", args=train_args(args.overrides), entrypoint="python", m=True)

@@ -16,9 +16,14 @@ def report_layout():
     t = torch.tensor([float(dist.get_rank())])
     dist.all_reduce(t)
     return dict(
-        rank=dist.get_rank(), pid=os.getpid(), tp=ps.get_tensor_model_parallel_world_size(),
-        pp=ps.get_pipeline_model_parallel_world_size(), dp=ps.get_data_parallel_world_size(),
-        layout_dp=current_layout().dp, total=t.item(), cpu_mode=cpu_mode_active(),
+        rank=dist.get_rank(),
+        pid=os.getpid(),
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        dp=ps.get_data_parallel_world_size(),
+        layout_dp=current_layout().dp,
+        total=t.item(),
+        cpu_mode=cpu_mode_active(),
         backend=dist.get_backend(),
     )
 

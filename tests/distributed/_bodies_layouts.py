@@ -15,9 +15,16 @@ def _micro_batches(tokens: torch.Tensor, dp_rank: int) -> list[dict]:
     pos = torch.arange(SEQ).unsqueeze(0).expand(MB, -1)
     mask = torch.ones(MB, SEQ)
     mask[:, :4] = 0  # a masked prompt, as in RL
-    mine = tokens[dp_rank * N_MB * MB:(dp_rank + 1) * N_MB * MB]
-    return [dict(input_ids=mine[i * MB:(i + 1) * MB, :-1], targets=mine[i * MB:(i + 1) * MB, 1:],
-                 position_ids=pos, loss_mask=mask) for i in range(N_MB)]
+    mine = tokens[dp_rank * N_MB * MB : (dp_rank + 1) * N_MB * MB]
+    return [
+        dict(
+            input_ids=mine[i * MB : (i + 1) * MB, :-1],
+            targets=mine[i * MB : (i + 1) * MB, 1:],
+            position_ids=pos,
+            loss_mask=mask,
+        )
+        for i in range(N_MB)
+    ]
 
 
 def _ce_loss(mb, logits):
@@ -41,8 +48,9 @@ def _gather_fc2_grad(model) -> torch.Tensor | None:
     return torch.cat(parts, dim=1)
 
 
-def train_one_step(hf_dir: str, distributed_optimizer: bool = False, disable_fixes: bool = False,
-                   recompute: str | None = None):
+def train_one_step(
+    hf_dir: str, distributed_optimizer: bool = False, disable_fixes: bool = False, recompute: str | None = None
+):
     """Loss, a gathered gradient and the target log-probs after one Adam step."""
     from megatron.core import parallel_state as ps
 
@@ -55,9 +63,14 @@ def train_one_step(hf_dir: str, distributed_optimizer: bool = False, disable_fix
     from nemo_craft.trainer.megatron_step import forward_backward, forward_only, target_logprobs_fn
 
     lay = current_layout()
-    pcfg = ParallelConfig(tensor_model_parallel_size=lay.tp, pipeline_model_parallel_size=lay.pp,
-                          virtual_pipeline_model_parallel_size=lay.vpp, sequence_parallel=lay.sp,
-                          use_distributed_optimizer=distributed_optimizer, recompute_granularity=recompute)
+    pcfg = ParallelConfig(
+        tensor_model_parallel_size=lay.tp,
+        pipeline_model_parallel_size=lay.pp,
+        virtual_pipeline_model_parallel_size=lay.vpp,
+        sequence_parallel=lay.sp,
+        use_distributed_optimizer=distributed_optimizer,
+        recompute_granularity=recompute,
+    )
     mcfg = ModelConfig.from_hf_config(hf_dir)
     chunks = build_model(mcfg, pcfg, transformer_config_overrides={"calculate_per_token_loss": True})
     if disable_fixes:  # reproduce megatron-core 0.16.1's defaults, to show the fixes matter
@@ -81,9 +94,17 @@ def train_one_step(hf_dir: str, distributed_optimizer: bool = False, disable_fix
     scheduler.step(1)
     logp_after = forward_only(model, mbs, target_logprobs_fn())
     norms = _layernorm_weights(model)
-    return dict(loss=loss.item(), grad=grad, grad_norm=float(grad_norm), ok=ok, logp=logp_after,
-                dp_rank=ps.get_data_parallel_rank(), tp_rank=ps.get_tensor_model_parallel_rank(),
-                pp_rank=ps.get_pipeline_model_parallel_rank(), norms=norms)
+    return dict(
+        loss=loss.item(),
+        grad=grad,
+        grad_norm=float(grad_norm),
+        ok=ok,
+        logp=logp_after,
+        dp_rank=ps.get_data_parallel_rank(),
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        pp_rank=ps.get_pipeline_model_parallel_rank(),
+        norms=norms,
+    )
 
 
 def _dp_only_finalize(model, num_tokens):

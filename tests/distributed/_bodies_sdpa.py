@@ -14,10 +14,16 @@ def _pair(num_heads, num_groups, head_dim, attention_dropout=0.0):
     from nemo_craft.models.sdpa import SDPAttention
     from nemo_craft.testing.distributed import current_layout
 
-    config = TransformerConfig(num_layers=1, hidden_size=num_heads * head_dim, num_attention_heads=num_heads,
-                               num_query_groups=num_groups, kv_channels=head_dim,
-                               tensor_model_parallel_size=current_layout().tp,
-                               attention_dropout=attention_dropout, use_cpu_initialization=True)
+    config = TransformerConfig(
+        num_layers=1,
+        hidden_size=num_heads * head_dim,
+        num_attention_heads=num_heads,
+        num_query_groups=num_groups,
+        kv_channels=head_dim,
+        tensor_model_parallel_size=current_layout().tp,
+        attention_dropout=attention_dropout,
+        use_cpu_initialization=True,
+    )
     args = (config, 1, AttnMaskType.causal, "self")
     return DotProductAttention(*args), SDPAttention(*args)
 
@@ -58,7 +64,7 @@ def compare_with_megatron(num_heads, num_groups, head_dim):
         # training forward: no mask, the causal type builds one
         "causal": (s, s, None),
         # a context window of the static KV cache: 4 new queries against 11 keys
-        "window": (4, s, causal[..., s - 4:, :]),
+        "window": (4, s, causal[..., s - 4 :, :]),
         # a decode step: one query, every cached key, no mask
         "decode": (1, s, None),
         # a per-row padding mask on top of causal ([b, 1, sq, sk])
@@ -74,10 +80,12 @@ def compare_with_megatron(num_heads, num_groups, head_dim):
             keep = ~mask[:, 0].all(-1)  # [b, sq]: rows with something to attend to
             ref, got = (t.view(sq, b, -1)[keep.T.to(t.device)] for t in (ref, got))
             ref_grads, got_grads = ref_grads[:1], got_grads[:1]
-        out[name] = dict(shape=tuple(got.shape),
-                         out=float((got - ref).abs().max()),
-                         grad=max(float((g - r).abs().max()) for g, r in zip(got_grads, ref_grads)),
-                         finite=bool(torch.isfinite(got).all()))
+        out[name] = dict(
+            shape=tuple(got.shape),
+            out=float((got - ref).abs().max()),
+            grad=max(float((g - r).abs().max()) for g, r in zip(got_grads, ref_grads)),
+            finite=bool(torch.isfinite(got).all()),
+        )
     return out
 
 
@@ -95,8 +103,11 @@ def dropout_draws_from_the_model_parallel_rng():
     for _ in range(2):
         tensor_parallel.model_parallel_cuda_manual_seed(123)
         runs.append(sdpa(q, k, v, None))
-    return dict(device=str(q.device.type), same_seed_same=bool(torch.equal(runs[0], runs[1])),
-                train_differs_from_eval=not torch.allclose(runs[0], evaluated))
+    return dict(
+        device=str(q.device.type),
+        same_seed_same=bool(torch.equal(runs[0], runs[1])),
+        train_differs_from_eval=not torch.allclose(runs[0], evaluated),
+    )
 
 
 def core_attention_of_the_local_spec():

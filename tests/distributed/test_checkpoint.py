@@ -53,11 +53,22 @@ def _chunks(dropout: float = 0.1, num_layers: int = 2) -> list:
     from nemo_craft.parallel.config import ParallelConfig
 
     layout = current_layout()
-    model_cfg = ModelConfig(num_layers=num_layers, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
-                            vocab_size=VOCAB, make_vocab_size_divisible_by=32, max_position_embeddings=SEQ,
-                            hidden_dropout=dropout, attention_dropout=dropout)
-    parallel_cfg = ParallelConfig(tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
-                                  virtual_pipeline_model_parallel_size=layout.vpp)
+    model_cfg = ModelConfig(
+        num_layers=num_layers,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        make_vocab_size_divisible_by=32,
+        max_position_embeddings=SEQ,
+        hidden_dropout=dropout,
+        attention_dropout=dropout,
+    )
+    parallel_cfg = ParallelConfig(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp,
+    )
     return build_model(model_cfg, parallel_cfg)
 
 
@@ -70,11 +81,24 @@ def _build(dist_opt: bool, dropout: float = 0.1):
     ddp_cfg = DistributedDataParallelConfig(use_distributed_optimizer=dist_opt, grad_reduce_in_fp32=True)
     model = [DistributedDataParallel(c.config, ddp_cfg, c) for c in _chunks(dropout)]
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-2, min_lr=1e-3, weight_decay=0.1, clip_grad=1.0,
-                        use_distributed_optimizer=dist_opt), model)
+        OptimizerConfig(
+            optimizer="adam", lr=1e-2, min_lr=1e-3, weight_decay=0.1, clip_grad=1.0, use_distributed_optimizer=dist_opt
+        ),
+        model,
+    )
     scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=0.0, max_lr=1e-2, min_lr=1e-3, lr_warmup_steps=1, lr_decay_steps=STEPS,
-        lr_decay_style="cosine", start_wd=0.1, end_wd=0.1, wd_incr_steps=STEPS, wd_incr_style="constant")
+        optimizer,
+        init_lr=0.0,
+        max_lr=1e-2,
+        min_lr=1e-3,
+        lr_warmup_steps=1,
+        lr_decay_steps=STEPS,
+        lr_decay_style="cosine",
+        start_wd=0.1,
+        end_wd=0.1,
+        wd_incr_steps=STEPS,
+        wd_incr_style="constant",
+    )
     return model, optimizer, scheduler
 
 
@@ -99,9 +123,15 @@ def _train_step(model, optimizer, scheduler) -> float:
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = get_forward_backward_func()(forward_step_func=forward_step, data_iterator=[None], model=model,
-                                         num_microbatches=1, seq_length=SEQ, micro_batch_size=MBS,
-                                         forward_only=False)
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=[None],
+        model=model,
+        num_microbatches=1,
+        seq_length=SEQ,
+        micro_batch_size=MBS,
+        forward_only=False,
+    )
     ok, _, _ = optimizer.step()
     assert ok
     scheduler.step(1)
@@ -138,8 +168,9 @@ def _snapshot(model, optimizer, scheduler) -> dict:
             for p in group["params"]:
                 s = inner.state[p]
                 optim.append((float(s["step"]), _np(s["exp_avg"]), _np(s["exp_avg_sq"]), _np(p)))
-    return dict(params=params, optim=optim, lr=[g["lr"] for g in optimizer.param_groups],
-                sched_steps=scheduler.num_steps)
+    return dict(
+        params=params, optim=optim, lr=[g["lr"] for g in optimizer.param_groups], sched_steps=scheduler.num_steps
+    )
 
 
 KINDS = ("plain", "distributed")
@@ -170,8 +201,14 @@ def _train_kind(ckpt_dir: str, dist_opt: bool, resume: bool) -> dict:
     for step in range(start + 1, STEPS + 1):
         out["losses"][step] = _train_step(model, optimizer, scheduler)
         if not resume and manager.should_save(step) and step == SAVE_AT:
-            manager.save(step, model, optimizer, scheduler, extra_state=dict(EXTRA, step=step),
-                         resolved_config_yaml=f"seed: 1234\ndist_opt: {dist_opt}\n")
+            manager.save(
+                step,
+                model,
+                optimizer,
+                scheduler,
+                extra_state=dict(EXTRA, step=step),
+                resolved_config_yaml=f"seed: 1234\ndist_opt: {dist_opt}\n",
+            )
     out.update(_snapshot(model, optimizer, scheduler))
     return out
 

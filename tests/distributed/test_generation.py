@@ -14,8 +14,11 @@ import torch.distributed as dist
 from nemo_craft.models.tokenizer import CharTokenizer
 from nemo_craft.testing.distributed import current_layout, run_distributed
 
-PROMPTS = ["<|user|>push the box<eos><|assistant|>", "<|user|>hi<eos><|assistant|>",
-           "<|user|>sokoban 6x6, one box<eos><|assistant|>"]
+PROMPTS = [
+    "<|user|>push the box<eos><|assistant|>",
+    "<|user|>hi<eos><|assistant|>",
+    "<|user|>sokoban 6x6, one box<eos><|assistant|>",
+]
 STEPS = 12
 
 # -- rank bodies ---------------------------------------------------------------------------------
@@ -28,10 +31,17 @@ def tiny_model():
     from nemo_craft.parallel.config import ParallelConfig
 
     layout = current_layout()
-    model_cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
-                            vocab_size=CharTokenizer().vocab_size, max_position_embeddings=512)
-    parallel_cfg = ParallelConfig(tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
-                                  sequence_parallel=layout.sp)
+    model_cfg = ModelConfig(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_attention_heads=4,
+        vocab_size=CharTokenizer().vocab_size,
+        max_position_embeddings=512,
+    )
+    parallel_cfg = ParallelConfig(
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, sequence_parallel=layout.sp
+    )
     torch.manual_seed(1234)
     return build_model(model_cfg, parallel_cfg)
 
@@ -65,8 +75,9 @@ def reference_greedy(chunks, prompt, steps, vocab_size):
             ids = torch.tensor([tokens], device=device)
             pos = torch.arange(len(tokens), device=device)[None]
             if not ps.is_pipeline_first_stage():
-                recv = torch.empty(len(tokens), 1, model.config.hidden_size, dtype=model.config.params_dtype,
-                                   device=device)
+                recv = torch.empty(
+                    len(tokens), 1, model.config.hidden_size, dtype=model.config.params_dtype, device=device
+                )
                 recv_from_prev_pipeline_rank_(recv)
                 model.set_input_tensor(recv)
             out = model(ids, pos, None)
@@ -78,11 +89,12 @@ def reference_greedy(chunks, prompt, steps, vocab_size):
                 nxt = int(torch.argmax(logits))
                 packed[0], packed[1] = nxt, torch.log_softmax(logits, -1)[nxt]
             if ps.get_pipeline_model_parallel_world_size() > 1:
-                dist.broadcast(packed, ps.get_pipeline_model_parallel_last_rank(),
-                               group=ps.get_pipeline_model_parallel_group())
+                dist.broadcast(
+                    packed, ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+                )
             tokens.append(int(packed[0]))
             logprobs.append(float(packed[1]))
-    return tokens[len(prompt):], logprobs
+    return tokens[len(prompt) :], logprobs
 
 
 def greedy_and_sampling():
@@ -96,8 +108,13 @@ def greedy_and_sampling():
     chunks = tiny_model()
     # megatron-core 0.17+ has no micro-batched prefill (and refuses the setting)
     microbatch = 16 if mcore_api().pp_microbatched_prefill else None
-    gen = Generator(chunks, tok, GenerationConfig(temperature=0.0, stop_strings=(), max_new_tokens=STEPS,
-                                                   max_batch_size=2, pp_microbatch_tokens=microbatch))
+    gen = Generator(
+        chunks,
+        tok,
+        GenerationConfig(
+            temperature=0.0, stop_strings=(), max_new_tokens=STEPS, max_batch_size=2, pp_microbatch_tokens=microbatch
+        ),
+    )
     greedy = _plain(gen.generate(_prompts(tok)))
     training = chunks[0].training
     reference = [reference_greedy(chunks, p, STEPS, tok.vocab_size) for p in _prompts(tok)]
@@ -120,8 +137,9 @@ def stops_and_budgets():
     budgets = _plain(gen.generate(prompts, max_new_tokens=[3, 0, 7]))
     stop_token = free[0][0][3]
     stop_string = tok.decode(free[1][0][4:6])
-    stopped = _plain(gen.generate(prompts, config=gen.with_config(stop_token_ids=(stop_token,),
-                                                                  stop_strings=(stop_string,))))
+    stopped = _plain(
+        gen.generate(prompts, config=gen.with_config(stop_token_ids=(stop_token,), stop_strings=(stop_string,)))
+    )
     return dict(free=free, budgets=budgets, stopped=stopped, stop_token=stop_token, stop_string=stop_string)
 
 
@@ -143,8 +161,11 @@ def train_after_generate():
     pos = torch.arange(width, device=compute_device())[None].expand(2, -1)
     loss = model(ids, pos, None, labels=ids).float().mean()
     loss.backward()
-    return dict(training=model.training, loss=float(loss),
-                grads=all(p.grad is not None for p in model.parameters() if p.requires_grad))
+    return dict(
+        training=model.training,
+        loss=float(loss),
+        grads=all(p.grad is not None for p in model.parameters() if p.requires_grad),
+    )
 
 
 def sokoban_rollout():
@@ -153,8 +174,12 @@ def sokoban_rollout():
     from nemo_craft.rollout import EpisodeRunner, Generator, RolloutConfig, collate_trajectories
 
     tok = CharTokenizer()
-    runner = EpisodeRunner(Generator(tiny_model(), tok), tok, env_factory("sokoban", template="compact", max_turns=3),
-                           RolloutConfig(group_size=2, max_tokens_per_turn=6, max_tokens_per_episode=15))
+    runner = EpisodeRunner(
+        Generator(tiny_model(), tok),
+        tok,
+        env_factory("sokoban", template="compact", max_turns=3),
+        RolloutConfig(group_size=2, max_tokens_per_turn=6, max_tokens_per_episode=15),
+    )
     trajectories = runner.run([3, 4], seed=11)
     has_envs = runner._envs.pool is not None  # environments live on the group's first rank only
     runner.close()
@@ -175,8 +200,8 @@ def test_greedy_equals_plain_loop_and_sampling_is_seeded(layout):
     assert all(r == out for r in ranks[1:]), "ranks disagree"
     eos = CharTokenizer().eos_id
     for (ids, logprobs, reason, _), (ref_ids, ref_logprobs) in zip(out["greedy"], out["reference"]):
-        assert ids == ref_ids[:len(ids)]
-        assert logprobs == pytest.approx(ref_logprobs[:len(ids)], abs=1e-5)
+        assert ids == ref_ids[: len(ids)]
+        assert logprobs == pytest.approx(ref_logprobs[: len(ids)], abs=1e-5)
         assert (reason, len(ids)) == ("eos", ref_ids.index(eos) + 1) if eos in ref_ids else ("length", STEPS)
     assert out["first"] == out["again"]
     assert [r[0] for r in out["first"]] != [r[0] for r in out["other"]]
@@ -191,8 +216,8 @@ def test_stop_tokens_stop_strings_and_budgets():
     assert budgets[0][0] == free[0][0][:3] and budgets[2][0] == free[2][0][:7]
     row0, row1 = stopped[0], stopped[1]
     first = free[0][0].index(out["stop_token"])
-    assert row0[0] == free[0][0][:first + 1] and row0[2] == "eos"
-    assert row1[2] == "stop" and out["stop_string"] in row1[3] and row1[0] == free[1][0][:len(row1[0])]
+    assert row0[0] == free[0][0][: first + 1] and row0[2] == "eos"
+    assert row1[2] == "stop" and out["stop_string"] in row1[3] and row1[0] == free[1][0][: len(row1[0])]
     assert out["stop_string"] not in CharTokenizer().decode(row1[0][:-1])  # stopped at the first match
 
 

@@ -23,9 +23,17 @@ def _tiny(params_dtype="fp32"):
     from nemo_craft.testing.distributed import current_layout
 
     layout = current_layout()
-    cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-                      kv_channels=16, vocab_size=CharTokenizer().vocab_size, max_position_embeddings=512,
-                      params_dtype=params_dtype)
+    cfg = ModelConfig(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        vocab_size=CharTokenizer().vocab_size,
+        max_position_embeddings=512,
+        params_dtype=params_dtype,
+    )
     return build_model(cfg, ParallelConfig(tensor_model_parallel_size=layout.tp))
 
 
@@ -35,9 +43,12 @@ def chosen_backends():
 
     chunks, tok = _tiny(), CharTokenizer()
     auto = Generator(chunks, tok, GenerationConfig(backend="auto"))
-    out = dict(auto=type(auto._backend).__name__,
-               tokens=auto.generate([tok.encode("hi")], max_new_tokens=3, config=auto.with_config(temperature=0.0))[0]
-               .token_ids)
+    out = dict(
+        auto=type(auto._backend).__name__,
+        tokens=auto.generate([tok.encode("hi")], max_new_tokens=3, config=auto.with_config(temperature=0.0))[
+            0
+        ].token_ids,
+    )
     try:
         Generator(chunks, tok, GenerationConfig(backend="dynamic"))
     except ValueError as err:
@@ -65,10 +76,9 @@ def dynamic_context(kv_cache_gb):
     storage), and built again (allocated anew)."""
     import gc
     import weakref
+    from types import SimpleNamespace
 
     from megatron.core import parallel_state as ps
-
-    from types import SimpleNamespace
 
     from nemo_craft.parallel.mcore_compat import kv_block_allocator, last_token_logits_only
     from nemo_craft.rollout.dynamic_backend import kv_block_bytes, kv_cache_blocks
@@ -76,16 +86,27 @@ def dynamic_context(kv_cache_gb):
 
     chunks = _tiny("bf16")
     tp = ps.get_tensor_model_parallel_world_size()
-    spec = EngineSpec(max_sequence_length=512, kv_cache_gb=kv_cache_gb, max_requests=8, max_tokens=1024,
-                      cuda_graphs=False, pp_microbatch_tokens=None, padded_vocab_size=chunks[0].vocab_size,
-                      layers_on_stage=2)
+    spec = EngineSpec(
+        max_sequence_length=512,
+        kv_cache_gb=kv_cache_gb,
+        max_requests=8,
+        max_tokens=1024,
+        cuda_graphs=False,
+        pp_microbatch_tokens=None,
+        padded_vocab_size=chunks[0].vocab_size,
+        layers_on_stage=2,
+    )
     context = build_context(chunks[0], spec)
     ours = kv_cache_blocks(kv_cache_gb, kv_block_bytes(layers=2, kv_heads=2 // tp, head_dim=16, dtype_bytes=2))
-    out = dict(megatron_usable=kv_block_allocator(context).total_count - 1, ours=ours,
-               block_tokens=context.block_size_tokens, limits=(context.max_requests, context.max_tokens,
-                                                                context.max_sequence_length),
-               last_token_only=last_token_logits_only(context), dtype=str(context.params_dtype),
-               kv_shape=tuple(context.memory_buffer.shape))
+    out = dict(
+        megatron_usable=kv_block_allocator(context).total_count - 1,
+        ours=ours,
+        block_tokens=context.block_size_tokens,
+        limits=(context.max_requests, context.max_tokens, context.max_sequence_length),
+        last_token_only=last_token_logits_only(context),
+        dtype=str(context.params_dtype),
+        kv_shape=tuple(context.memory_buffer.shape),
+    )
     kv_storage = context.memory_buffer.untyped_storage().data_ptr()
     kv_ref = weakref.ref(context.memory_buffer)
     release_kv_cache(SimpleNamespace(context=context))  # what the backend does after each call
@@ -95,8 +116,9 @@ def dynamic_context(kv_cache_gb):
     out["reallocated"] = tuple(again.memory_buffer.shape) == out["kv_shape"]
     release_kv_cache(SimpleNamespace(context=again))
     # megatron-core 0.17+ pins host buffers of the context; the CPU mode leaves them pageable
-    out["pinning_is_harmless"] = not torch.empty(2, pin_memory=True).is_pinned() and \
-        torch.zeros(2).pin_memory().device.type == "cpu"
+    out["pinning_is_harmless"] = (
+        not torch.empty(2, pin_memory=True).is_pinned() and torch.zeros(2).pin_memory().device.type == "cpu"
+    )
     return out
 
 

@@ -4,8 +4,8 @@ TP1 (docs/algorithm.md#parallelism-contract), and the same layout run twice is b
 import pytest
 import torch
 
-from nemo_craft.testing.distributed import run_distributed
 from nemo_craft.models.tiny_hf import make_tiny_hf_checkpoint
+from nemo_craft.testing.distributed import run_distributed
 from tests.distributed import _bodies_layouts as bodies
 
 # name: (world_size, tp, pp, vpp, sp)
@@ -24,10 +24,18 @@ def hf_dir(tmp_path_factory):
     return make_tiny_hf_checkpoint(str(tmp_path_factory.mktemp("hf")), "qwen3", num_layers=4, vocab_size=256)
 
 
-def _run(hf_dir, world_size, tp=1, pp=1, vpp=None, sp=False, distributed_optimizer=False, disable_fixes=False,
-         recompute=None):
-    return run_distributed(bodies.train_one_step, world_size=world_size, tp=tp, pp=pp, vpp=vpp, sp=sp,
-                           args=(hf_dir, distributed_optimizer, disable_fixes, recompute))
+def _run(
+    hf_dir, world_size, tp=1, pp=1, vpp=None, sp=False, distributed_optimizer=False, disable_fixes=False, recompute=None
+):
+    return run_distributed(
+        bodies.train_one_step,
+        world_size=world_size,
+        tp=tp,
+        pp=pp,
+        vpp=vpp,
+        sp=sp,
+        args=(hf_dir, distributed_optimizer, disable_fixes, recompute),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +74,7 @@ def _check_against(ref, outs, dp):
             # to 1e-5 of the gradient's scale (elements near 0 carry reduction-order noise)
             torch.testing.assert_close(o["grad"], ref["grad"], rtol=1e-5, atol=1e-5 * ref["grad"].abs().max().item())
         rows = ref["logp"].shape[0] // dp
-        mine = ref["logp"][o["dp_rank"] * rows:(o["dp_rank"] + 1) * rows]
+        mine = ref["logp"][o["dp_rank"] * rows : (o["dp_rank"] + 1) * rows]
         torch.testing.assert_close(o["logp"], mine, rtol=1e-5, atol=1e-5)
 
 
@@ -83,8 +91,9 @@ def test_distributed_optimizer_matches_tp1(hf_dir, reference):
     _check_against(reference[2], outs, 2)
 
 
-@pytest.mark.parametrize("recompute, world, tp, pp, sp", [
-    ("full", 1, 1, 1, False), ("selective", 1, 1, 1, False), ("full", 4, 2, 2, True)])
+@pytest.mark.parametrize(
+    "recompute, world, tp, pp, sp", [("full", 1, 1, 1, False), ("selective", 1, 1, 1, False), ("full", 4, 2, 2, True)]
+)
 def test_activation_recompute_matches_tp1(hf_dir, reference, recompute, world, tp, pp, sp):
     """Recomputing activations in the backward changes memory, not the numbers."""
     outs = _run(hf_dir, world, tp, pp, sp=sp, recompute=recompute)
@@ -127,8 +136,10 @@ def test_same_layout_twice_is_bit_identical(hf_dir):
 def test_interleaved_pipeline_is_wrong_without_the_p2p_fix(hf_dir, reference):
     """megatron-core 0.16.1 bug 1: PP2 x VPP2 with batched p2p gives wrong later micro-batches."""
     outs = _run(hf_dir, 2, pp=2, vpp=2, disable_fixes=True)
-    assert any(_rel(o["loss"], reference[1]["loss"]) > 1e-4 or
-               not torch.allclose(o["logp"], reference[1]["logp"], atol=1e-4) for o in outs)
+    assert any(
+        _rel(o["loss"], reference[1]["loss"]) > 1e-4 or not torch.allclose(o["logp"], reference[1]["logp"], atol=1e-4)
+        for o in outs
+    )
 
 
 def test_sequence_parallel_norms_drift_without_the_finalize_fix(hf_dir):

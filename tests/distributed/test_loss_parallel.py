@@ -31,8 +31,14 @@ def _batch():
 def _units():
     gen = torch.Generator().manual_seed(5)
     n = 300
-    keys = torch.stack([torch.randint(0, 6, (n,), generator=gen), torch.randint(0, 3, (n,), generator=gen),
-                        torch.randint(0, 4, (n,), generator=gen)], 1)
+    keys = torch.stack(
+        [
+            torch.randint(0, 6, (n,), generator=gen),
+            torch.randint(0, 3, (n,), generator=gen),
+            torch.randint(0, 4, (n,), generator=gen),
+        ],
+        1,
+    )
     magnitude = torch.exp(8 * torch.randn(n, 1, generator=gen, dtype=torch.float64))
     values = torch.randn(n, 3, generator=gen, dtype=torch.float64) * magnitude
     return keys, values
@@ -64,8 +70,9 @@ def dp_body():
         idx = shards[rank % dp]
         for cname in ("craft", "craft_turn_mean"):
             out = compute_credits(raw.select(idx), CONFIGS[cname], dp_group=group)
-            results[(name, cname)] = dict(idx=idx, advantages=out.advantages, cti=out.cti, credit=out.credit,
-                                          stats=out.stats)
+            results[(name, cname)] = dict(
+                idx=idx, advantages=out.advantages, cti=out.cti, credit=out.credit, stats=out.stats
+            )
     for name, dp, shards in _layouts(keys.shape[0]):
         group = groups[dp][rank // dp]
         idx = shards[rank % dp]
@@ -114,8 +121,11 @@ def _loss_data():
     logits = 2 * torch.randn(raw.batch_size, 16, V, generator=gen)
     targets = torch.randint(0, V, (raw.batch_size, 16), generator=gen)
     lp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
-    raw = dataclasses.replace(raw, logp_old=lp + 0.2 * torch.randn(lp.shape, generator=gen),
-                              logp_ref=lp + 0.4 * torch.randn(lp.shape, generator=gen))
+    raw = dataclasses.replace(
+        raw,
+        logp_old=lp + 0.2 * torch.randn(lp.shape, generator=gen),
+        logp_ref=lp + 0.4 * torch.randn(lp.shape, generator=gen),
+    )
     return raw, logits, targets
 
 
@@ -134,24 +144,38 @@ def tp_dp_body():
     tp_group, dp_group = ps.get_tensor_model_parallel_group(), ps.get_data_parallel_group()
     raw, logits, targets = _loss_data()
     idx = torch.randperm(raw.batch_size, generator=torch.Generator().manual_seed(3))[dp_rank::2]
-    shard = logits[idx][..., tp_rank * (V // 2):(tp_rank + 1) * (V // 2)].contiguous()
+    shard = logits[idx][..., tp_rank * (V // 2) : (tp_rank + 1) * (V // 2)].contiguous()
     local, local_targets = raw.select(idx), targets[idx]
     out = {"idx": idx, "tp_rank": tp_rank, "dp_rank": dp_rank, "bits": {}}
     for name, cfg in CONFIGS.items():
         batch = compute_credits(local, cfg, dp_group=dp_group)
         state = ControllerState.initial(cfg).update(0.95).update(0.9)
-        out[name] = _loss_and_grad(shard, lambda x: policy_loss(x, local_targets, batch, cfg, state,
-                                                               tp_group=tp_group)[0])
+        out[name] = _loss_and_grad(
+            shard, lambda x: policy_loss(x, local_targets, batch, cfg, state, tp_group=tp_group)[0]
+        )
         if name in ("cf_off", "ctrl_off", "pol_off"):  # the same step with that pillar absent
             craft_batch = compute_credits(local, CONFIGS["craft"], dp_group=dp_group)
             credit = batch.gate if name == "cf_off" else craft_batch.credit
             lam, beta = (0.01, 0.01) if name == "ctrl_off" else (state.lam, state.beta)
-            absent = _loss_and_grad(shard, lambda x: composed_sdar_loss(
-                x, local_targets, batch, cfg, lam=lam, beta=beta, credit=credit, polarized=name != "pol_off",
-                tp_group=tp_group, num_global_tokens=batch.num_global_tokens))
+            absent = _loss_and_grad(
+                shard,
+                lambda x: composed_sdar_loss(
+                    x,
+                    local_targets,
+                    batch,
+                    cfg,
+                    lam=lam,
+                    beta=beta,
+                    credit=credit,
+                    polarized=name != "pol_off",
+                    tp_group=tp_group,
+                    num_global_tokens=batch.num_global_tokens,
+                ),
+            )
             out["bits"][name] = bits_equal(out[name][0], absent[0]) and bits_equal(out[name][1], absent[1])
-    out["bits"]["all_off_is_sdar"] = (bits_equal(out["all_off"][0], out["sdar"][0])
-                                      and bits_equal(out["all_off"][1], out["sdar"][1]))
+    out["bits"]["all_off_is_sdar"] = bits_equal(out["all_off"][0], out["sdar"][0]) and bits_equal(
+        out["all_off"][1], out["sdar"][1]
+    )
     return out
 
 
@@ -168,7 +192,7 @@ def test_policy_loss_tp2_dp2_equals_single_process_and_switches_stay_bitwise():
         torch.testing.assert_close(total, loss, rtol=1e-6, atol=1e-7)
         for o in outs:
             half = V // 2
-            expect = grad[o["idx"]][..., o["tp_rank"] * half:(o["tp_rank"] + 1) * half]
+            expect = grad[o["idx"]][..., o["tp_rank"] * half : (o["tp_rank"] + 1) * half]
             torch.testing.assert_close(o[name][1], expect, rtol=1e-6, atol=1e-6 * float(grad.abs().max()))
         for o in outs:  # TP ranks of one DP rank hold the same loss bits
             partner = next(p for p in outs if p["dp_rank"] == o["dp_rank"])

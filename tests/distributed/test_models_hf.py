@@ -26,16 +26,19 @@ LOGITS_ATOL = 1e-4
 CHECKPOINTS = {
     # name: (architecture, dtype, config kwargs)
     # 4 query groups: two per rank at TP=2, so a wrong per-group q/k/v interleave shows there too.
-    "qwen2": ("qwen2", torch.float32, dict(num_layers=4, vocab_size=300, num_attention_heads=8,
-                                           num_key_value_heads=4)),
+    "qwen2": ("qwen2", torch.float32, dict(num_layers=4, vocab_size=300, num_attention_heads=8, num_key_value_heads=4)),
     "qwen3_tied": ("qwen3", torch.float32, dict(num_layers=4, tied=True, head_dim=32)),
-    "llama": ("llama", torch.float32, dict(num_layers=4, num_attention_heads=8, num_key_value_heads=2,
-                                           head_dim=16, llama3_rope_scaling=8.0)),
+    "llama": (
+        "llama",
+        torch.float32,
+        dict(num_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=16, llama3_rope_scaling=8.0),
+    ),
     "qwen2_bf16": ("qwen2", torch.bfloat16, dict(num_layers=4)),
 }
 
 
 # ---------------------------------------------------------------- rank bodies (run in spawned ranks)
+
 
 def _portable(obj):
     """Tensors as numpy arrays: a tensor put on the harness's result queue travels as shared
@@ -53,8 +56,12 @@ def _parallel_cfg():
     from nemo_craft.testing.distributed import current_layout
 
     layout = current_layout()
-    return ParallelConfig(tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
-                          virtual_pipeline_model_parallel_size=layout.vpp, sequence_parallel=layout.sp)
+    return ParallelConfig(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp,
+        sequence_parallel=layout.sp,
+    )
 
 
 def _pipeline_logits(chunks, tokens):
@@ -75,21 +82,31 @@ def _pipeline_logits(chunks, tokens):
 
         return output, collect
 
-    iterators = [iter([tokens[i:i + 1] for i in range(b)]) for _ in chunks]
+    iterators = [iter([tokens[i : i + 1] for i in range(b)]) for _ in chunks]
     for chunk in chunks:
         chunk.eval()
     with torch.no_grad():
         out = get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iterators if len(chunks) > 1 else iterators[0],
-            model=chunks, num_microbatches=b, seq_length=s, micro_batch_size=1, forward_only=True,
+            forward_step_func=forward_step,
+            data_iterator=iterators if len(chunks) > 1 else iterators[0],
+            model=chunks,
+            num_microbatches=b,
+            seq_length=s,
+            micro_batch_size=1,
+            forward_only=True,
             collect_non_loss_data=True,
         )
     return torch.cat(out, dim=0) if out else None
 
 
 def _describe(name, param):
-    return (name, tuple(param.shape), param.dtype, getattr(param, "tensor_model_parallel", None),
-            getattr(param, "sequence_parallel", None))
+    return (
+        name,
+        tuple(param.shape),
+        param.dtype,
+        getattr(param, "tensor_model_parallel", None),
+        getattr(param, "sequence_parallel", None),
+    )
 
 
 @contextlib.contextmanager
@@ -127,12 +144,16 @@ def body_logits_and_roundtrip(checkpoints: dict, tokens, out_root: str, max_shar
         save_hf_checkpoint(chunks, model_cfg, os.path.join(out_root, name), max_shard_bytes=max_shard_bytes)
         meta = build_model(model_cfg, parallel, device="meta")
         result[name] = dict(
-            logits=None if logits is None or ps.get_tensor_model_parallel_rank() != 0 else logits[..., :model_cfg.vocab_size].float(),
+            logits=None
+            if logits is None or ps.get_tensor_model_parallel_rank() != 0
+            else logits[..., : model_cfg.vocab_size].float(),
             real_shapes=[_describe(n, p) for c in chunks for n, p in c.named_parameters()],
             meta_shapes=[_describe(n, p) for c in meta for n, p in c.named_parameters()],
             meta_is_meta=all(p.is_meta for c in meta for p in c.parameters()),
-            count=parameter_count(chunks), meta_count=parameter_count(meta),
-            read=sorted(read), layers=sorted(layer.layer_number - 1 for c in chunks for layer in c.decoder.layers),
+            count=parameter_count(chunks),
+            meta_count=parameter_count(meta),
+            read=sorted(read),
+            layers=sorted(layer.layer_number - 1 for c in chunks for layer in c.decoder.layers),
         )
     result["rank"] = dist.get_rank()
     return _portable(result)
@@ -160,7 +181,7 @@ def body_sequence_parallel_grads(path: str, tokens, weights, with_finalize: bool
     tp_rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     padded = model_cfg.padded_vocab_size(tp)
     w = torch.nn.functional.pad(weights, (0, padded - weights.shape[-1]))
-    w_local = w[..., tp_rank * padded // tp:(tp_rank + 1) * padded // tp]
+    w_local = w[..., tp_rank * padded // tp : (tp_rank + 1) * padded // tp]
     positions = torch.arange(tokens.shape[1]).unsqueeze(0)
 
     def forward_step(data_iterator, model):
@@ -173,22 +194,35 @@ def body_sequence_parallel_grads(path: str, tokens, weights, with_finalize: bool
         return output, loss
 
     get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iter([tokens]), model=[ddp], num_microbatches=1,
-        seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=False,
+        forward_step_func=forward_step,
+        data_iterator=iter([tokens]),
+        model=[ddp],
+        num_microbatches=1,
+        seq_length=tokens.shape[1],
+        micro_batch_size=tokens.shape[0],
+        forward_only=False,
     )
-    return _portable({name: p.main_grad for name, p in global_named_parameters(chunk)
-                      if not getattr(p, "tensor_model_parallel", False)})
+    return _portable(
+        {
+            name: p.main_grad
+            for name, p in global_named_parameters(chunk)
+            if not getattr(p, "tensor_model_parallel", False)
+        }
+    )
 
 
 # ---------------------------------------------------------------- parent side
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     from nemo_craft.models.tiny_hf import make_tiny_hf_checkpoint
 
     root = tmp_path_factory.mktemp("hf")
-    return {name: make_tiny_hf_checkpoint(str(root / name), arch, dtype=dtype, seed=i, **kwargs)
-            for i, (name, (arch, dtype, kwargs)) in enumerate(CHECKPOINTS.items())}
+    return {
+        name: make_tiny_hf_checkpoint(str(root / name), arch, dtype=dtype, seed=i, **kwargs)
+        for i, (name, (arch, dtype, kwargs)) in enumerate(CHECKPOINTS.items())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +270,12 @@ LAYOUTS = {
 def test_logits_match_hf_and_export_is_bit_exact(layout, checkpoints, tokens, hf_logits, tmp_path):
     # One layout exports in many small safetensors files (with an index), the others in one.
     max_shard_bytes = 32 * 1024 if layout == "tp2_pp2" else 5 * 2**30
-    results = run_distributed(body_logits_and_roundtrip, **LAYOUTS[layout],
-                              args=(checkpoints, tokens, str(tmp_path), max_shard_bytes), timeout=300)
+    results = run_distributed(
+        body_logits_and_roundtrip,
+        **LAYOUTS[layout],
+        args=(checkpoints, tokens, str(tmp_path), max_shard_bytes),
+        timeout=300,
+    )
     for name, path in checkpoints.items():
         reports = [r[name] for r in results]
         _check_logits(f"{name} {layout}", reports, hf_logits[name], bf16=name.endswith("bf16"))
@@ -263,7 +301,8 @@ def _check_export(what, original_dir, exported_dir, *, sharded):
     for key in original:
         assert exported[key] == original[key], f"{what}: {key} not bit-identical after import/export"
     assert ModelConfig.from_hf_config(exported_dir) == dataclasses.replace(
-        ModelConfig.from_hf_config(original_dir), hf_path=exported_dir)
+        ModelConfig.from_hf_config(original_dir), hf_path=exported_dir
+    )
 
 
 def _check_rank_reports(what, reports):

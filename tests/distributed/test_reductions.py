@@ -15,8 +15,7 @@ def named_body():
     if rank == 1:
         values = dict(reversed(list(values.items())))
     group = ps.get_data_parallel_group()
-    return (reduce_named(values, group), reduce_named(values, group, op="max"),
-            reduce_named(values, group, op="min"))
+    return (reduce_named(values, group), reduce_named(values, group, op="max"), reduce_named(values, group, op="min"))
 
 
 def test_named_sums_and_maxima_over_two_ranks():

@@ -25,12 +25,19 @@ def _inputs(seed=0):
 
 def _stats(logits, targets, mask, weights, uniforms, tp_group=None):
     leaf = logits.clone().requires_grad_(True)
-    st = vocab_parallel_token_stats(leaf, targets, mask, tp_group=tp_group, chunk_size=CHUNK,
-                                    cringe_uniforms_BS=uniforms, cringe_k=K)
+    st = vocab_parallel_token_stats(
+        leaf, targets, mask, tp_group=tp_group, chunk_size=CHUNK, cringe_uniforms_BS=uniforms, cringe_k=K
+    )
     outs = (st.logp, st.entropy, st.z_target, st.z_positive)
     sum(w @ o for w, o in zip(weights, outs)).backward()
-    return {"logp": st.logp.detach(), "entropy": st.entropy.detach(), "z_target": st.z_target.detach(),
-            "z_positive": st.z_positive.detach(), "positive_ids": st.positive_ids, "grad": leaf.grad}
+    return {
+        "logp": st.logp.detach(),
+        "entropy": st.entropy.detach(),
+        "z_target": st.z_target.detach(),
+        "z_positive": st.z_positive.detach(),
+        "positive_ids": st.positive_ids,
+        "grad": leaf.grad,
+    }
 
 
 def tp_body():
@@ -40,7 +47,7 @@ def tp_body():
     tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     logits, targets, mask, weights, uniforms = _inputs()
     shard = V // tp
-    local = logits[..., rank * shard:(rank + 1) * shard].contiguous()
+    local = logits[..., rank * shard : (rank + 1) * shard].contiguous()
     out = _stats(local, targets, mask, weights, uniforms, tp_group=ps.get_tensor_model_parallel_group())
     out["rank"] = rank
     return out
@@ -66,6 +73,7 @@ def _reference():
 def test_vocab_parallel_matches_full_vocab(tp):
     single, exact, logits, targets, mask = _reference()
     from tests.unit.losses._reference import ref_cringe_positive
+
     expected_pos = ref_cringe_positive(logits, targets, counter_uniforms(3, 11, torch.arange(B), S), K)[mask]
     assert torch.equal(single["positive_ids"], expected_pos)
 
@@ -101,11 +109,23 @@ def _padded_stats(real, tp_group=None, shard=None):
     targets = targets % real
     local = logits if shard is None else logits[..., shard].contiguous()
     leaf = local.clone().requires_grad_(True)
-    st = vocab_parallel_token_stats(leaf, targets, mask, tp_group=tp_group, chunk_size=CHUNK,
-                                    cringe_uniforms_BS=uniforms, cringe_k=K, vocab_size=real)
+    st = vocab_parallel_token_stats(
+        leaf,
+        targets,
+        mask,
+        tp_group=tp_group,
+        chunk_size=CHUNK,
+        cringe_uniforms_BS=uniforms,
+        cringe_k=K,
+        vocab_size=real,
+    )
     sum(w @ o for w, o in zip(weights, (st.logp, st.entropy, st.z_target, st.z_positive))).backward()
-    return {"logp": st.logp.detach(), "entropy": st.entropy.detach(), "positive_ids": st.positive_ids,
-            "grad": leaf.grad}
+    return {
+        "logp": st.logp.detach(),
+        "entropy": st.entropy.detach(),
+        "positive_ids": st.positive_ids,
+        "grad": leaf.grad,
+    }
 
 
 def padded_tp_body(real):
@@ -126,8 +146,11 @@ def test_padding_columns_take_no_part(tp, real):
     logsm = torch.log_softmax(leaf, -1)
     t = targets % real
     logp, ent = logsm.gather(-1, t[..., None])[..., 0][mask], -(logsm.exp() * logsm).sum(-1)[mask]
-    outs = [dict(_padded_stats(real), rank=0)] if tp == 1 else \
-        run_distributed(padded_tp_body, world_size=tp, tp=tp, timeout=120, args=(real,))
+    outs = (
+        [dict(_padded_stats(real), rank=0)]
+        if tp == 1
+        else run_distributed(padded_tp_body, world_size=tp, tp=tp, timeout=120, args=(real,))
+    )
     got = outs[0]
     torch.testing.assert_close(got["logp"].double(), logp.detach(), rtol=1e-6, atol=2e-6)
     torch.testing.assert_close(got["entropy"].double(), ent.detach(), rtol=1e-6, atol=2e-6)

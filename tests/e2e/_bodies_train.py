@@ -5,10 +5,19 @@ import json
 import numpy as np
 
 SMALL = [
-    "rollout.tasks_per_step=2", "rollout.group_size=2", "trainer.micro_batch_size=2",
-    "rollout.max_tokens_per_turn=8", "rollout.max_tokens_per_episode=24", "env.config.max_turns=3",
-    "env.config.template=compact", "env.config.history_length=0", "trainer.val_tasks=2", "trainer.val_every=0",
-    "logging.progress_bar=false", "logging.plot=false", "trainer.warm_start.steps=0",
+    "rollout.tasks_per_step=2",
+    "rollout.group_size=2",
+    "trainer.micro_batch_size=2",
+    "rollout.max_tokens_per_turn=8",
+    "rollout.max_tokens_per_episode=24",
+    "env.config.max_turns=3",
+    "env.config.template=compact",
+    "env.config.history_length=0",
+    "trainer.val_tasks=2",
+    "trainer.val_every=0",
+    "logging.progress_bar=false",
+    "logging.plot=false",
+    "trainer.warm_start.steps=0",
 ]
 
 
@@ -16,8 +25,13 @@ class Killed(Exception):
     pass
 
 
-def train(run_dir: str, overrides: list, parallel: dict | None = None, kill_at_step: int | None = None,
-          old_pass: bool | None = None):
+def train(
+    run_dir: str,
+    overrides: list,
+    parallel: dict | None = None,
+    kill_at_step: int | None = None,
+    old_pass: bool | None = None,
+):
     """Run ``nemo-craft train`` in this rank; return the parameters (numpy) and the metrics rows.
     ``kill_at_step``: the process dies in the middle of that step (after its rollouts).
     ``old_pass``: force (True) or skip (False) the old-log-prob pass (``make_experience``)."""
@@ -57,8 +71,11 @@ def train(run_dir: str, overrides: list, parallel: dict | None = None, kill_at_s
         trainer.fit()
     except Killed:
         pass
-    params = {f"{i}.{n}": p.detach().float().cpu().numpy().copy()
-              for i, c in enumerate(trainer.model) for n, p in c.named_parameters()}
+    params = {
+        f"{i}.{n}": p.detach().float().cpu().numpy().copy()
+        for i, c in enumerate(trainer.model)
+        for n, p in c.named_parameters()
+    }
     rows = []
     if ps.get_data_parallel_rank() == 0 and trainer.rank == 0:
         rows = [json.loads(line) for line in open(trainer.logger.jsonl_path)]
@@ -82,8 +99,12 @@ def nan_loss_run(run_dir: str, overrides: list):
     try:
         t.fit()
     except trainer_mod.NonFiniteLossError as err:
-        return {"error": str(err), "nan_steps": t.nan_steps, "step": t.step,
-                "params_finite": all(np.isfinite(p.detach().numpy()).all() for c in t.model for p in c.parameters())}
+        return {
+            "error": str(err),
+            "nan_steps": t.nan_steps,
+            "step": t.step,
+            "params_finite": all(np.isfinite(p.detach().numpy()).all() for c in t.model for p in c.parameters()),
+        }
     return {"error": None}
 
 
@@ -127,6 +148,11 @@ def nan_grad_run(run_dir: str, overrides: list, parallel: dict | None = None):
         error = str(err)
     rows = [json.loads(line) for line in open(t.logger.jsonl_path)] if t.rank == 0 else []
     inner = [o.optimizer for o in getattr(t.optimizer, "chained_optimizers", [t.optimizer])]
-    return {"error": error, "nan_steps": t.nan_steps, "step": t.step, "rows": rows,
-            "unchanged": all(torch.equal(initial[n], p) for n, p in t.model[0].named_parameters()),
-            "optimizer_state": sum(len(o.state) for o in inner)}
+    return {
+        "error": error,
+        "nan_steps": t.nan_steps,
+        "step": t.step,
+        "rows": rows,
+        "unchanged": all(torch.equal(initial[n], p) for n, p in t.model[0].named_parameters()),
+        "optimizer_state": sum(len(o.state) for o in inner),
+    }

@@ -23,17 +23,26 @@ from nemo_craft.testing.distributed import free_port
 # The workload of a step, shrunk: 2 tasks x 2 siblings, short episodes, 1 trajectory per micro-batch
 # (so a step at DP2 has 2 micro-batches, at DP1 4), no validation, no warm start.
 SHRINK = [
-    "rollout.tasks_per_step=2", "rollout.group_size=2", "trainer.micro_batch_size=1",
-    "rollout.max_tokens_per_turn=8", "rollout.max_tokens_per_episode=24", "env.config.max_turns=3",
-    "env.config.template=compact", "env.config.history_length=0", "trainer.val_every=0",
-    "logging.progress_bar=false", "logging.plot=false", "logging.tensorboard=false",
+    "rollout.tasks_per_step=2",
+    "rollout.group_size=2",
+    "trainer.micro_batch_size=1",
+    "rollout.max_tokens_per_turn=8",
+    "rollout.max_tokens_per_episode=24",
+    "env.config.max_turns=3",
+    "env.config.template=compact",
+    "env.config.history_length=0",
+    "trainer.val_every=0",
+    "logging.progress_bar=false",
+    "logging.plot=false",
+    "logging.tensorboard=false",
     "trainer.warm_start.steps=0",
 ]
 VOLATILE = ("time/", "perf/")
 
 
-def train(nproc: int, run_dir: Path, overrides: list[str], *, stop_after_first_step: bool = False,
-          timeout: int = 600) -> subprocess.CompletedProcess:
+def train(
+    nproc: int, run_dir: Path, overrides: list[str], *, stop_after_first_step: bool = False, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``torchrun --nproc-per-node <nproc> -m nemo_craft train run_dir=<run_dir> <SHRINK> <overrides>``.
 
     ``stop_after_first_step``: a stop file exists from the start (what SLURM's warning signal
@@ -46,14 +55,27 @@ def train(nproc: int, run_dir: Path, overrides: list[str], *, stop_after_first_s
     if stop_after_first_step:
         (scratch / "stop").touch()
         env["NEMO_CRAFT_STOP_FILE"] = str(scratch / "stop")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--master-port={free_port()}", "-m", "nemo_craft", "train", f"run_dir={run_dir}", *SHRINK, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        "-m",
+        "nemo_craft",
+        "train",
+        f"run_dir={run_dir}",
+        *SHRINK,
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     # torchrun reports a worker's exit code 75 (preempted) as 1; the trainer's marker has it
     stopped = (scratch / "exit.json").exists() and json.loads((scratch / "exit.json").read_text())["exit_code"] == 75
     if (proc.returncode != 0 or stopped) != stop_after_first_step or (stop_after_first_step and not stopped):
-        raise AssertionError(f"{' '.join(cmd)}\nexited with {proc.returncode} (stopped: {stopped}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)}\nexited with {proc.returncode} (stopped: {stopped}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -102,5 +124,6 @@ def assert_same_bits(a: dict, b: dict, keys=None) -> None:
         if k == "state":
             assert a[k] == b[k], (a[k], b[k])
         else:
-            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), \
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (
                 f"{k}: max |diff| {(a[k].double() - b[k].double()).abs().max().item():.3e}"
+            )

@@ -27,10 +27,15 @@ _STEPS = ["trainer.max_steps=3", "checkpoint.save_every=2", "checkpoint.keep_las
 
 def _stack(python: str) -> str:
     """'Python X.Y, megatron-core V' of an interpreter."""
-    code = "import sys, megatron.core as m; print(f'Python {sys.version_info[0]}.{sys.version_info[1]}, " \
-           "megatron-core {m.__version__}')"
-    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True,
-                          env=_env()).stdout.strip().splitlines()[-1]
+    code = (
+        "import sys, megatron.core as m; print(f'Python {sys.version_info[0]}.{sys.version_info[1]}, "
+        "megatron-core {m.__version__}')"
+    )
+    return (
+        subprocess.run([python, "-c", code], check=True, capture_output=True, text=True, env=_env())
+        .stdout.strip()
+        .splitlines()[-1]
+    )
 
 
 def _env() -> dict:

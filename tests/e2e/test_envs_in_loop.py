@@ -19,9 +19,22 @@ ENVS = [
 def test_one_training_step_on_each_environment(tmp_path, env, extra):
     if env in ("scienceworld", "alfworld"):
         pytest.importorskip(env)
-    out = run_distributed(bodies.train, world_size=1, timeout=900,
-                          args=(str(tmp_path / env), [f"env={env}", "trainer.max_steps=1", "checkpoint.save_every=0",
-                                                       "trainer.val_every=1", "trainer.val_tasks=1", *extra]))[0]
+    out = run_distributed(
+        bodies.train,
+        world_size=1,
+        timeout=900,
+        args=(
+            str(tmp_path / env),
+            [
+                f"env={env}",
+                "trainer.max_steps=1",
+                "checkpoint.save_every=0",
+                "trainer.val_every=1",
+                "trainer.val_tasks=1",
+                *extra,
+            ],
+        ),
+    )[0]
     assert out["step"] == 1
     train_rows = [r for r in out["rows"] if "train/loss" in r]
     assert len(train_rows) == 1 and np.isfinite(train_rows[0]["train/loss"])

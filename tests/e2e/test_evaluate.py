@@ -16,24 +16,31 @@ def _evaluate(argv: list) -> dict:
     cfg, _ = eval_config([a for a in argv if "=" in a])
     ev = Evaluator(cfg, "test", n_tasks=1)
     ev.setup()
-    params = {f"{i}.{n}": p.detach().float().cpu().numpy().copy()
-              for i, c in enumerate(ev.chunks) for n, p in c.named_parameters()}
+    params = {
+        f"{i}.{n}": p.detach().float().cpu().numpy().copy()
+        for i, c in enumerate(ev.chunks)
+        for n, p in c.named_parameters()
+    }
     ev.close()
     return {"params": params, "rc": main(argv)}
 
 
 def test_evaluate_a_trained_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    trained = run_distributed(bodies.train, world_size=1, timeout=300,
-                              args=(str(run_dir), ["trainer.max_steps=1", "checkpoint.save_every=0"]))[0]
+    trained = run_distributed(
+        bodies.train, world_size=1, timeout=300, args=(str(run_dir), ["trainer.max_steps=1", "checkpoint.save_every=0"])
+    )[0]
     ckpt = run_dir / "checkpoints" / "step_000001"
     assert (ckpt / "COMPLETE").exists()
 
     out = tmp_path / "eval"
     # The run's config comes from the checkpoint; only the split's size is overridden.
-    evaluated = run_distributed(_evaluate, world_size=1, timeout=300,
-                                args=([f"checkpoint.resume={run_dir / 'checkpoints'}", "--split", "test",
-                                       "--tasks", "3", "--out", str(out)],))[0]
+    evaluated = run_distributed(
+        _evaluate,
+        world_size=1,
+        timeout=300,
+        args=([f"checkpoint.resume={run_dir / 'checkpoints'}", "--split", "test", "--tasks", "3", "--out", str(out)],),
+    )[0]
     assert evaluated["rc"] == 0
     # The trainer's chunks are DDP-wrapped ("0.module.decoder..."), the evaluator's bare.
     trained_params = {k.replace("module.", ""): v for k, v in trained["params"].items()}

@@ -57,12 +57,16 @@ def test_stop_resume_and_resume_at_one_rank(tmp_path, name):
     first = launch.checkpoint(straight, 1)
     refs = [k for k in a if k.startswith("reference/")]
     assert refs and all(torch.equal(a[k], first[k]) for k in refs)
-    assert any(not torch.equal(a[k], a["reference/" + k[len("dist/"):]]) for k in a if k.startswith("dist/decoder")
-               and "reference/" + k[len("dist/"):] in a)
+    assert any(
+        not torch.equal(a[k], a["reference/" + k[len("dist/") :]])
+        for k in a
+        if k.startswith("dist/decoder") and "reference/" + k[len("dist/") :] in a
+    )
 
     # the optimizer kind is the checkpoint's (its state format): one rank, still distributed
-    launch.train(1, moved, ["parallel=single", "parallel.use_distributed_optimizer=true"] + STEPS
-                 + ["checkpoint.resume=auto"])
+    launch.train(
+        1, moved, ["parallel=single", "parallel.use_distributed_optimizer=true"] + STEPS + ["checkpoint.resume=auto"]
+    )
     after = launch.checkpoint(moved, 2)
     assert all(torch.equal(first[k], after[k]) for k in refs)  # pi_ref resharded exactly
     lr = after["state"]["scheduler"]["max_lr"]
@@ -78,10 +82,16 @@ def test_overlapped_grad_reduce_gives_the_same_bits(tmp_path):
     """The dp preset (distributed optimizer, overlapped reduce-scatter and all-gather) with and
     without overlap: a warm start of 4 micro-batches a step, then RL steps of 2, the same bits."""
     ranks, layout = LAYOUTS["dp2"]
-    ws = ["trainer.warm_start.steps=2", "trainer.warm_start.batch_size=8", "checkpoint.save_every=0",
-          "trainer.max_steps=2"]
+    ws = [
+        "trainer.warm_start.steps=2",
+        "trainer.warm_start.batch_size=8",
+        "checkpoint.save_every=0",
+        "trainer.max_steps=2",
+    ]
     on, off = tmp_path / "on", tmp_path / "off"
     launch.train(ranks, on, layout + ws)
-    launch.train(ranks, off, layout + ws + ["parallel.overlap_grad_reduce=false", "parallel.overlap_param_gather=false"])
+    launch.train(
+        ranks, off, layout + ws + ["parallel.overlap_grad_reduce=false", "parallel.overlap_param_gather=false"]
+    )
     launch.assert_same_bits(launch.checkpoint(on, 2), launch.checkpoint(off, 2))
     assert launch.metrics(on) == launch.metrics(off)

@@ -41,16 +41,36 @@ def _launch_two_nodes(tmp_path: Path, job_id: str, overrides: list[str], extra_e
     port = free_port()
     procs = []
     for node in (0, 1):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))
-               and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "TORCHELASTIC_"))
+            and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        }
         env.update(
-            SLURM_JOB_ID=job_id, SLURM_NNODES="2", SLURM_NODEID=str(node), SLURM_RESTART_COUNT="0",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GPUS_PER_NODE="2", LOG_DIR=str(tmp_path / "logs"),
-            TORCHRUN=_torchrun(tmp_path), PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
-            **(extra_env or {}))
+            SLURM_JOB_ID=job_id,
+            SLURM_NNODES="2",
+            SLURM_NODEID=str(node),
+            SLURM_RESTART_COUNT="0",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            GPUS_PER_NODE="2",
+            LOG_DIR=str(tmp_path / "logs"),
+            TORCHRUN=_torchrun(tmp_path),
+            PYTHONPATH=str(REPO),
+            CUDA_VISIBLE_DEVICES="",
+            OMP_NUM_THREADS="1",
+            **(extra_env or {}),
+        )
         log = open(tmp_path / f"node{node}.{job_id}.log", "w")
-        procs.append((subprocess.Popen(["bash", str(LAUNCH), *overrides], cwd=REPO, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    ["bash", str(LAUNCH), *overrides], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
     codes = []
     try:
         for proc, log in procs:
@@ -70,8 +90,7 @@ def _tail(tmp_path: Path) -> str:
 def _overrides(run_dir: Path, max_steps: int) -> list[str]:
     # conf/parallel/tp2.yaml: TP=2 with sequence parallel, the distributed optimizer and
     # overlapped grad reduce / param gather.
-    return [*SMALL, "parallel=tp2", f"trainer.max_steps={max_steps}",
-            "checkpoint.save_every=0", f"run_dir={run_dir}"]
+    return [*SMALL, "parallel=tp2", f"trainer.max_steps={max_steps}", "checkpoint.save_every=0", f"run_dir={run_dir}"]
 
 
 def test_two_torchrun_agents_one_rendezvous_tp2_dp2(tmp_path):

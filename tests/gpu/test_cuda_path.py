@@ -7,8 +7,7 @@ import torch
 from nemo_craft.testing.distributed import run_distributed
 from tests.e2e import _bodies_train as bodies
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _where():
@@ -40,8 +39,12 @@ def test_the_suites_default_device_stays_on_cpu(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_training_steps_on_cuda(tmp_path, dtype):
-    out = run_distributed(bodies.train, world_size=1, timeout=600,
-                          args=(str(tmp_path / dtype), ["trainer.max_steps=2", f"model.params_dtype={dtype}"]),
-                          device="cuda")[0]
+    out = run_distributed(
+        bodies.train,
+        world_size=1,
+        timeout=600,
+        args=(str(tmp_path / dtype), ["trainer.max_steps=2", f"model.params_dtype={dtype}"]),
+        device="cuda",
+    )[0]
     assert out["step"] == 2
     assert all(np.isfinite(r["train/loss"]) and r["train/step_ok"] == 1.0 for r in out["rows"])

@@ -29,9 +29,13 @@ from nemo_craft.testing.distributed import run_distributed
 _PROBLEM = DynamicCapability.probe(torch.bfloat16).problem()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_PROBLEM is not None, reason=f"dynamic backend: {_PROBLEM}")]
 
-PROMPTS = ["<|user|>push the box left<eos><|assistant|>", "<|user|>hi<eos><|assistant|>",
-           "<|user|>sokoban 6x6, one box, two walls, reach the goal<eos><|assistant|>", "<|user|>x<eos><|assistant|>",
-           "<|user|>a longer observation: ### . @ $ . ###<eos><|assistant|>"]
+PROMPTS = [
+    "<|user|>push the box left<eos><|assistant|>",
+    "<|user|>hi<eos><|assistant|>",
+    "<|user|>sokoban 6x6, one box, two walls, reach the goal<eos><|assistant|>",
+    "<|user|>x<eos><|assistant|>",
+    "<|user|>a longer observation: ### . @ $ . ###<eos><|assistant|>",
+]
 BUDGETS = [12, 5, 20, 1, 16]
 TIE = 0.05
 KV_PROBE_GB = 0.25
@@ -64,8 +68,11 @@ def _plain(results):
 def _rng_states():
     from megatron.core import tensor_parallel
 
-    return [torch.get_rng_state(), torch.cuda.get_rng_state(),
-            *tensor_parallel.get_cuda_rng_tracker().get_states().values()]
+    return [
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state(),
+        *tensor_parallel.get_cuda_rng_tracker().get_states().values(),
+    ]
 
 
 def forced_logprobs(model, prompt, tokens, vocab_size):
@@ -98,16 +105,19 @@ def static_and_dynamic():
     static = Generator(chunks, tok, GenerationConfig(backend="static", **common))
     dynamic = Generator(chunks, tok, GenerationConfig(backend="dynamic", **common))
     small = Generator(chunks, tok, GenerationConfig(backend="dynamic", **{**common, "kv_cache_gb": 1 / 1024}))
-    out = dict(backends=(type(static._backend).__name__, type(dynamic._backend).__name__),
-               static=_plain(static.generate(prompts, max_new_tokens=BUDGETS)),
-               dynamic=_plain(dynamic.generate(prompts, max_new_tokens=BUDGETS)),
-               small=_plain(small.generate(prompts, max_new_tokens=BUDGETS)))
+    out = dict(
+        backends=(type(static._backend).__name__, type(dynamic._backend).__name__),
+        static=_plain(static.generate(prompts, max_new_tokens=BUDGETS)),
+        dynamic=_plain(dynamic.generate(prompts, max_new_tokens=BUDGETS)),
+        small=_plain(small.generate(prompts, max_new_tokens=BUDGETS)),
+    )
     free = out["static"]
     assert len(free[2][0]) >= 4 and len(free[4][0]) >= 7, "the free greedy rows ended too early to take stops from"
     stops = dict(stop_token_ids=(free[2][0][3],), stop_strings=(tok.decode(free[4][0][5:7]),))
     out["static_stops"] = _plain(static.generate(prompts, max_new_tokens=BUDGETS, config=static.with_config(**stops)))
-    out["dynamic_stops"] = _plain(dynamic.generate(prompts, max_new_tokens=BUDGETS,
-                                                   config=dynamic.with_config(**stops)))
+    out["dynamic_stops"] = _plain(
+        dynamic.generate(prompts, max_new_tokens=BUDGETS, config=dynamic.with_config(**stops))
+    )
     sampling = dynamic.with_config(temperature=1.0, top_p=0.9, top_k=40)
     before = _rng_states()
     out["first"] = _plain(dynamic.generate(prompts, max_new_tokens=BUDGETS, seed=7, config=sampling))
@@ -168,8 +178,9 @@ def _assert_same_greedy(reference, other):
     assert ties <= len(reference) // 2, f"{ties} rows diverged: more than bf16 rounding explains"
 
 
-@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.skipif(
-    torch.cuda.device_count() < 2, reason="TP2 needs two GPUs"))])
+@pytest.mark.parametrize(
+    "tp", [1, pytest.param(2, marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="TP2 needs two GPUs"))]
+)
 def test_dynamic_backend_matches_static_greedy_and_samples_reproducibly(tp):
     ranks = run_distributed(static_and_dynamic, world_size=tp, tp=tp, timeout=600, device="cuda")
     out = ranks[0]

@@ -48,8 +48,11 @@ def _prose_lines(text: str) -> list[str]:
 def _code_lines(text: str) -> list[str]:
     """The stripped lines of the indented and fenced code blocks (the commands a reader copies)."""
     prose = _prose_lines(text)
-    return [line.strip() for line, kept in zip(text.splitlines(), prose)
-            if line.strip() and not kept.strip() and not _FENCE.match(line)]
+    return [
+        line.strip()
+        for line, kept in zip(text.splitlines(), prose)
+        if line.strip() and not kept.strip() and not _FENCE.match(line)
+    ]
 
 
 def slug(heading: str) -> str:
@@ -97,6 +100,7 @@ def _documents() -> list[Path]:
 
 # -- the commands ----------------------------------------------------------------------------------
 
+
 def _ci_test_command() -> str:
     """The test command `.ci/run` runs, the first one (its Python 3.11 job), without `|| exit $?`."""
     for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines():
@@ -109,10 +113,11 @@ def _ci_test_command() -> str:
 def test_readme_test_command_is_the_one_ci_runs():
     command = _ci_test_command()
     assert command in _code_lines(README.read_text(encoding="utf-8")), (
-        f"README's test command must be .ci/run's, as a line of its own in a code block:\n    {command}")
+        f"README's test command must be .ci/run's, as a line of its own in a code block:\n    {command}"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validated(overrides: tuple[str, ...]):
     """The composed config of ``overrides`` and its validated sections (each set composed once)."""
     from nemo_craft.config import RunConfig, compose
@@ -158,6 +163,7 @@ def test_every_readme_launch_composes():
 
 # -- links ------------------------------------------------------------------------------------------
 
+
 def test_every_relative_link_resolves():
     problems = [p for doc in _documents() for p in broken_links(doc)]
     assert not problems, "broken links:\n" + "\n".join(problems)
@@ -166,8 +172,10 @@ def test_every_relative_link_resolves():
 def test_the_link_check_catches_a_broken_file_and_anchor(tmp_path):
     (tmp_path / "b.md").write_text("# Title\n\n## A heading, with `code`\n")
     doc = tmp_path / "a.md"
-    doc.write_text("[ok](b.md#a-heading-with-code) [gone](c.md) [bad anchor](b.md#nothing) [self](#top)\n\n"
-                   "    [in code](not-checked.md)\n\n## Top\n")
+    doc.write_text(
+        "[ok](b.md#a-heading-with-code) [gone](c.md) [bad anchor](b.md#nothing) [self](#top)\n\n"
+        "    [in code](not-checked.md)\n\n## Top\n"
+    )
     problems = broken_links(doc)
     assert len(problems) == 2 and "c.md" in problems[0] and "#nothing" in problems[1], problems
 
@@ -175,24 +183,41 @@ def test_the_link_check_catches_a_broken_file_and_anchor(tmp_path):
 # -- self-contained ---------------------------------------------------------------------------------
 
 # Assembled from pieces, so that this file does not match them itself.
-_OUTSIDE = [re.escape(name + ".md") for name in ("SPEC", "DESIGN", "STYLE")] + [
-    re.escape(name + "_NOTES") for name in ("MEGATRON", "ENV", "VLLM")] + [
-    re.escape("../" + "shared"), re.escape("/work/" + "shared"), re.escape("craft-" + "abstract"),
-    r"\b" + "SPEC" + r" (?:section|\d)", r"\b" + "issue" + r" \d",
-]
+_OUTSIDE = (
+    [re.escape(name + ".md") for name in ("SPEC", "DESIGN", "STYLE")]
+    + [re.escape(name + "_NOTES") for name in ("MEGATRON", "ENV", "VLLM")]
+    + [
+        re.escape("../" + "shared"),
+        re.escape("/work/" + "shared"),
+        re.escape("craft-" + "abstract"),
+        r"\b" + "SPEC" + r" (?:section|\d)",
+        r"\b" + "issue" + r" \d",
+    ]
+)
 _OUTSIDE_RE = re.compile("|".join(_OUTSIDE))
 _SKIP_DIRS = {".git", "__pycache__", "build", "outputs", "runs"}
 
 
 def _repository_files() -> list[Path]:
     try:
-        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                                cwd=REPO, capture_output=True, check=True, timeout=30).stdout
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
         return [REPO / name for name in listed.decode().split("\0") if name]
     except (OSError, subprocess.SubprocessError):  # not a git checkout: walk the tree
-        return [p for p in REPO.rglob("*") if p.is_file() and not any(
-            part in _SKIP_DIRS or part.startswith(".venv") or part.endswith(".egg-info")
-            for part in p.relative_to(REPO).parts)]
+        return [
+            p
+            for p in REPO.rglob("*")
+            if p.is_file()
+            and not any(
+                part in _SKIP_DIRS or part.startswith(".venv") or part.endswith(".egg-info")
+                for part in p.relative_to(REPO).parts
+            )
+        ]
 
 
 def test_nothing_refers_to_sources_outside_the_repository():
@@ -207,11 +232,21 @@ def test_nothing_refers_to_sources_outside_the_repository():
         for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
             if _OUTSIDE_RE.search(line):
                 hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
-    assert not hits, ("these lines refer to files a user who clones the repository does not have; "
-                      "point them at docs/ instead:\n" + "\n".join(hits))
+    assert not hits, (
+        "these lines refer to files a user who clones the repository does not have; "
+        "point them at docs/ instead:\n" + "\n".join(hits)
+    )
 
 
-@pytest.mark.parametrize("line", ["see SPEC" + ".md section 3", "(MEGATRON" + "_NOTES item 6)",
-                                  "../" + "shared" + "/DESIGN", "as in issue " + "4", "SPEC" + " 7 / memory"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "see SPEC" + ".md section 3",
+        "(MEGATRON" + "_NOTES item 6)",
+        "../" + "shared" + "/DESIGN",
+        "as in issue " + "4",
+        "SPEC" + " 7 / memory",
+    ],
+)
 def test_the_outside_source_check_catches_each_form(line):
     assert _OUTSIDE_RE.search(line)

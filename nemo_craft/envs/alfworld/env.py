@@ -64,8 +64,7 @@ class ALFWorldConfig(EnvConfig):
 
 
 ALFWORLD_PROMPT = PromptTemplate(
-    task="You are an expert agent operating in the ALFRED Embodied Environment. Your task is to: "
-    "{task}",
+    task="You are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {task}",
     compact_header="alf: {task}",
     privileged_intro="An expert plan that completes this task from the start:",
     compact_privileged_intro="plan: ",
@@ -79,9 +78,7 @@ def official_games(split: str) -> list[str]:
     if not root:
         return []
     pattern = os.path.join(root, "json_2.1.1", _OFFICIAL_SPLIT[split], "**", "game.tw-pddl")
-    return sorted(
-        p for p in glob.glob(pattern, recursive=True) if "movable" not in p and "Sliced" not in p
-    )
+    return sorted(p for p in glob.glob(pattern, recursive=True) if "movable" not in p and "Sliced" not in p)
 
 
 class ALFWorldEnv(TextEnv):
@@ -118,10 +115,15 @@ class ALFWorldEnv(TextEnv):
             return games
         why = f"data={cfg.data!r}" if cfg.data == "official" else f"split={cfg.split!r}"
         root = os.environ.get("ALFWORLD_DATA")
-        where = (f"ALFWORLD_DATA={root} has no games under json_2.1.1/{_OFFICIAL_SPLIT[cfg.split]}" if root
-                 else "ALFWORLD_DATA is not set")
-        raise ValueError(f"alfworld: {why} needs the official games, and {where}; set ALFWORLD_DATA to the "
-                         "directory alfworld-download fills, or use env.config.data=generated with split train/test")
+        where = (
+            f"ALFWORLD_DATA={root} has no games under json_2.1.1/{_OFFICIAL_SPLIT[cfg.split]}"
+            if root
+            else "ALFWORLD_DATA is not set"
+        )
+        raise ValueError(
+            f"alfworld: {why} needs the official games, and {where}; set ALFWORLD_DATA to the "
+            "directory alfworld-download fills, or use env.config.data=generated with split train/test"
+        )
 
     @property
     def generated(self) -> bool:
@@ -131,20 +133,14 @@ class ALFWorldEnv(TextEnv):
         if self.games:
             return self.games[seed % len(self.games)]
         cfg = self.config
-        return os.path.join(
-            game_dir(cfg.cache_dir, seed, cfg.split, cfg.task_types), "game.tw-pddl"
-        )
+        return os.path.join(game_dir(cfg.cache_dir, seed, cfg.split, cfg.task_types), "game.tw-pddl")
 
     def _reset(self, seed: int) -> tuple[str, str, dict[str, Any]]:
         self.close()
         self.gamefile = self.game_file(seed)
-        infos = self._textworld.EnvInfos(
-            won=True, admissible_commands=True, policy_commands=True, extras=["gamefile"]
-        )
+        infos = self._textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=True, extras=["gamefile"])
         demangler, game_infos = self._wrappers
-        self._engine = self._textworld.start(
-            self.gamefile, infos, wrappers=[demangler(shuffle=False), game_infos]
-        )
+        self._engine = self._textworld.start(self.gamefile, infos, wrappers=[demangler(shuffle=False), game_infos])
         self._state = self._engine.reset()
         self.plan = list(self._state["policy_commands"] or [])
         self._set_replanning(self.config.replan_each_step)

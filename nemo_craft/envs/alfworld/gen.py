@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 TASK_TYPES = (
@@ -68,7 +68,7 @@ def _alfworld():
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scene(layouts: Path, plan: str) -> tuple[dict[str, tuple[str, list]], tuple[str, ...]]:
     constants = _alfworld()[0]
     openable = json.loads((layouts / f"{plan}-openable.json").read_text())
@@ -124,11 +124,7 @@ def generate_game(seed: int, split: str, task_types: tuple[str, ...] = TASK_TYPE
     the others are held out (test), so test games are in unseen rooms."""
     constants, goals, domain, grammar, layouts = _alfworld()
     rng = random.Random(f"alfworld-gen:{_GEN_VERSION}:{split}:{seed}")
-    plans = [
-        p
-        for p in floor_plans()
-        if (int(p[len("FloorPlan") :]) % 10 in (6, 7, 8, 9, 0)) == (split == "test")
-    ]
+    plans = [p for p in floor_plans() if (int(p[len("FloorPlan") :]) % 10 in (6, 7, 8, 9, 0)) == (split == "test")]
     task_type = task_types[rng.randrange(len(task_types))]
     plan, receptacles, present, target, parent = _choose(rng, task_type, plans)
 
@@ -138,11 +134,7 @@ def generate_game(seed: int, split: str, task_types: tuple[str, ...] = TASK_TYPE
 
     rtypes = sorted({t for t, _ in receptacles.values()})
     holders_of = {
-        o: [
-            rid
-            for rid, (t, _) in receptacles.items()
-            if o in constants.VAL_RECEPTACLE_OBJECTS.get(t, ())
-        ]
+        o: [rid for rid, (t, _) in receptacles.items() if o in constants.VAL_RECEPTACLE_OBJECTS.get(t, ())]
         for o in present
     }
     n_target = rng.randint(2, 3) if task_type == "pick_two_obj_and_place" else rng.randint(1, 2)
@@ -162,9 +154,7 @@ def generate_game(seed: int, split: str, task_types: tuple[str, ...] = TASK_TYPE
             options = [r for r in options if receptacles[r][0] != parent]
         rid = rng.choice(options)
         while True:
-            oid = "{}|{:+06.2f}|{:+06.2f}|{:+06.2f}".format(
-                otype, rng.uniform(-3, 3), rng.uniform(0, 2), rng.uniform(-3, 3)
-            )
+            oid = f"{otype}|{rng.uniform(-3, 3):+06.2f}|{rng.uniform(0, 2):+06.2f}|{rng.uniform(-3, 3):+06.2f}"
             if oid not in used_ids:
                 used_ids.add(oid)
                 break
@@ -247,9 +237,7 @@ def generate_game(seed: int, split: str, task_types: tuple[str, ...] = TASK_TYPE
     return {"game.tw-pddl": json.dumps(game), "traj_data.json": json.dumps(traj, indent=1)}
 
 
-def game_dir(
-    cache_dir: str, seed: int, split: str, task_types: tuple[str, ...] = TASK_TYPES
-) -> str:
+def game_dir(cache_dir: str, seed: int, split: str, task_types: tuple[str, ...] = TASK_TYPES) -> str:
     """Write (once) and return the directory of the generated game for ``(seed, split)``."""
     tag = "all" if tuple(task_types) == TASK_TYPES else "-".join(sorted(task_types))
     out = Path(os.path.expanduser(cache_dir)) / f"v{_GEN_VERSION}" / tag / split / str(seed)

@@ -31,10 +31,7 @@ _LAST = (
 ).split()
 _SYLL = "ka lo ve ra tin mo sul dra pex qui zor an bel cor dim fen gar hul ix jun lum nor".split()
 _ORG_KIND = "Labs Works Institute Foundry Collective Systems Guild Observatory Press Studio".split()
-_FIELDS = (
-    "optics chemistry astronomy botany cartography linguistics metallurgy acoustics geology "
-    "robotics"
-).split()
+_FIELDS = ("optics chemistry astronomy botany cartography linguistics metallurgy acoustics geology robotics").split()
 
 
 def _coined(rng: random.Random, parts: int) -> str:
@@ -69,9 +66,7 @@ class QADataset:
         out.mkdir(parents=True, exist_ok=True)
         _write_jsonl(out / "corpus.jsonl", self.corpus)
         for split in ("train", "test"):
-            _write_jsonl(
-                out / f"{split}.jsonl", [dataclasses.asdict(q) for q in getattr(self, split)]
-            )
+            _write_jsonl(out / f"{split}.jsonl", [dataclasses.asdict(q) for q in getattr(self, split)])
         return out
 
 
@@ -103,9 +98,7 @@ def synthetic_dataset(
     """The synthetic multi-hop QA set and its corpus (a few hundred KB at the defaults)."""
     rng = random.Random(f"search_qa:{seed}")
     people = _unique_names(rng, num_people, lambda: f"{rng.choice(_FIRST)} {rng.choice(_LAST)}")
-    cities = _unique_names(
-        rng, num_cities, lambda: _coined(rng, 2) + rng.choice(["", "ton", "ford", "mere"])
-    )
+    cities = _unique_names(rng, num_cities, lambda: _coined(rng, 2) + rng.choice(["", "ton", "ford", "mere"]))
     orgs = _unique_names(rng, num_orgs, lambda: f"{_coined(rng, 3)} {rng.choice(_ORG_KIND)}")
     born = {p: rng.choice(cities) for p in people}
     field = {p: rng.choice(_FIELDS) for p in people}

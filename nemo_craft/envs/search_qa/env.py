@@ -45,9 +45,7 @@ class SearchQAConfig(EnvConfig):
         if self.dataset not in ("synthetic", "jsonl"):
             raise ValueError(f"dataset must be 'synthetic' or 'jsonl', got {self.dataset!r}")
         if self.dataset == "jsonl" and not (self.corpus_path and self.train_path):
-            raise ValueError(
-                "dataset='jsonl' needs corpus_path and train_path (test_path optional)"
-            )
+            raise ValueError("dataset='jsonl' needs corpus_path and train_path (test_path optional)")
         if self.split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
         if self.retriever not in ("bm25", "http"):
@@ -119,9 +117,7 @@ class SearchQAEnv(TextEnv):
                 lambda: load_jsonl_dataset(cfg.corpus_path, cfg.train_path, cfg.test_path or None),
             )
         if cfg.retriever == "bm25":
-            self.retriever: Retriever = _shared(
-                ("bm25",) + data_key, lambda: BM25Retriever(self.data.corpus)
-            )
+            self.retriever: Retriever = _shared(("bm25",) + data_key, lambda: BM25Retriever(self.data.corpus))
         else:
             self.retriever = HttpRetriever(cfg.retriever_url, cfg.retriever_timeout_s)
         self.items = self.data.train if cfg.split == "train" else self.data.test

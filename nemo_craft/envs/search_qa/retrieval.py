@@ -18,8 +18,9 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from nemo_craft.envs.bm25 import build_index, query_words, top_k
 
@@ -32,7 +33,7 @@ class Passage:
     score: float = 0.0
 
     @classmethod
-    def from_document(cls, doc: dict, score: float = 0.0) -> "Passage":
+    def from_document(cls, doc: dict, score: float = 0.0) -> Passage:
         contents = doc.get("contents", "")
         title, _, text = contents.partition("\n")
         return cls(str(doc.get("id", "")), title.strip().strip('"'), text.strip(), float(score))
@@ -66,11 +67,7 @@ class BM25Retriever:
             with self._lock:
                 ids, scores = top_k(self._index, words, k)
             out.append(
-                [
-                    Passage.from_document(self.corpus[int(i)], float(s))
-                    for i, s in zip(ids, scores)
-                    if float(s) > 0
-                ]
+                [Passage.from_document(self.corpus[int(i)], float(s)) for i, s in zip(ids, scores) if float(s) > 0]
             )
         return out
 
@@ -106,9 +103,7 @@ def _passage(item: dict) -> Passage:
 class RetrievalServer:
     """Serves a retriever over the retrieval-server API; ``start()`` runs it on a thread."""
 
-    def __init__(
-        self, retriever: Retriever, host: str = "127.0.0.1", port: int = 0, default_topk: int = 3
-    ):
+    def __init__(self, retriever: Retriever, host: str = "127.0.0.1", port: int = 0, default_topk: int = 3):
         handler = _make_handler(retriever, default_topk)
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
@@ -119,10 +114,8 @@ class RetrievalServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/retrieve"
 
-    def start(self) -> "RetrievalServer":
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, daemon=True, name="nemo-craft-retrieval"
-        )
+    def start(self) -> RetrievalServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="nemo-craft-retrieval")
         self._thread.start()
         return self
 
@@ -135,7 +128,7 @@ class RetrievalServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "RetrievalServer":
+    def __enter__(self) -> RetrievalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -161,12 +154,7 @@ def _make_handler(retriever: Retriever, default_topk: int):
             for query, k in zip(queries, topks):
                 found = retriever.search([query], int(k or default_topk))[0]
                 result.append(
-                    [
-                        {"document": p.document(), "score": p.score}
-                        if with_scores
-                        else p.document()
-                        for p in found
-                    ]
+                    [{"document": p.document(), "score": p.score} if with_scores else p.document() for p in found]
                 )
             self._reply(200, {"result": result})
 

@@ -64,9 +64,7 @@ class SokobanConfig(EnvConfig):
                 f"({interior} interior cells need room for boxes, targets and the player)"
             )
         if self.max_plan_length and self.max_plan_length < self.min_plan_length:
-            raise ValueError(
-                f"max_plan_length={self.max_plan_length} < min_plan_length={self.min_plan_length}"
-            )
+            raise ValueError(f"max_plan_length={self.max_plan_length} < min_plan_length={self.min_plan_length}")
 
 
 SOKOBAN_PROMPT = PromptTemplate(
@@ -105,9 +103,7 @@ class SokobanEnv(TextEnv):
         longest = cfg.max_plan_length or cfg.max_turns
         carve = int(1.5 * (cfg.height + cfg.width))
         for _ in range(cfg.max_attempts):
-            made = generate_room(
-                rng, cfg.height, cfg.width, cfg.num_boxes, pulls=cfg.pulls, carve_steps=carve
-            )
+            made = generate_room(rng, cfg.height, cfg.width, cfg.num_boxes, pulls=cfg.pulls, carve_steps=carve)
             if made is None:
                 continue
             room, player, boxes = made

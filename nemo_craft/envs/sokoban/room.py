@@ -115,9 +115,7 @@ def _reverse_play(
 
 def _min_distance(room: Room, cell: int) -> int:
     r, c = divmod(cell, room.width)
-    return min(
-        abs(r - tr) + abs(c - tc) for tr, tc in (divmod(t, room.width) for t in room.targets)
-    )
+    return min(abs(r - tr) + abs(c - tc) for tr, tc in (divmod(t, room.width) for t in room.targets))
 
 
 def generate_room(

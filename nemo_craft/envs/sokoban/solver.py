@@ -30,9 +30,7 @@ def live_squares(room: Room) -> frozenset[int]:
     return frozenset(live)
 
 
-def solve(
-    room: Room, player: int, boxes: frozenset[int], *, max_states: int = 2_000_000
-) -> list[str] | None:
+def solve(room: Room, player: int, boxes: frozenset[int], *, max_states: int = 2_000_000) -> list[str] | None:
     """Shortest list of moves that puts every box on a target; None if none within max_states."""
     if boxes <= room.targets:
         return []
@@ -40,9 +38,7 @@ def solve(
     if not boxes <= live:
         return None
     start = (player, boxes)
-    parent: dict[tuple[int, frozenset[int]], tuple[tuple[int, frozenset[int]], str] | None] = {
-        start: None
-    }
+    parent: dict[tuple[int, frozenset[int]], tuple[tuple[int, frozenset[int]], str] | None] = {start: None}
     queue = deque([start])
     while queue:
         state = queue.popleft()

@@ -24,9 +24,7 @@ import random
 import re
 
 # category -> (noun phrase choices, attributes, option types with values, price range)
-_CATEGORIES: dict[
-    str, tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[str, ...]], tuple[int, int]]
-] = {
+_CATEGORIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[str, ...]], tuple[int, int]]] = {
     "fashion › men › shoes › boots": (
         ("hiking boot", "work boot", "chelsea boot"),
         ("water resistant", "non slip", "rubber sole", "steel toe", "lace up", "memory foam"),
@@ -91,9 +89,7 @@ _CATEGORIES: dict[
         (40, 300),
     ),
 }
-_BRANDS = (
-    "Arvo Brindle Calder Dovetail Emberly Fjord Gossamer Halcyon Iverne Juniper Kestra".split()
-)
+_BRANDS = "Arvo Brindle Calder Dovetail Emberly Fjord Gossamer Halcyon Iverne Juniper Kestra".split()
 _FEATURES = "durable lightweight premium classic everyday compact modern".split()
 _TOKEN = re.compile(r"[a-z0-9]+")
 _STOP = {"and", "with", "for", "of", "the", "a", "in", "to"}
@@ -164,9 +160,7 @@ def make_catalog(seed: int = 0, num_products: int = 600) -> tuple[Product, ...]:
 
 
 def make_goal(rng: random.Random, product: Product) -> Goal:
-    attrs = tuple(
-        sorted(rng.sample(product.attributes, rng.randint(1, min(3, len(product.attributes)))))
-    )
+    attrs = tuple(sorted(rng.sample(product.attributes, rng.randint(1, min(3, len(product.attributes))))))
     options = tuple((kind, rng.choice(values)) for kind, values in product.options)
     price_upper = float(int(product.price * rng.uniform(1.1, 1.6)) + 1)
     option_text = ", and ".join(f"{kind}: {value}" for kind, value in options)
@@ -175,19 +169,13 @@ def make_goal(rng: random.Random, product: Product) -> Goal:
         + (f" with {option_text}" if option_text else "")
         + f", and price lower than {price_upper:.2f} dollars"
     )
-    return Goal(
-        product.asin, product.name, product.category, attrs, options, price_upper, instruction
-    )
+    return Goal(product.asin, product.name, product.category, attrs, options, price_upper, instruction)
 
 
 def type_reward(product: Product, goal: Goal) -> float:
     query_match = product.name == goal.name
     category_match = (
-        len(
-            {c.strip() for c in product.category.split("›")}
-            & {c.strip() for c in goal.category.split("›")}
-        )
-        >= 2
+        len({c.strip() for c in product.category.split("›")} & {c.strip() for c in goal.category.split("›")}) >= 2
     )
     desired, bought = _tokens(goal.name), _tokens(product.title)
     title_score = 0.2 if not desired else len(desired & bought) / len(desired)

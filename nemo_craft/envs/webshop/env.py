@@ -72,8 +72,7 @@ def _search_index(seed: int, num_products: int):
         key = (seed, num_products)
         if key not in _INDEXES:
             texts = [
-                f"{p.title} {p.name} {' '.join(p.attributes)} {p.category}"
-                for p in make_catalog(seed, num_products)
+                f"{p.title} {p.name} {' '.join(p.attributes)} {p.category}" for p in make_catalog(seed, num_products)
             ]
             index = build_index(texts)
             _INDEXES[key] = (index, threading.Lock())

@@ -20,8 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[3] / "nemo_craft"
 @pytest.fixture
 def launcher_env(monkeypatch):
     """A one-rank launcher's variables, restored afterwards (train and evaluate would set them)."""
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT="29555").items():
+    for key, value in dict(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29555"
+    ).items():
         monkeypatch.setenv(key, value)
 
 
@@ -53,8 +54,7 @@ def test_evaluate_without_the_engine_names_the_extra(env, monkeypatch, capsys, l
     assert "pip install 'nemo_craft[envs]'" in _one_line(capsys)
 
 
-def test_train_with_official_alfworld_games_and_no_data_directory_names_the_variable(monkeypatch, capsys,
-                                                                                      launcher_env):
+def test_train_with_official_alfworld_games_and_no_data_directory_names_the_variable(monkeypatch, capsys, launcher_env):
     monkeypatch.delenv("ALFWORLD_DATA", raising=False)
     assert train_cli.main(["env=alfworld", "env.config.data=official"]) == 2
     line = _one_line(capsys)
@@ -79,8 +79,14 @@ def test_the_package_does_not_import_the_test_harness():
         if "testing" in path.relative_to(PACKAGE).parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            offenders += [f"{path.relative_to(PACKAGE)}:{node.lineno}" for n in names
-                          if n.startswith("nemo_craft.testing")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(PACKAGE)}:{node.lineno}" for n in names if n.startswith("nemo_craft.testing")
+            ]
     assert not offenders

@@ -25,17 +25,30 @@ def _literal(hint):
 
 
 CLASSES = (ModelConfig, WandbConfig, LossConfig, ParallelConfig, RolloutConfig, GenerationConfig, PoolConfig)
-LITERALS = [(cls, name, _literal(hint)) for cls in CLASSES
-            for name, hint in typing.get_type_hints(cls).items() if _literal(hint)]
+LITERALS = [
+    (cls, name, _literal(hint))
+    for cls in CLASSES
+    for name, hint in typing.get_type_hints(cls).items()
+    if _literal(hint)
+]
 
 
 def test_the_closed_choices_are_literals():
     assert {(c.__name__, n) for c, n, _ in LITERALS} >= {
-        ("ModelConfig", "architecture"), ("ModelConfig", "params_dtype"), ("ModelConfig", "core_attention"),
-        ("WandbConfig", "mode"), ("LossConfig", "distill"), ("LossConfig", "align"),
-        ("LossConfig", "advantage_shaping"), ("ParallelConfig", "backend"),
-        ("ParallelConfig", "recompute_granularity"), ("ParallelConfig", "recompute_method"),
-        ("RolloutConfig", "backend"), ("GenerationConfig", "backend"), ("PoolConfig", "backend")}
+        ("ModelConfig", "architecture"),
+        ("ModelConfig", "params_dtype"),
+        ("ModelConfig", "core_attention"),
+        ("WandbConfig", "mode"),
+        ("LossConfig", "distill"),
+        ("LossConfig", "align"),
+        ("LossConfig", "advantage_shaping"),
+        ("ParallelConfig", "backend"),
+        ("ParallelConfig", "recompute_granularity"),
+        ("ParallelConfig", "recompute_method"),
+        ("RolloutConfig", "backend"),
+        ("GenerationConfig", "backend"),
+        ("PoolConfig", "backend"),
+    }
 
 
 @pytest.mark.parametrize("cls, name, allowed", LITERALS, ids=lambda x: getattr(x, "__name__", str(x)))

@@ -77,8 +77,13 @@ def yaml_problems(path: Path, conf: Path = CONF_DIR) -> list[str]:
         _compare(values, field_defaults(SweepSpec), SweepSpec, str(rel), problems)
         return problems
     if rel.parts[0] in GROUPS:
-        _section(GROUPS[rel.parts[0]], values, field_defaults(section_class(GROUPS[rel.parts[0]]))
-                 if GROUPS[rel.parts[0]] in SECTIONS else {}, str(rel), problems)
+        _section(
+            GROUPS[rel.parts[0]],
+            values,
+            field_defaults(section_class(GROUPS[rel.parts[0]])) if GROUPS[rel.parts[0]] in SECTIONS else {},
+            str(rel),
+            problems,
+        )
         return problems
     base = {s: field_defaults(section_class(s)) for s in SECTIONS}
     if rel.parts[0] in GLOBAL:  # what a recipe or the demo overrides: the defaults under conf/config.yaml
@@ -91,8 +96,10 @@ def yaml_problems(path: Path, conf: Path = CONF_DIR) -> list[str]:
         if key in TOP_LEVEL:
             continue
         if key not in SECTIONS and key != "env":
-            problems.append(f"{rel}: {key}: no such section (sections: {sorted([*SECTIONS, 'env'])}, "
-                            f"top-level keys: {sorted(TOP_LEVEL)})")
+            problems.append(
+                f"{rel}: {key}: no such section (sections: {sorted([*SECTIONS, 'env'])}, "
+                f"top-level keys: {sorted(TOP_LEVEL)})"
+            )
             continue
         _section(key, value, base.get(key, {}), f"{rel}:{key}", problems)
     return problems
@@ -118,20 +125,23 @@ def _bad_conf(tmp_path: Path, group: str, name: str, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("group, text, problem", [
-    ("model", "num_layers: 4\nhidden_size: 256\n", "model/bad.yaml.num_layers: 4 repeats the default"),
-    ("model", "num_layer: 8\n", "model/bad.yaml.num_layer: no such field"),
-    ("parallel", "sequence_parallel: false\ntensor_model_parallel_size: 2\n", "sequence_parallel: False repeats"),
-    ("env", "name: sokoban\nconfig:\n  height: 6\n", "env/bad.yaml.config.height: 6 repeats"),
-    ("env", "name: sokoban\npool:\n  workers: 2\n", "env/bad.yaml.pool.workers: no such field"),
-    ("method", "preset: sdar\nname: sdar\n", "method/bad.yaml.name: 'sdar' repeats"),
-    ("method", "preset: grpo\nsd_coef: 0.0\n", "method/bad.yaml.sd_coef: 0.0 repeats"),
-    ("recipe", "trainer:\n  lr: 1.0e-6\n", "recipe/bad.yaml:trainer.lr: 1e-06 repeats"),
-    ("recipe", "trainer:\n  warm_start:\n    stepz: 3\n", "trainer.warm_start.stepz: no such field"),
-    ("recipe", "checkpoint:\n  save_every: 10\n", "checkpoint.save_every: 10 repeats"),  # conf/config.yaml's
-    ("recipe", "trainr:\n  lr: 1.0\n", "trainr: no such section"),
-    ("sweep", "name: s\nlocal:\n  parallel_runs: 1\n", "local.parallel_runs: 1 repeats"),
-])
+@pytest.mark.parametrize(
+    "group, text, problem",
+    [
+        ("model", "num_layers: 4\nhidden_size: 256\n", "model/bad.yaml.num_layers: 4 repeats the default"),
+        ("model", "num_layer: 8\n", "model/bad.yaml.num_layer: no such field"),
+        ("parallel", "sequence_parallel: false\ntensor_model_parallel_size: 2\n", "sequence_parallel: False repeats"),
+        ("env", "name: sokoban\nconfig:\n  height: 6\n", "env/bad.yaml.config.height: 6 repeats"),
+        ("env", "name: sokoban\npool:\n  workers: 2\n", "env/bad.yaml.pool.workers: no such field"),
+        ("method", "preset: sdar\nname: sdar\n", "method/bad.yaml.name: 'sdar' repeats"),
+        ("method", "preset: grpo\nsd_coef: 0.0\n", "method/bad.yaml.sd_coef: 0.0 repeats"),
+        ("recipe", "trainer:\n  lr: 1.0e-6\n", "recipe/bad.yaml:trainer.lr: 1e-06 repeats"),
+        ("recipe", "trainer:\n  warm_start:\n    stepz: 3\n", "trainer.warm_start.stepz: no such field"),
+        ("recipe", "checkpoint:\n  save_every: 10\n", "checkpoint.save_every: 10 repeats"),  # conf/config.yaml's
+        ("recipe", "trainr:\n  lr: 1.0\n", "trainr: no such section"),
+        ("sweep", "name: s\nlocal:\n  parallel_runs: 1\n", "local.parallel_runs: 1 repeats"),
+    ],
+)
 def test_a_bad_yaml_is_caught(tmp_path, group, text, problem):
     problems = yaml_problems(_bad_conf(tmp_path, group, "bad.yaml", text), conf=tmp_path)
     assert any(problem in p for p in problems), problems

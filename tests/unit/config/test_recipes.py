@@ -66,19 +66,33 @@ def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
     model_parallel = p.get("tensor_model_parallel_size", 1) * p.get("pipeline_model_parallel_size", 1)
     world = model_parallel * 2  # two data-parallel replicas
     # the 8-layer-per-chunk presets need a model that splits: Llama-3.1-70B's 80 layers do
-    t = _trainer([f"parallel={preset}", "model=llama3p1_70b", "rollout.tasks_per_step=16", "rollout.group_size=8",
-                  "trainer.micro_batch_size=1"], world, monkeypatch)
+    t = _trainer(
+        [
+            f"parallel={preset}",
+            "model=llama3p1_70b",
+            "rollout.tasks_per_step=16",
+            "rollout.group_size=8",
+            "trainer.micro_batch_size=1",
+        ],
+        world,
+        monkeypatch,
+    )
     assert t.dp_size == 2
 
 
-@pytest.mark.parametrize("override, message", [
-    ("parallel.context_parallel_size=2", "context_parallel_size=2: context parallel is not implemented"),
-    ("rollout.top_p=0.9", "rollout.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
-    ("rollout.top_k=5", "rollout.top_k=5"),
-    ("rollout.temperature=0", "rollout.temperature=0.*must sample"),
-    ("parallel.pipeline_model_parallel_size=2 parallel.virtual_pipeline_model_parallel_size=2",
-     "virtual_pipeline_model_parallel_size=2: rollouts run megatron's inference engines"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("parallel.context_parallel_size=2", "context_parallel_size=2: context parallel is not implemented"),
+        ("rollout.top_p=0.9", "rollout.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
+        ("rollout.top_k=5", "rollout.top_k=5"),
+        ("rollout.temperature=0", "rollout.temperature=0.*must sample"),
+        (
+            "parallel.pipeline_model_parallel_size=2 parallel.virtual_pipeline_model_parallel_size=2",
+            "virtual_pipeline_model_parallel_size=2: rollouts run megatron's inference engines",
+        ),
+    ],
+)
 def test_values_that_cannot_work_are_refused_before_any_process_group(override, message, monkeypatch):
     with pytest.raises(ValueError, match=message):
         _trainer(override.split(), 2, monkeypatch)

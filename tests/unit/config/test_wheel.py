@@ -33,13 +33,19 @@ def installed(tmp_path_factory):
         shutil.copy(REPO / name, source / name)
     for name in ("nemo_craft", "conf"):
         shutil.copytree(REPO / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp),
-                  str(source)], cwd=tmp, env=os.environ.copy())
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp), str(source)],
+        cwd=tmp,
+        env=os.environ.copy(),
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(tmp.glob("nemo_craft-*.whl"))
     target = tmp / "site"
-    done = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target),
-                 str(wheel)], cwd=tmp, env=os.environ.copy())
+    done = _run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        cwd=tmp,
+        env=os.environ.copy(),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     env = dict(os.environ, PYTHONPATH=str(target))
     elsewhere = tmp / "elsewhere"
@@ -56,12 +62,20 @@ def test_the_wheel_ships_every_yaml_of_conf(installed):
 
 def test_the_installed_package_plans_a_recipe_from_another_directory(installed):
     _, target, env, elsewhere = installed
-    where = _run([sys.executable, "-c", "import nemo_craft, nemo_craft.config as c; print(nemo_craft.__file__); "
-                  "print(c.CONF_DIR.is_symlink())"], cwd=elsewhere, env=env)
+    where = _run(
+        [
+            sys.executable,
+            "-c",
+            "import nemo_craft, nemo_craft.config as c; print(nemo_craft.__file__); print(c.CONF_DIR.is_symlink())",
+        ],
+        cwd=elsewhere,
+        env=env,
+    )
     assert where.stdout.splitlines()[0].startswith(str(target)), where.stdout + where.stderr
     assert where.stdout.splitlines()[1] == "False"  # real files, not the checkout's link
-    plan = _run([sys.executable, "-m", "nemo_craft", "plan", "+recipe=qwen3_8b_2nodes", "--no-suggest"],
-                cwd=elsewhere, env=env)
+    plan = _run(
+        [sys.executable, "-m", "nemo_craft", "plan", "+recipe=qwen3_8b_2nodes", "--no-suggest"], cwd=elsewhere, env=env
+    )
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert "layout TP=2 PP=1 VPP=1 CP=1 DP=8" in plan.stdout, plan.stdout[-2000:]  # the recipe's, from the wheel's conf
 

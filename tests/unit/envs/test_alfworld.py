@@ -18,18 +18,13 @@ def test_generated_games_are_byte_identical_by_seed_and_cover_task_types():
     assert generate_game(3, "train") == generate_game(3, "train")
     assert generate_game(3, "train") != generate_game(4, "train")
     assert generate_game(3, "train") != generate_game(3, "test")
-    kinds = {
-        json.loads(generate_game(s, "train")["traj_data.json"])["task_type"] for s in range(40)
-    }
+    kinds = {json.loads(generate_game(s, "train")["traj_data.json"])["task_type"] for s in range(40)}
     assert kinds == set(TASK_TYPES)
 
 
 def test_train_and_test_use_different_floor_plans():
     def plans(split):
-        return {
-            json.loads(generate_game(s, split)["traj_data.json"])["scene"]["floor_plan"]
-            for s in range(30)
-        }
+        return {json.loads(generate_game(s, split)["traj_data.json"])["scene"]["floor_plan"] for s in range(30)}
 
     assert plans("train").isdisjoint(plans("test"))
 

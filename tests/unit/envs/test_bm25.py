@@ -5,9 +5,11 @@ import sys
 
 import pytest
 
-PROBE = ("import os, sys; from nemo_craft.envs.bm25 import import_bm25s; import_bm25s(); "
-         "jax = sys.modules.get('jax'); "
-         "print(os.environ.get('JAX_PLATFORMS'), jax.default_backend() if jax else None)")
+PROBE = (
+    "import os, sys; from nemo_craft.envs.bm25 import import_bm25s; import_bm25s(); "
+    "jax = sys.modules.get('jax'); "
+    "print(os.environ.get('JAX_PLATFORMS'), jax.default_backend() if jax else None)"
+)
 
 
 def _probe(env_extra: dict) -> list:

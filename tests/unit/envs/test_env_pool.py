@@ -17,12 +17,7 @@ def _run_plans(pool, seeds):
     for k in range(max(len(p) for p in plans)):
         actions = [f"<action>{p[k]}</action>" if k < len(p) else None for p in plans]
         results = pool.step(actions)
-        trace.append(
-            [
-                None if r is None else (r.observation, r.reward, r.done, r.info["success"])
-                for r in results
-            ]
-        )
+        trace.append([None if r is None else (r.observation, r.reward, r.done, r.info["success"]) for r in results])
     return trace
 
 

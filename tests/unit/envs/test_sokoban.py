@@ -40,9 +40,7 @@ def test_replaying_the_plan_solves(cfg):
 
 def test_plan_is_optimal_on_a_hand_made_room():
     grid = ["######", "#@_$.#", "######"]
-    walls = frozenset(
-        r * 6 + c for r, row in enumerate(grid) for c, ch in enumerate(row) if ch == "#"
-    )
+    walls = frozenset(r * 6 + c for r, row in enumerate(grid) for c, ch in enumerate(row) if ch == "#")
     room = Room(3, 6, walls, frozenset({10}))
     assert solve(room, 7, frozenset({9})) == ["right", "right"]  # walk, push
     assert solve(room, 7, frozenset({8})) == ["right", "right"]  # push, push
@@ -53,9 +51,7 @@ def test_plan_is_optimal_on_a_hand_made_room():
 
 def test_dead_start_is_unsolvable():
     grid = ["#####", "#$@.#", "#####"]
-    walls = frozenset(
-        r * 5 + c for r, row in enumerate(grid) for c, ch in enumerate(row) if ch == "#"
-    )
+    walls = frozenset(r * 5 + c for r, row in enumerate(grid) for c, ch in enumerate(row) if ch == "#")
     room = Room(3, 5, walls, frozenset({8}))
     assert solve(room, 7, frozenset({6})) is None
 

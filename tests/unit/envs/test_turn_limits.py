@@ -12,7 +12,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from nemo_craft.config import compose
@@ -36,8 +35,7 @@ def draws(name: str, n: int = SEEDS) -> list[tuple[str, dict, list[int]]]:
     """(label, env config, seeds) of the training draw, the trainer's validation and each
     evaluation split (the evaluator's "val" is the trainer's validation except in ScienceWorld)."""
     cfg = env_config(name)
-    out = [("train", cfg, [TRAIN_FIRST + i for i in range(n)]),
-           ("validation", cfg, [VAL_FIRST + i for i in range(n)])]
+    out = [("train", cfg, [TRAIN_FIRST + i for i in range(n)]), ("validation", cfg, [VAL_FIRST + i for i in range(n)])]
     for split in ("val", "test"):
         spec = split_spec(name, split)
         split_cfg = cfg if spec.env_split is None else {**cfg, "split": spec.env_split}
@@ -96,7 +94,7 @@ def test_scienceworld_seeds_draw_only_plans_that_fit():
 @pytest.mark.parametrize("label", ["train", "validation", "test"])
 def test_every_drawn_alfworld_plan_fits_the_turn_limit(label, n, tmp_path):
     pytest.importorskip("alfworld")
-    (cfg, seeds), = [(c, s) for name, c, s in draws("alfworld", n) if name == label]
+    ((cfg, seeds),) = [(c, s) for name, c, s in draws("alfworld", n) if name == label]
     cfg = {**cfg, "cache_dir": str(tmp_path)}
     assert too_long("alfworld", cfg, seeds) == [], f"alfworld {label}: (seed, plan, turn limit)"
 

@@ -38,7 +38,9 @@ def test_a_reward_row_where_the_runs_logged_rewards(tmp_path):
     for k, run in enumerate(spec.runs()):
         if k % 5 and run.env == "webshop":
             write_run(run.run_dir, {"val/success_rate": 0.0, "val/reward_mean": 0.01 * (k % 4)}, early=-0.02)
-    heights = {p.name: matplotlib.image.imread(p).shape[0] for p in learning_curves(collect(spec), spec, tmp_path / "p")}
+    heights = {
+        p.name: matplotlib.image.imread(p).shape[0] for p in learning_curves(collect(spec), spec, tmp_path / "p")
+    }
     assert heights["curves_webshop.png"] == 2 * heights["curves_sokoban.png"]
 
 

@@ -59,7 +59,7 @@ def test_aggregate_mean_and_std_over_finished_seeds(tmp_path):
     succ = _stat(stats, "webshop", "craft", "WebShop success")
     assert succ.mean == pytest.approx(50.0, abs=1e-12) and succ.std == pytest.approx(25.0, abs=1e-12)
     sdar = _stat(stats, "sokoban", "sdar", "Sokoban success")  # seed 3 has not finished
-    assert sdar.n == 2 and sdar.mean == pytest.approx(37.5) and sdar.std == pytest.approx(math.sqrt(2 * 12.5 ** 2))
+    assert sdar.n == 2 and sdar.mean == pytest.approx(37.5) and sdar.std == pytest.approx(math.sqrt(2 * 12.5**2))
     assert _stat(stats, "webshop", "sdar", "WebShop score").n == 0
 
 
@@ -68,8 +68,10 @@ def test_markdown_table_in_the_papers_format(tmp_path):
     md = markdown_table(aggregate(collect(spec), spec), spec, finished=8)
     lines = md.splitlines()
     assert lines[0] == "# synth"
-    assert lines[2] == ("Cells: Sokoban success / WebShop score / WebShop success (%, final validation, "
-                        "mean ± std over 3 seeds: 1, 2, 3).")
+    assert lines[2] == (
+        "Cells: Sokoban success / WebShop score / WebShop success (%, final validation, "
+        "mean ± std over 3 seeds: 1, 2, 3)."
+    )
     assert lines[4] == "| method | tiny |"
     assert lines[5] == "|---|---|"
     assert lines[6] == "| SDAR | 37.5 ± 17.7† / – / – |"
@@ -84,8 +86,16 @@ def test_csv_has_one_row_per_env_model_method_metric(tmp_path):
     rows = list(csv.DictReader(open(paths["csv"])))
     assert len(rows) == 2 * 3  # 2 methods x (1 Sokoban + 2 WebShop metrics)
     row = next(r for r in rows if r["method"] == "craft" and r["metric"] == "WebShop score")
-    assert row == {"env": "webshop", "model": "tiny", "method": "craft", "metric": "WebShop score", "n_seeds": "3",
-                   "mean_pct": "70.0000", "std_pct": "10.0000", "values_pct": "60.0000;70.0000;80.0000"}
+    assert row == {
+        "env": "webshop",
+        "model": "tiny",
+        "method": "craft",
+        "metric": "WebShop score",
+        "n_seeds": "3",
+        "mean_pct": "70.0000",
+        "std_pct": "10.0000",
+        "values_pct": "60.0000;70.0000;80.0000",
+    }
     empty = next(r for r in rows if r["method"] == "sdar" and r["metric"] == "WebShop score")
     assert empty["n_seeds"] == "0" and empty["mean_pct"] == "" and empty["values_pct"] == ""
     assert paths["markdown"].read_text().startswith("# synth")

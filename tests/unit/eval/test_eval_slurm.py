@@ -35,8 +35,10 @@ def test_manifest_has_a_tab_separated_line_per_run(tmp_path):
 
 
 def test_sbatch_commands_one_array_per_node_count(tmp_path):
-    text = SPEC.replace("tiny: {{overrides: [], nodes: 1}}",
-                        "tiny: {{overrides: [], nodes: 1}}\n  qwen3_8b: {{overrides: [], nodes: 2}}")
+    text = SPEC.replace(
+        "tiny: {{overrides: [], nodes: 1}}",
+        "tiny: {{overrides: [], nodes: 1}}\n  qwen3_8b: {{overrides: [], nodes: 2}}",
+    )
     text += "slurm: {{time: '02:00:00', max_parallel: 4, sbatch_args: [--partition=batch]}}\n"
     spec = SweepSpec.load(write_spec(tmp_path, text))
     runs = [r for r in spec.runs() if r.index not in (0, 1)]  # two finished
@@ -45,9 +47,17 @@ def test_sbatch_commands_one_array_per_node_count(tmp_path):
     one, two = cmds
     log = (tmp_path / "sweep" / "slurm").resolve()
     tiny = index_ranges([r.index for r in runs if r.model == "tiny"])
-    assert one == ["sbatch", f"--array={tiny}%4", "--nodes=1", "--job-name=craft-synth", "--time=02:00:00",
-                   f"--output={log}/%x-%A_%a.out", "--partition=batch", "scripts/slurm/sweep_array.sbatch",
-                   str((tmp_path / "m.tsv").resolve())]
+    assert one == [
+        "sbatch",
+        f"--array={tiny}%4",
+        "--nodes=1",
+        "--job-name=craft-synth",
+        "--time=02:00:00",
+        f"--output={log}/%x-%A_%a.out",
+        "--partition=batch",
+        "scripts/slurm/sweep_array.sbatch",
+        str((tmp_path / "m.tsv").resolve()),
+    ]
     assert tiny == "2-5,12-17" and two[1] == "--array=6-11,18-23%4" and two[2] == "--nodes=2"
 
 
@@ -66,10 +76,22 @@ def test_cli_slurm_dry_run_submits_only_unfinished_runs(tmp_path, capsys, monkey
 
 
 def _array_task(manifest, task, code_dir):
-    env = {**os.environ, "DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": str(task), "SLURM_JOB_ID": "77",
-           "SLURM_ARRAY_JOB_ID": "70", "CODE_DIR": str(code_dir), "MASTER_ADDR": "n0"}
-    return subprocess.run(["bash", str(REPO / "scripts/slurm/sweep_array.sbatch"), str(manifest)], env=env,
-                          capture_output=True, text=True, timeout=30)
+    env = {
+        **os.environ,
+        "DRY_RUN": "1",
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_JOB_ID": "77",
+        "SLURM_ARRAY_JOB_ID": "70",
+        "CODE_DIR": str(code_dir),
+        "MASTER_ADDR": "n0",
+    }
+    return subprocess.run(
+        ["bash", str(REPO / "scripts/slurm/sweep_array.sbatch"), str(manifest)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_array_script_runs_its_manifest_line(tmp_path):
@@ -80,10 +102,12 @@ def test_array_script_runs_its_manifest_line(tmp_path):
     out = _array_task(manifest, 7, tmp_path)
     assert out.returncode == 0, out.stderr
     cmd = shlex.split(out.stdout.strip())
-    assert cmd[0] == "srun" and f"--container-mounts={tmp_path}:/workspace/nemo_craft,{tmp_path}/logs/70_7:" \
-        f"{tmp_path}/logs/70_7" in cmd
+    assert (
+        cmd[0] == "srun"
+        and f"--container-mounts={tmp_path}:/workspace/nemo_craft,{tmp_path}/logs/70_7:{tmp_path}/logs/70_7" in cmd
+    )
     i = cmd.index("scripts/slurm/launch.sh")
-    assert cmd[i + 1:] == list(run.overrides) and "env.config.task_types=[a, b]" in cmd
+    assert cmd[i + 1 :] == list(run.overrides) and "env.config.task_types=[a, b]" in cmd
     write_run(run.run_dir, {"val/success_rate": 1.0})
     out = _array_task(manifest, 7, tmp_path)
     assert out.returncode == 0 and "already finished" in out.stdout

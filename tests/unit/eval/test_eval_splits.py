@@ -26,13 +26,25 @@ def test_unknown_split_or_environment_is_refused():
 
 
 def _ep(seed, success, score, turns, reward=0.0, error=None):
-    return {"task_seed": seed, "success": success, "score": score, "reward": reward, "num_turns": turns,
-            "n_invalid": 1, "finish_reason": "done", "error": error}
+    return {
+        "task_seed": seed,
+        "success": success,
+        "score": score,
+        "reward": reward,
+        "num_turns": turns,
+        "n_invalid": 1,
+        "finish_reason": "done",
+        "error": error,
+    }
 
 
 def test_summary_reports_the_papers_metrics_in_percent():
-    eps = [_ep(0, True, 1.0, 4, 1.0), _ep(1, False, 0.5, 6), _ep(2, False, 0.0, 15, error="timeout"),
-           _ep(3, True, 1.0, 5, 1.0)]
+    eps = [
+        _ep(0, True, 1.0, 4, 1.0),
+        _ep(1, False, 0.5, 6),
+        _ep(2, False, 0.0, 15, error="timeout"),
+        _ep(3, True, 1.0, 5, 1.0),
+    ]
     s = summarize(eps, "webshop")
     assert s["n_tasks"] == 4 and s["success_rate"] == 0.5 and s["score_mean"] == 0.625
     assert s["turns_mean"] == 7.5 and s["reward_mean"] == 0.5 and s["env_errors"] == 1
@@ -45,9 +57,17 @@ def test_summary_reports_the_papers_metrics_in_percent():
 
 
 def test_markdown_summary():
-    result = {"env": "webshop", "method": "craft", "split": "test", "env_split": "test", "first_seed": 0,
-              "checkpoint": None, "step": None, "temperature": 0.4,
-              "summary": summarize([_ep(0, True, 1.0, 4), _ep(1, False, 0.5, 6)], "webshop")}
+    result = {
+        "env": "webshop",
+        "method": "craft",
+        "split": "test",
+        "env_split": "test",
+        "first_seed": 0,
+        "checkpoint": None,
+        "step": None,
+        "temperature": 0.4,
+        "summary": summarize([_ep(0, True, 1.0, 4), _ep(1, False, 0.5, 6)], "webshop"),
+    }
     md = markdown_summary(result).splitlines()
     assert md[0] == "# craft on webshop (test split)"
     assert "initial weights" in md[2] and "temperature 0.4" in md[2]

@@ -16,16 +16,33 @@ def test_runs_are_the_product_with_merged_overrides(tmp_path):
     spec = SweepSpec.load(write_spec(tmp_path))
     runs = spec.runs()
     assert len(runs) == 2 * 1 * 2 * 3 and [r.index for r in runs] == list(range(12))
-    assert [r.name for r in runs[:4]] == ["sokoban/tiny/sdar/seed1", "sokoban/tiny/sdar/seed2",
-                                         "sokoban/tiny/sdar/seed3", "sokoban/tiny/craft/seed1"]
+    assert [r.name for r in runs[:4]] == [
+        "sokoban/tiny/sdar/seed1",
+        "sokoban/tiny/sdar/seed2",
+        "sokoban/tiny/sdar/seed3",
+        "sokoban/tiny/craft/seed1",
+    ]
     r = runs[-1]
     assert r.run_dir == tmp_path / "sweep" / "runs" / "webshop" / "tiny" / "craft" / "seed3"
-    assert r.overrides == ("env=webshop", "model=tiny", "method=craft", "seed=3", "trainer.max_steps=3",
-                           "logging.progress_bar=false", "env.config.max_turns=15", f"run_dir={r.run_dir}")
+    assert r.overrides == (
+        "env=webshop",
+        "model=tiny",
+        "method=craft",
+        "seed=3",
+        "trainer.max_steps=3",
+        "logging.progress_bar=false",
+        "env.config.max_turns=15",
+        f"run_dir={r.run_dir}",
+    )
     cmd = r.train_command(python="py")
     assert cmd == ["py", "-m", "nemo_craft", "train", *r.overrides, "checkpoint.resume=auto"]
-    assert r.train_command(8, python="py")[:5] == ["py", "-m", "torch.distributed.run", "--standalone",
-                                                   "--nproc-per-node=8"]
+    assert r.train_command(8, python="py")[:5] == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=8",
+    ]
 
 
 def test_later_overrides_win_per_key():
@@ -34,12 +51,15 @@ def test_later_overrides_win_per_key():
         merge_overrides(["oops"])
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("[sdar, craft]", "[sdar, nope]"), r"methods \['nope'\] have no conf/method"),
-    (("webshop: ", "shop: "), r"envs \['shop'\] have no conf/env"),
-    (("seeds: [1, 2, 3]", "seeds: [1, 1]"), "distinct integers"),
-    (("seeds: [1, 2, 3]", "seeds: [1]\nbogus: 1"), r"unknown key\(s\) \['bogus'\]"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("[sdar, craft]", "[sdar, nope]"), r"methods \['nope'\] have no conf/method"),
+        (("webshop: ", "shop: "), r"envs \['shop'\] have no conf/env"),
+        (("seeds: [1, 2, 3]", "seeds: [1, 1]"), "distinct integers"),
+        (("seeds: [1, 2, 3]", "seeds: [1]\nbogus: 1"), r"unknown key\(s\) \['bogus'\]"),
+    ],
+)
 def test_bad_spec_is_refused_with_the_key(tmp_path, edit, message):
     with pytest.raises(ValueError, match=message):
         SweepSpec.load(write_spec(tmp_path, SPEC.replace(*edit)))
@@ -59,8 +79,12 @@ def test_shipped_sweeps_load():
     assert paper.methods == ["grpo", "grpo_opsd", "sdar", "adaptive_cringe", "craft"]
     qa = next(r for r in paper.runs() if r.env == "search_qa")
     assert "rollout.tasks_per_step=128" in qa.overrides and "rollout.tasks_per_step=16" not in qa.overrides
-    assert {"trainer.max_steps=150", "rollout.group_size=8", "trainer.lr=1.0e-6",
-            "rollout.max_tokens_per_turn=512"} <= set(qa.overrides)
+    assert {
+        "trainer.max_steps=150",
+        "rollout.group_size=8",
+        "trainer.lr=1.0e-6",
+        "rollout.max_tokens_per_turn=512",
+    } <= set(qa.overrides)
 
 
 def _checkpoint(run_dir, step, max_steps):
@@ -87,8 +111,15 @@ def test_local_runner_skips_finished_runs_and_marks_successes(tmp_path, monkeypa
     runs = spec.runs()[:3]
     write_run(runs[0].run_dir, {"val/success_rate": 1.0})
     codes = {runs[1].index: 0, runs[2].index: 3}
-    monkeypatch.setattr(RunSpec, "train_command", lambda self, n=1: [
-        sys.executable, "-c", f"import sys; print('training {self.name}'); sys.exit({codes[self.index]})"])
+    monkeypatch.setattr(
+        RunSpec,
+        "train_command",
+        lambda self, n=1: [
+            sys.executable,
+            "-c",
+            f"import sys; print('training {self.name}'); sys.exit({codes[self.index]})",
+        ],
+    )
     assert sweep_cli.run_local(spec, runs, dry_run=False) == 1
     done = json.loads((runs[1].run_dir / "done.json").read_text())
     assert done["exit_code"] == 0 and done["method"] == "sdar" and done["seed"] == 2
@@ -105,11 +136,14 @@ def test_local_runner_runs_parallel_runs_at_once_with_their_thread_count(tmp_pat
     stamps.mkdir()
     # Each run waits until a second run has started (or 20 s pass): one after another, the
     # first would time out and fail; two at a time, both see each other.
-    body = ("import os, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); (d / sys.argv[2]).touch(); "
-            "t = time.time()\nwhile len(list(d.iterdir())) < 2 and time.time() - t < 20: time.sleep(0.05)\n"
-            "print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(0 if len(list(d.iterdir())) >= 2 else 4)")
-    monkeypatch.setattr(RunSpec, "train_command", lambda self, n=1: [sys.executable, "-c", body, str(stamps),
-                                                                       str(self.index)])
+    body = (
+        "import os, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); (d / sys.argv[2]).touch(); "
+        "t = time.time()\nwhile len(list(d.iterdir())) < 2 and time.time() - t < 20: time.sleep(0.05)\n"
+        "print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(0 if len(list(d.iterdir())) >= 2 else 4)"
+    )
+    monkeypatch.setattr(
+        RunSpec, "train_command", lambda self, n=1: [sys.executable, "-c", body, str(stamps), str(self.index)]
+    )
     assert sweep_cli.run_local(spec, runs, dry_run=False) == 0
     for run in runs:
         assert "threads 1" in (run.run_dir / "train.log").read_text()

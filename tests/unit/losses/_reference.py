@@ -21,8 +21,9 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(_INT[a.dtype]), b.view(_INT[b.dtype]))
 
 
-def composed_sdar_loss(logits, targets, batch, cfg, *, lam, beta, credit, polarized, tp_group=None,
-                       num_global_tokens=None):
+def composed_sdar_loss(
+    logits, targets, batch, cfg, *, lam, beta, credit, polarized, tp_group=None, num_global_tokens=None
+):
     """The SDAR loss written out from the library's term functions with the given pillars
     present (credit, weights, KL kind): what a pillar switched off must reproduce bit for bit."""
     mask = batch.loss_mask
@@ -32,8 +33,11 @@ def composed_sdar_loss(logits, targets, batch, cfg, *, lam, beta, credit, polari
     adv = batch.advantages.float()[:, None].expand(mask.shape)[mask]
     pg, _ = terms.pg_clip(st.logp, lo, adv, eps=cfg.clip_eps, dual_clip=cfg.dual_clip)
     per = pg + terms.entropy_bonus(st.entropy, coef=cfg.entropy_coef)
-    kl = (terms.polarized_kl(st.logp, lr, c, clamp=cfg.kl_clamp) if polarized
-          else terms.k3(st.logp, lr, clamp=cfg.kl_clamp))
+    kl = (
+        terms.polarized_kl(st.logp, lr, c, clamp=cfg.kl_clamp)
+        if polarized
+        else terms.k3(st.logp, lr, clamp=cfg.kl_clamp)
+    )
     per = per + beta * kl
     per = per + terms.sd_term(st.logp, lt, c, coef=lam)
     return per.sum() / (num_global_tokens or int(mask.sum()))
@@ -61,12 +65,19 @@ def make_batch(*, n_groups=3, group_size=4, seq=24, seed=0, dtype=torch.float32,
                 mask[i, s], turn[i, s], pos[i, s] = True, k, t
                 s += 1
             k += 1
+
     def lp():
         return (-3 * torch.rand(b, seq, generator=gen)).to(dtype)
+
     return TokenBatch(
-        logp_old=lp(), logp_teacher=lp(), logp_ref=lp(), loss_mask=mask,
+        logp_old=lp(),
+        logp_teacher=lp(),
+        logp_ref=lp(),
+        loss_mask=mask,
         rewards=torch.randint(0, 3, (b,), generator=gen).float() + 0.1 * torch.rand(b, generator=gen),
-        group_ids=torch.tensor(groups), turn_ids=turn, pos_in_turn=pos,
+        group_ids=torch.tensor(groups),
+        turn_ids=turn,
+        pos_in_turn=pos,
     )
 
 
@@ -145,8 +156,10 @@ def ref_loss(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, crin
             A = batch.advantages[b].double()
             d = delta[b, s]
             if cfg.advantage_shaping == "rlsd":
-                A = A * ((1 - cfg.rlsd_mix) + cfg.rlsd_mix * torch.clamp(
-                    torch.exp(torch.sign(A) * d), 1 - cfg.rlsd_eps, 1 + cfg.rlsd_eps))
+                A = A * (
+                    (1 - cfg.rlsd_mix)
+                    + cfg.rlsd_mix * torch.clamp(torch.exp(torch.sign(A) * d), 1 - cfg.rlsd_eps, 1 + cfg.rlsd_eps)
+                )
             r = torch.exp(lp - lo)
             pg = torch.maximum(-A * r, -A * torch.clamp(r, 1 - cfg.clip_eps, 1 + cfg.clip_eps))
             if A < 0:
@@ -168,7 +181,8 @@ def ref_loss(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, crin
                     term = term + lam * c * (lt - lp)
                 elif d < 0:
                     term = term + lam * torch.nn.functional.softplus(
-                        z64[b, s, targets[b, s]] - z64[b, s, int(cringe_pos[b, s])])
+                        z64[b, s, targets[b, s]] - z64[b, s, int(cringe_pos[b, s])]
+                    )
             total = total + term
     return total / n
 

@@ -20,11 +20,12 @@ def _data(dtype, seed=0):
     logits = (2 * torch.randn(raw.batch_size, 18, V, generator=gen)).to(dtype)
     targets = torch.randint(0, V, (raw.batch_size, 18), generator=gen)
     lp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
-    ref = (lp + 0.3 * torch.randn(lp.shape, generator=gen))
+    ref = lp + 0.3 * torch.randn(lp.shape, generator=gen)
     exact = vocab_parallel_token_stats(logits, targets, torch.ones_like(raw.loss_mask)).logp.view(lp.shape)
     ref[:, ::5] = exact[:, ::5]
-    raw = dataclasses.replace(raw, logp_old=(lp + 0.2 * torch.randn(lp.shape, generator=gen)).to(dtype),
-                              logp_ref=ref.to(dtype))  # some tokens with logp_ref == logp exactly
+    raw = dataclasses.replace(
+        raw, logp_old=(lp + 0.2 * torch.randn(lp.shape, generator=gen)).to(dtype), logp_ref=ref.to(dtype)
+    )  # some tokens with logp_ref == logp exactly
     return raw, logits, targets
 
 
@@ -51,8 +52,9 @@ def test_each_switch_off_equals_that_pillar_absent(dtype, cf, ctrl, pol):
     lam, beta = (state.lam, state.beta) if ctrl else (0.01, 0.01)
     if ctrl:
         assert (lam, beta) != (0.01, 0.01)
-    ref_loss, ref_grad = _run(lambda x: composed_sdar_loss(x, targets, batch, cfg, lam=lam, beta=beta, credit=credit,
-                                                  polarized=pol), logits)
+    ref_loss, ref_grad = _run(
+        lambda x: composed_sdar_loss(x, targets, batch, cfg, lam=lam, beta=beta, credit=credit, polarized=pol), logits
+    )
     assert bits_equal(loss, ref_loss) and bits_equal(grad, ref_grad)
 
 

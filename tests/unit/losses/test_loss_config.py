@@ -8,14 +8,24 @@ from nemo_craft.losses import PRESETS, LossConfig
 def test_presets_encode_the_spec_methods():
     sdar = LossConfig.preset("sdar")
     assert (sdar.clip_eps, sdar.dual_clip, sdar.entropy_coef, sdar.kl_coef, sdar.kl_clamp) == (
-        0.2, 3.0, 0.001, 0.01, 10.0)
+        0.2,
+        3.0,
+        0.001,
+        0.01,
+        10.0,
+    )
     assert (sdar.gate_beta, sdar.sd_coef, sdar.distill) == (5.0, 0.01, "sdar")
     assert not (sdar.counterfactual or sdar.controller or sdar.polarized_kl)
     craft = LossConfig.preset("craft")
     assert craft.counterfactual and craft.controller and craft.polarized_kl
     assert (craft.cti_clip, craft.cti_tau, craft.cti_kappa, craft.align) == (5.0, 1.0, 1.0, "turn_position")
     assert (craft.ema_rho, craft.target_activity, craft.eta_up, craft.eta_down, craft.controller_bound) == (
-        0.9, 0.5, 2.0, 1.0, 10.0)
+        0.9,
+        0.5,
+        2.0,
+        1.0,
+        10.0,
+    )
     assert LossConfig.preset("grpo").distill == "none" and LossConfig.preset("grpo").sd_coef == 0.0
     assert LossConfig.preset("grpo_opsd").gate_beta == 0.0
     rlsd = LossConfig.preset("rlsd")
@@ -29,6 +39,7 @@ def test_presets_encode_the_spec_methods():
 
 def test_every_field_is_documented():
     import inspect
+
     src = inspect.getsource(LossConfig)
     for f in dataclasses.fields(LossConfig):
         after = src.split(f"    {f.name}:", 1)[1].split("\n", 2)[1]
@@ -47,19 +58,22 @@ def test_unknown_preset_lists_presets():
         LossConfig.preset("crafty")
 
 
-@pytest.mark.parametrize("field,value,allowed", [
-    ("align", "token", "turn_position"),
-    ("distill", "kl", "sdar"),
-    ("advantage_shaping", "gae", "rlsd"),
-    ("counterfactual", 1, "true or false"),
-    ("chunk_size", 0, "integer >= 1"),
-    ("cringe_k", 2.5, "integer >= 1"),
-    ("clip_eps", 1.5, r"\(0.0, 1.0\)"),
-    ("cti_tau", 0.0, r"\(0.0, inf\]"),
-    ("ema_rho", 1.0, r"\[0.0, 1.0\)"),
-    ("kl_coef", float("nan"), "finite"),
-    ("controller_bound", 0.5, r"\[1.0, inf\]"),
-])
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("align", "token", "turn_position"),
+        ("distill", "kl", "sdar"),
+        ("advantage_shaping", "gae", "rlsd"),
+        ("counterfactual", 1, "true or false"),
+        ("chunk_size", 0, "integer >= 1"),
+        ("cringe_k", 2.5, "integer >= 1"),
+        ("clip_eps", 1.5, r"\(0.0, 1.0\)"),
+        ("cti_tau", 0.0, r"\(0.0, inf\]"),
+        ("ema_rho", 1.0, r"\[0.0, 1.0\)"),
+        ("kl_coef", float("nan"), "finite"),
+        ("controller_bound", 0.5, r"\[1.0, inf\]"),
+    ],
+)
 def test_validation_names_the_value_and_what_is_allowed(field, value, allowed):
     with pytest.raises(ValueError, match=rf"loss\.{field}={value!r}.*{allowed}"):
         LossConfig(**{field: value})

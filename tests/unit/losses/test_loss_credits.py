@@ -15,8 +15,10 @@ def _one_token_group(rewards, deltas, groups=None, pos=None):
     """One action token per sample at (turn 0, pos 0) unless ``pos`` says otherwise."""
     b = len(rewards)
     return TokenBatch(
-        logp_old=torch.zeros(b, 1), logp_teacher=torch.tensor(deltas, dtype=torch.float32)[:, None],
-        logp_ref=torch.zeros(b, 1), loss_mask=torch.ones(b, 1, dtype=torch.bool),
+        logp_old=torch.zeros(b, 1),
+        logp_teacher=torch.tensor(deltas, dtype=torch.float32)[:, None],
+        logp_ref=torch.zeros(b, 1),
+        loss_mask=torch.ones(b, 1, dtype=torch.bool),
         rewards=torch.tensor(rewards, dtype=torch.float32),
         group_ids=torch.tensor(groups if groups is not None else [0] * b),
         turn_ids=torch.zeros(b, 1, dtype=torch.long),
@@ -29,8 +31,9 @@ def test_cti_hand_computed_leave_one_out():
     batch = compute_credits(_one_token_group([1.0, 0.0, 0.0], [0.0, math.log(2.0), 0.0]), CRAFT)
     r3 = math.sqrt(3.0)
     f64 = dict(dtype=torch.float64)
-    torch.testing.assert_close(batch.advantages.double(), torch.tensor([2 / r3, -1 / r3, -1 / r3], **f64),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        batch.advantages.double(), torch.tensor([2 / r3, -1 / r3, -1 / r3], **f64), atol=1e-5, rtol=0
+    )
     # CTI_0 = (2 A_1 + A_2)/3 - A_0 = -sqrt 3 ; CTI_1 = (A_0 + A_2)/2 - A_1 = sqrt(3)/2 ;
     # CTI_2 = (A_0 + 2 A_1)/3 - A_2 = 1/sqrt 3
     torch.testing.assert_close(batch.cti[:, 0].double(), torch.tensor([-r3, r3 / 2, 1 / r3], **f64), atol=1e-5, rtol=0)
@@ -53,8 +56,9 @@ def test_cti_weights_clamped_at_C():
 def test_singleton_group_and_no_sibling_at_position_fall_back_to_the_gate():
     # group 0: three samples, sample 2's token sits at pos 1 where nobody else has one;
     # group 1: one sample (A = 0, CTI undefined).
-    batch = compute_credits(_one_token_group([1.0, 0.0, 0.5, 3.0], [0.3, -0.2, 0.1, 0.4],
-                                             groups=[0, 0, 0, 1], pos=[0, 0, 1, 0]), CRAFT)
+    batch = compute_credits(
+        _one_token_group([1.0, 0.0, 0.5, 3.0], [0.3, -0.2, 0.1, 0.4], groups=[0, 0, 0, 1], pos=[0, 0, 1, 0]), CRAFT
+    )
     assert batch.stats["n_singleton_groups"] == 1 and batch.stats["n_fallback_tokens"] == 2
     assert float(batch.advantages[3]) == 0.0
     assert torch.equal(batch.credit[2:], batch.gate[2:]) and torch.equal(batch.cti[2:], torch.zeros(2, 1))
@@ -65,10 +69,15 @@ def test_singleton_group_and_no_sibling_at_position_fall_back_to_the_gate():
 def test_turn_mean_uses_the_turns_mean_delta_for_every_token():
     # two samples, turn 0 of lengths 3 and 1, Delta means 0.2 and -1.0
     b = TokenBatch(
-        logp_old=torch.zeros(2, 3), logp_teacher=torch.tensor([[0.1, 0.2, 0.3], [-1.0, 0.0, 0.0]]),
-        logp_ref=torch.zeros(2, 3), loss_mask=torch.tensor([[True, True, True], [True, False, False]]),
-        rewards=torch.tensor([1.0, 0.0]), group_ids=torch.tensor([0, 0]),
-        turn_ids=torch.zeros(2, 3, dtype=torch.long), pos_in_turn=torch.tensor([[0, 1, 2], [0, 0, 0]]))
+        logp_old=torch.zeros(2, 3),
+        logp_teacher=torch.tensor([[0.1, 0.2, 0.3], [-1.0, 0.0, 0.0]]),
+        logp_ref=torch.zeros(2, 3),
+        loss_mask=torch.tensor([[True, True, True], [True, False, False]]),
+        rewards=torch.tensor([1.0, 0.0]),
+        group_ids=torch.tensor([0, 0]),
+        turn_ids=torch.zeros(2, 3, dtype=torch.long),
+        pos_in_turn=torch.tensor([[0, 1, 2], [0, 0, 0]]),
+    )
     mean_cfg = LossConfig.preset("craft", align="turn_mean")
     out = compute_credits(b, mean_cfg)
     a = out.advantages.double()
@@ -79,10 +88,15 @@ def test_turn_mean_uses_the_turns_mean_delta_for_every_token():
     assert pos.stats["n_fallback_tokens"] == 2 and out.stats["n_fallback_tokens"] == 0
     # weights differ: with three siblings the turn mean enters w
     b3 = TokenBatch(
-        logp_old=torch.zeros(3, 2), logp_teacher=torch.tensor([[0.0, 0.0], [1.0, 3.0], [0.5, 0.0]]),
-        logp_ref=torch.zeros(3, 2), loss_mask=torch.tensor([[True, False], [True, True], [True, False]]),
-        rewards=torch.tensor([1.0, 0.0, 4.0]), group_ids=torch.zeros(3, dtype=torch.long),
-        turn_ids=torch.zeros(3, 2, dtype=torch.long), pos_in_turn=torch.tensor([[0, 0], [0, 1], [0, 0]]))
+        logp_old=torch.zeros(3, 2),
+        logp_teacher=torch.tensor([[0.0, 0.0], [1.0, 3.0], [0.5, 0.0]]),
+        logp_ref=torch.zeros(3, 2),
+        loss_mask=torch.tensor([[True, False], [True, True], [True, False]]),
+        rewards=torch.tensor([1.0, 0.0, 4.0]),
+        group_ids=torch.zeros(3, dtype=torch.long),
+        turn_ids=torch.zeros(3, 2, dtype=torch.long),
+        pos_in_turn=torch.tensor([[0, 0], [0, 1], [0, 0]]),
+    )
     out3 = compute_credits(b3, mean_cfg)
     a = out3.advantages.double()
     w1, w2 = math.exp(2.0), math.exp(0.5)
@@ -141,6 +155,7 @@ def test_duplicate_positions_are_rejected():
     pos = raw.pos_in_turn.clone()
     pos[:] = 0
     import dataclasses
+
     with pytest.raises(ValueError, match="share \\(turn_ids, pos_in_turn\\)"):
         compute_credits(dataclasses.replace(raw, pos_in_turn=pos), CRAFT)
 
@@ -149,7 +164,8 @@ def test_counterfactual_function_returns_ess_and_defined():
     raw = _one_token_group([1.0, 0.0], [0.0, 0.0], groups=[0, 0])
     adv = torch.tensor([1.0, -1.0])
     cti, defined, ess = counterfactual_token_importance(
-        raw.logp_teacher, adv, raw.loss_mask, raw.group_ids, raw.turn_ids, raw.pos_in_turn)
+        raw.logp_teacher, adv, raw.loss_mask, raw.group_ids, raw.turn_ids, raw.pos_in_turn
+    )
     assert cti.dtype == torch.float64 and defined.all()
     assert torch.equal(cti[:, 0], torch.tensor([-2.0, 2.0], dtype=torch.float64))
     assert torch.equal(ess[:, 0], torch.ones(2, dtype=torch.float64))

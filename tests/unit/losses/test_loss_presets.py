@@ -18,9 +18,13 @@ def _setup(seed=0, **kw):
     # put the rollout log-probs near the policy's so the ratio is not always clipped
     lp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
     import dataclasses
-    raw = dataclasses.replace(raw, logp_old=lp + 0.2 * torch.randn(lp.shape, generator=gen),
-                              logp_ref=lp + 0.5 * torch.randn(lp.shape, generator=gen),
-                              logp_teacher=lp + torch.randn(lp.shape, generator=gen))
+
+    raw = dataclasses.replace(
+        raw,
+        logp_old=lp + 0.2 * torch.randn(lp.shape, generator=gen),
+        logp_ref=lp + 0.5 * torch.randn(lp.shape, generator=gen),
+        logp_teacher=lp + torch.randn(lp.shape, generator=gen),
+    )
     return raw, logits, targets
 
 
@@ -44,8 +48,15 @@ def test_preset_matches_reference(name):
     torch.testing.assert_close(loss.double(), ref.detach(), rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(leaf.grad.double(), ref_leaf.grad, rtol=1e-5, atol=1e-8)
     assert metrics["controller/lambda"] == lam and metrics["controller/beta"] == beta
-    for key in ("loss/kl_ref", "loss/entropy", "loss/clip_frac", "credit/gate_activity",
-                "credit/frac_pos_credit", "credit/frac_neg_credit", "credit/n_singleton_groups"):
+    for key in (
+        "loss/kl_ref",
+        "loss/entropy",
+        "loss/clip_frac",
+        "credit/gate_activity",
+        "credit/frac_pos_credit",
+        "credit/frac_neg_credit",
+        "credit/n_singleton_groups",
+    ):
         assert key in metrics
     if cfg.counterfactual:
         assert metrics["credit/ess"] >= 1.0 and metrics["credit/mean_abs_cti"] > 0
@@ -66,8 +77,10 @@ def test_metrics_add_up_over_micro_batches():
     cfg = LossConfig.preset("craft")
     batch = compute_credits(raw, cfg)
     full, m_full = policy_loss(logits, targets, batch, cfg)
-    parts = [policy_loss(logits[i:i + 3], targets[i:i + 3], batch.select(slice(i, i + 3)), cfg)
-             for i in range(0, raw.batch_size, 3)]
+    parts = [
+        policy_loss(logits[i : i + 3], targets[i : i + 3], batch.select(slice(i, i + 3)), cfg)
+        for i in range(0, raw.batch_size, 3)
+    ]
     torch.testing.assert_close(sum(p[0] for p in parts), full, rtol=1e-6, atol=1e-7)
     for key in ("loss/kl_ref", "loss/entropy", "loss/clip_frac", "loss/pg"):
         assert sum(p[1][key] for p in parts) == pytest.approx(m_full[key], rel=1e-9, abs=1e-12)
@@ -88,6 +101,7 @@ def test_cringe_draw_changes_with_the_step_only():
 def test_empty_batch_gives_zero_loss_and_zero_gradient():
     raw, logits, targets = _setup()
     import dataclasses
+
     batch = compute_credits(dataclasses.replace(raw, loss_mask=torch.zeros_like(raw.loss_mask)), LossConfig())
     leaf = logits.clone().requires_grad_(True)
     loss, _ = policy_loss(leaf, targets, batch, LossConfig())
@@ -108,6 +122,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"logits must be \[B, S, V/TP\]"):
         policy_loss(logits[:, :5], targets, batch, cfg)
     import dataclasses
+
     for name in ("logp_old", "logp_teacher", "logp_ref"):
         t = getattr(raw, name).clone()
         t[raw.loss_mask] = float("nan")

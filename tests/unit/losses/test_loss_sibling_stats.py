@@ -9,7 +9,8 @@ def _units(n=500, seed=0):
     gen = torch.Generator().manual_seed(seed)
     keys = torch.stack([torch.randint(0, 7, (n,), generator=gen), torch.randint(0, 5, (n,), generator=gen)], 1)
     values = torch.randn(n, 2, generator=gen, dtype=torch.float64) * torch.exp(
-        10 * torch.randn(n, 1, generator=gen, dtype=torch.float64))
+        10 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    )
     return keys, values
 
 

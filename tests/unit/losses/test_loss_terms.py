@@ -13,8 +13,16 @@ def t(*xs):
 
 
 def test_every_term_declares_token_mean_reduction():
-    for name in ("pg_clip", "entropy_bonus", "k3", "forward_kl_surrogate", "polarized_kl", "sd_term",
-                 "skill_sd_term", "cringe_term"):
+    for name in (
+        "pg_clip",
+        "entropy_bonus",
+        "k3",
+        "forward_kl_surrogate",
+        "polarized_kl",
+        "sd_term",
+        "skill_sd_term",
+        "cringe_term",
+    ):
         assert getattr(terms, name).reduction == "token_mean"
 
 
@@ -48,15 +56,21 @@ def test_sd_skill_cringe_entropy_rlsd():
     logp, lt, lo = t(-1.0, -2.0), t(-0.5, -2.5), t(-1.2, -1.9)
     torch.testing.assert_close(terms.sd_term(logp, lt, t(0.5, -1.0), coef=0.01), 0.01 * t(0.5 * 0.5, -1.0 * -0.5))
     u = logp - lt
-    torch.testing.assert_close(terms.skill_sd_term(logp, lt, lo, coef=0.001),
-                               0.001 * torch.exp(logp - lo) * (torch.exp(-u) - 1 + u))
+    torch.testing.assert_close(
+        terms.skill_sd_term(logp, lt, lo, coef=0.001), 0.001 * torch.exp(logp - lo) * (torch.exp(-u) - 1 + u)
+    )
     torch.testing.assert_close(terms.cringe_term(t(2.0), t(1.0), coef=0.1), 0.1 * t(math.log1p(math.e)))
     torch.testing.assert_close(terms.entropy_bonus(t(2.0), coef=0.001), t(-0.002))
     adv, delta = t(1.0, -2.0, 1.0, -2.0, 0.0), t(0.1, 0.1, -1.0, -1.0, 0.3)
     shaped = terms.rlsd_advantages(adv, delta, mix=0.5, eps=0.2)
     # clip(exp(sign(A) * Delta), 0.8, 1.2): exp(0.1), exp(-0.1), 0.8 (clipped), 1.2 (clipped), A = 0
-    expect = [0.5 + 0.5 * math.exp(0.1), -2.0 * (0.5 + 0.5 * math.exp(-0.1)), 0.5 + 0.5 * 0.8,
-              -2.0 * (0.5 + 0.5 * 1.2), 0.0]
+    expect = [
+        0.5 + 0.5 * math.exp(0.1),
+        -2.0 * (0.5 + 0.5 * math.exp(-0.1)),
+        0.5 + 0.5 * 0.8,
+        -2.0 * (0.5 + 0.5 * 1.2),
+        0.0,
+    ]
     torch.testing.assert_close(shaped, t(*expect))
 
 

@@ -45,8 +45,14 @@ def _estimates(G, tau, gen):
     n = arms.shape[0]
     one = torch.ones(n, 1, dtype=torch.bool)
     cti, defined, ess = counterfactual_token_importance(
-        delta[arms][:, None], adv[arms], one, torch.arange(reps).repeat_interleave(G),
-        torch.zeros(n, 1, dtype=torch.long), torch.zeros(n, 1, dtype=torch.long), tau=tau)
+        delta[arms][:, None],
+        adv[arms],
+        one,
+        torch.arange(reps).repeat_interleave(G),
+        torch.zeros(n, 1, dtype=torch.long),
+        torch.zeros(n, 1, dtype=torch.long),
+        tau=tau,
+    )
     assert defined.all()
     estimate = cti[:, 0] + adv[arms]  # = sum_{j != i} w_j A_j / sum_{j != i} w_j
     return estimate, cti[:, 0], adv[arms], exact, d2, ess[:, 0]
@@ -62,11 +68,11 @@ def test_consistency_variance_bound_and_sign_agreement(tau):
     for G in GROUP_SIZES:
         est, cti, adv_i, exact, d2, ess = _estimates(G, tau, gen)
         err = est - exact
-        mse, bias = float((err ** 2).mean()), float(err.mean())
+        mse, bias = float((err**2).mean()), float(err.mean())
         # the i's of one replicate share siblings: the standard error uses replicate means
         reps = _replicates(G)
         se = float(err.view(reps, G).mean(1).std() / math.sqrt(reps))
-        mse_bound = 4 * a_max ** 2 * d2 / (G - 1)
+        mse_bound = 4 * a_max**2 * d2 / (G - 1)
         bias_bound = 2 * a_max * d2 / (G - 1)
         true_change = exact - adv_i
         sign_ok = float((torch.sign(cti) == torch.sign(true_change)).double().mean())
@@ -100,11 +106,19 @@ def test_grpo_normalised_end_to_end_sign_agreement():
         reps = 30
         arms = torch.multinomial(pi.expand(reps, -1), G, replacement=True, generator=gen).reshape(-1)
         n = arms.shape[0]
-        batch = compute_credits(TokenBatch(
-            logp_old=log_pi[arms][:, None].float(), logp_teacher=(log_pi + delta)[arms][:, None].float(),
-            logp_ref=torch.zeros(n, 1), loss_mask=torch.ones(n, 1, dtype=torch.bool),
-            rewards=REWARD[arms].float(), group_ids=torch.arange(reps).repeat_interleave(G),
-            turn_ids=torch.zeros(n, 1, dtype=torch.long), pos_in_turn=torch.zeros(n, 1, dtype=torch.long)), cfg)
+        batch = compute_credits(
+            TokenBatch(
+                logp_old=log_pi[arms][:, None].float(),
+                logp_teacher=(log_pi + delta)[arms][:, None].float(),
+                logp_ref=torch.zeros(n, 1),
+                loss_mask=torch.ones(n, 1, dtype=torch.bool),
+                rewards=REWARD[arms].float(),
+                group_ids=torch.arange(reps).repeat_interleave(G),
+                turn_ids=torch.zeros(n, 1, dtype=torch.long),
+                pos_in_turn=torch.zeros(n, 1, dtype=torch.long),
+            ),
+            cfg,
+        )
         change = exact - ((REWARD[arms] - mu) / sigma)
         agree.append(float((torch.sign(batch.cti[:, 0].double()) == torch.sign(change)).double().mean()))
     print(f"\nGRPO-normalised sign agreement for G = 4, 64, 1024: {agree}")

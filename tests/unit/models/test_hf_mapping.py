@@ -7,12 +7,27 @@ from safetensors.torch import save_file
 from nemo_craft.models.config import ModelConfig
 from nemo_craft.models.hf import SafetensorsReader
 from nemo_craft.models.hf_mapping import (
-    canonical_name, expected_names, hf_tensor_names, merge_tp_shards, read_tp_shard, weight_rule,
+    canonical_name,
+    expected_names,
+    hf_tensor_names,
+    merge_tp_shards,
+    read_tp_shard,
+    weight_rule,
 )
 
 # 8 query heads in 4 groups (2 per group), head dim 8, vocab 300 (padded to 384 / 512 / 512).
-CFG = ModelConfig(architecture="qwen2", add_qkv_bias=True, qk_layernorm=False, num_layers=2, hidden_size=64,
-                  ffn_hidden_size=96, num_attention_heads=8, num_query_groups=4, kv_channels=8, vocab_size=300)
+CFG = ModelConfig(
+    architecture="qwen2",
+    add_qkv_bias=True,
+    qk_layernorm=False,
+    num_layers=2,
+    hidden_size=64,
+    ffn_hidden_size=96,
+    num_attention_heads=8,
+    num_query_groups=4,
+    kv_channels=8,
+    vocab_size=300,
+)
 
 
 def _full_tensors(cfg, seed=0):
@@ -58,8 +73,11 @@ def _labelled_qkv(cfg):
     q = torch.cat([torch.full((d, h), 100.0 + i) for i in range(cfg.num_attention_heads)])
     k = torch.cat([torch.full((d, h), 200.0 + j) for j in range(cfg.num_query_groups)])
     v = torch.cat([torch.full((d, h), 300.0 + j) for j in range(cfg.num_query_groups)])
-    return {"model.layers.0.self_attn.q_proj.weight": q, "model.layers.0.self_attn.k_proj.weight": k,
-            "model.layers.0.self_attn.v_proj.weight": v}
+    return {
+        "model.layers.0.self_attn.q_proj.weight": q,
+        "model.layers.0.self_attn.k_proj.weight": k,
+        "model.layers.0.self_attn.v_proj.weight": v,
+    }
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
@@ -126,9 +144,14 @@ def test_tied_output_layer_reads_the_embedding_and_names_follow_the_flags():
 
 
 def test_transformer_engine_names_map_to_local_ones():
-    assert canonical_name("decoder.layers.3.self_attention.linear_qkv.layer_norm_weight") == \
-        "decoder.layers.3.input_layernorm.weight"
-    assert canonical_name("decoder.layers.0.mlp.linear_fc1.layer_norm_weight") == "decoder.layers.0.pre_mlp_layernorm.weight"
+    assert (
+        canonical_name("decoder.layers.3.self_attention.linear_qkv.layer_norm_weight")
+        == "decoder.layers.3.input_layernorm.weight"
+    )
+    assert (
+        canonical_name("decoder.layers.0.mlp.linear_fc1.layer_norm_weight")
+        == "decoder.layers.0.pre_mlp_layernorm.weight"
+    )
     assert canonical_name("decoder.layers.0.mlp.linear_fc1.weight") == "decoder.layers.0.mlp.linear_fc1.weight"
 
 
@@ -141,8 +164,9 @@ def test_reader_follows_a_sharded_index_and_slices(tmp_path):
     a, b = torch.randn(6, 4), torch.randn(5).to(torch.bfloat16)
     save_file({"a": a}, str(tmp_path / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
     save_file({"b": b}, str(tmp_path / "model-00002-of-00002.safetensors"), metadata={"format": "pt"})
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
     reader = SafetensorsReader(str(tmp_path))
     assert reader.keys() == {"a", "b"} and reader.shape("a") == (6, 4)
     assert torch.equal(reader.read("a", (2, 4), (1, 3)), a[2:4, 1:3])
@@ -164,11 +188,14 @@ def qwen3_checkpoint(tmp_path_factory):
     return make_tiny_hf_checkpoint(str(tmp_path_factory.mktemp("qwen3")), "qwen3", num_layers=1, tied=True)
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(architecture="qwen2", add_qkv_bias=True, qk_layernorm=False), r"lacks 3 tensors .*q_proj.bias"),
-    (dict(architecture="llama", qk_layernorm=False), r"has 2 tensors the model has no place for.*k_norm"),
-    (dict(tie_word_embeddings=False), r"lacks 1 tensors .*lm_head.weight"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(architecture="qwen2", add_qkv_bias=True, qk_layernorm=False), r"lacks 3 tensors .*q_proj.bias"),
+        (dict(architecture="llama", qk_layernorm=False), r"has 2 tensors the model has no place for.*k_norm"),
+        (dict(tie_word_embeddings=False), r"lacks 1 tensors .*lm_head.weight"),
+    ],
+)
 def test_checkpoint_that_does_not_match_the_config_is_refused(qwen3_checkpoint, change, match):
     import dataclasses
 

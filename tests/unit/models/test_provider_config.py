@@ -10,8 +10,15 @@ from nemo_craft.parallel.config import ParallelConfig
 
 
 def test_transformer_config_carries_the_architecture():
-    cfg = ModelConfig(architecture="qwen2", add_qkv_bias=True, qk_layernorm=False, kv_channels=48,
-                      num_query_groups=2, params_dtype="bf16", rotary_base=1e6)
+    cfg = ModelConfig(
+        architecture="qwen2",
+        add_qkv_bias=True,
+        qk_layernorm=False,
+        kv_channels=48,
+        num_query_groups=2,
+        params_dtype="bf16",
+        rotary_base=1e6,
+    )
     tc = make_transformer_config(cfg, ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True))
     assert (tc.normalization, tc.gated_linear_unit, tc.activation_func) == ("RMSNorm", True, torch.nn.functional.silu)
     assert tc.add_qkv_bias and not tc.add_bias_linear and not tc.qk_layernorm
@@ -24,8 +31,9 @@ def test_both_megatron_fixes_are_applied():
     from megatron.core.distributed import finalize_model_grads
 
     cfg = ModelConfig(num_layers=4)
-    tc = make_transformer_config(cfg, ParallelConfig(pipeline_model_parallel_size=2,
-                                                     virtual_pipeline_model_parallel_size=2))
+    tc = make_transformer_config(
+        cfg, ParallelConfig(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2)
+    )
     assert tc.overlap_p2p_comm and not tc.batch_p2p_comm
     assert tc.finalize_model_grads_func is finalize_model_grads
     plain = make_transformer_config(cfg, ParallelConfig(pipeline_model_parallel_size=2))
@@ -63,4 +71,6 @@ def test_rms_norm_marks_its_weight_for_the_sequence_parallel_grad_reduce():
         config = types.SimpleNamespace(normalization="RMSNorm", params_dtype=torch.float32, sequence_parallel=sp)
         assert RMSNorm(config, 8).weight.sequence_parallel is sp
     with pytest.raises(ValueError, match="normalization='LayerNorm'"):
-        RMSNorm(types.SimpleNamespace(normalization="LayerNorm", params_dtype=torch.float32, sequence_parallel=False), 8)
+        RMSNorm(
+            types.SimpleNamespace(normalization="LayerNorm", params_dtype=torch.float32, sequence_parallel=False), 8
+        )

@@ -2,8 +2,12 @@ import pytest
 
 from nemo_craft.models.tokenizer import CharTokenizer, HFTokenizer, load_tokenizer
 
-CHAT = [{"role": "system", "content": "Push boxes."}, {"role": "user", "content": "State:\n#@$.#"},
-        {"role": "assistant", "content": "<action>up</action>"}, {"role": "user", "content": "again"}]
+CHAT = [
+    {"role": "system", "content": "Push boxes."},
+    {"role": "user", "content": "State:\n#@$.#"},
+    {"role": "assistant", "content": "<action>up</action>"},
+    {"role": "user", "content": "again"},
+]
 
 
 def test_char_vocab_is_fixed():
@@ -33,8 +37,10 @@ def test_char_unknown_characters_and_padded_ids():
 def test_char_chat_template():
     tok = CharTokenizer()
     text = tok.apply_chat_template(CHAT)
-    assert text == ("<|system|>Push boxes.<eos><|user|>State:\n#@$.#<eos><|assistant|><action>up</action><eos>"
-                    "<|user|>again<eos><|assistant|>")
+    assert text == (
+        "<|system|>Push boxes.<eos><|user|>State:\n#@$.#<eos><|assistant|><action>up</action><eos>"
+        "<|user|>again<eos><|assistant|>"
+    )
     ids = tok.apply_chat_template(CHAT, tokenize=True)
     assert ids == tok.encode(text) and ids[-1] == tok.tokens.index("<|assistant|>")
     assert not tok.apply_chat_template(CHAT[:1], add_generation_prompt=False).endswith("<|assistant|>")
@@ -51,17 +57,22 @@ def _hf_tokenizer_dir(tmp_path, chat_template=None, with_pad=False):
     vocab = {t: i for i, t in enumerate(specials + [chr(c) for c in range(32, 127)] + ["\n"])}
     core = Tokenizer(BPE(vocab=vocab, merges=[], unk_token=None))
     core.decoder = decoders.Fuse()
-    hf = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>",
-                                 pad_token="<|endoftext|>" if with_pad else None,
-                                 additional_special_tokens=specials[1:])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>" if with_pad else None,
+        additional_special_tokens=specials[1:],
+    )
     if chat_template:
         hf.chat_template = chat_template
     hf.save_pretrained(str(tmp_path))
     return str(tmp_path)
 
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def test_hf_tokenizer_interface(tmp_path):
@@ -72,8 +83,10 @@ def test_hf_tokenizer_interface(tmp_path):
     ids = tok.encode("hi there")
     assert tok.decode(ids) == "hi there" and tok.vocab_size == 99
     text = tok.apply_chat_template(CHAT[:2])
-    assert text == "<|im_start|>system\nPush boxes.<|im_end|>\n<|im_start|>user\nState:\n#@$.#<|im_end|>\n" \
-                   "<|im_start|>assistant\n"
+    assert (
+        text == "<|im_start|>system\nPush boxes.<|im_end|>\n<|im_start|>user\nState:\n#@$.#<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert tok.apply_chat_template(CHAT[:2], tokenize=True) == tok.encode(text)
 
 

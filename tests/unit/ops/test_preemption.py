@@ -30,8 +30,13 @@ def _start_loop(tmp_path: Path, **env) -> subprocess.Popen:
     environ.pop(STOP_FILE_ENV, None)
     environ.update(env)
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.ops._preemption_bodies", "1000", "0.2"], cwd=REPO, env=environ,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "tests.unit.ops._preemption_bodies", "1000", "0.2"],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _read_until(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from nemo_craft.trainer.preemption import (
     EXIT_MARKER_ENV,
-    LeadTimeWatch,
     PREEMPTION_EXIT_CODE,
     SIGNAL_LEAD_ENV,
     STOP_FILE_ENV,
+    LeadTimeWatch,
     lead_time_warning,
 )
 
@@ -53,16 +53,27 @@ def test_lead_time_warning(monkeypatch):
 
 def test_it_runs_launch_sh_in_the_container_and_requeues_on_the_trainers_exit_code():
     assert f"PREEMPTION_EXIT_CODE={PREEMPTION_EXIT_CODE}" in SBATCH
-    for needed in ("--container-image=", "--container-mounts=", "scripts/slurm/launch.sh",
-                   "scontrol show hostnames", "scontrol requeue", "trap on_usr1 USR1",
-                   f"export {STOP_FILE_ENV}=", f"export {EXIT_MARKER_ENV}=", "source \"${CODE_DIR}/scripts/slurm/env.sh\""):
+    for needed in (
+        "--container-image=",
+        "--container-mounts=",
+        "scripts/slurm/launch.sh",
+        "scontrol show hostnames",
+        "scontrol requeue",
+        "trap on_usr1 USR1",
+        f"export {STOP_FILE_ENV}=",
+        f"export {EXIT_MARKER_ENV}=",
+        'source "${CODE_DIR}/scripts/slurm/env.sh"',
+    ):
         assert needed in SBATCH, needed
 
 
 def test_nccl_environment():
     env = (REPO / "scripts" / "slurm" / "env.sh").read_text()
-    for name in ("CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
-                 "NCCL_IB_TIMEOUT"):
+    for name in (
+        "CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+        "NCCL_IB_TIMEOUT",
+    ):
         assert name in env
 
 

@@ -47,11 +47,26 @@ def _run(tmp_path: Path, mode: str, restart: int = 0, usr1: bool = False) -> tup
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NEMO_CRAFT_"))}
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", FAKE_CALLS=str(calls), FAKE_SRUN=mode, CODE_DIR=str(REPO),
-               LOG_DIR=str(tmp_path / "logs"), SLURM_JOB_ID="777", SLURM_JOB_NODELIST="gpu-[001-002]",
-               SLURM_NNODES="2", SLURM_RESTART_COUNT=str(restart), CONTAINER_IMAGE="/c.sqsh")
-    proc = subprocess.Popen(["bash", str(SBATCH), "+recipe=qwen3_8b_2nodes"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        FAKE_CALLS=str(calls),
+        FAKE_SRUN=mode,
+        CODE_DIR=str(REPO),
+        LOG_DIR=str(tmp_path / "logs"),
+        SLURM_JOB_ID="777",
+        SLURM_JOB_NODELIST="gpu-[001-002]",
+        SLURM_NNODES="2",
+        SLURM_RESTART_COUNT=str(restart),
+        CONTAINER_IMAGE="/c.sqsh",
+    )
+    proc = subprocess.Popen(
+        ["bash", str(SBATCH), "+recipe=qwen3_8b_2nodes"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if usr1:
         deadline = time.monotonic() + 30
         while not (calls.exists() and "srun" in calls.read_text()) and time.monotonic() < deadline:
@@ -62,9 +77,15 @@ def _run(tmp_path: Path, mode: str, restart: int = 0, usr1: bool = False) -> tup
     return proc.returncode, calls.read_text().splitlines(), out
 
 
-@pytest.mark.parametrize("mode,requeued,code", [
-    ("ok", False, 0), ("crash", False, 1), ("code75", True, 0), ("marker", True, 0),
-])
+@pytest.mark.parametrize(
+    "mode,requeued,code",
+    [
+        ("ok", False, 0),
+        ("crash", False, 1),
+        ("code75", True, 0),
+        ("marker", True, 0),
+    ],
+)
 def test_requeue_decision(tmp_path, mode, requeued, code):
     rc, calls, out = _run(tmp_path, mode)
     assert rc == code, out

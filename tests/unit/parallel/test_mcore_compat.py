@@ -38,23 +38,59 @@ def test_a_version_that_is_no_number_is_refused():
         api_for("main")
 
 
-@pytest.mark.parametrize("version,row", [
-    ("0.16.1", dict(inference_config=False, pp_microbatched_prefill=True, sampler_takes_logits=True,
-                    sampler_rebinds_tokens=False, stop_callback_caller="_dynamic_step_context_bookkeeping")),
-    ("0.17.1", dict(inference_config=True, pp_microbatched_prefill=False, sampler_takes_logits=True,
-                    sampler_rebinds_tokens=False, stop_callback_caller="_dynamic_step_context_bookkeeping")),
-    ("0.18.2", dict(inference_config=True, pp_microbatched_prefill=False, sampler_takes_logits=False,
-                    sampler_rebinds_tokens=True, stop_callback_caller="_dynamic_step_context_bookkeeping")),
-    ("0.19.2", dict(inference_config=True, pp_microbatched_prefill=False, sampler_takes_logits=False,
-                    sampler_rebinds_tokens=False, stop_callback_caller="_apply_stop_word_finished_ids")),
-    # NeMo containers build megatron-core from source: a pre-release or local build is its release
-    ("0.19.0rc0+gitabc123", dict(inference_config=True, sampler_takes_logits=False)),
-])
+@pytest.mark.parametrize(
+    "version,row",
+    [
+        (
+            "0.16.1",
+            dict(
+                inference_config=False,
+                pp_microbatched_prefill=True,
+                sampler_takes_logits=True,
+                sampler_rebinds_tokens=False,
+                stop_callback_caller="_dynamic_step_context_bookkeeping",
+            ),
+        ),
+        (
+            "0.17.1",
+            dict(
+                inference_config=True,
+                pp_microbatched_prefill=False,
+                sampler_takes_logits=True,
+                sampler_rebinds_tokens=False,
+                stop_callback_caller="_dynamic_step_context_bookkeeping",
+            ),
+        ),
+        (
+            "0.18.2",
+            dict(
+                inference_config=True,
+                pp_microbatched_prefill=False,
+                sampler_takes_logits=False,
+                sampler_rebinds_tokens=True,
+                stop_callback_caller="_dynamic_step_context_bookkeeping",
+            ),
+        ),
+        (
+            "0.19.2",
+            dict(
+                inference_config=True,
+                pp_microbatched_prefill=False,
+                sampler_takes_logits=False,
+                sampler_rebinds_tokens=False,
+                stop_callback_caller="_apply_stop_word_finished_ids",
+            ),
+        ),
+        # NeMo containers build megatron-core from source: a pre-release or local build is its release
+        ("0.19.0rc0+gitabc123", dict(inference_config=True, sampler_takes_logits=False)),
+    ],
+)
 def test_each_supported_version_has_its_row(version, row):
     api = api_for(version)
     assert {k: getattr(api, k) for k in row} == row
-    assert api.kv_release_method == ("deallocate_inference_state_buffers" if api.inference_config
-                                     else "deallocate_all_tensors")
+    assert api.kv_release_method == (
+        "deallocate_inference_state_buffers" if api.inference_config else "deallocate_all_tensors"
+    )
 
 
 def test_the_installed_megatron_core_is_supported_and_has_its_hooks():
@@ -91,8 +127,9 @@ class _Wrapper:
 
 
 def _classes(**changes):
-    return mcore_compat._Classes(**{**dict(controller=_Controller, context=_Context, engine=_Engine,
-                                           wrapper=_Wrapper), **changes})
+    return mcore_compat._Classes(
+        **{**dict(controller=_Controller, context=_Context, engine=_Engine, wrapper=_Wrapper), **changes}
+    )
 
 
 def test_a_build_with_its_versions_hooks_passes():
@@ -125,8 +162,10 @@ def test_a_wrapper_of_the_older_signature_is_named():
         def __init__(self, model, inference_wrapper_config, inference_context): ...
 
     problems = missing_pieces(api_for("0.19.2"), _classes(wrapper=OldWrapper))
-    assert problems == ["GPTInferenceWrapper takes (self, model, inference_wrapper_config, inference_context), "
-                        "expected (self, model, inference_context, ...)"]
+    assert problems == [
+        "GPTInferenceWrapper takes (self, model, inference_wrapper_config, inference_context), "
+        "expected (self, model, inference_context, ...)"
+    ]
 
 
 def test_start_up_names_the_version_whose_hook_is_missing(monkeypatch):
@@ -134,8 +173,10 @@ def test_start_up_names_the_version_whose_hook_is_missing(monkeypatch):
     monkeypatch.setattr(mcore_compat, "_installed_classes", lambda api: _classes(engine=object))
     mcore_compat.mcore_api.cache_clear()
     try:
-        with pytest.raises(UnsupportedMegatronError,
-                           match=r"^megatron-core 0\.19\.1 lacks .*: no DynamicInferenceEngine\.add_request, "):
+        with pytest.raises(
+            UnsupportedMegatronError,
+            match=r"^megatron-core 0\.19\.1 lacks .*: no DynamicInferenceEngine\.add_request, ",
+        ):
             mcore_compat.require_supported()
     finally:
         mcore_compat.mcore_api.cache_clear()
@@ -165,7 +206,9 @@ def test_pp_microbatch_tokens_is_refused_where_megatron_has_no_micro_batched_pre
     else:
         assert mcore_compat.pp_microbatch_threshold(None) is None
         assert mcore_compat.pp_microbatch_threshold(-1) is None
-        with pytest.raises(ValueError, match=rf"pp_microbatch_tokens=16: megatron-core {re.escape(api.version)} has no"):
+        with pytest.raises(
+            ValueError, match=rf"pp_microbatch_tokens=16: megatron-core {re.escape(api.version)} has no"
+        ):
             mcore_compat.pp_microbatch_threshold(16)
 
 
@@ -185,8 +228,10 @@ def test_a_release_that_keeps_the_kv_cache_is_an_error():
     assert not hasattr(context, "memory_buffer")
 
 
-@pytest.mark.skipif("NEMO_CRAFT_EXPECT_MEGATRON" not in os.environ,
-                    reason="NEMO_CRAFT_EXPECT_MEGATRON (set by .ci/run for each job) is not set")
+@pytest.mark.skipif(
+    "NEMO_CRAFT_EXPECT_MEGATRON" not in os.environ,
+    reason="NEMO_CRAFT_EXPECT_MEGATRON (set by .ci/run for each job) is not set",
+)
 def test_ci_runs_on_the_megatron_core_series_the_job_names():
     expected = os.environ["NEMO_CRAFT_EXPECT_MEGATRON"]
     installed = mcore_compat.installed_version()
@@ -215,6 +260,6 @@ def test_the_sampler_hook_gives_our_sampler_the_active_rows_and_keeps_its_tokens
     else:
         controller._all_logits_cuda = logits
         controller._dynamic_step_sample_logits()
-    (logits_NV, n), = seen
+    ((logits_NV, n),) = seen
     assert n == 3 and torch.equal(logits_NV, logits[0, :3])
     assert controller._sampled_tokens_cuda[:3].tolist() == [3, 1, 4]

@@ -15,25 +15,38 @@ def test_tp_that_does_not_divide_the_heads():
     assert not plan.ok and not plan.ranks
     assert plan.problems[0] == (
         "model.num_attention_heads=28 is not divisible by parallel.tensor_model_parallel_size=8; TP sizes "
-        "that divide the heads, the key/value heads and the MLP and fit in a node of 8 GPUs: [1, 2, 4]")
+        "that divide the heads, the key/value heads and the MLP and fit in a node of 8 GPUs: [1, 2, 4]"
+    )
     assert any(p.startswith("model.num_query_groups=4 is not divisible") for p in plan.problems)
     assert plan.suggestion is not None and plan.suggestion.parallel.tensor_model_parallel_size == 2
 
 
 def test_layers_that_do_not_divide_by_pp_times_vpp():
     plan = plan_from_overrides(RECIPE_7B + ["parallel.pipeline_model_parallel_size=8"])
-    assert any(p.startswith("model.num_layers=28 is not divisible by parallel.pipeline_model_parallel_size=8 = 8; "
-                            "PP x VPP must be one of [1, 2, 4, 7, 14, 28]") for p in plan.problems), plan.problems
-    plan = plan_from_overrides(RECIPE_7B + ["parallel.pipeline_model_parallel_size=2",
-                                            "parallel.virtual_pipeline_model_parallel_size=3"])
-    assert any(p.startswith("model.num_layers=28 is not divisible by parallel.pipeline_model_parallel_size=2 x "
-                            "virtual_pipeline_model_parallel_size=3 = 6") for p in plan.problems), plan.problems
+    assert any(
+        p.startswith(
+            "model.num_layers=28 is not divisible by parallel.pipeline_model_parallel_size=8 = 8; "
+            "PP x VPP must be one of [1, 2, 4, 7, 14, 28]"
+        )
+        for p in plan.problems
+    ), plan.problems
+    plan = plan_from_overrides(
+        RECIPE_7B + ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=3"]
+    )
+    assert any(
+        p.startswith(
+            "model.num_layers=28 is not divisible by parallel.pipeline_model_parallel_size=2 x "
+            "virtual_pipeline_model_parallel_size=3 = 6"
+        )
+        for p in plan.problems
+    ), plan.problems
 
 
 def test_gpus_not_divisible_by_the_model_parallel_size():
     plan = plan_from_overrides(["+recipe=qwen3_8b_1node", "parallel.pipeline_model_parallel_size=3"])
     assert plan.problems[0].startswith(
-        "GPUs = cluster.nodes x cluster.gpus_per_node = 1 x 8 = 8 is not divisible by TP x PP x CP = 2 x 3 x 1 = 6")
+        "GPUs = cluster.nodes x cluster.gpus_per_node = 1 x 8 = 8 is not divisible by TP x PP x CP = 2 x 3 x 1 = 6"
+    )
 
 
 def test_a_layout_that_does_not_fit_names_the_rank_and_a_layout_that_fits():
@@ -55,11 +68,14 @@ def test_cli_exit_codes_and_messages(capsys):
     assert "fits: peak " in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("override,message", [
-    ("parallel.sequence_parallel=true", "sequence_parallel=true needs tensor_model_parallel_size > 1"),
-    ("model=no_such_model", "bad config override"),
-    ("plan.recompute=sometimes", "plan.recompute='sometimes'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("parallel.sequence_parallel=true", "sequence_parallel=true needs tensor_model_parallel_size > 1"),
+        ("model=no_such_model", "bad config override"),
+        ("plan.recompute=sometimes", "plan.recompute='sometimes'"),
+    ],
+)
 def test_bad_config_is_exit_2_with_the_reason(capsys, override, message):
     assert main(["parallel=dp", "parallel.tensor_model_parallel_size=1", override]) == 2
     assert message in capsys.readouterr().err

@@ -12,26 +12,63 @@ from nemo_craft.planner.inputs import Workload
 from nemo_craft.planner.memory import layer_activation_bytes, rank_memory
 from nemo_craft.planner.meta_build import ChunkParams, StageParams
 
-MODEL = ModelConfig(architecture="qwen3", num_layers=8, hidden_size=1024, ffn_hidden_size=3072,
-                    num_attention_heads=16, num_query_groups=4, kv_channels=128, vocab_size=32768,
-                    params_dtype="bf16")
-W = Workload(seq_length=2048, privileged_tokens=256, trajectories_per_step=64, micro_batch_size=2,
-             generation_batch=16, logits_chunk_tokens=128)
+MODEL = ModelConfig(
+    architecture="qwen3",
+    num_layers=8,
+    hidden_size=1024,
+    ffn_hidden_size=3072,
+    num_attention_heads=16,
+    num_query_groups=4,
+    kv_channels=128,
+    vocab_size=32768,
+    params_dtype="bf16",
+)
+W = Workload(
+    seq_length=2048,
+    privileged_tokens=256,
+    trajectories_per_step=64,
+    micro_batch_size=2,
+    generation_batch=16,
+    logits_chunk_tokens=128,
+)
 
 
 def _stage(pp_rank, layers, params, post):
-    return StageParams(pp_rank=pp_rank, chunks=[ChunkParams(
-        vp_stage=None, first_layer=1, num_layers=layers, params=params, embedding_params=0, sharded_params=params,
-        duplicate_params=0, pre_process=pp_rank == 0, post_process=post)])
+    return StageParams(
+        pp_rank=pp_rank,
+        chunks=[
+            ChunkParams(
+                vp_stage=None,
+                first_layer=1,
+                num_layers=layers,
+                params=params,
+                embedding_params=0,
+                sharded_params=params,
+                duplicate_params=0,
+                pre_process=pp_rank == 0,
+                post_process=post,
+            )
+        ],
+    )
 
 
 def test_persistent_terms_and_distributed_optimizer_sharding():
-    p = ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2, sequence_parallel=True,
-                       use_distributed_optimizer=True)
+    p = ParallelConfig(
+        tensor_model_parallel_size=2,
+        pipeline_model_parallel_size=2,
+        sequence_parallel=True,
+        use_distributed_optimizer=True,
+    )
     m = rank_memory(MODEL, p, W, _stage(0, 4, 1_000_000, False), dp=4, padded_vocab=32768)
     assert (m.weights, m.grads, m.optimizer, m.reference) == (2e6, 4e6, 12e6 / 4, 0)
-    m = rank_memory(MODEL, dataclasses.replace(p, use_distributed_optimizer=False), W,
-                    _stage(0, 4, 1_000_000, False), dp=4, padded_vocab=32768)
+    m = rank_memory(
+        MODEL,
+        dataclasses.replace(p, use_distributed_optimizer=False),
+        W,
+        _stage(0, 4, 1_000_000, False),
+        dp=4,
+        padded_vocab=32768,
+    )
     assert m.optimizer == 12e6
 
 
@@ -48,8 +85,9 @@ def test_kv_cache_logits_chunk_and_in_flight_microbatches():
 
 
 def test_interleaved_schedule_holds_more_on_the_first_rank():
-    p = ParallelConfig(tensor_model_parallel_size=1, pipeline_model_parallel_size=4,
-                       virtual_pipeline_model_parallel_size=2)
+    p = ParallelConfig(
+        tensor_model_parallel_size=1, pipeline_model_parallel_size=4, virtual_pipeline_model_parallel_size=2
+    )
     m = rank_memory(MODEL, p, W, _stage(0, 2, 10, False), dp=1, padded_vocab=32768)
     assert m.microbatches_in_flight == ((4 - 0 - 1) * 2 + (2 - 1) * 4 + 1) / 2  # megatron's warm-up + 1, in stages
 
@@ -73,9 +111,13 @@ def test_dynamic_generation_holds_its_paged_buffer_whatever_the_batch():
         assert first.kv_cache == 3.5 * 2**30
 
 
-@pytest.mark.parametrize("backend, dtype, expected", [
-    ("auto", "bf16", 6.0), ("dynamic", "bf16", 6.0), ("static", "bf16", None), ("auto", "fp32", None)])
+@pytest.mark.parametrize(
+    "backend, dtype, expected",
+    [("auto", "bf16", 6.0), ("dynamic", "bf16", 6.0), ("static", "bf16", None), ("auto", "fp32", None)],
+)
 def test_workload_reads_the_generation_backend(backend, dtype, expected):
-    cfg = {"model": {"params_dtype": dtype},
-           "rollout": {"backend": backend, "kv_cache_gb": 6.0, "tasks_per_step": 4, "group_size": 2}}
+    cfg = {
+        "model": {"params_dtype": dtype},
+        "rollout": {"backend": backend, "kv_cache_gb": 6.0, "tasks_per_step": 4, "group_size": 2},
+    }
     assert Workload.from_config(cfg, max_position_embeddings=4096).generation_kv_gb == expected

@@ -22,8 +22,13 @@ def test_json_is_one_object_with_the_whole_models_count(capsys):
     (rank,) = data["ranks"]
     assert rank["params"] * 2 - data["total_params"] < 1e6  # TP=2: each rank holds half (norms replicated)
     mem = rank["memory_bytes"]
-    assert abs(mem["peak"] - (mem["persistent"] + max(mem["train_activations"], mem["experience"], mem["kv_cache"])
-                              + mem["overhead"])) < 1
+    assert (
+        abs(
+            mem["peak"]
+            - (mem["persistent"] + max(mem["train_activations"], mem["experience"], mem["kv_cache"]) + mem["overhead"])
+        )
+        < 1
+    )
     assert rank["memory_gib"]["peak"] == round(mem["peak"] / GIB, 3) == data["peak_gib"]
     assert data["workload"]["seq_length"] == 8192 and data["workload"]["trajectories_per_step"] == 128
 
@@ -41,8 +46,18 @@ def test_table_names_every_column_and_the_verdict(capsys):
     assert nemo_craft(["plan", "+recipe=llama3p1_70b_4nodes"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.lstrip().startswith("pp "))
-    for col in ("params/GPU", "weights", "grads", "optim", "act/mb", "act/mb fullrc", "logits+loss",
-                "experience", "kv-cache", "peak"):
+    for col in (
+        "params/GPU",
+        "weights",
+        "grads",
+        "optim",
+        "act/mb",
+        "act/mb fullrc",
+        "logits+loss",
+        "experience",
+        "kv-cache",
+        "peak",
+    ):
         assert col in header
     assert "TP=8 PP=2 VPP=1 CP=1 DP=2" in out and "fits: peak" in out
     # the whole model at TP=8: the Hugging Face count plus the vocabulary padding rows (x2: untied)
@@ -55,8 +70,9 @@ def hf_parameter_count_llama() -> int:
     from nemo_craft.config import CONF_DIR, to_dataclass
     from nemo_craft.models.config import ModelConfig
 
-    return hf_parameter_count(to_dataclass(ModelConfig, OmegaConf.load(CONF_DIR / "model" / "llama3p1_70b.yaml"),
-                                           "model"))
+    return hf_parameter_count(
+        to_dataclass(ModelConfig, OmegaConf.load(CONF_DIR / "model" / "llama3p1_70b.yaml"), "model")
+    )
 
 
 def test_options_and_overrides_in_any_order():

@@ -3,7 +3,7 @@ locally (no download), and a checker of a trajectory's token layout."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from nemo_craft.rollout import GenerationConfig, GenerationResult, StopCriteria, Trajectory
 
@@ -33,8 +33,9 @@ class ScriptedPolicy:
                     break
             reason = reason or "length"
             results.append(GenerationResult(out, [-0.25] * len(out), reason, self.tokenizer.decode(out)))
-        self.calls.append(dict(prompts=[list(p) for p in prompts_token_ids], budgets=list(max_new_tokens),
-                               seed=seed, results=results))
+        self.calls.append(
+            dict(prompts=[list(p) for p in prompts_token_ids], budgets=list(max_new_tokens), seed=seed, results=results)
+        )
         return results
 
 
@@ -70,8 +71,7 @@ def check_layout(tr: Trajectory, calls: Sequence[dict]) -> None:
     assert spans[0][0] == tr.prompt_length if spans else True
     for k, (start, end) in enumerate(spans):
         prompt = tr.token_ids[:start]
-        answers = [(r.token_ids, r.logprobs) for p, r in zip(calls[k]["prompts"], calls[k]["results"])
-                   if p == prompt]
+        answers = [(r.token_ids, r.logprobs) for p, r in zip(calls[k]["prompts"], calls[k]["results"]) if p == prompt]
         assert answers, f"turn {k}: the sequence before the action was never a prompt"
         assert (tr.token_ids[start:end], tr.logprobs[start:end]) in answers
 
@@ -105,8 +105,12 @@ def chatml_tokenizer(directory: str):
     vocab = {t: i for i, t in enumerate(specials + list(chars))}
     core = Tokenizer(BPE(vocab=vocab, merges=[], unk_token=None))
     core.decoder = decoders.Fuse()
-    hf = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                 additional_special_tokens=specials[1:])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )
     hf.chat_template = _CHATML
     hf.save_pretrained(directory)
     return HFTokenizer(directory)

@@ -23,20 +23,23 @@ def _facts(**changes) -> DynamicCapability:
     return DynamicCapability(**{**GPU_BF16.__dict__, **changes})
 
 
-@pytest.mark.parametrize("facts,runs", [
-    (GPU_BF16, True),
-    (_facts(flash_attn="2.8.3"), True),
-    (_facts(flash_attn="2.7.4.post1"), True),
-    (_facts(params_dtype=torch.float16), True),
-    (_facts(params_dtype=None), True),  # dtype not known yet: decided by the rest
-    (_facts(flash_attn=None, flash_attn_3=True), True),  # megatron takes FlashAttention-3 instead
-    (_facts(cuda=False), False),
-    (_facts(flash_attn=None), False),
-    (_facts(flash_attn="2.7.2"), False),
-    (_facts(flash_attn="2.6.3"), False),
-    (_facts(flash_attn="not-a-version"), False),
-    (_facts(params_dtype=torch.float32), False),
-])
+@pytest.mark.parametrize(
+    "facts,runs",
+    [
+        (GPU_BF16, True),
+        (_facts(flash_attn="2.8.3"), True),
+        (_facts(flash_attn="2.7.4.post1"), True),
+        (_facts(params_dtype=torch.float16), True),
+        (_facts(params_dtype=None), True),  # dtype not known yet: decided by the rest
+        (_facts(flash_attn=None, flash_attn_3=True), True),  # megatron takes FlashAttention-3 instead
+        (_facts(cuda=False), False),
+        (_facts(flash_attn=None), False),
+        (_facts(flash_attn="2.7.2"), False),
+        (_facts(flash_attn="2.6.3"), False),
+        (_facts(flash_attn="not-a-version"), False),
+        (_facts(params_dtype=torch.float32), False),
+    ],
+)
 def test_auto_takes_dynamic_exactly_when_cuda_flash_attn_and_a_half_precision_model_are_there(facts, runs):
     assert (facts.problem() is None) == runs
     assert resolve_backend("auto", lambda: facts) == ("dynamic" if runs else "static")
@@ -150,7 +153,8 @@ def test_the_installed_megatron_has_the_hooks_the_adapter_overrides():
     assert ("_dynamic_step_sample_bookkeeping" in vars(cls)) == api.sampler_takes_logits
     # the stop callback is called after sampling, from the bookkeeping of the same step
     assert "_get_stop_word_finished_ids_callback" in inspect.getsource(
-        getattr(TextGenerationController, api.stop_callback_caller))
+        getattr(TextGenerationController, api.stop_callback_caller)
+    )
     from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
 
     for member in ("chunked_prefill_request_id", "total_request_count", "paused_request_count"):

@@ -5,24 +5,27 @@ from nemo_craft.config import compose
 from nemo_craft.rollout import GenerationConfig, RolloutConfig
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("backend", "vllm", "backend"),
-    ("temperature", -0.1, "temperature"),
-    ("top_p", 0.0, "top_p"),
-    ("top_p", 1.5, "top_p"),
-    ("top_k", -1, "top_k"),
-    ("max_new_tokens", 0, "max_new_tokens"),
-    ("stop_strings", "</action>", "list of strings"),
-    ("max_batch_size", 0, "max_batch_size"),
-    ("pp_microbatch_tokens", 0, "pp_microbatch_tokens"),
-    ("kv_cache_gb", 0, "kv_cache_gb"),
-    ("kv_cache_gb", -1.5, "kv_cache_gb"),
-    ("kv_cache_gb", "4", "kv_cache_gb"),
-    ("kv_cache_gb", True, "kv_cache_gb"),
-    ("max_tokens_per_step", 0, "max_tokens_per_step"),
-    ("max_tokens_per_step", 32, "max_tokens_per_step=32 < max_batch_size=64"),
-    ("cuda_graphs", "yes", "cuda_graphs"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("backend", "vllm", "backend"),
+        ("temperature", -0.1, "temperature"),
+        ("top_p", 0.0, "top_p"),
+        ("top_p", 1.5, "top_p"),
+        ("top_k", -1, "top_k"),
+        ("max_new_tokens", 0, "max_new_tokens"),
+        ("stop_strings", "</action>", "list of strings"),
+        ("max_batch_size", 0, "max_batch_size"),
+        ("pp_microbatch_tokens", 0, "pp_microbatch_tokens"),
+        ("kv_cache_gb", 0, "kv_cache_gb"),
+        ("kv_cache_gb", -1.5, "kv_cache_gb"),
+        ("kv_cache_gb", "4", "kv_cache_gb"),
+        ("kv_cache_gb", True, "kv_cache_gb"),
+        ("max_tokens_per_step", 0, "max_tokens_per_step"),
+        ("max_tokens_per_step", 32, "max_tokens_per_step=32 < max_batch_size=64"),
+        ("cuda_graphs", "yes", "cuda_graphs"),
+    ],
+)
 def test_generation_config_errors_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         GenerationConfig(**{field: value})
@@ -55,9 +58,20 @@ def test_rollout_config_reads_the_run_configs_section():
         assert getattr(gen, knob) == section[knob] == getattr(val, knob)
 
 
-@pytest.mark.parametrize("field,value", [("group_size", 0), ("max_turns", 0), ("observation_message", "x"),
-                                         ("top_p", 2.0), ("backend", "x"), ("max_tokens_per_episode", 0),
-                                         ("kv_cache_gb", 0.0), ("max_tokens_per_step", 1), ("cuda_graphs", 1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("group_size", 0),
+        ("max_turns", 0),
+        ("observation_message", "x"),
+        ("top_p", 2.0),
+        ("backend", "x"),
+        ("max_tokens_per_episode", 0),
+        ("kv_cache_gb", 0.0),
+        ("max_tokens_per_step", 1),
+        ("cuda_graphs", 1),
+    ],
+)
 def test_rollout_config_errors(field, value):
     with pytest.raises(ValueError, match=field):
         RolloutConfig(**{field: value})

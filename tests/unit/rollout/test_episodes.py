@@ -33,6 +33,7 @@ def _expert(plans):
         if row % 2:  # a bare word ended by EOS
             return TOK.encode(word) + [TOK.eos_id]
         return TOK.encode(f"<action>{word}</action> trailing")  # ended by the stop string
+
     return answer
 
 
@@ -48,7 +49,8 @@ def test_expert_policy_solves_every_task_with_one_batched_call_per_turn():
     trajectories = runner.run(SEEDS, seed=0, group_offset=10)
     runner.close()
     assert [(t.task_seed, t.group_id, t.sibling_index) for t in trajectories] == [
-        (s, 10 + n, g) for n, s in enumerate(SEEDS) for g in range(2)]
+        (s, 10 + n, g) for n, s in enumerate(SEEDS) for g in range(2)
+    ]
     longest = max(len(p) for p in plans.values())
     assert len(policy.calls) == longest
     running = [sum(len(p) > k for p in plans.values()) * 2 for k in range(longest)]
@@ -67,7 +69,9 @@ def test_expert_policy_solves_every_task_with_one_batched_call_per_turn():
 
 
 def test_token_budgets_and_turn_limits_end_episodes():
-    jump = lambda text, row: TOK.encode("<action>jump</action>")  # 21 tokens, invalid
+    def jump(text, row):
+        return TOK.encode("<action>jump</action>")  # 21 tokens, invalid
+
     policy = ScriptedPolicy(TOK, jump)
     trajectories = _runner(policy, max_tokens_per_turn=8, max_tokens_per_episode=20).run([3], seed=1)
     assert [c["budgets"] for c in policy.calls] == [[8, 8], [8, 8], [4, 4]]
@@ -92,8 +96,9 @@ def test_token_budgets_and_turn_limits_end_episodes():
 
 def test_an_environment_failure_ends_only_that_episode():
     policy = ScriptedPolicy(TOK, lambda text, row: TOK.encode("go") + [TOK.eos_id])
-    runner = EpisodeRunner(policy, TOK, functools.partial(make_faulty, mode="raise", fail_seeds=(1,)),
-                           RolloutConfig(group_size=1))
+    runner = EpisodeRunner(
+        policy, TOK, functools.partial(make_faulty, mode="raise", fail_seeds=(1,)), RolloutConfig(group_size=1)
+    )
     bad, good = runner.run([1, 2], seed=0)
     runner.close()
     assert bad.finish_reason == "env_error" and "deliberate failure" in bad.error and bad.num_turns == 1
@@ -109,11 +114,11 @@ def test_teacher_view_of_rollouts_aligns_with_the_student():
     assert mask.sum() == sum(t.num_action_tokens for t in trajectories)
     assert torch.equal(teacher.targets.gather(1, teacher.gather_index)[mask], student.targets[mask])
     for b, tr in enumerate(trajectories):
-        text = TOK.decode(teacher.input_ids[b, :teacher.lengths[b]].tolist())
+        text = TOK.decode(teacher.input_ids[b, : teacher.lengths[b]].tolist())
         assert text.startswith(f"<|system|>plan: {tr.privileged_context}")
-        assert TOK.decode(tr.token_ids[tr.prompt_length:]) in text + TOK.decode(tr.token_ids[-1:])
+        assert TOK.decode(tr.token_ids[tr.prompt_length :]) in text + TOK.decode(tr.token_ids[-1:])
         # every action token keeps its turn index and position in the student batch
         spans = action_spans(tr)
         for k, (start, end) in enumerate(spans):
-            assert student.turn_ids[b, start - 1:end - 1].tolist() == [k] * (end - start)
-            assert student.pos_in_turn[b, start - 1:end - 1].tolist() == list(range(end - start))
+            assert student.turn_ids[b, start - 1 : end - 1].tolist() == [k] * (end - start)
+            assert student.pos_in_turn[b, start - 1 : end - 1].tolist() == list(range(end - start))

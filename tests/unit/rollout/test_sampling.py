@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 
@@ -20,8 +19,7 @@ def _draw(logits, n=4000, **kw):
 
 def test_greedy_is_the_argmax_of_the_true_vocabulary_and_logprobs_are_the_models():
     logits = torch.tensor([[0.0, 3.0, 1.0, 9.0], [2.0, 0.0, 1.0, 9.0]])  # column 3: vocab padding
-    tokens, logprobs = sample_next_tokens(logits, vocab_size=3, temperature=0.0, top_k=0, top_p=1.0,
-                                          generator=None)
+    tokens, logprobs = sample_next_tokens(logits, vocab_size=3, temperature=0.0, top_k=0, top_p=1.0, generator=None)
     assert tokens.tolist() == [1, 0]
     expect = torch.log_softmax(logits[:, :3], -1)[torch.arange(2), tokens]
     assert torch.allclose(logprobs, expect)
@@ -37,8 +35,9 @@ def test_logprobs_are_of_the_tempered_behaviour_distribution_before_truncation()
     """What the trainer recomputes as pi_old: softmax(logits / T) over the true vocabulary."""
     logits = torch.tensor([[1.0, 2.0, 0.5]])
     for top_k, top_p in ((0, 1.0), (2, 0.5)):
-        tokens, logprobs = sample_next_tokens(logits.expand(50, -1), vocab_size=3, temperature=0.3, top_k=top_k,
-                                              top_p=top_p, generator=_gen())
+        tokens, logprobs = sample_next_tokens(
+            logits.expand(50, -1), vocab_size=3, temperature=0.3, top_k=top_k, top_p=top_p, generator=_gen()
+        )
         assert torch.allclose(logprobs, torch.log_softmax(logits / 0.3, -1)[0, tokens])
         assert not torch.allclose(logprobs, torch.log_softmax(logits, -1)[0, tokens])
 

@@ -28,14 +28,14 @@ def test_collate_shifts_and_marks_action_targets():
     batch = collate_trajectories([a, b], pad_id=0)
     S = max(len(a), len(b)) - 1
     assert batch.input_ids.shape == batch.targets.shape == batch.loss_mask.shape == (2, S)
-    assert batch.input_ids[0, :len(a) - 1].tolist() == a.token_ids[:-1]
-    assert batch.targets[0, :len(a) - 1].tolist() == a.token_ids[1:]
+    assert batch.input_ids[0, : len(a) - 1].tolist() == a.token_ids[:-1]
+    assert batch.targets[0, : len(a) - 1].tolist() == a.token_ids[1:]
     # row a: tokens 1 2 3 | 10 11 12 | 4 5 | 13 -> targets 2 3 10 11 12 4 5 13
-    assert batch.loss_mask[0, :len(a) - 1].tolist() == [False, False, True, True, True, False, False, True]
-    assert batch.turn_ids[0, :len(a) - 1].tolist() == [0, 0, 0, 0, 0, 0, 0, 1]
-    assert batch.pos_in_turn[0, :len(a) - 1].tolist() == [0, 0, 0, 1, 2, 0, 0, 0]
+    assert batch.loss_mask[0, : len(a) - 1].tolist() == [False, False, True, True, True, False, False, True]
+    assert batch.turn_ids[0, : len(a) - 1].tolist() == [0, 0, 0, 0, 0, 0, 0, 1]
+    assert batch.pos_in_turn[0, : len(a) - 1].tolist() == [0, 0, 0, 1, 2, 0, 0, 0]
     assert batch.rollout_logprobs[0, 2].item() == pytest.approx(-0.1)
-    assert not batch.loss_mask[0, len(a) - 1:].any()  # padding
+    assert not batch.loss_mask[0, len(a) - 1 :].any()  # padding
     assert batch.rewards.tolist() == [1.0, 0.0] and batch.group_ids.tolist() == [0, 1]
     assert batch.lengths.tolist() == [len(a) - 1, len(b) - 1]
     assert batch.loss_mask.dtype == torch.bool and batch.turn_ids.dtype == torch.long

@@ -15,15 +15,18 @@ def test_defaults_are_valid_and_match_the_yaml_keys():
     CheckpointConfig(resume="/somewhere/step_000010")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(save_every=-1), "save_every=-1"),
-    (dict(save_every=True, dir="/x"), "save_every=True"),
-    (dict(keep_last=0), "keep_last=0"),
-    (dict(format="torch"), r"format='torch': allowed values are \('torch_dist',\)"),
-    (dict(resume=""), "resume=''"),
-    (dict(save_every=5), "needs checkpoint.dir"),
-    (dict(resume="auto"), "resume='auto' needs checkpoint.dir"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(save_every=-1), "save_every=-1"),
+        (dict(save_every=True, dir="/x"), "save_every=True"),
+        (dict(keep_last=0), "keep_last=0"),
+        (dict(format="torch"), r"format='torch': allowed values are \('torch_dist',\)"),
+        (dict(resume=""), "resume=''"),
+        (dict(save_every=5), "needs checkpoint.dir"),
+        (dict(resume="auto"), "resume='auto' needs checkpoint.dir"),
+    ],
+)
 def test_invalid_values_are_refused_with_the_fix(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CheckpointConfig(**kwargs)

@@ -100,12 +100,15 @@ def test_missing_path_names_it_and_lists_available(tmp_path):
         resolve_checkpoint(None, str(empty))
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("no_marker", "completion marker 'COMPLETE' is missing"),
-    ("bad_marker", "'COMPLETE' is unreadable"),
-    ("deleted", r"files listed in 'COMPLETE' are missing: \['trainer_state.pt'\]"),
-    ("truncated", r"dist/shard.distcp \(1 bytes, expected 4\)"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("no_marker", "completion marker 'COMPLETE' is missing"),
+        ("bad_marker", "'COMPLETE' is unreadable"),
+        ("deleted", r"files listed in 'COMPLETE' are missing: \['trainer_state.pt'\]"),
+        ("truncated", r"dist/shard.distcp \(1 bytes, expected 4\)"),
+    ],
+)
 def test_incomplete_or_corrupt_path_says_what_is_wrong(tmp_path, damage, expected):
     path = _save(tmp_path, 4)
     if damage == "no_marker":

@@ -18,7 +18,9 @@ def test_policy_vocabulary_is_the_tokenizers():
 
 
 def test_a_tokenizer_larger_than_the_model_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"tokenizer has 130 ids, model.vocab_size=128: .*use the model's own tokenizer"):
+    with pytest.raises(
+        ValueError, match=r"tokenizer has 130 ids, model.vocab_size=128: .*use the model's own tokenizer"
+    ):
         policy_vocab_size(SimpleNamespace(vocab_size=130), 128)
 
 
@@ -26,7 +28,10 @@ def test_a_tokenizer_larger_than_the_model_is_refused_with_the_fix():
 def test_trainer_and_evaluator_build_the_stack_through_the_builder_only(module):
     """Neither builds a model, a tokenizer, a generator or an episode runner of its own."""
     builders = {"build_model", "load_tokenizer", "Generator", "EpisodeRunner", "initialize_parallel", "load_hf_weights"}
-    called = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")
-              for n in ast.walk(ast.parse((PACKAGE / module).read_text())) if isinstance(n, ast.Call)}
+    called = {
+        n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")
+        for n in ast.walk(ast.parse((PACKAGE / module).read_text()))
+        if isinstance(n, ast.Call)
+    }
     assert not called & builders
     assert "build" in called and "start_episodes" in called
