@@ -12,10 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.test_models_hf import (
-    _check_export, _check_logits, _check_rank_reports, _portable, body_logits_and_roundtrip,
-)
 from nemo_craft.testing.distributed import run_distributed
+from tests.distributed.test_models_hf import (
+    _check_export,
+    _check_logits,
+    _check_rank_reports,
+    _portable,
+    body_logits_and_roundtrip,
+)
 
 pytestmark = pytest.mark.slow
 
