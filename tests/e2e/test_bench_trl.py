@@ -1,5 +1,6 @@
 """``scripts/bench_trl.py --quick``: nemo_craft beside TRL (GRPO, SDPO) runs end to end, every
-phase is timed, and both sides generate exactly the same number of completion tokens."""
+phase is timed, and both sides generate exactly the same number of completion tokens; the same
+with SmolLM2-135M-Instruct's real weights (``--model smollm2``) on both sides."""
 
 import json
 import math
@@ -46,3 +47,25 @@ def test_quick_benchmark_times_every_phase_on_equal_tokens(tmp_path):
         assert all(math.isfinite(r[c][p]) and r[c][p] > 0 for c in ("wall", "cpu")
                    for p in ("gen", "logp", "train", "total"))
     assert "ratio nemo_craft / TRL" in out.stdout and "TOKEN COUNTS DIFFER" not in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_smollm2_on_both_sides_gives_equal_prompts_and_completion_tokens(tmp_path):
+    """The real model can stop; its head is edited so that neither sampler draws a stop id
+    (``make_smollm2_checkpoint``): every completion runs to L tokens on both sides."""
+    cmd = [sys.executable, "scripts/bench_trl.py", "--model", "smollm2", "--tasks", "1", "--group", "2",
+           "--length", "8", "--micro-batch", "2", "--repeats", "1", "--runs", "nemo_craft:craft", "trl:sdpo",
+           "--json", str(tmp_path / "r.json")]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1100, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["spec"]["model"] == "smollm2" and report["spec"]["lr"] == 1e-6
+    runs = report["runs"]
+    for name, run in runs.items():
+        assert run["completion_tokens_per_step"] == [2 * 8] * 2, name  # warm-up + 1 timed step
+    # SmolLM2's own BPE and ChatML template (with its default system message) render the same ids.
+    assert runs["nemo_craft:craft"]["prompt_tokens"] == runs["trl:sdpo"]["prompt_tokens"] > 2 * 200
+    [(ours, peer, ratio)] = report["ratios"]
+    assert (ours, peer) == ("nemo_craft:craft", "trl:sdpo") and ratio["same_tokens"]
+    assert "SmolLM2-135M-Instruct" in out.stdout and "TOKEN COUNTS DIFFER" not in out.stdout
