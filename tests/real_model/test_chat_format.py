@@ -12,8 +12,11 @@ from nemo_craft.rollout import ChatFormat
 
 TASK = "You push boxes onto targets.\n#####\n#@$.#\n#####\nAnswer with <action>up|down|left|right</action>."
 OBSERVATIONS = ["#####\n# @*#\n#####", "#####\n#  @#\n#####\nSolved? Not yet.", "Invalid action: jump"]
-ACTIONS = ["<think>The box is right of me.</think> <action>right</action>", "<action>left</action>",
-           "Ünïcode — émojis 🙂 and  double  spaces <action>up</action>"]
+ACTIONS = [
+    "<think>The box is right of me.</think> <action>right</action>",
+    "<action>left</action>",
+    "Ünïcode — émojis 🙂 and  double  spaces <action>up</action>",
+]
 PRIVILEGED = "Privileged plan: right, then left.\n"
 
 

@@ -22,14 +22,37 @@ MAX_TURNS = 2
 INVALID_PENALTY = 0.1  # conf/env/sokoban.yaml's; the episode reward lies in [-turns * penalty, 1]
 # The paper's settings where they apply (docs/algorithm.md): lambda_0 = beta_0 = 0.01, lr 1e-6, no
 # warm start, behaviour temperature 1. Written out, not inherited, so that the test states them.
-PAPER = ["method=craft", "loss.sd_coef=0.01", "loss.kl_coef=0.01", f"trainer.lr={LR}", f"trainer.min_lr={LR}",
-         "trainer.warm_start.steps=0", "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.top_k=0"]
-TINY = ["env=sokoban", "env.config.template=full", f"env.config.max_turns={MAX_TURNS}",
-        f"env.config.invalid_penalty={INVALID_PENALTY}", "rollout.tasks_per_step=2", "rollout.group_size=2",
-        "rollout.max_tokens_per_turn=16", "rollout.max_tokens_per_episode=32", "rollout.max_sequence_length=1024",
-        "rollout.max_batch_size=4", "trainer.micro_batch_size=2", f"trainer.max_steps={STEPS}", "trainer.val_every=0",
-        "checkpoint.dir=null", "checkpoint.save_every=0", "logging.tensorboard=false", "logging.plot=false",
-        "logging.progress_bar=false"]
+PAPER = [
+    "method=craft",
+    "loss.sd_coef=0.01",
+    "loss.kl_coef=0.01",
+    f"trainer.lr={LR}",
+    f"trainer.min_lr={LR}",
+    "trainer.warm_start.steps=0",
+    "rollout.temperature=1.0",
+    "rollout.top_p=1.0",
+    "rollout.top_k=0",
+]
+TINY = [
+    "env=sokoban",
+    "env.config.template=full",
+    f"env.config.max_turns={MAX_TURNS}",
+    f"env.config.invalid_penalty={INVALID_PENALTY}",
+    "rollout.tasks_per_step=2",
+    "rollout.group_size=2",
+    "rollout.max_tokens_per_turn=16",
+    "rollout.max_tokens_per_episode=32",
+    "rollout.max_sequence_length=1024",
+    "rollout.max_batch_size=4",
+    "trainer.micro_batch_size=2",
+    f"trainer.max_steps={STEPS}",
+    "trainer.val_every=0",
+    "checkpoint.dir=null",
+    "checkpoint.save_every=0",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "logging.progress_bar=false",
+]
 
 
 def body_craft_run(run_dir: str, hf_path: str) -> dict:
@@ -42,8 +65,11 @@ def body_craft_run(run_dir: str, hf_path: str) -> dict:
     trainer = CraftTrainer(cfg)
 
     def weights() -> dict:
-        return {f"{i}.{n}": p.detach().float().cpu().numpy().copy()
-                for i, c in enumerate(trainer.model) for n, p in c.named_parameters()}
+        return {
+            f"{i}.{n}": p.detach().float().cpu().numpy().copy()
+            for i, c in enumerate(trainer.model)
+            for n, p in c.named_parameters()
+        }
 
     before: dict = {}
     real_step = trainer.train_step
@@ -56,8 +82,13 @@ def body_craft_run(run_dir: str, hf_path: str) -> dict:
     trainer.train_step = train_step
     trainer.fit()
     rows = [json.loads(line) for line in trainer.logger.jsonl_path.read_text().splitlines()]
-    return {"before": before, "after": weights(), "rows": rows, "controller": trainer.controller.state_dict(),
-            "step": trainer.step}
+    return {
+        "before": before,
+        "after": weights(),
+        "rows": rows,
+        "controller": trainer.controller.state_dict(),
+        "step": trainer.step,
+    }
 
 
 def test_craft_steps_on_smollm2_run_with_sane_metrics(smollm2_dir, tmp_path):

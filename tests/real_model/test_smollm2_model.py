@@ -63,8 +63,12 @@ def tokens_bs(prompt_ids):
 def test_logits_match_transformers_and_export_is_bit_exact(layout, smollm2_dir, hf_model, tokens_bs, tmp_path):
     with torch.no_grad():
         reference_bsv = hf_model(tokens_bs).logits.float()
-    results = run_distributed(body_logits_and_roundtrip, **LAYOUTS[layout],
-                              args=({"smollm2": smollm2_dir}, tokens_bs, str(tmp_path), 5 * 2**30), timeout=600)
+    results = run_distributed(
+        body_logits_and_roundtrip,
+        **LAYOUTS[layout],
+        args=({"smollm2": smollm2_dir}, tokens_bs, str(tmp_path), 5 * 2**30),
+        timeout=600,
+    )
     reports = [r["smollm2"] for r in results]
     _check_logits(f"smollm2 {layout}", reports, reference_bsv, bf16=False)
     _check_export(f"smollm2 {layout}", smollm2_dir, str(tmp_path / "smollm2"), sharded=False)
@@ -81,30 +85,40 @@ def body_greedy(hf_dir: str, prompts: list, max_new_tokens: int):
     _, chunks = load_hf_model(hf_dir, _parallel_cfg())
     for chunk in chunks:
         chunk.eval()
-    gen = Generator(chunks, load_tokenizer(None, hf_path=hf_dir),
-                    GenerationConfig(backend="static", temperature=0.0, stop_strings=(), max_new_tokens=max_new_tokens))
+    gen = Generator(
+        chunks,
+        load_tokenizer(None, hf_path=hf_dir),
+        GenerationConfig(backend="static", temperature=0.0, stop_strings=(), max_new_tokens=max_new_tokens),
+    )
     return _portable([r.token_ids for r in gen.generate(prompts, seed=0)])
 
 
 def _hf_greedy(hf_model, prompt, max_new_tokens, stop_ids):
     """transformers' greedy tokens, cut after the first stop token (Generator keeps it)."""
     with torch.no_grad():
-        out = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(stop_ids),
-                                pad_token_id=stop_ids[0])
-    new = out[0, len(prompt):].tolist()
+        out = hf_model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=list(stop_ids),
+            pad_token_id=stop_ids[0],
+        )
+    new = out[0, len(prompt) :].tolist()
     for i, t in enumerate(new):
         if t in stop_ids:
-            return new[:i + 1]
+            return new[: i + 1]
     return new
 
 
 @pytest.mark.parametrize("layout", ["tp1", "pp2"])
 def test_greedy_generation_matches_transformers(layout, smollm2_dir, hf_model, tokenizer, prompt_ids):
-    (ours, *_) = run_distributed(body_greedy, **LAYOUTS[layout], args=(smollm2_dir, prompt_ids, GREEDY_TOKENS),
-                                 timeout=600)
+    (ours, *_) = run_distributed(
+        body_greedy, **LAYOUTS[layout], args=(smollm2_dir, prompt_ids, GREEDY_TOKENS), timeout=600
+    )
     for prompt, text, got in zip(prompt_ids, PROMPTS, ours):
         expected = _hf_greedy(hf_model, prompt, GREEDY_TOKENS, tokenizer.stop_ids)
-        assert list(got) == expected, (f"{layout} {text!r}: ours {tokenizer.decode(list(got))!r} "
-                                       f"vs transformers {tokenizer.decode(expected)!r}")
+        assert list(got) == expected, (
+            f"{layout} {text!r}: ours {tokenizer.decode(list(got))!r} vs transformers {tokenizer.decode(expected)!r}"
+        )
         assert len(expected) == GREEDY_TOKENS or expected[-1] in tokenizer.stop_ids
