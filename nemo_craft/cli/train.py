@@ -22,17 +22,19 @@ def main(argv: list[str] | None = None) -> int:
             "(trainer.max_steps=20 loss.sd_coef=0.01); `nemo-craft train --cfg job [overrides]` shows them all"
         )
         return 0
-    if argv and argv[0] == "--cfg":
-        return print_config(argv[2:] if argv[1:2] == ["job"] else argv[1:])
-    from nemo_craft.envs.registry import MissingEngineError
-    from nemo_craft.trainer.trainer import CraftTrainer
-
-    single_process_env()
-    try:  # a user's mistake in the config: one line naming the value, before any process group
-        trainer = CraftTrainer(compose(argv))
-    except (ValueError, MissingEngineError) as err:
-        print(f"nemo-craft train: {err}", file=sys.stderr)
+    show = bool(argv) and argv[0] == "--cfg"
+    if show:
+        argv = argv[2:] if argv[1:2] == ["job"] else argv[1:]
+    else:
+        single_process_env()
+    trainer = validated_trainer(argv)
+    if trainer is None:
         return 2
+    if show:  # CraftTrainer() built no process group, model or weight
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(trainer.cfg), end="")
+        return 0
     val = trainer.fit()
     if val and trainer.rank == 0:
         print(f"[nemo_craft] final validation success {val.get('val/success_rate', float('nan')):.3f}")
@@ -42,19 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_config(overrides: list[str]) -> int:
-    """The run's config as YAML on stdout, after ``CraftTrainer`` has validated it (which builds
-    no process group, model or weight)."""
-    from omegaconf import OmegaConf
-
+def validated_trainer(overrides: list[str]):
+    """``CraftTrainer`` of the composed config, or None after printing a user's mistake in it as
+    one line naming the value (before any process group)."""
     from nemo_craft.envs.registry import MissingEngineError
     from nemo_craft.trainer.trainer import CraftTrainer
 
     try:
-        cfg = compose(overrides)
-        CraftTrainer(cfg)
+        return CraftTrainer(compose(overrides))
     except (ValueError, MissingEngineError) as err:
         print(f"nemo-craft train: {err}", file=sys.stderr)
-        return 2
-    print(OmegaConf.to_yaml(cfg), end="")
-    return 0
+        return None
