@@ -54,6 +54,9 @@ class TokenStats:
     """CRINGE only: the raw logit z_s of the drawn positive token, differentiable."""
     positive_ids: Optional[torch.Tensor] = None
     """CRINGE only: [N] int64 global vocabulary id of the drawn positive token s."""
+    index: Optional[tuple] = None
+    """(b_N, s_N): the sample and position of each valid token, ``mask_BS.nonzero(as_tuple=True)``;
+    ``x_BS[b_N, s_N]`` lines a [B, S] tensor up with the stats without another nonzero."""
 
 
 def vocab_parallel_token_stats(
@@ -67,6 +70,7 @@ def vocab_parallel_token_stats(
     cringe_k: int = 5,
     vocab_size: Optional[int] = None,
     temperature: float = 1.0,
+    check_targets: bool = True,
 ) -> TokenStats:
     """Target log-prob and entropy of the valid tokens of (vocab-sharded) logits.
 
@@ -79,6 +83,9 @@ def vocab_parallel_token_stats(
     temperature: the statistics are those of softmax(logits / temperature) (the behaviour
     policy of rollouts sampled at that temperature; CRINGE's z are the scaled logits too). The
     division is done chunk by chunk in float32 (no copy of the logits); 1.0 skips it.
+    check_targets: check that the valid tokens' targets are vocabulary ids, which reads two
+    values on the host (a GPU sync); False for callers that checked the step's targets once
+    (the training loss, which must not sync per micro-batch).
     """
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r}: must be > 0")
@@ -103,7 +110,7 @@ def vocab_parallel_token_stats(
     valid_local = None if valid_local == vocab_local else valid_local
     b_N, s_N = torch.nonzero(mask_BS, as_tuple=True)
     targets_N = targets_BS[b_N, s_N].long()
-    if targets_N.numel() and (int(targets_N.min()) < 0 or int(targets_N.max()) >= real):
+    if check_targets and targets_N.numel() and (int(targets_N.min()) < 0 or int(targets_N.max()) >= real):
         raise ValueError(
             f"targets must be vocabulary ids in [0, {real}) on valid tokens; "
             f"got range [{int(targets_N.min())}, {int(targets_N.max())}]"
@@ -127,8 +134,8 @@ def vocab_parallel_token_stats(
     )
     logp, entropy, z_target, z_positive, positive_ids = out
     if not cringe:
-        return TokenStats(logp, entropy)
-    return TokenStats(logp, entropy, z_target, z_positive, positive_ids)
+        return TokenStats(logp, entropy, index=(b_N, s_N))
+    return TokenStats(logp, entropy, z_target, z_positive, positive_ids, index=(b_N, s_N))
 
 
 def counter_uniforms(seed: int, step: int, sample_ids_B: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -187,14 +194,14 @@ class _TokenStatsFn(torch.autograd.Function):
                 z_y[sl] = sums[2]
                 z_s[sl], pos_ids[sl] = _draw_positive(*cand, targets_N[sl], u_N[sl], k, group, world)
         ctx.save_for_backward(logits, b_N, s_N, targets_N, lse, entropy, pos_ids)
-        ctx.meta = (vocab_start, chunk, cringe, valid_local, inv_t)
+        ctx.meta = (vocab_start, chunk, cringe, valid_local, inv_t, world == 1)
         ctx.mark_non_differentiable(pos_ids)
         return logp, entropy, z_y, z_s, pos_ids
 
     @staticmethod
     def backward(ctx, g_logp, g_ent, g_zy, g_zs, _g_pos):
         logits, b_N, s_N, targets_N, lse, entropy, pos_ids = ctx.saved_tensors
-        vocab_start, chunk, cringe, valid_local, inv_t = ctx.meta
+        vocab_start, chunk, cringe, valid_local, inv_t, whole_vocab = ctx.meta
         vocab_local = logits.shape[-1]
         grad = torch.zeros_like(logits)
         for c0 in range(0, b_N.shape[0], chunk):
@@ -215,6 +222,9 @@ class _TokenStatsFn(torch.autograd.Function):
             if cringe:
                 spikes += [(targets_N[sl], g_zy[sl]), (pos_ids[sl], g_zs[sl])]
             for ids, g in spikes:
+                if whole_vocab:  # one shard owns every id: no boolean mask (a GPU sync) to apply
+                    p.index_put_((rows, ids), g, accumulate=True)
+                    continue
                 local, owned = _local_ids(ids, vocab_start, vocab_local)
                 p.index_put_((rows[owned], local[owned]), g[owned], accumulate=True)
             if inv_t != 1.0:
