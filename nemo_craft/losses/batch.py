@@ -1,10 +1,16 @@
 """The per-token and per-trajectory tensors the loss reads, checked once when built.
 
 Shape letters: B trajectories (samples), S tokens per sample (padded).
+
+The step's batch is checked when it is built (shapes and dtypes from the metadata, values with
+one host read for the whole batch); ``select`` takes micro-batches and shards of a checked batch
+without checking again and without reading anything on the host, so the training loss runs
+without a host sync per micro-batch (docs/design.md#no-host-sync-in-the-micro-batch-loop).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
@@ -89,18 +95,7 @@ class TokenBatch:
         for name in _FILLED_TOKEN:
             if getattr(self, name) is not None:
                 _check_tensor(self, name, shape, floating=True)
-        for name in _TOKEN_FLOATS:
-            if getattr(self, name) is not None:
-                _check_no_nan(name, getattr(self, name)[mask])
-        _check_no_nan("rewards", self.rewards)
-        for name in ("group_ids", "sample_ids"):
-            value = getattr(self, name)
-            if value is not None and value.numel() and int(value.min()) < 0:
-                raise ValueError(f"{name} must be >= 0, got min {int(value.min())}")
-        for name in _TOKEN_INTS:
-            values = getattr(self, name)[mask]
-            if values.numel() and int(values.min()) < 0:
-                raise ValueError(f"{name} must be >= 0 on action tokens, got min {int(values.min())}")
+        _check_values(self)
 
     @property
     def batch_size(self) -> int:
@@ -113,21 +108,21 @@ class TokenBatch:
 
     def select(self, index) -> TokenBatch:
         """The trajectories ``index`` (a slice, a list or a tensor of sample indices): a micro-batch
-        or a data-parallel shard. Step-level fields (num_global_tokens, stats) are kept."""
-        if isinstance(index, slice):
-            index = torch.arange(self.batch_size)[index]
-        index = torch.as_tensor(index, dtype=torch.long, device=self.loss_mask.device)
-        sample_ids = (
-            self.sample_ids
-            if self.sample_ids is not None
-            else torch.arange(self.batch_size, device=self.loss_mask.device)
-        )
-        changes = {"sample_ids": sample_ids[index]}
+        or a data-parallel shard. Step-level fields (num_global_tokens, stats) are kept.
+
+        Not checked again (a part of a checked batch is valid) and nothing is read on the host:
+        a slice gives views, a tensor of indices on the batch's device gathers there."""
+        device = self.loss_mask.device
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index, dtype=torch.long, device=device)
+        sub = copy.copy(self)  # no __post_init__: the checks ran when this batch was built
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "sample_ids" and isinstance(value, torch.Tensor):
-                changes[f.name] = value[index]
-        return dataclasses.replace(self, **changes)
+            if isinstance(value, torch.Tensor):
+                setattr(sub, f.name, value[index])
+        if self.sample_ids is None:
+            sub.sample_ids = torch.arange(self.batch_size, device=device)[index]
+        return sub
 
 
 def _describe(value) -> str:
@@ -150,10 +145,37 @@ def _check_tensor(batch: TokenBatch, name: str, shape: tuple, *, floating: bool)
         raise ValueError(f"{name} must be {article} {kind} tensor, got dtype {value.dtype}")
 
 
-def _check_no_nan(name: str, values: torch.Tensor) -> None:
-    bad = torch.isnan(values)
-    if bool(bad.any()):
-        raise ValueError(
-            f"{name} contains NaN ({int(bad.sum())} of {values.numel()} values "
+def _check_values(batch: TokenBatch) -> None:
+    """No NaN in the log-probs (on action tokens) and rewards, no negative id: every condition
+    is reduced on the device and the flags are read with one host sync; a failed one is then
+    described (more reads, on the error path only)."""
+    mask = batch.loss_mask
+    checks = []  # (field, what is wrong, [] bool flag)
+    for name in _TOKEN_FLOATS:
+        value = getattr(batch, name)
+        if value is not None:
+            checks.append((name, "nan", (torch.isnan(value) & mask).any()))
+    checks.append(("rewards", "nan", torch.isnan(batch.rewards).any()))
+    for name in ("group_ids", "sample_ids"):
+        value = getattr(batch, name)
+        if value is not None:
+            checks.append((name, "negative", (value < 0).any()))
+    for name in _TOKEN_INTS:
+        checks.append((name, "negative_action", ((getattr(batch, name) < 0) & mask).any()))
+    flags = torch.stack([flag for _, _, flag in checks]).tolist()
+    for (name, kind, _), bad in zip(checks, flags):
+        if bad:
+            raise ValueError(_describe_failure(batch, name, kind))
+
+
+def _describe_failure(batch: TokenBatch, name: str, kind: str) -> str:
+    value = getattr(batch, name)
+    if kind == "nan":
+        values = value if name == "rewards" else value[batch.loss_mask]
+        return (
+            f"{name} contains NaN ({int(torch.isnan(values).sum())} of {values.numel()} values "
             "on action tokens); check the log-prob / reward computation"
         )
+    if kind == "negative":
+        return f"{name} must be >= 0, got min {int(value.min())}"
+    return f"{name} must be >= 0 on action tokens, got min {int(value[batch.loss_mask].min())}"

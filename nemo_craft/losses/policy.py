@@ -27,7 +27,23 @@ from nemo_craft.losses.config import LossConfig
 from nemo_craft.losses.controller import ControllerState
 from nemo_craft.parallel.vocab_parallel import counter_uniforms, vocab_parallel_token_stats
 
-__all__ = ["policy_loss"]
+__all__ = ["policy_loss", "check_targets"]
+
+
+def check_targets(targets_BS: torch.Tensor, mask_BS: torch.Tensor, vocab_size: Optional[int]) -> None:
+    """The targets of the valid tokens are vocabulary ids in [0, vocab_size) (None: >= 0 only),
+    read in one host sync: a step's check, so that its micro-batches need none."""
+    if tuple(targets_BS.shape) != tuple(mask_BS.shape) or targets_BS.is_floating_point():
+        raise ValueError(
+            f"targets must be integer [B, S] = {tuple(mask_BS.shape)}, got {tuple(targets_BS.shape)} {targets_BS.dtype}"
+        )
+    if not bool(mask_BS.any()):
+        return
+    valid = targets_BS[mask_BS]
+    low, high = torch.stack([valid.min(), valid.max()]).tolist()
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        allowed = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+        raise ValueError(f"targets must be vocabulary ids in {allowed} on valid tokens; got range [{low}, {high}]")
 
 
 def policy_loss(
@@ -41,6 +57,7 @@ def policy_loss(
     num_global_tokens: Optional[int] = None,
     vocab_size: Optional[int] = None,
     temperature: float = 1.0,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """The micro-batch's share of the step loss, and its metrics.
 
@@ -60,8 +77,16 @@ def policy_loss(
     every term is per token; pass ``num_global_tokens`` if the batch did not come from it.
 
     Metrics: ``loss/*`` are sums over this micro-batch's tokens divided by the same count
-    (add them over micro-batches and DP ranks); ``credit/*`` and ``controller/*`` are step
-    values, the same on every rank and micro-batch.
+    (add them over micro-batches and DP ranks) and ``rollout/logprob_diff_*`` the same share and
+    a max, all as detached 0-d float64 tensors on the logits' device, never read here;
+    ``credit/*`` and ``controller/*`` are step values (Python numbers), the same on every rank
+    and micro-batch.
+
+    No host synchronisation (docs/design.md#no-host-sync-in-the-micro-batch-loop): nothing here
+    reads a device value on the host, except the checks of ``validate``, which are for one-off
+    calls: the logits give finite log-probs and entropies, and the targets are vocabulary ids.
+    The trainer passes ``validate=False``: it checks the targets once per step and the step's
+    loss and gradients for finiteness once, after the backward.
     """
     if batch.advantages is None or batch.credit is None:
         raise ValueError("batch has no credits: call compute_credits(batch, cfg) before policy_loss")
@@ -86,24 +111,30 @@ def policy_loss(
         cringe_k=cfg.cringe_k,
         vocab_size=vocab_size,
         temperature=temperature,
+        check_targets=validate,
     )
     logp, entropy = stats.logp, stats.entropy
-    if not bool(torch.isfinite(logp.detach()).all() & torch.isfinite(entropy.detach()).all()):
+    if validate and not bool(torch.isfinite(logp.detach()).all() & torch.isfinite(entropy.detach()).all()):
         raise ValueError(
             "logits give non-finite log-probs or entropy on valid tokens: they contain NaN or infinite values"
         )
 
+    # The valid tokens in the order of the stats (row-major): gathering by these indices gives
+    # the values of x[mask] without the host sync each boolean-mask index costs on a GPU.
+    b_N, s_N = stats.index
     # On-policy (logp_old None): pi_old is the policy being trained, so its log-probs are this
     # forward's, detached: the ratio is exactly 1 and its gradient that of logp.
-    logp_old = logp.detach() if batch.logp_old is None else batch.logp_old[mask].float()
+    logp_old = logp.detach() if batch.logp_old is None else batch.logp_old[b_N, s_N].float()
     if batch.logp_teacher is None and cfg.uses_teacher:
         raise ValueError("batch.logp_teacher is None, but this loss reads the teacher (LossConfig.uses_teacher)")
-    logp_teacher = None if batch.logp_teacher is None else batch.logp_teacher[mask].float()
-    logp_ref = batch.logp_ref[mask].float()
-    credit = batch.credit[mask].float()
-    advantages = batch.advantages.float()[:, None].expand(mask.shape)[mask]
+    logp_teacher = None if batch.logp_teacher is None else batch.logp_teacher[b_N, s_N].float()
+    logp_ref = batch.logp_ref[b_N, s_N].float()
+    credit = batch.credit[b_N, s_N].float()
+    advantages = batch.advantages.float()[b_N]
     if cfg.advantage_shaping == "rlsd":
-        advantages = terms.rlsd_advantages(advantages, batch.delta[mask].float(), mix=cfg.rlsd_mix, eps=cfg.rlsd_eps)
+        advantages = terms.rlsd_advantages(
+            advantages, batch.delta[b_N, s_N].float(), mix=cfg.rlsd_mix, eps=cfg.rlsd_eps
+        )
     if cfg.controller:
         lam, beta = state.lam, state.beta
     else:
@@ -122,7 +153,7 @@ def policy_loss(
     elif cfg.distill == "skill_sd":
         distill = terms.skill_sd_term(logp, logp_teacher, logp_old, coef=cfg.skill_sd_coef)
     elif cfg.distill == "cringe":
-        delta = batch.delta[mask].float()
+        delta = batch.delta[b_N, s_N].float()
         cringe = terms.cringe_term(stats.z_target, stats.z_positive, coef=lam)
         sd = terms.sd_term(logp, logp_teacher, credit, coef=lam)
         distill = torch.where(delta > 0, sd, torch.where(delta < 0, cringe, torch.zeros_like(sd)))
@@ -132,7 +163,7 @@ def policy_loss(
 
     metrics = _metrics(n_global, logp, logp_ref, entropy, pg, kl, distill, clipped, cfg)
     if batch.logp_rollout is not None:
-        metrics.update(_mismatch(logp_old, batch.logp_rollout[mask].float(), n_global))
+        metrics.update(_mismatch(logp_old, batch.logp_rollout[b_N, s_N].float(), n_global))
     metrics.update({"controller/lambda": lam, "controller/beta": beta})
     metrics.update({f"credit/{k}": v for k, v in batch.stats.items()})
     return loss, metrics
@@ -155,15 +186,17 @@ def _mismatch(logp_old: torch.Tensor, logp_rollout: torch.Tensor, n_global: int)
     as a share (add over micro-batches and ranks) and the max (take the max over them)."""
     diff = (logp_old.detach().double() - logp_rollout.double()).abs()
     return {
-        "rollout/logprob_diff_mean": float(diff.sum() / n_global),
-        "rollout/logprob_diff_max": float(diff.max()) if diff.numel() else 0.0,
+        "rollout/logprob_diff_mean": diff.sum() / n_global,
+        "rollout/logprob_diff_max": diff.max() if diff.numel() else diff.new_zeros(()),
     }
 
 
 @torch.no_grad()
 def _metrics(n_global, logp, logp_ref, entropy, pg, kl, distill, clipped, cfg) -> dict:
+    """Each term's share of the step's token mean, as a 0-d float64 tensor (not read here)."""
+
     def share(x):
-        return float(x.detach().double().sum() / n_global)
+        return x.detach().double().sum() / n_global
 
     out = {
         "loss/kl_ref": share(terms.k3(logp, logp_ref, clamp=cfg.kl_clamp)),

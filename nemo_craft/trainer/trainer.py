@@ -23,11 +23,12 @@ from omegaconf import OmegaConf
 
 from nemo_craft.config import RunConfig, rollout_config, to_dataclass
 from nemo_craft.losses import ControllerState, policy_loss
+from nemo_craft.losses.policy import check_targets
 from nemo_craft.parallel.ddp import OptimConfig
 from nemo_craft.seeds import WARM_START_FIRST_TASK, step_sampling_seed, train_task_seed0
 from nemo_craft.trainer.warm_start import WarmStartConfig
 
-__all__ = ["TrainerConfig", "CraftTrainer", "NonFiniteLossError"]
+__all__ = ["TrainerConfig", "CraftTrainer", "NonFiniteLossError", "training_loss_fn"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,6 +79,37 @@ class TrainerConfig:
         )
 
 
+def training_loss_fn(batch, targets_BS, cfg, state, *, tp_group=None, vocab_size=None, temperature=1.0):
+    """The loss function of a step's training pass (``megatron_step.forward_backward``'s
+    ``loss_fn``): (micro-batch with its "index" into ``batch`` and its "targets", logits) ->
+    (sum of its per-token losses, its valid tokens, metrics as device tensors).
+
+    The checks run here, once per step: the step batch was checked when built, the targets are
+    checked now; each micro-batch then runs without a host synchronisation
+    (docs/design.md#no-host-sync-in-the-micro-batch-loop). Logits that are not finite make the
+    loss not finite, which ``CraftTrainer._optimizer_step`` catches once per step.
+    """
+    check_targets(targets_BS, batch.loss_mask, vocab_size)
+
+    def loss_fn(mb, logits):
+        sub = batch.select(mb["index"])
+        loss_sum, metrics = policy_loss(
+            logits,
+            mb["targets"],
+            sub,
+            cfg,
+            state,
+            tp_group=tp_group,
+            num_global_tokens=1,
+            vocab_size=vocab_size,
+            temperature=temperature,
+            validate=False,
+        )
+        return loss_sum, sub.loss_mask.sum(), metrics
+
+    return loss_fn
+
+
 _EPISODE_FIELDS = {
     "reward": lambda t: t.reward,
     "success": lambda t: float(t.success),
@@ -86,6 +118,16 @@ _EPISODE_FIELDS = {
     "invalid": lambda t: t.n_invalid,
 }
 """Per-episode numbers the trainer averages over the data-parallel ranks' episodes, by name."""
+
+
+def _read_on_host(*named: dict) -> list[dict]:
+    """The dicts of 0-d tensors as dicts of floats, read in one host sync (once per step)."""
+    keys = [(i, k) for i, d in enumerate(named) for k in sorted(d)]
+    values = torch.stack([named[i][k].double().reshape(()) for i, k in keys]).tolist() if keys else []
+    out = [{} for _ in named]
+    for (i, k), v in zip(keys, values):
+        out[i][k] = v
+    return out
 
 
 class CraftTrainer:
@@ -276,30 +318,21 @@ class CraftTrainer:
             temperature=self.rollout_cfg.temperature,
         )
         t2 = time.perf_counter()
-        batch, cfg, state = exp.batch, self.run.loss, self.controller
-        tp_group = self._tp_group()
+        batch = exp.batch
         tensors = {
             "input_ids": exp.input_ids,
             "targets": exp.targets,
             "index": torch.arange(exp.input_ids.shape[0], device=self.device),
         }
-        vocab_size, temperature = self.vocab_size, self.rollout_cfg.temperature
-
-        def loss_fn(mb, logits):
-            sub = batch.select(mb["index"])
-            loss_sum, m = policy_loss(
-                logits,
-                mb["targets"],
-                sub,
-                cfg,
-                state,
-                tp_group=tp_group,
-                num_global_tokens=1,
-                vocab_size=vocab_size,
-                temperature=temperature,
-            )
-            return loss_sum, sub.loss_mask.sum(), m
-
+        loss_fn = training_loss_fn(
+            batch,
+            exp.targets,
+            self.run.loss,
+            self.controller,
+            tp_group=self._tp_group(),
+            vocab_size=self.vocab_size,
+            temperature=self.rollout_cfg.temperature,
+        )
         loss, mb_metrics = forward_backward(
             self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn, self.optimizer
         )
@@ -357,13 +390,14 @@ class CraftTrainer:
     def _step_metrics(self, trajs, batch, loss, grad_norm, ok, mb_metrics) -> dict:
         from nemo_craft.parallel.reductions import reduce_named
 
-        sums, maxes = {}, {}
+        sums, maxes = {}, {}  # device tensors: the micro-batches' metrics are added up without a host read
         for m in mb_metrics:
             for k, v in m.items():
                 if k.startswith("loss/") or k == "rollout/logprob_diff_mean":
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    sums[k] = sums[k] + v if k in sums else v
                 elif k == "rollout/logprob_diff_max":
-                    maxes[k] = max(maxes.get(k, 0.0), float(v))
+                    maxes[k] = torch.maximum(maxes[k], v) if k in maxes else v
+        sums, maxes = _read_on_host(sums, maxes)
         sums, maxes = self._from_last_stage((sums, maxes))  # only the last pipeline stage computed the loss
         rollout = self._episode_means(trajs, ("reward", "success", "turns", "invalid"))
         loss_terms = reduce_named(sums, self.dp_group, device=self.device)
