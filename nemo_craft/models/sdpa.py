@@ -16,6 +16,13 @@ a KV cache), and dropout draws from megatron's model-parallel RNG. Masked positi
 added to their scores, where megatron's softmax sets them to -10000: identical probabilities
 whenever a row attends to anything, and no NaN from a fully masked (padding) row either way.
 
+Packed sequences (megatron's ``PackedSeqParams`` with ``qkv_format="thd"``: query, key and value
+``[t, heads, hn]``, the sequences of a micro-batch end to end at ``cu_seqlens``) get block-diagonal
+causal attention, computed block by block: each sequence attends causally to itself through the same
+fused kernel, and the masked blocks between sequences are never computed (a dense [t, t] mask would
+spend quadratic time and memory on them). It is what Transformer Engine's attention does with the
+same parameters on GPUs; megatron's RoPE restarts at each ``cu_seqlens`` boundary before this runs.
+
 Needs torch >= 2.5 (``enable_gqa``). What the local attention supports and this does not (sliding
 windows, softmax offsets, query-key layer scaling) is refused at construction, with the setting that
 keeps megatron's class.
@@ -81,11 +88,6 @@ class SDPAttention(DotProductAttention):
         packed_seq_params=None,
         **extra,
     ) -> Tensor:
-        if packed_seq_params is not None:
-            raise ValueError(
-                "SDPAttention does not take packed sequences (packed_seq_params); they need "
-                "Transformer Engine's attention (the TE spec)"
-            )
         if attention_bias is not None:
             raise ValueError("SDPAttention does not take an attention_bias")
         unknown = sorted(k for k, v in extra.items() if v is not None)
@@ -95,6 +97,8 @@ class SDPAttention(DotProductAttention):
                 "build the model with model.core_attention=local"
             )
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, attention_mask, mask_type, packed_seq_params)
         sq, sk = query.size(0), key.size(0)
         mask, is_causal = None, False
         if attention_mask is not None:
@@ -104,6 +108,33 @@ class SDPAttention(DotProductAttention):
             if sq != sk:
                 raise ValueError(f"a causal mask without attention_mask needs sq == sk, got sq={sq}, sk={sk}")
             is_causal = True
+        return self._attend(query, key, value, mask, is_causal)
+
+    def _packed(self, query, key, value, attention_mask, mask_type, params) -> Tensor:
+        """Block-diagonal causal attention of ``thd`` input: [t, heads, hn] -> [t, np/TP * hn]."""
+        if params.qkv_format != "thd":
+            raise ValueError(f"SDPAttention takes packed sequences in qkv_format 'thd', got {params.qkv_format!r}")
+        if attention_mask is not None:
+            raise ValueError("SDPAttention takes packed sequences or an attention_mask, not both")
+        # the boundaries megatron's RoPE used: the padded ones when given
+        cu_q = params.cu_seqlens_q if params.cu_seqlens_q_padded is None else params.cu_seqlens_q_padded
+        cu_kv = params.cu_seqlens_kv if params.cu_seqlens_kv_padded is None else params.cu_seqlens_kv_padded
+        if not torch.equal(cu_q, cu_kv) or int(cu_q[-1]) != query.size(0):
+            raise ValueError(
+                f"packed self-attention needs cu_seqlens_q == cu_seqlens_kv ending at the {query.size(0)} tokens; "
+                f"got {cu_q.tolist()} and {cu_kv.tolist()}"
+            )
+        causal = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
+        segments = (cu_q[1:] - cu_q[:-1]).tolist()
+        out = [
+            self._attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), None, causal and q.size(0) > 1)
+            for q, k, v in zip(query.split(segments), key.split(segments), value.split(segments))
+        ]
+        return torch.cat(out, dim=0).squeeze(1)
+
+    def _attend(self, query, key, value, mask, is_causal: bool) -> Tensor:
+        """[s, b, heads, hn] each -> the context [sq, b, np/TP * hn]."""
+        sq = query.size(0)
         # [s, b, heads, hn] -> [b, heads, s, hn]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout_p = self.dropout_p if self.training else 0.0

@@ -4,8 +4,11 @@
     exp = make_experience(model, reference, trajectories, loss_cfg, ...)
 
 Old, teacher and reference log-probs come from no-grad passes through megatron's pipeline
-schedule (``megatron_step.forward_only``) over the same micro-batch split as training; then
-GRPO advantages, Delta, CTI and credits (``compute_credits``, sibling sums over DP).
+schedule (``megatron_step.forward_only``) over the same micro-batching as training: padded rows
+of ``micro_batch_size``, or packs of at most ``max_tokens_per_microbatch`` tokens
+(:mod:`nemo_craft.trainer.packing`; the teacher's sequences, longer by the privileged prompt,
+are packed by their own lengths); then GRPO advantages, Delta, CTI and credits
+(``compute_credits``, sibling sums over DP).
 Shape letters: B trajectories of this DP rank, S student positions, T teacher positions.
 """
 
@@ -22,6 +25,7 @@ from nemo_craft.losses import LossConfig, TokenBatch, compute_credits
 from nemo_craft.parallel.vocab_parallel import vocab_parallel_token_stats
 from nemo_craft.rollout.trajectory import Trajectory, align_teacher_logprobs, collate_teacher, collate_trajectories
 from nemo_craft.trainer.megatron_step import forward_only
+from nemo_craft.trainer.packing import MicroBatches, split_micro_batches
 
 __all__ = ["Experience", "make_experience", "micro_batches", "logprob_fn"]
 
@@ -34,8 +38,27 @@ class Experience:
     """[B, S] student tokens."""
     targets: torch.Tensor
     """[B, S] next tokens (the sampled action tokens where loss_mask)."""
+    lengths: torch.Tensor
+    """[B] valid positions of each row."""
     timings: dict = field(default_factory=dict)
     """Seconds per phase: time/old_logprobs_s, time/teacher_logprobs_s, time/ref_logprobs_s, time/credits_s."""
+    padding: dict = field(default_factory=dict)
+    """Share of padded tokens in each pass that ran: perf/pad_frac_old, perf/pad_frac_teacher,
+    perf/pad_frac_ref."""
+
+    def train_micro_batches(
+        self, micro_batch_size: int, max_tokens: Optional[int] = None, pad_multiple: int = 1
+    ) -> MicroBatches:
+        """The training pass's micro-batches (``input_ids``, ``targets`` and ``index``, the rows
+        of ``batch``), split as the no-grad passes were."""
+        tensors = {
+            "input_ids": self.input_ids,
+            "targets": self.targets,
+            "index": torch.arange(self.input_ids.shape[0], device=self.input_ids.device),
+        }
+        return split_micro_batches(
+            tensors, self.lengths, micro_batch_size=micro_batch_size, max_tokens=max_tokens, pad_multiple=pad_multiple
+        )
 
 
 def logprob_fn(chunk_size: int = 256, vocab_size: Optional[int] = None, temperature: float = 1.0):
@@ -63,20 +86,9 @@ def logprob_fn(chunk_size: int = 256, vocab_size: Optional[int] = None, temperat
 
 
 def micro_batches(tensors: dict[str, torch.Tensor], micro_batch_size: int) -> list[dict]:
-    """Split [B, ...] tensors into dicts of [micro_batch_size, ...] (B must divide)."""
-    B, S = tensors["input_ids"].shape
-    if B % micro_batch_size:
-        raise ValueError(
-            f"{B} sequences do not split into micro-batches of {micro_batch_size}; "
-            "make tasks_per_step * group_size / DP a multiple of trainer.micro_batch_size"
-        )
-    pos = torch.arange(S, device=tensors["input_ids"].device).unsqueeze(0).expand(micro_batch_size, -1)
-    out = []
-    for i in range(0, B, micro_batch_size):
-        mb = {k: v[i : i + micro_batch_size] for k, v in tensors.items()}
-        mb["position_ids"] = pos
-        out.append(mb)
-    return out
+    """Split [B, ...] tensors into dicts of [micro_batch_size, ...] (B must divide), padded rows."""
+    lengths = torch.full((tensors["input_ids"].shape[0],), tensors["input_ids"].shape[1])
+    return split_micro_batches(tensors, lengths, micro_batch_size=micro_batch_size).items
 
 
 def _teacher_mask(tb, student_mask_BS: torch.Tensor) -> torch.Tensor:
@@ -95,6 +107,7 @@ def make_experience(
     pad_id: int,
     micro_batch_size: int,
     pad_to_multiple_of: int,
+    max_tokens_per_microbatch: Optional[int] = None,
     dp_group,
     sample_offset: int,
     device: torch.device,
@@ -109,16 +122,25 @@ def make_experience(
     the batch is on-policy (``logp_old`` None) and the loss takes the training forward's own
     log-probs: one optimizer step per rollout makes them pi_old's (GRPO: one forward pass fewer).
     ``temperature``: the rollouts' behaviour temperature; every pass computes its log-probs at it.
+    ``max_tokens_per_microbatch``: pack the sequences into micro-batches of at most this many
+    tokens (None: padded rows of ``micro_batch_size``); ``pad_to_multiple_of`` then rounds the packs.
     """
     sb = collate_trajectories(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
     S = sb.input_ids.shape[1]
     mask = sb.loss_mask
     fn = logprob_fn(loss_cfg.chunk_size, vocab_size, temperature)
     student = {"input_ids": sb.input_ids.to(device), "targets": sb.targets.to(device), "loss_mask": mask.to(device)}
-    student_mbs = micro_batches(student, micro_batch_size)
+    split = dict(
+        micro_batch_size=micro_batch_size, max_tokens=max_tokens_per_microbatch, pad_multiple=pad_to_multiple_of
+    )
+    student_mbs = split_micro_batches(student, sb.lengths, **split)
+    padding = {}
     clock = _Clock(device)
     old_pass = loss_cfg.uses_teacher if old_pass is None else old_pass
-    logp_old = forward_only(model, student_mbs, fn) if old_pass else None
+    logp_old = None
+    if old_pass:
+        logp_old = student_mbs.to_rows(forward_only(model, student_mbs.items, fn))
+        padding["perf/pad_frac_old"] = student_mbs.pad_fraction
     clock.lap("time/old_logprobs_s")
     logp_teacher = None  # nothing reads it (GRPO): Delta = 0 and one forward pass fewer
     if loss_cfg.uses_teacher:
@@ -128,12 +150,15 @@ def make_experience(
             "targets": tb.targets.to(device),
             "loss_mask": _teacher_mask(tb, mask).to(device),
         }
+        teacher_mbs = split_micro_batches(teacher, tb.lengths, **split)
         logp_teacher = align_teacher_logprobs(
-            forward_only(model, micro_batches(teacher, micro_batch_size), fn), tb.gather_index
+            teacher_mbs.to_rows(forward_only(model, teacher_mbs.items, fn)), tb.gather_index
         )
+        padding["perf/pad_frac_teacher"] = teacher_mbs.pad_fraction
     clock.lap("time/teacher_logprobs_s")
     with reference.swapped_in(model):
-        logp_ref = forward_only(model, student_mbs, fn)
+        logp_ref = student_mbs.to_rows(forward_only(model, student_mbs.items, fn))
+    padding["perf/pad_frac_ref"] = student_mbs.pad_fraction
     clock.lap("time/ref_logprobs_s")
     m = mask.to(device)
     zero = torch.zeros((), device=device)
@@ -151,7 +176,14 @@ def make_experience(
     )
     batch = compute_credits(batch, loss_cfg, dp_group=dp_group)
     clock.lap("time/credits_s")
-    return Experience(batch=batch, input_ids=student["input_ids"], targets=student["targets"], timings=clock.laps)
+    return Experience(
+        batch=batch,
+        input_ids=student["input_ids"],
+        targets=student["targets"],
+        lengths=sb.lengths.to(device),
+        timings=clock.laps,
+        padding=padding,
+    )
 
 
 class _Clock:

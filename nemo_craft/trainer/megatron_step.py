@@ -16,6 +16,10 @@ a 2-tuple ``(loss, metrics)`` is multiplied by ``cp_size / num_microbatches``; a
 Micro-batches are dicts of tensors ``[b, s]`` (``input_ids``, ``position_ids``, ``targets`` and
 whatever the loss reads); every pipeline stage iterates the same list, the first stage reads the
 tokens and the last stage the per-token inputs of the loss, which so travel with the micro-batch.
+A packed micro-batch (:mod:`nemo_craft.trainer.packing`: b = 1, several sequences end to end)
+also carries ``packed_seq_params``, which the model's attention and RoPE read; a training loss is
+called once per sequence of it, on that sequence's slice of the logits, so a loss written for
+padded rows works on packs unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ ForwardFn = Callable[[dict, torch.Tensor], torch.Tensor]
 
 
 def _model_forward(model, mb: dict) -> torch.Tensor:
-    return model(mb["input_ids"], mb["position_ids"], None)
+    return model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb.get("packed_seq_params"))
 
 
 def _schedule_args(model_chunks, micro_batches: Sequence[dict]) -> dict:
@@ -104,7 +108,8 @@ def forward_backward(
     """Forward and backward over the micro-batches; gradients end as the global token mean.
 
     Returns the token-mean loss (all-reduced over DP, broadcast over PP, the same on every rank)
-    and the per-micro-batch metrics dicts of the last pipeline stage (empty elsewhere).
+    and the metrics dicts of the last pipeline stage (empty elsewhere): one per micro-batch, or per
+    sequence of a packed micro-batch (each from one ``loss_fn`` call).
     Needs ``config.calculate_per_token_loss=True`` on the model (see module docstring).
     ``optimizer``: its ``zero_grad`` runs first, as Megatron-LM's train step does: after a step
     the fp32 optimizer leaves ``param.grad`` aliasing ``main_grad``, and a backward into that
@@ -124,9 +129,16 @@ def forward_backward(
         return _model_forward(model, mb), partial(_train_loss, mb)
 
     def _train_loss(mb, logits):
-        loss_sum, num_tokens, metrics = loss_fn(mb, logits)
-        metrics = dict(metrics, loss_sum=loss_sum.detach().float(), num_tokens=num_tokens)
-        return loss_sum, num_tokens.to(torch.int), metrics
+        if "pack" not in mb:
+            loss_sum, num_tokens, metrics = loss_fn(mb, logits)
+            metrics = dict(metrics, loss_sum=loss_sum.detach().float(), num_tokens=num_tokens)
+            return loss_sum, num_tokens.to(torch.int), metrics
+        per_seq, loss_sum, num_tokens = [], 0, 0
+        for mb_i, logits_i in mb["pack"].sequences(mb, logits):
+            loss_i, tokens_i, metrics_i = loss_fn(mb_i, logits_i)
+            per_seq.append(dict(metrics_i, loss_sum=loss_i.detach().float(), num_tokens=tokens_i))
+            loss_sum, num_tokens = loss_sum + loss_i, num_tokens + tokens_i
+        return loss_sum, num_tokens.to(torch.int), {"sequences": per_seq}
 
     args = _schedule_args(model_chunks, micro_batches)
     fb = args.pop("forward_backward_func")
@@ -136,6 +148,7 @@ def forward_backward(
     if optimizer is not None:
         optimizer.zero_grad()
     outputs = fb(forward_step_func=forward_step, forward_only=False, **args)
+    outputs = [m for o in outputs for m in o.get("sequences", [o])]  # a pack's metrics, per sequence
     device = micro_batches[0]["input_ids"].device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
