@@ -26,6 +26,7 @@ from nemo_craft.losses import ControllerState, policy_loss
 from nemo_craft.losses.policy import check_targets
 from nemo_craft.parallel.ddp import OptimConfig
 from nemo_craft.seeds import WARM_START_FIRST_TASK, step_sampling_seed, train_task_seed0
+from nemo_craft.trainer.packing import select_sequences
 from nemo_craft.trainer.warm_start import WarmStartConfig
 
 __all__ = ["TrainerConfig", "CraftTrainer", "NonFiniteLossError", "training_loss_fn"]
@@ -39,6 +40,11 @@ class NonFiniteLossError(RuntimeError):
 class TrainerConfig:
     max_steps: int = 150
     micro_batch_size: int = 1
+    """Sequences per micro-batch, padded to the step's longest (when not packing)."""
+    max_tokens_per_microbatch: Optional[int] = None
+    """Pack sequences into micro-batches of at most this many tokens instead (every pass: old,
+    teacher, reference log-probs and training); ``micro_batch_size`` is then not used. Needs
+    model.core_attention=sdpa or Transformer Engine. None: padded micro-batches."""
     lr: float = 1e-6
     """Peak learning rate of RL (the paper's, for pretrained models; the CPU demo sets its own)."""
     min_lr: float = 1e-6
@@ -60,6 +66,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if isinstance(self.warm_start, dict):
             self.warm_start = WarmStartConfig(**self.warm_start)
+        if self.max_tokens_per_microbatch is not None and self.max_tokens_per_microbatch < 1:
+            raise ValueError(f"trainer.max_tokens_per_microbatch={self.max_tokens_per_microbatch}: need >= 1 or null")
         if self.max_steps < 0 or self.micro_batch_size < 1 or self.max_nan_steps < 1:
             raise ValueError(
                 f"trainer.max_steps={self.max_steps}, micro_batch_size={self.micro_batch_size}, "
@@ -92,7 +100,7 @@ def training_loss_fn(batch, targets_BS, cfg, state, *, tp_group=None, vocab_size
     check_targets(targets_BS, batch.loss_mask, vocab_size)
 
     def loss_fn(mb, logits):
-        sub = batch.select(mb["index"])
+        sub = select_sequences(batch, mb["index"], mb["targets"].shape[1])  # a packed sequence: its length
         loss_sum, metrics = policy_loss(
             logits,
             mb["targets"],
@@ -204,7 +212,11 @@ class CraftTrainer:
                 f"data-parallel ranks; use a multiple of {self.dp_size}"
             )
         per_rank = r.tasks_per_step // self.dp_size * r.group_size
-        if per_rank % t.micro_batch_size:
+        if t.max_tokens_per_microbatch is not None:
+            from nemo_craft.trainer.packing import check_packing
+
+            check_packing(self.run.model, t.max_tokens_per_microbatch, self._pad_multiple())
+        elif per_rank % t.micro_batch_size:
             raise ValueError(
                 f"{per_rank} trajectories per data-parallel rank (tasks_per_step/DP * group_size) "
                 f"do not split into trainer.micro_batch_size={t.micro_batch_size}"
@@ -295,7 +307,7 @@ class CraftTrainer:
         return [seed0 + first + i for i in range(n_local)], first
 
     def train_step(self) -> dict:
-        from nemo_craft.trainer.experience import make_experience, micro_batches
+        from nemo_craft.trainer.experience import make_experience
         from nemo_craft.trainer.megatron_step import forward_backward
 
         t0 = time.perf_counter()
@@ -311,6 +323,7 @@ class CraftTrainer:
             pad_id=self.tokenizer.pad_id,
             micro_batch_size=self.tcfg.micro_batch_size,
             pad_to_multiple_of=self._pad_multiple(),
+            max_tokens_per_microbatch=self.tcfg.max_tokens_per_microbatch,
             dp_group=self.dp_group,
             sample_offset=first * self.rollout_cfg.group_size,
             device=self.device,
@@ -319,11 +332,9 @@ class CraftTrainer:
         )
         t2 = time.perf_counter()
         batch = exp.batch
-        tensors = {
-            "input_ids": exp.input_ids,
-            "targets": exp.targets,
-            "index": torch.arange(exp.input_ids.shape[0], device=self.device),
-        }
+        mbs = exp.train_micro_batches(
+            self.tcfg.micro_batch_size, self.tcfg.max_tokens_per_microbatch, self._pad_multiple()
+        )
         loss_fn = training_loss_fn(
             batch,
             exp.targets,
@@ -333,9 +344,7 @@ class CraftTrainer:
             vocab_size=self.vocab_size,
             temperature=self.rollout_cfg.temperature,
         )
-        loss, mb_metrics = forward_backward(
-            self.model, micro_batches(tensors, self.tcfg.micro_batch_size), loss_fn, self.optimizer
-        )
+        loss, mb_metrics = forward_backward(self.model, mbs.items, loss_fn, self.optimizer)
         ok, grad_norm = self._optimizer_step(loss)
         t3 = time.perf_counter()
         gate_activity = float(batch.stats.get("gate_activity", 0.0))
@@ -343,6 +352,7 @@ class CraftTrainer:
         metrics = self._step_metrics(trajs, batch, loss, grad_norm, ok, mb_metrics)
         n_tokens = sum(len(t.token_ids) for t in trajs)
         metrics.update(exp.timings)
+        metrics.update(exp.padding, **{"perf/pad_frac_train": mbs.pad_fraction})
         metrics.update(
             {
                 "time/rollout_s": t1 - t0,
