@@ -5,7 +5,10 @@ Shape letters: B samples, S tokens, N action tokens, T (sample, turn) units, U s
 ``compute_credits`` runs once per step, before any update, on the rank's whole step batch
 (every micro-batch), with ``dp_group`` the data-parallel group (None in one process: the
 same code without collectives). It costs O(tokens) and no forward pass; all sibling sums go
-through ``nemo_craft.parallel.sibling_stats`` and are bit-identical for any DP layout.
+through ``nemo_craft.parallel.sibling_stats`` and are bit-identical for any DP layout. When
+every sibling group is on one rank (the trainer's layout: a task's G rollouts stay on the rank
+that drew it; ``groups_are_local`` checks it with one small all-reduce), the sums are taken
+locally and nothing is gathered; only the step's counts are all-reduced.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from nemo_craft.losses.batch import TokenBatch
 from nemo_craft.losses.config import LossConfig
 from nemo_craft.parallel.reductions import reduce_named
-from nemo_craft.parallel.sibling_stats import gather_table, sibling_sums
+from nemo_craft.parallel.sibling_stats import gather_table, groups_are_local, sibling_sums
 
 __all__ = ["compute_credits", "grpo_advantages", "counterfactual_token_importance", "gate_from_delta"]
 
@@ -118,7 +121,9 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
     n_fallback_tokens (tokens with no sibling at their key, where c = g).
     """
     mask = batch.loss_mask
-    adv, n_singleton = grpo_advantages(batch.rewards, batch.group_ids, eps=cfg.adv_eps, dp_group=dp_group)
+    local = groups_are_local(batch.group_ids, dp_group)
+    sibling_group = None if local else dp_group  # rank-local siblings: the same sums without a gather
+    adv, n_singleton = grpo_advantages(batch.rewards, batch.group_ids, eps=cfg.adv_eps, dp_group=sibling_group)
     if batch.logp_teacher is None or batch.logp_old is None:
         if cfg.uses_teacher:
             missing = "logp_teacher" if batch.logp_teacher is None else "logp_old"
@@ -144,7 +149,7 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
             align=cfg.align,
             clip=cfg.cti_clip,
             tau=cfg.cti_tau,
-            dp_group=dp_group,
+            dp_group=sibling_group,
         )
         cti = cti64.float()
         credit = gate.clone()
@@ -163,7 +168,11 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
         pos_credit=(valid_credit > 0).sum(),
         neg_credit=(valid_credit < 0).sum(),
     )
+    if local:  # this rank's one-sibling groups are its own: add them up with the counts
+        counts["singleton_groups"] = n_singleton
     total = reduce_named(counts, dp_group, device=mask.device)
+    if local:
+        n_singleton = int(total["singleton_groups"])
     n_tokens = int(total["tokens"])
     per_token = 1.0 / max(n_tokens, 1)
     stats = {

@@ -8,12 +8,18 @@ sibling of the step; GRPO needs the mean and std of each group's rewards. Siblin
 other DP ranks and in other micro-batches, so an all-reduce of partial sums would add them in
 an order that depends on the layout. Instead each rank all-gathers the units once per step and
 sums them locally, exactly: every value is rounded to a fixed-point grid (a power of two chosen
-per key from the largest value of that key, leaving 62 bits for the sum) and the integers are
-added. Integer addition does not depend on order, so the sums (and the leave-one-out sums,
-obtained by subtracting a unit's own integer) are bit-identical for DP 1, 2, 4 and any split of
-the samples into micro-batches, on CPU and GPU, with no sort. A sum of n values errs by less
-than n**2 * 2**-61 of its key's largest value (4e-13 for a thousand siblings), about what
-float64 addition would lose. ``group=None`` runs the same code without collectives.
+per key from the largest value and the number of units of that key, leaving 62 bits for the
+sum) and the integers are added. Integer addition does not depend on order, and the grid of a
+key depends on that key's units only, so the sums (and the leave-one-out sums, obtained by
+subtracting a unit's own integer) are bit-identical for DP 1, 2, 4, any split of the samples
+into micro-batches, and whether or not the units of other keys are in the table, on CPU and
+GPU, with no sort. A sum of n values errs by less than n**2 * 2**-61 of its key's largest value
+(4e-13 for a thousand siblings), about what float64 addition would lose. ``group=None`` runs
+the same code without collectives.
+
+When no key is shared between ranks (the trainer rolls out all G siblings of a task on one DP
+rank), ``groups_are_local`` says so with one small all-reduce per step, and the callers pass
+``group=None``: the same sums, bit for bit, with no all-gather of the units.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["SiblingTable", "gather_table", "sibling_sums", "group_size"]
+__all__ = ["SiblingTable", "gather_table", "sibling_sums", "group_size", "groups_are_local"]
 
 _EXACT_INT = 2**53  # keys travel as float64 in the single all-gather
 _SUM_BITS = 62
@@ -73,8 +79,9 @@ class SiblingTable:
             0, self.row[:, None].expand(values.shape), values.abs(), "amax"
         )
         _, exp = torch.frexp(peak)  # peak < 2**exp
-        count_bits = int(self.counts.max()).bit_length() if n_rows else 0
-        shift = torch.where(peak > 0, _SUM_BITS - count_bits - exp, 0).long().clamp(-1000, 1000)
+        # counts < 2**count_bits: the key's n integers, each below 2**(62 - count_bits), sum below 2**62
+        _, count_bits = torch.frexp(self.counts.double())
+        shift = torch.where(peak > 0, _SUM_BITS - count_bits[:, None] - exp, 0).long().clamp(-1000, 1000)
         q = torch.round(values * _pow2(shift[self.row])).long()
         total = torch.zeros((n_rows, n_col), dtype=torch.long, device=values.device).index_add_(0, self.row, q)
         return q, total, shift
@@ -90,6 +97,33 @@ def group_size(group: Optional[dist.ProcessGroup]) -> int:
     if group is None or not dist.is_available() or not dist.is_initialized():
         return 1
     return dist.get_world_size(group)
+
+
+def groups_are_local(group_ids_B: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> bool:
+    """True when no sibling group of this rank's samples has samples on another rank of
+    ``group``, so that every sibling sum can be taken locally (``group=None``).
+
+    One all-reduce of three integers per rank (whether it has samples, its smallest and largest
+    group id) and one host read: call it once per step. The answer is the same on every rank:
+    True when the ranks' id ranges do not overlap, as in the trainer (rank r rolls out the
+    tasks first_r .. first_r + n - 1, G siblings each). Overlapping ranges answer False even
+    when the ids are disjoint: the gathered path is exact as well, only slower.
+    """
+    world = group_size(group)
+    if world == 1:
+        return True
+    ids = group_ids_B.long()
+    table = ids.new_zeros((world, 3))
+    if ids.numel():
+        table[dist.get_rank(group)] = torch.stack([torch.ones_like(ids[0]), ids.min(), ids.max()])
+    dist.all_reduce(table, group=group)
+    return ranges_disjoint([(low, high) for has, low, high in table.tolist() if has])
+
+
+def ranges_disjoint(ranges: list[tuple[int, int]]) -> bool:
+    """Whether the closed integer ranges [low, high] share no integer."""
+    ordered = sorted(ranges)
+    return all(prev_high < low for (_, prev_high), (low, _) in zip(ordered, ordered[1:]))
 
 
 def gather_table(

@@ -2,7 +2,7 @@
 
 import torch
 
-from nemo_craft.parallel.sibling_stats import gather_table, sibling_sums
+from nemo_craft.parallel.sibling_stats import gather_table, groups_are_local, ranges_disjoint, sibling_sums
 
 
 def _units(n=500, seed=0):
@@ -48,3 +48,25 @@ def test_keys_with_a_huge_range_and_empty_input():
     assert sums[:, 0].tolist() == [3.0, 3.0, 4.0] and counts.tolist() == [2, 2, 1]
     empty = gather_table(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 1))
     assert empty.sums().shape == (0, 1) and empty.counts.numel() == 0
+
+
+def test_a_keys_sums_do_not_depend_on_the_other_keys_in_the_table():
+    """compute_credits takes the sums locally when every sibling group is on one rank: they must
+    be the sums of the gathered table bit for bit, so a key's fixed-point grid may depend on
+    its own units only (here the keys of the subset have fewer units than the others)."""
+    keys, values = _units(n=600, seed=2)
+    values[:, 1] *= torch.exp(40 * torch.rand(600, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    small = (keys[:, 0] == 0) & (keys[:, 1] < 2)  # whole keys, 2 of the 35, with ~17 units each
+    keys[small, 1] = keys[small, 1] + 10 * (torch.arange(int(small.sum())) % 3)  # split into 6 keys of ~6 units
+    for loo in (False, True):
+        full, full_counts = sibling_sums(keys, values, leave_one_out=loo)
+        part, part_counts = sibling_sums(keys[small], values[small], leave_one_out=loo)
+        assert torch.equal(part_counts, full_counts[small])
+        assert torch.equal(part.view(torch.int64), full[small].view(torch.int64))
+
+
+def test_rank_locality_is_read_from_the_ranks_id_ranges():
+    assert groups_are_local(torch.tensor([3, 1, 2]), None)  # one process: always local
+    assert ranges_disjoint([(4, 7), (0, 3), (8, 8)]) and ranges_disjoint([]) and ranges_disjoint([(2, 5)])
+    assert not ranges_disjoint([(0, 4), (4, 9)])  # group 4 on both ranks
+    assert not ranges_disjoint([(0, 8), (3, 5)])  # ids may be disjoint, the ranges are not: gather
