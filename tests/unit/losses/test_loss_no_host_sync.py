@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from nemo_craft.losses import PRESETS, ControllerState, LossConfig, compute_credits
+from nemo_craft.trainer.packing import split_micro_batches
 from nemo_craft.trainer.trainer import training_loss_fn
 from tests.unit.losses._reference import make_batch
 
@@ -129,6 +130,27 @@ def test_the_training_loss_reads_nothing_on_the_host(name, monkeypatch):
     for _, num_tokens, metrics in outputs:
         assert isinstance(num_tokens, torch.Tensor)
         assert all(isinstance(v, torch.Tensor) for k, v in metrics.items() if k.startswith(("loss/", "rollout/")))
+
+
+@pytest.mark.parametrize("name", ["craft", "grpo", "adaptive_cringe"])
+def test_the_packed_training_loss_reads_nothing_on_the_host(name, monkeypatch):
+    """Packed micro-batches (trainer.max_tokens_per_microbatch): megatron_step calls the loss once
+    per sequence of a pack, on its piece of the pack's logits; one nonzero per sequence."""
+    cfg = CONFIGS[name]
+    batch, targets, logits = _step(cfg)
+    state = ControllerState.initial(cfg)
+    loss_fn = training_loss_fn(batch, targets, cfg, state, vocab_size=VOCAB)
+    B = targets.shape[0]
+    lengths = SEQ - batch.loss_mask.flip(1).int().argmax(1)  # up to the last action token
+    tensors = {"input_ids": targets, "targets": targets, "index": torch.arange(B)}
+    mbs = split_micro_batches(tensors, lengths, max_tokens=2 * SEQ)
+    leaves = [torch.randn(1, mb["input_ids"].shape[1], V, requires_grad=True) for mb in mbs.items]
+    with _host_reads(monkeypatch) as calls:
+        for mb, leaf in zip(mbs.items, leaves):
+            loss_sum = sum(loss_fn(mb_i, logits_i)[0] for mb_i, logits_i in mb["pack"].sequences(mb, leaf))
+            loss_sum.backward()
+    assert len(mbs.items) < B and dict(calls) == {"nonzero": B}, f"{name}: {dict(calls)}"
+    assert all(leaf.grad.abs().sum() > 0 for leaf in leaves)
 
 
 def test_the_counter_sees_each_kind_of_host_read(monkeypatch):
