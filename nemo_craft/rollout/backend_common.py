@@ -1,7 +1,9 @@
 """What every generation backend does around megatron's model: the model's state during generation
-(``generation_mode``) and the model-parallel sampling step (``sample_and_share``).
+(``generation_mode``) and the model-parallel sampling step (``sample_and_share``, and
+``skip_draws`` for steps at which no row samples).
 
-Shape letters: B rows being sampled, V' megatron's padded vocabulary.
+Shape letters: B rows being sampled, V' megatron's padded vocabulary, N rows of the batch whose
+random draw the sampled rows take part in.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from nemo_craft.rollout.sampling import sample_next_tokens
+from nemo_craft.rollout.sampling import exponential_noise, sample_next_tokens
 
-__all__ = ["generation_mode", "sample_and_share"]
+__all__ = ["generation_mode", "sample_and_share", "skip_draws"]
 
 
 def sample_and_share(
@@ -26,19 +28,33 @@ def sample_and_share(
     top_p: float,
     generator: torch.Generator,
     device: torch.device,
+    draw_rows: tuple[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens_B, logprobs_B)``, the same on every rank of the model-parallel group.
 
     Sampled on the last pipeline stage (the only one whose ``logits_BV`` is read; [B, V'] there,
     anything elsewhere) by its tensor-parallel rank 0, then broadcast to the TP group and down the
     pipeline: B (token, log-prob) pairs instead of megatron's [B, V'] logits, and one random stream,
-    so no rank can draw differently."""
+    so no rank can draw differently.
+
+    ``draw_rows`` = (N, rows_B): the B rows are rows_B of a batch of N, and the random numbers are
+    drawn for all N (so the stream, and each row's draw, is the same whichever rows still run)."""
     from megatron.core import parallel_state as ps
 
     packed_2B = torch.empty(2, batch, dtype=torch.float64, device=device)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
+        noise_BV = None
+        if draw_rows is not None and temperature > 0:
+            noise_NV = exponential_noise(draw_rows[0], vocab_size, generator=generator, device=device)
+            noise_BV = noise_NV[draw_rows[1].to(device)]
         next_B, logp_B = sample_next_tokens(
-            logits_BV, vocab_size=vocab_size, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            logits_BV,
+            vocab_size=vocab_size,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            noise_BV=noise_BV,
         )
         packed_2B[0], packed_2B[1] = next_B, logp_B
         if ps.get_tensor_model_parallel_world_size() > 1:
@@ -50,6 +66,17 @@ def sample_and_share(
             packed_2B, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
         )
     return packed_2B[0].long(), packed_2B[1].float()
+
+
+def skip_draws(steps: int, batch: int, *, vocab_size: int, temperature: float, generator, device) -> None:
+    """Advance ``generator`` as ``steps`` sampling steps of ``batch`` rows would (greedy draws
+    nothing); on the last pipeline stage, the only one that draws."""
+    from megatron.core import parallel_state as ps
+
+    if temperature > 0 and steps > 0 and ps.is_pipeline_last_stage(ignore_virtual=True):
+        noise_NV = exponential_noise(batch, vocab_size, generator=generator, device=device)
+        for _ in range(steps - 1):
+            noise_NV.exponential_(1.0, generator=generator)
 
 
 @contextlib.contextmanager

@@ -4,13 +4,19 @@ Shape letters: B rows of the batch, V vocabulary (the tokenizer's, without megat
 
 Pure tensor code with no process groups: the caller gives every tensor-parallel rank the same
 (all-gathered) logits and the same generator state, so every rank draws the same tokens.
+
+A draw is ``torch.multinomial(probs_BV, 1)`` written out: that call takes one exponential variate
+per entry of ``probs_BV`` from the generator (``exponential_noise``) and picks the argmax of
+probs / noise in each row (the exponential race). Written out, a caller can draw the noise of a
+whole batch and let only some of its rows use it: rows that have stopped need no logits, yet the
+random stream advances exactly as when every row was sampled.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_next_tokens"]
+__all__ = ["exponential_noise", "sample_next_tokens"]
 
 
 def sample_next_tokens(
@@ -21,6 +27,7 @@ def sample_next_tokens(
     top_k: int,
     top_p: float,
     generator: torch.Generator | None,
+    noise_BV: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row; return ``(tokens_B, logprobs_B)``.
 
@@ -33,6 +40,8 @@ def sample_next_tokens(
         top_p: keep the smallest set of most likely tokens whose probability reaches top_p
             (1.0: all); the most likely token is always kept.
         generator: the random stream of the draw (unused when greedy).
+        noise_BV: [B, V] ``exponential_noise`` to draw with instead of taking it from ``generator``
+            (rows of a larger batch's noise; unused when greedy).
 
     Returns:
         tokens_B (int64) and logprobs_B (float32): the log-probability of each drawn token under
@@ -53,8 +62,19 @@ def sample_next_tokens(
         if top_p < 1.0:
             scores_BV = _top_p_filter(scores_BV, top_p)
         probs_BV = torch.softmax(scores_BV, dim=-1)
-        tokens_B = torch.multinomial(probs_BV, num_samples=1, generator=generator).squeeze(1)
+        if noise_BV is None:
+            noise_BV = exponential_noise(*probs_BV.shape, generator=generator, device=probs_BV.device)
+        tokens_B = torch.argmax(probs_BV / noise_BV, dim=-1)
     return tokens_B, logprobs_BV.gather(1, tokens_B[:, None]).squeeze(1)
+
+
+def exponential_noise(
+    batch: int, vocab_size: int, *, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """[batch, vocab_size] Exp(1) variates (float32): the random numbers ``torch.multinomial``
+    takes from ``generator`` to draw one token per row of a [batch, vocab_size] float32 probability
+    table, in the same order, so the argmax of probs / noise is its draw, bit for bit."""
+    return torch.empty(batch, vocab_size, dtype=torch.float32, device=device).exponential_(1.0, generator=generator)
 
 
 def _top_p_filter(scores_BV: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -4,26 +4,41 @@ What is megatron's and what is ours:
 
 * megatron-core: ``GPTInferenceWrapper`` (built by ``mcore_compat``: inputs, attention mask and
   position ids of a context window; the forward pass for TP, for PP with p2p between stages and,
-  on megatron-core 0.16, micro-batching of large prefills; logits gathered over TP),
-  ``StaticInferenceContext`` (the per-layer KV cache that attention fills and reads, prefill
-  then decode mode) and the static batching scheme of its ``TextGenerationController``:
-  prompts left-aligned, prefill up to the shortest prompt, then one position per step, where a
-  row still inside its prompt feeds its next prompt token and a row past it feeds its last
-  sampled token. No padding token is ever attended to, so the scheme is exact with every
-  attention backend (local, TE, flash) and every position-embedding type.
-* the loop below (~60 lines) replaces ``TextGenerationController.
+  on megatron-core 0.16, micro-batching of large prefills; logits gathered over TP) and
+  ``StaticInferenceContext``: the per-layer KV cache, [columns, rows, ...], that attention writes
+  at columns ``sequence_len_offset`` on and reads up to there, for the rows from
+  ``batch_size_offset`` on, as many as the forward pass has (the same in 0.16 to 0.19).
+* ours: the schedule below, replacing ``TextGenerationController.
   generate_all_output_tokens_static_batch``, which does not serve RL rollouts: it has one budget
-  and one termination id for the whole batch and no stop strings (so every action would run to
-  the longest budget), it materialises [B, prompt, V] logits whenever log-probs are asked for,
-  it broadcasts the full [B, V] logits from the last pipeline stage at every step, and its engine
-  (``StaticInferenceEngine.generate``) reseeds the global torch RNG on each call. Here each row
-  has its own budget, EOS ids and stop strings, the batch stops when its last row does, only the
-  last token's logits are computed, the last stage samples and broadcasts B token ids and
-  log-probs, and sampling draws from a generator of its own.
+  and one termination id for the whole batch and no stop strings, materialises [B, prompt, V]
+  logits for log-probs, broadcasts [B, V] logits from the last pipeline stage at every step, runs
+  every row until the last one ends, and feeds prompts longer than the shortest one a token per
+  whole-batch step. Its engine also reseeds the global torch RNG on each call.
 
-Every rank of a model-parallel group runs this in lockstep on the same prompts; the sampled tokens
-are broadcast from tensor-parallel rank 0 of the last pipeline stage, so all ranks hold the same
-tokens and take the same stop decisions.
+The schedule of one batch. Prompts are left-aligned (column = position, as megatron's RoPE and
+position ids want), and every row writes its token at the same column in a step, ``end``:
+
+1. one prefill pass over every prompt but its last token (the shorter prompts right-padded: the
+   causal mask keeps the padding out of every real token's attention, and a row overwrites its
+   padding columns with its own tokens before it first reads them);
+2. decode steps, one token per running row, at column ``end - 1``: a row starts at the step where
+   ``end`` reaches its prompt length (feeding its last prompt token) and leaves the batch when it
+   ends; its KV slot is then taken by the last running row (``_Slots``), so each step computes the
+   running rows only, and the prompts only once.
+
+Only full-batch steps are gone: a row samples its k-th token at step ``len(prompt) - shortest
+prompt + k`` of its batch, as it always did here, and each step draws the random numbers of the
+whole batch, of which the running rows take theirs (``sample_and_share(draw_rows=)``). So the
+tokens, sampled or greedy, are those of the schedule before (``nemo_craft.testing.
+lockstep_static``, all rows in lockstep), and log-probs equal up to float rounding (prompt tokens
+now go through a prefill rather than decode steps). Every attention backend (local, SDPA, TE,
+flash) sees what it saw before: a causal prefill from column 0, then single-token decode steps.
+
+Per row its own budget, EOS ids and stop strings; only the last token's logits are computed; the
+last stage samples and broadcasts B token ids and log-probs; sampling draws from a generator of
+its own. Every rank of a model-parallel group runs this in lockstep on the same prompts; the
+sampled tokens are broadcast from tensor-parallel rank 0 of the last pipeline stage, so all ranks
+hold the same tokens and take the same stop decisions (and so the same batch compositions).
 """
 
 from __future__ import annotations
@@ -35,7 +50,7 @@ import torch
 
 from nemo_craft.parallel import mcore_compat
 from nemo_craft.parallel.cpu_mode import compute_device
-from nemo_craft.rollout.backend_common import generation_mode, sample_and_share
+from nemo_craft.rollout.backend_common import generation_mode, sample_and_share, skip_draws
 from nemo_craft.rollout.stopping import StopCriteria
 
 __all__ = ["StaticBackend"]
@@ -124,55 +139,73 @@ class StaticBackend:
                     out[i] = result
         return out
 
-    # -- the loop ----------------------------------------------------------------------------------
+    # -- the schedule ------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def _generate_batch(self, prompts, budgets, *, temperature, top_k, top_p, stop, generator):
         device = compute_device()
+        n = len(prompts)
         lengths = [len(p) for p in prompts]
-        width = max(n + b for n, b in zip(lengths, budgets))
-        tokens_BT = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        width = max(length + b for length, b in zip(lengths, budgets))
+        tokens_NT = torch.zeros(n, width, dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
-            tokens_BT[i, : len(p)] = torch.tensor(p, dtype=torch.long, device=device)
-        lengths_B = torch.tensor(lengths, device=device)
+            tokens_NT[i, : len(p)] = torch.tensor(p, dtype=torch.long, device=device)
 
-        context = self._context_cls(len(prompts), width)
+        context = self._context_cls(n, width)
         self.wrapper.inference_context = context
         self.wrapper.prep_model_for_inference()  # eval mode, context reset (prefill)
-        inputs = self.wrapper.prep_inference_input(tokens_BT)
+        inputs = self.wrapper.prep_inference_input(tokens_NT)
+        slots = _Slots(sorted(range(n), key=lengths.__getitem__))
+        if max(lengths) > 1:
+            self._forward(inputs, slots.rows, 0, max(lengths) - 1)
+        context.enable_decode_mode()
 
         generated = [[] for _ in prompts]
         logprobs = [[] for _ in prompts]
-        reasons: list[str | None] = [None] * len(prompts)
-        start, end = 0, min(lengths)
+        reasons: list[str | None] = [None] * n
+        sampling = dict(vocab_size=self.vocab_size, temperature=temperature, generator=generator, device=device)
+        end = min(lengths)
         while True:
-            window = self.wrapper.get_batch_for_context_window(inputs, start, end)
-            logits = self.wrapper.run_one_forward_step(window)  # [B, 1, V'] on the last stage
-            next_B, logp_B = sample_and_share(
+            while slots.waiting and lengths[slots.next_waiting] <= end:
+                slots.start_next()
+            if not slots.running:  # every started row ended before the next prompt's length
+                skip_draws(lengths[slots.next_waiting] - end, n, **sampling)
+                end = lengths[slots.next_waiting]
+                continue
+            rows = slots.running
+            # the running rows are KV slots first .. first + len(rows) - 1; their token goes at column end
+            context.sequence_len_offset, context.batch_size_offset = end - 1, slots.first
+            logits = self._forward(inputs, rows, end - 1, end)  # [rows, 1, V'] on the last stage
+            rows_R = torch.tensor(rows, device=device)
+            next_R, logp_R = sample_and_share(
                 logits[:, -1, :] if logits is not None else None,
-                len(prompts),
-                vocab_size=self.vocab_size,
-                temperature=temperature,
+                len(rows),
                 top_k=top_k,
                 top_p=top_p,
-                generator=generator,
-                device=device,
+                draw_rows=(n, rows_R),
+                **sampling,
             )
-            started_B = lengths_B <= end  # rows whose prompt is consumed: their token goes at `end`
-            tokens_BT[started_B, end] = next_B[started_B]
-            next_list, logp_list = next_B.tolist(), logp_B.tolist()
-            for i in range(len(prompts)):
-                if reasons[i] is None and lengths[i] <= end:
-                    generated[i].append(next_list[i])
-                    logprobs[i].append(logp_list[i])
-                    reasons[i] = stop.check(generated[i], budgets[i])
-            if all(r is not None for r in reasons):
-                break
-            if bool(started_B.all()):
-                context.enable_decode_mode()
-            start, end = end, end + 1
             assert end < width, "a row outlived its budget"
-        return list(zip(generated, logprobs, reasons))
+            tokens_NT[rows_R, end] = next_R
+            ended = []
+            for i, token, logp in zip(rows, next_R.tolist(), logp_R.tolist()):
+                generated[i].append(token)
+                logprobs[i].append(logp)
+                reasons[i] = stop.check(generated[i], budgets[i])
+                if reasons[i] is not None:
+                    ended.append(i)
+            slots.finish(ended, context.key_value_memory_dict, columns=end)
+            if not slots.running and not slots.waiting:
+                return list(zip(generated, logprobs, reasons))
+            end += 1
+
+    def _forward(self, inputs, rows: list[int], start: int, end: int):
+        """megatron's forward of columns [start, end) for these rows of the batch (in this order:
+        KV slots batch_size_offset on)."""
+        window = self.wrapper.get_batch_for_context_window(inputs, start, end)
+        index = torch.tensor(rows, device=window["tokens"].device)
+        window = dict(window, tokens=window["tokens"][index], position_ids=window["position_ids"][index])
+        return self.wrapper.run_one_forward_step(window)
 
     # -- model state around generation --------------------------------------------------------------
 
@@ -184,3 +217,47 @@ class StaticBackend:
                 yield
             finally:
                 self.wrapper.inference_context = self._context_cls(1, 1)
+
+
+class _Slots:
+    """Which row of the batch each KV-cache slot holds (the batch dimension of megatron's static
+    cache). Megatron reads a contiguous slot range, so: the rows waiting for their first step at
+    the front, the next to start last (``next_waiting``, at ``first - 1``); the running rows from
+    ``first`` on; free slots after them. A row starts by moving ``first`` down one; a row that
+    ends gives its slot to the last running row (one row's KV copied), so nothing is copied for
+    the rows that go on and no slot is computed for a row that has ended."""
+
+    def __init__(self, start_order: Sequence[int]):
+        self.rows = list(reversed(start_order))
+        self.first = len(self.rows)
+        self._running = 0
+
+    @property
+    def running(self) -> list[int]:
+        return self.rows[self.first : self.first + self._running]
+
+    @property
+    def waiting(self) -> int:
+        return self.first
+
+    @property
+    def next_waiting(self) -> int:
+        return self.rows[self.first - 1]
+
+    def start_next(self) -> None:
+        self.first -= 1
+        self._running += 1
+
+    def finish(self, ended: Sequence[int], kv_cache: dict, *, columns: int) -> None:
+        """Drop the running rows ``ended``; ``kv_cache``: megatron's ``key_value_memory_dict``
+        (layer -> (keys, values), each [columns, slots, ...]) whose first ``columns`` columns of
+        the moved rows are copied."""
+        slot_of = {row: self.first + k for k, row in enumerate(self.running)}
+        for slot in sorted((slot_of[row] for row in ended), reverse=True):
+            last = self.first + self._running - 1
+            if slot != last:
+                for cache in kv_cache.values():
+                    for buffer in cache:
+                        buffer[:columns, slot] = buffer[:columns, last]
+                self.rows[slot] = self.rows[last]
+            self._running -= 1

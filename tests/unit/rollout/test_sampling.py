@@ -88,3 +88,35 @@ def test_stop_criteria():
     assert StopCriteria([99]).check([0, 1], budget=5) is None
     with pytest.raises(ValueError, match="decode"):
         StopCriteria([1], ["x"])
+
+
+def _multinomial_reference(logits_BV, vocab_size, temperature, top_k, top_p, generator):
+    """The draw as torch.multinomial makes it (the sampler before the race was written out)."""
+    from nemo_craft.rollout.sampling import _top_p_filter
+
+    scores_BV = logits_BV[:, :vocab_size].float() / temperature
+    if 0 < top_k < vocab_size:
+        scores_BV = scores_BV.masked_fill(scores_BV < torch.topk(scores_BV, top_k, dim=-1).values[:, -1:], -torch.inf)
+    if top_p < 1.0:
+        scores_BV = _top_p_filter(scores_BV, top_p)
+    return torch.multinomial(torch.softmax(scores_BV, -1), 1, generator=generator).squeeze(1)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (5, 0.9)])
+def test_draws_are_torch_multinomials_bit_for_bit_and_rows_of_a_batchs_noise_draw_as_that_batch(top_k, top_p):
+    from nemo_craft.rollout.sampling import exponential_noise
+
+    logits = torch.randn(6, 40, generator=_gen(3)) * 3
+    kw = dict(vocab_size=37, temperature=0.7, top_k=top_k, top_p=top_p)
+    for seed in range(10):
+        g = _gen(seed)
+        expect = [_multinomial_reference(logits, generator=g, **kw) for _ in range(3)]
+        g = _gen(seed)
+        drawn = [sample_next_tokens(logits, generator=g, **kw)[0] for _ in range(3)]
+        assert [t.tolist() for t in drawn] == [t.tolist() for t in expect]
+        # rows 1, 4 and 5 alone, drawing with their rows of the whole batch's noise
+        g, rows = _gen(seed), torch.tensor([5, 1, 4])
+        for step in range(3):
+            noise = exponential_noise(6, 37, generator=g, device=logits.device)
+            tokens, _ = sample_next_tokens(logits[rows], generator=None, noise_BV=noise[rows], **kw)
+            assert tokens.tolist() == expect[step][rows].tolist()
