@@ -7,13 +7,14 @@
 Padded (``max_tokens`` None): consecutive rows, ``micro_batch_size`` at a time, each row as long
 as the longest sequence of the step: the layout every pass used before packing, unchanged.
 
-Packed: sequences are packed first-fit-decreasing into micro-batches of at most ``max_tokens``
-tokens, as verl's dynamic batch size and NeMo-RL's sequence packing do. A packed micro-batch is one
-row ``[1, L]``: its sequences end to end (``cu_seqlens``), position ids restarting at 0 for each,
-and megatron's ``PackedSeqParams`` with ``qkv_format="thd"``, which makes the attention block-
-diagonal causal (Transformer Engine's attention on GPUs, :class:`~nemo_craft.models.sdpa.
-SDPAttention` elsewhere) and restarts RoPE at every sequence (megatron applies it per
-``cu_seqlens`` segment). The packs depend only on the lengths and the budget, so the same step
+Packed: sequences are packed into micro-batches of at most ``max_tokens`` tokens, as verl's
+dynamic batch size and NeMo-RL's sequence packing do: as few as first-fit decreasing needs, with
+the tokens balanced between them (every pack is padded to the longest, see :func:`plan_packs`).
+A packed micro-batch is one row ``[1, L]``: its sequences end to end (``cu_seqlens``), position
+ids restarting at 0 for each, and megatron's ``PackedSeqParams`` with ``qkv_format="thd"``, which
+makes the attention block-diagonal causal (Transformer Engine's attention on GPUs,
+:class:`~nemo_craft.models.sdpa.SDPAttention` elsewhere) and restarts RoPE at every sequence
+(megatron applies it per ``cu_seqlens`` segment). The packs depend only on the lengths and the budget, so the same step
 gives the same packs on every rank of a model-parallel group, after a resume and on every run.
 
 Shape letters: B sequences of the step, S their padded length, P packs, L tokens per pack.
@@ -53,8 +54,13 @@ def _check_multiple(max_tokens: int, pad_multiple: int) -> None:
 
 
 def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Sequence indices per pack: first-fit decreasing (longest first, ties by index), each pack
-    at most ``max_tokens`` tokens, its sequences in index order. Deterministic."""
+    """Sequence indices per pack, each pack at most ``max_tokens`` tokens, its sequences in index
+    order. Deterministic (ties broken by index).
+
+    As many packs as first-fit decreasing needs; then the sequences are spread over that many
+    packs, longest first, each to the emptiest pack: every pack is padded to the longest one
+    (one shape for the pipeline schedule), so balanced packs waste the least (one more pack
+    where the spread breaks the budget)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens}: must be >= 1")
     too_long = [n for n in lengths if n > max_tokens]
@@ -63,18 +69,29 @@ def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
             f"a sequence of {max(too_long)} tokens does not fit trainer.max_tokens_per_microbatch={max_tokens}; "
             f"raise it to at least the longest sequence (rollout.max_sequence_length)"
         )
-    packs: list[list[int]] = []
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    n_packs = _first_fit_count(order, lengths, max_tokens)
+    while True:
+        packs, loads = [[] for _ in range(n_packs)], [0] * n_packs
+        for i in order:
+            p = min(range(n_packs), key=lambda p: (loads[p], p))
+            packs[p].append(i)
+            loads[p] += lengths[i]
+        if max(loads) <= max_tokens:
+            return [sorted(p) for p in packs]
+        n_packs += 1
+
+
+def _first_fit_count(order: list[int], lengths: Sequence[int], max_tokens: int) -> int:
     room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+    for i in order:
         for p, free in enumerate(room):
             if lengths[i] <= free:
-                packs[p].append(i)
                 room[p] -= lengths[i]
                 break
         else:
-            packs.append([i])
             room.append(max_tokens - lengths[i])
-    return [sorted(p) for p in packs]
+    return len(room)
 
 
 @dataclass(frozen=True)

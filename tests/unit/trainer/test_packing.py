@@ -20,20 +20,23 @@ def _batch(lengths, S=None, seed=0):
     return tensors, torch.tensor(lengths)
 
 
-def test_plan_is_first_fit_decreasing_within_the_budget():
+def test_plan_takes_the_fewest_packs_and_balances_them():
     lengths = [30, 7, 12, 25, 3, 18, 40, 40]
     plan = plan_packs(lengths, 50)
-    # longest first into the first pack with room: 40 | 40 | 30 | 25 | 18 -> 30's | 12 -> 25's | 7, 3 -> 40's
-    assert plan == [[1, 4, 6], [7], [0, 5], [2, 3]]
-    assert sorted(i for p in plan for i in p) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in p) <= 50 for p in plan)
+    # first-fit decreasing needs 4 packs (the longest holds 50 tokens); spread longest first to the
+    # emptiest pack: 40+7 | 40+3 | 30+12 | 25+18, so every pack is padded to 47, not 50
+    assert plan == [[1, 6], [4, 7], [0, 2], [3, 5]]
+    assert [sum(lengths[i] for i in p) for p in plan] == [47, 43, 42, 43]
 
 
 def test_plan_depends_only_on_the_lengths():
     g = torch.Generator().manual_seed(1)
     lengths = torch.randint(1, 100, (64,), generator=g).tolist()
-    assert plan_packs(lengths, 256) == plan_packs(list(lengths), 256)
-    assert len(plan_packs(lengths, 256)) == -(-sum(lengths) // 256)  # FFD fills these packs tightly
+    plan = plan_packs(lengths, 256)
+    assert plan == plan_packs(list(lengths), 256)
+    assert sorted(i for p in plan for i in p) == list(range(64))
+    assert all(sum(lengths[i] for i in p) <= 256 for p in plan)
+    assert len(plan) <= -(-sum(lengths) // 256) + 1
 
 
 def test_a_sequence_longer_than_the_budget_is_refused():
@@ -42,24 +45,23 @@ def test_a_sequence_longer_than_the_budget_is_refused():
 
 
 def test_packs_hold_the_sequences_end_to_end_with_positions_restarting():
-    tensors, lengths = _batch([5, 3, 6, 2], S=8)
+    tensors, lengths = _batch([5, 3, 6, 3], S=8)
     mbs = split_micro_batches(tensors, lengths, max_tokens=12, pad_multiple=4)
     assert mbs.packed and len(mbs.items) == 2
     first, second = mbs.items
-    assert first["pack"].rows == (0, 2) and second["pack"].rows == (1, 3)
-    # one shape for the schedule: the longest pack (11 tokens) rounded up to the multiple
+    assert first["pack"].rows == (2, 3) and second["pack"].rows == (0, 1)
+    # one shape for the schedule: the longest pack (9 tokens) rounded up to the multiple
     assert first["input_ids"].shape == second["input_ids"].shape == (1, 12)
     ids = tensors["input_ids"]
-    assert torch.equal(first["input_ids"][0, :11], torch.cat([ids[0, :5], ids[2, :6]]))
-    assert first["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 0]
-    assert first["packed_seq_params"].cu_seqlens_q.tolist() == [0, 5, 11, 12]
+    assert torch.equal(first["input_ids"][0, :9], torch.cat([ids[2, :6], ids[3, :3]]))
+    assert first["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1, 2]
+    # the padding is a segment of its own: it attends only to itself
+    assert first["packed_seq_params"].cu_seqlens_q.tolist() == [0, 6, 9, 12]
     assert first["packed_seq_params"].qkv_format == "thd" and first["packed_seq_params"].max_seqlen_q == 6
-    # the padding is a segment of its own (it attends only to itself), the longest one here
-    assert second["packed_seq_params"].cu_seqlens_kv.tolist() == [0, 3, 5, 12]
-    assert second["packed_seq_params"].max_seqlen_kv == 7
-    assert not bool(second["loss_mask"][0, 5:].any())  # the padding is never trained
-    assert first["index"].tolist() == [0, 2]
-    assert mbs.pad_fraction == pytest.approx(1 - 16 / 24)
+    assert second["packed_seq_params"].cu_seqlens_kv.tolist() == [0, 5, 8, 12]
+    assert not bool(second["loss_mask"][0, 8:].any())  # the padding is never trained
+    assert first["index"].tolist() == [2, 3]
+    assert mbs.pad_fraction == pytest.approx(1 - 17 / 24)
 
 
 def test_values_of_the_packs_return_to_their_rows():
