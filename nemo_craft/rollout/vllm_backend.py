@@ -39,7 +39,7 @@ import torch
 
 from nemo_craft.rollout.stopping import StopCriteria
 
-__all__ = ["VllmBackend", "vllm_problem", "SUPPORTED_VLLM"]
+__all__ = ["VllmBackend", "check_vllm_run", "vllm_problem", "SUPPORTED_VLLM"]
 
 SUPPORTED_VLLM = ((0, 32), (0, 34))
 """vLLM versions [lo, hi) the backend is tested with: the model runner's ``reload_weights``
@@ -47,7 +47,9 @@ SUPPORTED_VLLM = ((0, 32), (0, 34))
 
 # In-process engine (its default separate core process does not start next to a trainer, and
 # external_launcher needs the engine in the calling process anyway).
-_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# On the CPU, the trainer's thread settings stand (vLLM would otherwise bind its own OpenMP threads
+# to cores, and then refuses torch.set_num_threads).
+_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 def vllm_problem() -> str | None:
@@ -71,6 +73,18 @@ def vllm_problem() -> str | None:
     if not lo <= version < hi:
         return f"vLLM {vllm.__version__} is not supported; supported: >= {lo[0]}.{lo[1]}, < {hi[0]}.{hi[1]}"
     return None
+
+
+def check_vllm_run(parallel_cfg, model_cfg) -> None:
+    """Everything ``rollout.backend=vllm`` needs that can be known before a process group exists:
+    a layout the refit serves, an installed and supported vLLM, a head size it has kernels for."""
+    from nemo_craft.models.refit import check_refit_layout
+
+    check_refit_layout(parallel_cfg)
+    problem = vllm_problem()
+    if problem is not None:
+        raise ValueError(f"rollout.backend=vllm cannot run here: {problem}")
+    _check_head_size(model_cfg.kv_channels)
 
 
 class VllmBackend:
@@ -151,12 +165,21 @@ class VllmBackend:
             self.llm.wake_up(tags=["weights"])
         runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
         with torch.no_grad():
-            runner.reload_weights(weights_iterator=self._full_hf_weights(self.model_chunks, self.model_cfg))
+            runner.reload_weights(weights_iterator=self._engine_weights())
         if self._asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self._asleep = False
         self.llm.reset_prefix_cache()
         self._synced = True
+
+    def _engine_weights(self):
+        """The refit's tensors as the engine loads them. With tied embeddings the engine's output
+        layer is loaded on its own during a reload (its reload works layer by layer, and a layer
+        given no tensor keeps its old one): it gets the embedding under its own name too."""
+        for name, tensor in self._full_hf_weights(self.model_chunks, self.model_cfg):
+            yield name, tensor
+            if name == "model.embed_tokens.weight" and self.model_cfg.tie_word_embeddings:
+                yield "lm_head.weight", tensor
 
     def weights_changed(self) -> None:
         """Refit before the next generation."""

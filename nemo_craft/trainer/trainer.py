@@ -161,6 +161,10 @@ class CraftTrainer:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.run.model.validate_layout(self.run.parallel)
         self.run.parallel.check_generation()
+        if self.rollout_cfg.backend == "vllm":
+            from nemo_craft.rollout.vllm_backend import check_vllm_run
+
+            check_vllm_run(self.run.parallel, self.run.model)
         self.dp_size = self.run.parallel.data_parallel_size(world_size)
         self._check_batch_layout()
         self._init_method = init_method
@@ -227,6 +231,7 @@ class CraftTrainer:
         if state is None:
             return False
         self.step = int(state["step"])
+        self.generator.weights_changed()
         self.controller.load_state_dict(state["controller"])
         self.nan_steps = int(state.get("nan_steps", 0))
         return True
@@ -314,6 +319,7 @@ class CraftTrainer:
         seeds, first = self._task_seeds()
         with self._params_gathered():
             trajs = self.runner.run(seeds, seed=step_sampling_seed(self.cfg.seed, self.step), group_offset=first)
+        rollout_stats = self._generation_stats()
         t1 = time.perf_counter()
         exp = make_experience(
             self.model,
@@ -352,6 +358,7 @@ class CraftTrainer:
         metrics = self._step_metrics(trajs, batch, loss, grad_norm, ok, mb_metrics)
         n_tokens = sum(len(t.token_ids) for t in trajs)
         metrics.update(exp.timings)
+        metrics.update(rollout_stats)
         metrics.update(exp.padding, **{"perf/pad_frac_train": mbs.pad_fraction})
         metrics.update(
             {
@@ -363,6 +370,20 @@ class CraftTrainer:
         )
         return metrics
 
+    def _generation_stats(self) -> dict:
+        """The generator's memory back to training (vllm on CUDA) and its counters of the rollout:
+        the prefix-cache hit rate over the data-parallel ranks (vllm; absent elsewhere)."""
+        self.generator.release_memory()
+        stats = self.generator.read_stats()
+        if "rollout/prefix_cache_queries" not in stats:
+            return {}
+        counts = torch.tensor(
+            [stats["rollout/prefix_cache_queries"], stats["rollout/prefix_cache_hits"]], device=self.device
+        )
+        if self.dp_group is not None:
+            dist.all_reduce(counts, group=self.dp_group)
+        return {"rollout/prefix_cache_hit_rate": float(counts[1] / counts[0].clamp(min=1))}
+
     def _optimizer_step(self, loss: torch.Tensor) -> tuple[bool, float]:
         """The update, unless the loss or any gradient on any rank is not finite (then nothing
         changes: weights, optimizer state and lr schedule stay; the step is counted)."""
@@ -372,6 +393,7 @@ class CraftTrainer:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if bool(finite.min() == 1.0):
             ok, grad_norm, _ = self.optimizer.step()
+            self.generator.weights_changed()  # a backend with its own copy (vllm) refits before the next rollout
             ok = bool(ok) and (grad_norm is None or math.isfinite(grad_norm))
             grad_norm = float("nan") if grad_norm is None else grad_norm
         else:
@@ -487,6 +509,7 @@ class CraftTrainer:
             trajs = self.runner.run(
                 [base + i for i in range(n_local)], seed=int(self.cfg.seed), group_size=1, validation=True
             )
+        self.generator.release_memory()
         means = self._episode_means(trajs, ("success", "reward", "score", "turns"))
         out = {
             "val/success_rate": means["success"],
@@ -524,6 +547,7 @@ class CraftTrainer:
             if cache is not None and not cache.path.exists():
                 cache.save(self.model)
             self.reference = ReferenceWeights(self.model)
+            self.generator.weights_changed()
             self.optimizer, self.scheduler = build_optimizer(
                 self.model, self.tcfg.optim(), self.run.parallel, self.tcfg.max_steps
             )
