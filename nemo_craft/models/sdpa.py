@@ -119,13 +119,13 @@ class SDPAttention(DotProductAttention):
         # the boundaries megatron's RoPE used: the padded ones when given
         cu_q = params.cu_seqlens_q if params.cu_seqlens_q_padded is None else params.cu_seqlens_q_padded
         cu_kv = params.cu_seqlens_kv if params.cu_seqlens_kv_padded is None else params.cu_seqlens_kv_padded
-        if not torch.equal(cu_q, cu_kv) or int(cu_q[-1]) != query.size(0):
+        segments = (cu_q[1:] - cu_q[:-1]).tolist()  # the one host read (megatron's thd RoPE makes the same)
+        if (cu_kv is not cu_q and not torch.equal(cu_q, cu_kv)) or sum(segments) != query.size(0):
             raise ValueError(
                 f"packed self-attention needs cu_seqlens_q == cu_seqlens_kv ending at the {query.size(0)} tokens; "
                 f"got {cu_q.tolist()} and {cu_kv.tolist()}"
             )
         causal = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
-        segments = (cu_q[1:] - cu_q[:-1]).tolist()
         out = [
             self._attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), None, causal and q.size(0) > 1)
             for q, k, v in zip(query.split(segments), key.split(segments), value.split(segments))

@@ -179,7 +179,17 @@ def attention_packed_vs_alone():
         for acc, gr in zip(ref_grads, torch.autograd.grad((y * w[o : o + n]).sum(), (qs, ks, vs))):
             acc.append(gr.squeeze(1))
         ref.append(y)
+    refusals = []
+    for bad in (
+        PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=9, max_seqlen_kv=9),
+        PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu[:-1], cu_seqlens_kv=cu[:-1], max_seqlen_q=9, max_seqlen_kv=9),
+    ):
+        try:
+            attn(q, k, v, None, packed_seq_params=bad)
+        except ValueError as err:
+            refusals.append(str(err))
     return dict(
+        refusals=refusals,
         shape=tuple(out.shape),
         out_err=float((out - torch.cat(ref)).abs().max()),
         grad_err=max(float((a - torch.cat(b)).abs().max()) for a, b in zip(grads, ref_grads)),

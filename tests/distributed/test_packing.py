@@ -49,3 +49,6 @@ def test_packed_attention_is_each_sequence_alone():
     (out,) = run_distributed(bodies.attention_packed_vs_alone, world_size=1)
     assert out["shape"] == (18, 64)
     assert out["out_err"] < 1e-6 and out["grad_err"] < 1e-6, out
+    wrong_format, short = out["refusals"]
+    assert wrong_format == "SDPAttention takes packed sequences in qkv_format 'thd', got 'sbhd'"
+    assert short.startswith("packed self-attention needs cu_seqlens_q == cu_seqlens_kv ending at the 18 tokens")
