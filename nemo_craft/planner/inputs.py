@@ -71,6 +71,10 @@ class Workload:
     (``rollout.kv_cache_gb``; set when ``rollout.backend`` is dynamic, or auto with a bf16 / fp16
     model, which is what auto picks on GPUs with flash-attn). None: the static cache,
     ``generation_batch`` rows of ``seq_length`` tokens."""
+    generation_weights_copy: bool = False
+    """Generation on a vLLM engine colocated with training (``rollout.backend=vllm``): while it
+    generates, the engine holds its own copy of the rank's weights beside its KV cache
+    (``generation_kv_gb``); both are released during training (vLLM's sleep mode)."""
     logits_chunk_tokens: int = LossConfig.chunk_size
     """Tokens per chunk of the vocabulary-parallel loss (``loss.chunk_size``; its default)."""
     recompute: str = "none"
@@ -128,8 +132,10 @@ class Workload:
         if rollout.get("max_batch_size") is not None:
             values["generation_batch"] = int(rollout["max_batch_size"])
         dtype = _section(cfg, "model").get("params_dtype", "fp32")
-        if rollout.get("backend") == "dynamic" or (rollout.get("backend") == "auto" and dtype in ("bf16", "fp16")):
+        backend = rollout.get("backend")
+        if backend in ("dynamic", "vllm") or (backend == "auto" and dtype in ("bf16", "fp16")):
             values["generation_kv_gb"] = float(rollout["kv_cache_gb"])
+        values["generation_weights_copy"] = backend == "vllm"
         trainer = _section(cfg, "trainer")
         if "micro_batch_size" in trainer:
             values["micro_batch_size"] = int(trainer["micro_batch_size"])

@@ -12,7 +12,9 @@ What is held, and when (the peak is persistent + the largest phase + overhead):
   by the distributed optimizer) and, only if it is kept on the GPU, the frozen reference
   policy's weights (the trainer keeps them on the host);
 - generation: the KV cache, b x s x L/pp x 2 x g/t x d x ab (b: rows of a generation pass,
-  ``rollout.max_batch_size`` capped by the rank's share), plus one decode step's logits;
+  ``rollout.max_batch_size`` capped by the rank's share), plus one decode step's logits; a paged
+  cache (the dynamic engine, vLLM) is its fixed size instead; vLLM also holds its own copy of the
+  rank's weights while it generates (it sleeps, holding nothing, while the trainer runs);
 - experience (no-grad passes: old, teacher with its privileged prefix, reference): one layer's
   transient activations at the teacher's length, the logits of a micro-batch and the loss chunk;
 - training: the activations of the micro-batches in flight on this pipeline rank (1F1B: pp - r
@@ -158,8 +160,10 @@ def rank_memory(model, parallel, workload, stage, *, dp: int, padded_vocab: int)
     kv_heads_local = max(model.num_query_groups // tp, 1)
     if workload.generation_kv_gb is None:  # static: every row holds its whole sequence
         kv_cache = gen_b * workload.seq_length * layers * 2 * kv_heads_local * model.kv_channels * ab
-    else:  # dynamic: a fixed paged buffer, rows wait for blocks
+    else:  # dynamic, vllm: a fixed paged buffer, rows wait for blocks
         kv_cache = workload.generation_kv_gb * GIB
+    if workload.generation_weights_copy:  # vllm: the engine's weights, sharded over TP like training's
+        kv_cache += weights
     if last:
         kv_cache += gen_b * padded_vocab * 4  # the last token's logits, gathered over TP, fp32
 

@@ -189,7 +189,7 @@ class Plan:
             f"workload: {w.trajectories_per_step} trajectories/step, seq {w.seq_length} (+{w.privileged_tokens} "
             f"privileged), micro-batch {w.micro_batch_size}, recompute {w.recompute}, {w.attention} attention, "
             f"loss chunk {w.logits_chunk_tokens} tokens, generation KV cache "
-            f"{'static' if w.generation_kv_gb is None else f'dynamic {w.generation_kv_gb:g} GiB'}, "
+            f"{_generation(w)}, "
             f"reference on GPU: {_yes(w.reference_on_gpu)}, "
             f"overhead {w.overhead_gb:g} GiB"
         )
@@ -369,3 +369,11 @@ def make_plan(
         if plan.suggestion is None:
             plan.problems.append(f"no layout fits on up to {_MAX_NODES_SEARCHED} nodes of this kind")
     return plan
+
+
+def _generation(w) -> str:
+    if w.generation_kv_gb is None:
+        return "static"
+    if w.generation_weights_copy:
+        return f"vllm {w.generation_kv_gb:g} GiB + a copy of the weights"
+    return f"dynamic {w.generation_kv_gb:g} GiB"

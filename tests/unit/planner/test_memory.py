@@ -113,11 +113,31 @@ def test_dynamic_generation_holds_its_paged_buffer_whatever_the_batch():
 
 @pytest.mark.parametrize(
     "backend, dtype, expected",
-    [("auto", "bf16", 6.0), ("dynamic", "bf16", 6.0), ("static", "bf16", None), ("auto", "fp32", None)],
+    [
+        ("auto", "bf16", 6.0),
+        ("dynamic", "bf16", 6.0),
+        ("static", "bf16", None),
+        ("auto", "fp32", None),
+        ("vllm", "bf16", 6.0),
+        ("vllm", "fp32", 6.0),
+    ],
 )
 def test_workload_reads_the_generation_backend(backend, dtype, expected):
     cfg = {
         "model": {"params_dtype": dtype},
         "rollout": {"backend": backend, "kv_cache_gb": 6.0, "tasks_per_step": 4, "group_size": 2},
     }
-    assert Workload.from_config(cfg, max_position_embeddings=4096).generation_kv_gb == expected
+    workload = Workload.from_config(cfg, max_position_embeddings=4096)
+    assert workload.generation_kv_gb == expected
+    assert workload.generation_weights_copy == (backend == "vllm")
+
+
+def test_vllm_generation_holds_a_copy_of_the_weights_beside_its_cache():
+    p = ParallelConfig(tensor_model_parallel_size=2)
+    dynamic = dataclasses.replace(W, generation_kv_gb=3.5)
+    vllm = dataclasses.replace(dynamic, generation_weights_copy=True)
+    stage = _stage(0, 1, 20, True)
+    a = rank_memory(MODEL, p, dynamic, stage, dp=2, padded_vocab=32768)
+    b = rank_memory(MODEL, p, vllm, stage, dp=2, padded_vocab=32768)
+    assert b.kv_cache - a.kv_cache == a.weights > 0
+    assert b.persistent == a.persistent  # released (sleep mode) while the trainer runs
