@@ -8,8 +8,8 @@ Padded (``max_tokens`` None): consecutive rows, ``micro_batch_size`` at a time, 
 as the longest sequence of the step: the layout every pass used before packing, unchanged.
 
 Packed: sequences are packed into micro-batches of at most ``max_tokens`` tokens, as verl's
-dynamic batch size and NeMo-RL's sequence packing do: as few as first-fit decreasing needs, with
-the tokens balanced between them (every pack is padded to the longest, see :func:`plan_packs`).
+dynamic batch size and NeMo-RL's sequence packing do, with the tokens balanced between them
+(every pack is padded to the longest, see :func:`plan_packs`).
 A packed micro-batch is one row ``[1, L]``: its sequences end to end (``cu_seqlens``), position
 ids restarting at 0 for each, and megatron's ``PackedSeqParams`` with ``qkv_format="thd"``, which
 makes the attention block-diagonal causal (Transformer Engine's attention on GPUs,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -57,10 +58,10 @@ def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Sequence indices per pack, each pack at most ``max_tokens`` tokens, its sequences in index
     order. Deterministic (ties broken by index).
 
-    As many packs as first-fit decreasing needs; then the sequences are spread over that many
-    packs, longest first, each to the emptiest pack: every pack is padded to the longest one
-    (one shape for the pipeline schedule), so balanced packs waste the least (one more pack
-    where the spread breaks the budget)."""
+    Every pack is padded to the longest one (one shape for the pipeline schedule), so the plan
+    minimises packs x longest pack: for each number of packs from the fewest (first-fit
+    decreasing's count) to twice that, the sequences are spread longest first, each to the
+    emptiest pack; the cheapest spread within the budget wins (on a tie, fewer packs)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens}: must be >= 1")
     too_long = [n for n in lengths if n > max_tokens]
@@ -70,16 +71,27 @@ def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
             f"raise it to at least the longest sequence (rollout.max_sequence_length)"
         )
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    n_packs = _first_fit_count(order, lengths, max_tokens)
-    while True:
-        packs, loads = [[] for _ in range(n_packs)], [0] * n_packs
-        for i in order:
-            p = min(range(n_packs), key=lambda p: (loads[p], p))
-            packs[p].append(i)
-            loads[p] += lengths[i]
-        if max(loads) <= max_tokens:
-            return [sorted(p) for p in packs]
+    fewest = _first_fit_count(order, lengths, max_tokens)
+    best: Optional[tuple[int, list[list[int]]]] = None
+    n_packs = fewest
+    while n_packs <= len(lengths) and (best is None or n_packs <= 2 * fewest):
+        packs, longest = _spread(order, lengths, n_packs)
+        if longest <= max_tokens and (best is None or n_packs * longest < best[0]):
+            best = (n_packs * longest, packs)
         n_packs += 1
+    return [sorted(p) for p in best[1]]
+
+
+def _spread(order: list[int], lengths: Sequence[int], n_packs: int) -> tuple[list[list[int]], int]:
+    """Each sequence of ``order`` to the emptiest of ``n_packs`` packs (ties: the first);
+    the packs and the longest one's tokens."""
+    packs: list[list[int]] = [[] for _ in range(n_packs)]
+    heap = [(0, p) for p in range(n_packs)]
+    for i in order:
+        load, p = heapq.heappop(heap)
+        packs[p].append(i)
+        heapq.heappush(heap, (load + lengths[i], p))
+    return packs, max(load for load, _ in heap)
 
 
 def _first_fit_count(order: list[int], lengths: Sequence[int], max_tokens: int) -> int:

@@ -20,13 +20,19 @@ def _batch(lengths, S=None, seed=0):
     return tensors, torch.tensor(lengths)
 
 
-def test_plan_takes_the_fewest_packs_and_balances_them():
+def test_plan_balances_the_packs():
     lengths = [30, 7, 12, 25, 3, 18, 40, 40]
     plan = plan_packs(lengths, 50)
     # first-fit decreasing needs 4 packs (the longest holds 50 tokens); spread longest first to the
-    # emptiest pack: 40+7 | 40+3 | 30+12 | 25+18, so every pack is padded to 47, not 50
+    # emptiest pack: 40+7 | 40+3 | 30+12 | 25+18, so every pack is padded to 47, not 50 (5 packs
+    # would be padded to 40: 200 tokens, not 188)
     assert plan == [[1, 6], [4, 7], [0, 2], [3, 5]]
     assert [sum(lengths[i] for i in p) for p in plan] == [47, 43, 42, 43]
+
+
+def test_plan_takes_more_packs_when_that_pads_less():
+    # 5 x 18 tokens in a budget of 40: 3 packs of 36, 36, 18 pad to 108; 5 packs of 18 to 90
+    assert plan_packs([18] * 5, 40) == [[0], [1], [2], [3], [4]]
 
 
 def test_plan_depends_only_on_the_lengths():
@@ -36,7 +42,8 @@ def test_plan_depends_only_on_the_lengths():
     assert plan == plan_packs(list(lengths), 256)
     assert sorted(i for p in plan for i in p) == list(range(64))
     assert all(sum(lengths[i] for i in p) <= 256 for p in plan)
-    assert len(plan) <= -(-sum(lengths) // 256) + 1
+    width = max(sum(lengths[i] for i in p) for p in plan)
+    assert len(plan) * width <= 1.05 * sum(lengths)  # balanced: every pack is padded to the longest
 
 
 def test_a_sequence_longer_than_the_budget_is_refused():
