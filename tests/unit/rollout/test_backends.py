@@ -55,13 +55,14 @@ def test_dynamic_without_what_it_needs_names_all_of_it_and_the_alternative():
         assert needed in message
 
 
-def test_static_never_probes_and_unknown_names_are_refused():
+def test_static_and_vllm_never_probe_and_unknown_names_are_refused():
     def probe():
-        raise AssertionError("static must not probe for the dynamic backend")
+        raise AssertionError("only auto and dynamic probe for the dynamic backend")
 
     assert resolve_backend("static", probe) == "static"
-    with pytest.raises(ValueError, match="vllm"):
-        resolve_backend("vllm", probe)
+    assert resolve_backend("vllm", probe) == "vllm"
+    with pytest.raises(ValueError, match="sglang"):
+        resolve_backend("sglang", probe)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")

@@ -8,7 +8,7 @@ from nemo_craft.rollout import GenerationConfig, RolloutConfig
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("backend", "vllm", "backend"),
+        ("backend", "sglang", "backend"),
         ("temperature", -0.1, "temperature"),
         ("top_p", 0.0, "top_p"),
         ("top_p", 1.5, "top_p"),
