@@ -52,7 +52,11 @@ from nemo_craft.testing.distributed import run_distributed  # noqa: E402
 COLUMNS = {
     "lockstep": "the earlier static schedule: all rows in lockstep until the last one ends",
     "static": "StaticBackend: one prefill, then only the running rows",
+    "vllm": "VllmBackend: vLLM in the process, refit from the same weights; prefix caching across turns",
+    "hf": "transformers' generate on the same weights (left-padded batch, KV cache, up to the largest budget)",
 }
+DEFAULT_COLUMNS = ("lockstep", "static")
+OWN_RANDOM_STREAM = ("vllm", "hf")  # columns whose samples come from another random stream
 STOP_STRINGS = ("</action>",)
 QUESTIONS = [
     "You are in a Sokoban grid:\n#####\n#@$.#\n#####\nReply with <action>up|down|left|right</action>.",
@@ -104,8 +108,96 @@ class Column:
         return self.positions - sum(max(len(r[0]) - 1, 0) for r in results)
 
 
-def build_column(name: str, chunks, tokenizer, *, max_batch: int, max_sequence_length: int) -> Column:
+class VllmColumn(Column):
+    """The vllm backend; what it computed is read from its prefix-cache counters: the prompt tokens
+    it was asked for minus those its cache held. It runs no megatron forward (``forwards``: None)."""
+
+    def __init__(self, name: str, backend, tokenizer):
+        self.name, self.backend, self.tokenizer = name, backend, tokenizer
+        self.positions, self.forwards, self._prompt = 0, None, 0
+
+    def reset(self) -> None:
+        self.positions, self._prompt = 0, 0
+        self.backend.read_stats()
+
+    def generate(self, prompts, budgets, **kwargs):
+        results = super().generate(prompts, budgets, **kwargs)
+        stats = self.backend.read_stats()
+        self._prompt = int(stats["rollout/prefix_cache_queries"] - stats["rollout/prefix_cache_hits"])
+        self.positions = self._prompt + sum(len(r[0]) for r in results)
+        return results
+
+    def prompt_tokens(self, results) -> int:
+        return self._prompt
+
+
+class HFColumn(Column):
+    """transformers' ``generate`` on the same weights: one left-padded batch per ``max_batch`` rows,
+    sampled up to the batch's largest budget with the tokenizer's stop ids, then each row cut by
+    the project's stop rules and its own budget (what it computed past that is counted)."""
+
+    def __init__(self, name: str, model, tokenizer, max_batch: int):
+        self.name, self.model, self.tokenizer, self.max_batch = name, model, tokenizer, max_batch
+        self.positions, self.forwards = 0, 0
+
+    def generate(self, prompts, budgets, *, seed: int, temperature: float, stop_strings=STOP_STRINGS):
+        import torch
+
+        from nemo_craft.rollout import StopCriteria
+
+        stop = StopCriteria(self.tokenizer.stop_ids, stop_strings, self.tokenizer.decode)
+        torch.manual_seed(seed)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else {}
+        out, self._prompt = [], 0
+        for first in range(0, len(prompts), self.max_batch):
+            batch, batch_budgets = prompts[first : first + self.max_batch], budgets[first : first + self.max_batch]
+            width = max(len(p) for p in batch)
+            ids = torch.full((len(batch), width), self.tokenizer.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(batch):
+                ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
+            with torch.no_grad():
+                gen = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max(batch_budgets),
+                    eos_token_id=list(self.tokenizer.stop_ids),
+                    pad_token_id=self.tokenizer.pad_id,
+                    **(sampling or dict(do_sample=False)),
+                )
+            steps = gen.shape[1] - width
+            self._prompt += len(batch) * width
+            self.positions += len(batch) * (width + max(steps - 1, 0))
+            self.forwards += max(steps, 1)
+            out += [_cut(row, budget, stop) for row, budget in zip(gen[:, width:].tolist(), batch_budgets)]
+        return out
+
+    def prompt_tokens(self, results) -> int:
+        return self._prompt
+
+
+def _cut(row: list[int], budget: int, stop) -> tuple[list[int], list[float], str]:
+    for n in range(1, len(row) + 1):
+        reason = stop.check(row[:n], budget)
+        if reason is not None:
+            return row[:n], [0.0] * n, reason
+    return row, [0.0] * len(row), "length"
+
+
+def build_column(
+    name: str, chunks, tokenizer, *, max_batch: int, max_sequence_length: int, model_cfg=None, hf_dir=None
+) -> Column:
     kw = dict(vocab_size=tokenizer.vocab_size, max_batch_size=max_batch, max_sequence_length=max_sequence_length)
+    if name == "vllm":
+        from nemo_craft.rollout.vllm_backend import VllmBackend
+
+        backend = VllmBackend(chunks, model_cfg, kv_cache_gb=1.0, max_tokens_per_step=8192, **kw)
+        return VllmColumn(name, backend, tokenizer)
+    if name == "hf":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype="auto").eval()
+        return HFColumn(name, model, tokenizer, max_batch)
     if name == "static":
         from nemo_craft.rollout.static_backend import StaticBackend
 
@@ -121,7 +213,8 @@ def build_column(name: str, chunks, tokenizer, *, max_batch: int, max_sequence_l
 
 
 def load_model(model: str, hf_path: str | None):
-    """This rank's chunks and the tokenizer: the tiny model (random, seeded) or SmolLM2."""
+    """This rank's chunks, the tokenizer and the model config: the tiny model (random, seeded) or
+    SmolLM2."""
     import torch
 
     from nemo_craft.parallel.config import ParallelConfig
@@ -135,11 +228,25 @@ def load_model(model: str, hf_path: str | None):
         from nemo_craft.models.tokenizer import CharTokenizer
 
         torch.manual_seed(1234)
-        return build_model(ModelConfig(), parallel), CharTokenizer()
+        return build_model(ModelConfig(), parallel), CharTokenizer(), ModelConfig()
     from nemo_craft.models.hf import load_hf_model
     from nemo_craft.models.tokenizer import HFTokenizer
 
-    return load_hf_model(hf_path, parallel)[1], HFTokenizer(hf_path)
+    cfg, chunks = load_hf_model(hf_path, parallel)
+    return chunks, HFTokenizer(hf_path), cfg
+
+
+def hf_weights_dir(chunks, cfg, hf_path: str | None) -> str:
+    """A Hugging Face checkpoint of the chunks' weights for the hf column (SmolLM2's own)."""
+    import tempfile
+
+    from nemo_craft.models.hf import save_hf_checkpoint
+
+    if hf_path:
+        return hf_path
+    out = tempfile.mkdtemp(prefix="bench_rollout_hf_")
+    save_hf_checkpoint(chunks, cfg, out)
+    return out
 
 
 def rollout_prompts(tokenizer, rows: int, max_history: int, budget: int, seed: int):
@@ -172,9 +279,18 @@ def measure(spec: dict) -> dict:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    chunks, tok = load_model(spec["model"], spec["hf_path"])
+    chunks, tok, cfg = load_model(spec["model"], spec["hf_path"])
+    hf_dir = hf_weights_dir(chunks, cfg, spec["hf_path"]) if "hf" in spec["columns"] else None
     columns = [
-        build_column(n, chunks, tok, max_batch=spec["max_batch"], max_sequence_length=spec["max_sequence_length"])
+        build_column(
+            n,
+            chunks,
+            tok,
+            max_batch=spec["max_batch"],
+            max_sequence_length=spec["max_sequence_length"],
+            model_cfg=cfg,
+            hf_dir=hf_dir,
+        )
         for n in spec["columns"]
     ]
     prompts, budgets = rollout_prompts(tok, spec["rows"], spec["max_history"], spec["budget"], spec["seed"])
@@ -248,12 +364,19 @@ def print_report(spec: dict, out: dict) -> None:
         r = out["rollout"][name]
         wall, cpu = statistics.median(r["seconds"]), statistics.median(r["cpu"])
         ratio = wall / statistics.median(first["seconds"])
+        forwards = "-" if r["forwards"] is None else r["forwards"]
         print(
             f"{name:<10}{wall:>9.3f}{cpu:>9.3f}{r['generated']:>8}{r['generated'] / wall:>10.1f}"
-            f"{r['positions']:>11}{r['forwards']:>10}{ratio:>18.3f}"
+            f"{r['positions']:>11}{forwards:>10}{ratio:>18.3f}"
         )
-    same = all(out["rollout"][n]["tokens"] == first["tokens"] for n in names)
-    print(f"every column drew the same tokens: {'yes' if same else 'NO'}; finish reasons {first['reasons']}")
+    shared = [n for n in names if n not in OWN_RANDOM_STREAM]
+    same = all(out["rollout"][n]["tokens"] == out["rollout"][shared[0]]["tokens"] for n in shared) if shared else True
+    own = [n for n in names if n in OWN_RANDOM_STREAM]
+    print(
+        f"every column drew the same tokens: {'yes' if same else 'NO'}"
+        + (f" (of {', '.join(shared)}; {', '.join(own)} sample from their own random streams)" if own else "")
+        + f"; finish reasons {first['reasons']}"
+    )
     print()
     print(f"multi-turn episode: {spec['turns']} turns of {spec['turn_tokens']} tokens; prompt tokens computed per turn")
     print(f"{'turn':>5}{'prompt':>8}{'new':>6}" + "".join(f"{n:>10}{'sum':>8}" for n in names))
@@ -272,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
     ap.add_argument("--hf-path", help="--model smollm2: a converted checkpoint; converted here into it if empty")
-    ap.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
+    ap.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS), choices=list(COLUMNS))
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-history", type=int, default=4, help="earlier exchanges in a prompt: 0..this")
