@@ -100,7 +100,7 @@ def _step(model, trajs, loss_cfg, max_tokens, pad_multiple):
     grad = torch.cat([p.main_grad.detach().flatten().clone() for c in model for p in c.parameters()])
     m = exp.batch.loss_mask
     logps = {k: getattr(exp.batch, k)[m].clone() for k in ("logp_old", "logp_teacher", "logp_ref")}
-    padding = dict(exp.padding, train=mbs.pad_fraction, n_train=len(mbs.items))
+    padding = dict(exp.padding, train=mbs.pad_fraction)
     return dict(loss=loss.item(), grad=grad, padding=padding, **logps)
 
 
