@@ -23,6 +23,15 @@ fused kernel, and the masked blocks between sequences are never computed (a dens
 spend quadratic time and memory on them). It is what Transformer Engine's attention does with the
 same parameters on GPUs; megatron's RoPE restarts at each ``cu_seqlens`` boundary before this runs.
 
+Context parallel (``context_parallel_size`` > 1, the local spec's only CP attention: megatron's own
+``DotProductAttention`` refuses CP): the query holds this rank's two load-balanced chunks of the
+sequence (global chunks r and 2 cp - 1 - r, :mod:`nemo_craft.parallel.context_parallel`); keys and
+values are all-gathered over the CP group (their gradient reduce-scattered back) and each query chunk
+attends causally to the keys at global positions up to its own: the chunk's keys end where the chunk
+ends, with the mask aligned to the lower right, so no score above the diagonal is computed. Packed
+(thd) input under CP is refused. :func:`~nemo_craft.parallel.context_parallel.context_parallel_off`
+(generation) sets ``cp_group`` to None, which runs the whole sequence as at CP 1.
+
 Needs torch >= 2.5 (``enable_gqa``). What the local attention supports and this does not (sliding
 windows, softmax offsets, query-key layer scaling) is refused at construction, with the setting that
 keeps megatron's class.
@@ -31,6 +40,7 @@ keeps megatron's class.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Optional
 
 import torch
@@ -39,6 +49,9 @@ from megatron.core import tensor_parallel
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from torch import Tensor
+from torch.nn.attention.bias import causal_lower_right
+
+from nemo_craft.parallel.context_parallel import gather_sequence
 
 __all__ = ["SDPAttention", "sdpa_unsupported_reason"]
 
@@ -73,7 +86,19 @@ class SDPAttention(DotProductAttention):
                 f"SDPAttention does not support {reason}; build the model with "
                 "model.core_attention=local (megatron's DotProductAttention)"
             )
-        super().__init__(config, *args, **kwargs)
+        # megatron's DotProductAttention asserts CP 1; this class does CP itself (below)
+        cp = config.context_parallel_size
+        base_config = config
+        if cp > 1:
+            base_config = copy.copy(config)
+            base_config.context_parallel_size = 1
+        super().__init__(base_config, *args, **kwargs)
+        self.config = config
+        self.cp_group = None
+        if cp > 1:
+            from megatron.core import parallel_state
+
+            self.cp_group = getattr(self.pg_collection, "cp", None) or parallel_state.get_context_parallel_group()
         dropout = kwargs.get("attention_dropout", args[3] if len(args) > 3 else None)
         self.dropout_p = float(config.attention_dropout if dropout is None else dropout)
 
@@ -97,6 +122,8 @@ class SDPAttention(DotProductAttention):
                 "build the model with model.core_attention=local"
             )
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
+        if self.cp_group is not None:
+            return self._context_parallel(query, key, value, attention_mask, mask_type, packed_seq_params)
         if packed_seq_params is not None:
             return self._packed(query, key, value, attention_mask, mask_type, packed_seq_params)
         sq, sk = query.size(0), key.size(0)
@@ -131,6 +158,34 @@ class SDPAttention(DotProductAttention):
             for q, k, v in zip(query.split(segments), key.split(segments), value.split(segments))
         ]
         return torch.cat(out, dim=0).squeeze(1)
+
+    def _context_parallel(self, query, key, value, attention_mask, mask_type, packed_seq_params) -> Tensor:
+        """This rank's query chunks [2n, b, np/TP, hn] against the whole sequence's keys and values
+        (gathered over the CP group) -> [2n, b, np/TP * hn]."""
+        if packed_seq_params is not None:
+            raise ValueError(
+                "SDPAttention does not take packed (thd) sequences under context parallel; leave packing off "
+                "(trainer.max_tokens_per_microbatch=null) with parallel.context_parallel_size > 1"
+            )
+        if attention_mask is not None:
+            raise ValueError("SDPAttention under context parallel takes no attention_mask (causal or no mask only)")
+        causal = mask_type == AttnMaskType.causal
+        if not causal and mask_type != AttnMaskType.no_mask:
+            raise ValueError(f"SDPAttention under context parallel supports causal or no mask, got {mask_type}")
+        cp = self.cp_group.size()
+        rank = self.cp_group.rank()
+        n = query.size(0) // 2
+        kv = gather_sequence(torch.stack([key, value]), dim=1, group=self.cp_group)  # [2, S, b, ng/TP, hn]
+        out = []
+        for half, chunk in enumerate((rank, 2 * cp - 1 - rank)):
+            q = query[half * n : (half + 1) * n]
+            if not causal:
+                out.append(self._attend(q, kv[0], kv[1], None, False))
+                continue
+            end = (chunk + 1) * n  # the keys at global positions <= the chunk's last query
+            mask = causal_lower_right(n, end) if chunk > 0 else None
+            out.append(self._attend(q, kv[0, :end], kv[1, :end], mask, chunk == 0))
+        return torch.cat(out, dim=0)
 
     def _attend(self, query, key, value, mask, is_causal: bool) -> Tensor:
         """[s, b, heads, hn] each -> the context [sq, b, np/TP * hn]."""

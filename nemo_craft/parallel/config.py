@@ -31,7 +31,10 @@ class ParallelConfig:
     virtual_pipeline_model_parallel_size: Optional[int] = None
     """VPP: model chunks per pipeline rank (interleaved 1F1B schedule); None for off."""
     context_parallel_size: int = 1
-    """CP: ranks that split the sequence inside attention."""
+    """CP: ranks that split every sequence (megatron's load-balanced chunks: rank r holds chunks r
+    and 2 CP - 1 - r of 2 CP); attention gathers keys and values over them. For sequences whose
+    activations do not fit one rank's memory even with TP + sequence parallel and recompute;
+    sequences are padded to a multiple of 2 CP. Generation runs each rank on whole sequences."""
     sequence_parallel: bool = False
     """Shard LayerNorm/dropout activations along the sequence over the TP group (needs TP > 1)."""
     use_distributed_optimizer: bool = False
@@ -59,13 +62,6 @@ class ParallelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"parallel.{name}={value!r}: must be an integer >= 1")
-        if self.context_parallel_size != 1:
-            # Refused up front: every pass would hand each CP rank the whole sequence.
-            raise ValueError(
-                f"parallel.context_parallel_size={self.context_parallel_size}: context parallel is not "
-                "implemented yet; allowed: 1 (split long sequences with tensor parallel + "
-                "sequence_parallel=true, or activation recompute, instead)"
-            )
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None:
             if not isinstance(vpp, int) or vpp < 1:
@@ -129,6 +125,14 @@ class ParallelConfig:
             "recompute_method": self.recompute_method,
             "recompute_num_layers": self.recompute_num_layers,
         }
+
+    @property
+    def sequence_multiple(self) -> int:
+        """What a step's padded sequence length must be a multiple of: 2 CP (the load-balanced
+        chunks) and CP x TP under sequence parallel (each rank's tokens split over TP); 1 plain."""
+        from nemo_craft.parallel.context_parallel import sequence_multiple
+
+        return sequence_multiple(self.context_parallel_size, self.tensor_model_parallel_size, self.sequence_parallel)
 
     @property
     def model_parallel_size(self) -> int:

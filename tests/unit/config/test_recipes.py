@@ -83,7 +83,7 @@ def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("parallel.context_parallel_size=2", "context_parallel_size=2: context parallel is not implemented"),
+        ("parallel.context_parallel_size=4", "world size 2 is not divisible by TP\\*PP\\*CP = 1\\*1\\*4"),
         ("rollout.top_p=0.9", "rollout.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
         ("rollout.top_k=5", "rollout.top_k=5"),
         ("rollout.temperature=0", "rollout.temperature=0.*must sample"),
@@ -112,4 +112,4 @@ def test_cli_refuses_bad_values_in_one_line(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert main(["parallel.context_parallel_size=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("nemo-craft train: parallel.context_parallel_size=2")
+    assert len(err) == 1 and err[0].startswith("nemo-craft train: world size 1 is not divisible by TP*PP*CP")

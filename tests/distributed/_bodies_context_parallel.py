@@ -1,0 +1,72 @@
+"""Rank bodies of test_context_parallel.py: SDPAttention under context parallel against the whole
+sequence, and one RL step's four passes at CP > 1 against the same step at CP 1."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _attention(cp: int, mask_type):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from nemo_craft.models.sdpa import SDPAttention
+    from nemo_craft.testing.distributed import current_layout
+
+    config = TransformerConfig(
+        num_layers=1,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        tensor_model_parallel_size=current_layout().tp,
+        context_parallel_size=cp,
+        attention_dropout=0.0,
+        use_cpu_initialization=True,
+    )
+    return SDPAttention(config, 1, mask_type, "self")
+
+
+def attention_cp_vs_whole(seq_len: int = 24, batch: int = 2):
+    """Max |CP - whole| of this rank's output and of its q, k, v gradients (causal and no mask),
+    the CP module run on this rank's load-balanced chunks, the whole-sequence module (CP off) on
+    everything; and the refusal of packed input under CP."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from nemo_craft.parallel.context_parallel import cp_group_and_rank, local_columns
+    from nemo_craft.parallel.cpu_mode import compute_device
+    from nemo_craft.testing.distributed import current_layout
+
+    lay = current_layout()
+    _, cp, rank = cp_group_and_rank()
+    heads, groups = 4 // lay.tp, 2 // lay.tp
+    gen = torch.Generator().manual_seed(7)
+    dev = compute_device()
+    q = torch.randn(seq_len, batch, heads, 16, generator=gen).to(dev)
+    k = torch.randn(seq_len, batch, groups, 16, generator=gen).to(dev)
+    v = torch.randn(seq_len, batch, groups, 16, generator=gen).to(dev)
+    grad_out = torch.randn(seq_len, batch, heads * 16, generator=gen).to(dev)
+    cols = local_columns(seq_len, cp, rank, device=dev)
+    errs = {}
+    for mask_type in (AttnMaskType.causal, AttnMaskType.no_mask):
+        whole = _run(_attention(1, mask_type), q, k, v, grad_out)
+        local = _run(
+            _attention(cp, mask_type), *(t.index_select(0, cols) for t in (q, k, v)), grad_out.index_select(0, cols)
+        )
+        errs[mask_type.name] = [(a.index_select(0, cols) - b).abs().max().item() for a, b in zip(whole, local)]
+    module = _attention(cp, AttnMaskType.causal)
+    cu = torch.tensor([0, seq_len], dtype=torch.int32)
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=24, max_seqlen_kv=24)
+    try:
+        module(q[:, 0], k[:, 0], v[:, 0], None, packed_seq_params=params)
+        refusal = None
+    except ValueError as e:
+        refusal = str(e)
+    return dict(errs=errs, refusal=refusal, cp_rank=rank, cols=cols.tolist())
+
+
+def _run(module, q, k, v, grad_out):
+    q, k, v = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = module(q, k, v, None)
+    out.backward(grad_out)
+    return [out.detach(), q.grad, k.grad, v.grad]
