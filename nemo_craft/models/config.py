@@ -193,6 +193,14 @@ class ModelConfig:
         cp = getattr(parallel, "context_parallel_size", 1)
         if cp > 1 and self.kv_channels % 2 != 0:
             raise ValueError(f"model.kv_channels={self.kv_channels} must be even with context parallel")
+        if cp > 1 and self.core_attention == "local":
+            from nemo_craft.models.provider import te_available
+
+            if not te_available():  # megatron's DotProductAttention asserts CP 1; TE's and SDPAttention do CP
+                raise ValueError(
+                    f"parallel.context_parallel_size={cp} needs model.core_attention=sdpa (or Transformer Engine); "
+                    "megatron's local attention (model.core_attention=local) does not split the sequence"
+                )
 
     # ---------------------------------------------------------------- Hugging Face
 
