@@ -31,6 +31,7 @@ cache released) and wakes up for the next rollout: weights first, refit, then th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ SUPPORTED_VLLM = ((0, 32), (0, 34))
 # external_launcher needs the engine in the calling process anyway).
 # On the CPU, the trainer's thread settings stand (vLLM would otherwise bind its own OpenMP threads
 # to cores, and then refuses torch.set_num_threads).
+_VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
@@ -134,25 +136,20 @@ class VllmBackend:
         self._on_cuda = torch.cuda.is_available()
         self._model_dir = tempfile.TemporaryDirectory(prefix="nemo_craft_vllm_")
         _write_engine_config(model_cfg, self._model_dir.name)
-        tp = ps.get_tensor_model_parallel_world_size()
-        self.llm = LLM(
-            model=self._model_dir.name,
-            skip_tokenizer_init=True,
-            load_format="dummy",  # the weights come from megatron (sync_weights)
-            dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[model_cfg.params_dtype],
-            tensor_parallel_size=tp,
-            distributed_executor_backend="external_launcher",
-            enable_prefix_caching=True,
-            max_model_len=max_sequence_length,
-            max_num_seqs=max_batch_size,
-            max_num_batched_tokens=max(max_tokens_per_step, max_sequence_length),
-            kv_cache_memory_bytes=int(kv_cache_gb * 2**30),
-            logprobs_mode="processed_logprobs",
-            enforce_eager=not cuda_graphs,
-            enable_sleep_mode=self._on_cuda,
-            disable_log_stats=False,  # the prefix cache counters
+        args = _engine_args(
+            self._model_dir.name,
+            model_cfg,
+            tp=ps.get_tensor_model_parallel_world_size(),
+            max_batch_size=max_batch_size,
+            max_sequence_length=max_sequence_length,
+            kv_cache_gb=kv_cache_gb,
+            max_tokens_per_step=max_tokens_per_step,
+            cuda_graphs=cuda_graphs,
+            sleep_mode=self._on_cuda,
             seed=seed,
         )
+        with _process_state_kept():
+            self.llm = LLM(**args)
         self._synced = False
         self._asleep = False
         self._cache_counts = self._prefix_cache_counts()
@@ -252,6 +249,31 @@ class VllmBackend:
         return {"rollout/prefix_cache_queries": queries - q0, "rollout/prefix_cache_hits": hits - h0}
 
 
+@contextlib.contextmanager
+def _process_state_kept():
+    """What starting an engine changes in the training process, undone: vLLM's worker reseeds the
+    global random generators (Python, NumPy, torch) with the engine's seed, and its CPU worker
+    replaces ``torch.set_num_threads`` with a no-op (to keep its own thread binding, which the
+    backend switches off: ``VLLM_CPU_OMP_THREADS_BIND=nobind``)."""
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
+
+
 def _finish(completion, budget: int, stop: StopCriteria) -> tuple[list[int], list[float], str]:
     """The result of one request under the project's stop rule: the first token at which
     ``stop.check`` ends the row (EOS id, stop string, budget) is the last one kept."""
@@ -262,6 +284,40 @@ def _finish(completion, budget: int, stop: StopCriteria) -> tuple[list[int], lis
         if reason is not None:
             return tokens[:n], logprobs[:n], reason
     return tokens, logprobs, "length"  # an empty completion (vLLM ran out of room)
+
+
+def _engine_args(
+    model_dir: str,
+    model_cfg,
+    *,
+    tp: int,
+    max_batch_size: int,
+    max_sequence_length: int,
+    kv_cache_gb: float,
+    max_tokens_per_step: int,
+    cuda_graphs: bool,
+    sleep_mode: bool,
+    seed: int,
+) -> dict:
+    """``vllm.LLM``'s arguments: the engine of one TP group, in this process, weights to come."""
+    return dict(
+        model=model_dir,
+        skip_tokenizer_init=True,
+        load_format="dummy",  # the weights come from megatron (sync_weights)
+        dtype=_VLLM_DTYPES[model_cfg.params_dtype],
+        tensor_parallel_size=tp,
+        distributed_executor_backend="external_launcher",
+        enable_prefix_caching=True,
+        max_model_len=max_sequence_length,
+        max_num_seqs=max_batch_size,
+        max_num_batched_tokens=max(max_tokens_per_step, max_sequence_length),
+        kv_cache_memory_bytes=int(kv_cache_gb * 2**30),
+        logprobs_mode="processed_logprobs",
+        enforce_eager=not cuda_graphs,
+        enable_sleep_mode=sleep_mode,
+        disable_log_stats=False,  # the prefix cache counters
+        seed=seed,
+    )
 
 
 def _check_head_size(head_dim: int) -> None:
@@ -285,7 +341,6 @@ def _write_engine_config(model_cfg, out_dir: str) -> None:
     import json
 
     config = model_cfg.to_hf_config()
-    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[model_cfg.params_dtype]
-    config["torch_dtype"] = config["dtype"] = dtype
+    config["torch_dtype"] = config["dtype"] = _VLLM_DTYPES[model_cfg.params_dtype]
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)

@@ -80,9 +80,12 @@ def one_engine(tied: bool):
     """TP1 or TP2: every check on one engine."""
     tok = CharTokenizer()
     cfg, chunks = _model(tied)
+    rng, set_num_threads = torch.get_rng_state(), torch.set_num_threads
     static, vllm = _generators(chunks, cfg, tok)
     prompts = [tok.encode(p) for p in PROMPTS]
     out = {"greedy_static": _plain(static.generate(prompts)), "greedy_vllm": _plain(vllm.generate(prompts))}
+    # starting the engine reseeds the global generators and disables torch.set_num_threads: undone
+    out["process_state_kept"] = torch.equal(rng, torch.get_rng_state()) and torch.set_num_threads is set_num_threads
 
     sampling = vllm.with_config(temperature=TEMPERATURE)
     sampled = vllm.generate(prompts, seed=7, config=sampling)
@@ -138,6 +141,7 @@ def data_parallel():
 
 
 def _check_one_engine(out):
+    assert out["process_state_kept"]
     assert out["greedy_vllm"] == [(t, out["greedy_vllm"][i][1], r) for i, (t, _, r) in enumerate(out["greedy_static"])]
     for (_, lp_vllm, _), (_, lp_static, _) in zip(out["greedy_vllm"], out["greedy_static"]):
         torch.testing.assert_close(torch.tensor(lp_vllm), torch.tensor(lp_static), atol=1e-4, rtol=0)
