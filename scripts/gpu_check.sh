@@ -10,7 +10,9 @@
 #    parent process, JAX, NCCL);
 # 3. the benchmarks on CUDA: one RL step by phase, CRAFT beside SDAR (scripts/bench_step.py), and the
 #    loss's time and memory (scripts/bench_loss.py, bf16);
-# 4. a short bf16 training run of the default job (warm start, 6 RL steps, two validations).
+# 4. where vLLM is installed (bash scripts/install.sh vllm), rollout tokens/s of the static and vllm
+#    backends (scripts/bench_rollout.py; tests/gpu/test_vllm_cuda.py runs in part 1);
+# 5. a short bf16 training run of the default job (warm start, 6 RL steps, two validations).
 #
 # PYTHON (default python3) is the interpreter. Each part has its own time limit (seconds:
 # GPU_CHECK_TIMEOUT, default 600) and its own log in OUT_DIR; a failing part does not stop the
@@ -53,6 +55,9 @@ if "$py" -c "import xdist" 2>/dev/null; then xdist=(-n "$workers"); fi
 part suite "$py" -m pytest -m "not slow" -v "${xdist[@]}" -rfE --tb=short -p no:cacheprovider tests
 part bench_step "$py" scripts/bench_step.py --device cuda --repeats 3
 part bench_loss "$py" scripts/bench_loss.py --device cuda --tp 1 --dtype bfloat16 --quick
+if "$py" -c "import vllm" 2>/dev/null; then  # rollout tokens/s: static vs vllm (bf16), prefix reuse across turns
+    part bench_rollout "$py" scripts/bench_rollout.py --device cuda --columns static vllm --repeats 3
+fi
 part train "$py" -m nemo_craft train trainer.max_steps=6 trainer.val_every=3 model.params_dtype=bf16 \
     logging.progress_bar=false "run_dir=$out/train"
 echo "gpu_check: logs in $out; exit $status"
