@@ -20,6 +20,13 @@ A packed micro-batch (:mod:`nemo_craft.trainer.packing`: b = 1, several sequence
 also carries ``packed_seq_params``, which the model's attention and RoPE read; a training loss is
 called once per sequence of it, on that sequence's slice of the logits, so a loss written for
 padded rows works on packs unchanged.
+
+Context parallel (CP > 1): each rank runs its load-balanced part of every micro-batch
+(:func:`~nemo_craft.parallel.context_parallel.split_micro_batch`: the ``[b, S]`` tensors cut to
+``[b, S / CP]``, with ``cp_columns``, their global positions); ``value_fn`` and ``loss_fn`` see that
+part and its logits. Forward-only values are gathered back to ``[b, S]`` over the CP group, so callers
+see what they see at CP 1; a training loss returns its part's sum and token count, which
+``finalize_model_grads`` adds up over DP x CP (the global token mean, unchanged).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
+
+from nemo_craft.parallel.context_parallel import gather_sequence, split_micro_batch
 
 __all__ = ["forward_only", "forward_backward", "LossFn", "ForwardFn"]
 
@@ -38,6 +47,7 @@ ForwardFn = Callable[[dict, torch.Tensor], torch.Tensor]
 
 
 def _model_forward(model, mb: dict) -> torch.Tensor:
+    """The logits of a micro-batch (of this CP rank's part of it)."""
     return model(mb["input_ids"], mb["position_ids"], None, packed_seq_params=mb.get("packed_seq_params"))
 
 
@@ -70,7 +80,7 @@ def forward_only(
     from megatron.core import parallel_state as ps
 
     def forward_step(data_iterator, model):
-        mb = next(data_iterator)
+        mb = split_micro_batch(next(data_iterator))
         output = _model_forward(model, mb)
         return output, partial(_value_loss, mb)
 
@@ -89,17 +99,18 @@ def forward_only(
         for chunk in model_chunks:
             chunk.train()
     b, s = micro_batches[0]["input_ids"].shape
+    s_local = s // ps.get_context_parallel_world_size()  # this CP rank's columns
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         values = torch.cat([o["values"] for o in outputs], dim=0).float()
     else:
         values = torch.empty(
-            len(micro_batches) * b, s, dtype=torch.float32, device=micro_batches[0]["input_ids"].device
+            len(micro_batches) * b, s_local, dtype=torch.float32, device=micro_batches[0]["input_ids"].device
         )
     if ps.get_pipeline_model_parallel_world_size() > 1:
         torch.distributed.broadcast(
             values, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
         )
-    return values
+    return gather_sequence(values, dim=1)  # [n_mb * b, S] at any CP size
 
 
 def forward_backward(
@@ -125,7 +136,7 @@ def forward_backward(
         )
 
     def forward_step(data_iterator, model):
-        mb = next(data_iterator)
+        mb = split_micro_batch(next(data_iterator))
         return _model_forward(model, mb), partial(_train_loss, mb)
 
     def _train_loss(mb, logits):
