@@ -28,6 +28,7 @@ __all__ = [
     "gather_sequence",
     "context_parallel_off",
     "sequence_multiple",
+    "check_same_over_cp",
 ]
 
 
@@ -144,6 +145,29 @@ def gather_sequence(x: torch.Tensor, dim: int = 0, group=None) -> torch.Tensor:
     order = torch.tensor(_rank_to_global_order(cp), device=x.device)
     whole = chunks.index_select(0, order).reshape(cp * local, *moved.shape[1:])
     return whole.movedim(0, dim)
+
+
+def check_same_over_cp(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise when the CP ranks do not hold the same ``tensors`` (one small all-gather of their
+    fingerprints). Every CP rank generates its data-parallel rank's rollouts itself (the same
+    seeds, the same weights, CP off); if they ever differed, the ranks would train on different
+    halves of different sequences without an error, so the step checks it."""
+    group, cp, _ = cp_group_and_rank()
+    if cp == 1:
+        return
+    prints = []
+    for t in tensors.values():
+        flat = t.detach().reshape(-1).double()
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+        prints += [float(flat.numel()), flat.sum(), (flat * weights.remainder(9973)).sum()]
+    mine = torch.stack([torch.as_tensor(p, dtype=torch.float64, device=flat.device) for p in prints])
+    every = mine.new_empty(cp * mine.numel())
+    dist.all_gather_into_tensor(every, mine, group=group)
+    if not bool((every.view(cp, -1) == mine).all()):
+        raise RuntimeError(
+            f"the context-parallel ranks of one data-parallel rank got different {what} "
+            f"({sorted(tensors)}); generation must be deterministic across them (same seeds, same weights)"
+        )
 
 
 @contextlib.contextmanager

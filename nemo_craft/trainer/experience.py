@@ -7,7 +7,9 @@ Old, teacher and reference log-probs come from no-grad passes through megatron's
 schedule (``megatron_step.forward_only``) over the same micro-batching as training: padded rows
 of ``micro_batch_size``, or packs of at most ``max_tokens_per_microbatch`` tokens
 (:mod:`nemo_craft.trainer.packing`; the teacher's sequences, longer by the privileged prompt,
-are packed by their own lengths); then GRPO advantages, Delta, CTI and credits
+are packed by their own lengths; under context parallel each rank computes its part of every
+sequence and the values are gathered back, so the step's tensors are those of CP 1); then GRPO
+advantages, Delta, CTI and credits
 (``compute_credits``, sibling sums over DP).
 Shape letters: B trajectories of this DP rank, S student positions, T teacher positions.
 """
@@ -22,6 +24,7 @@ from typing import Optional
 import torch
 
 from nemo_craft.losses import LossConfig, TokenBatch, compute_credits
+from nemo_craft.parallel.context_parallel import check_same_over_cp
 from nemo_craft.parallel.vocab_parallel import vocab_parallel_token_stats
 from nemo_craft.rollout.trajectory import Trajectory, align_teacher_logprobs, collate_teacher, collate_trajectories
 from nemo_craft.trainer.megatron_step import forward_only
@@ -126,6 +129,8 @@ def make_experience(
     tokens (None: padded rows of ``micro_batch_size``); ``pad_to_multiple_of`` then rounds the packs.
     """
     sb = collate_trajectories(trajectories, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
+    # context parallel: each CP rank rolled out the same episodes; the passes split their tokens
+    check_same_over_cp({"tokens": sb.input_ids, "loss_mask": sb.loss_mask, "rewards": sb.rewards}, "rollouts")
     S = sb.input_ids.shape[1]
     mask = sb.loss_mask
     fn = logprob_fn(loss_cfg.chunk_size, vocab_size, temperature)
