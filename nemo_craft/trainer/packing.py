@@ -34,10 +34,17 @@ import torch
 __all__ = ["MicroBatches", "Pack", "check_packing", "plan_packs", "split_micro_batches", "select_sequences"]
 
 
-def check_packing(model_cfg, max_tokens: int, pad_multiple: int) -> None:
+def check_packing(model_cfg, max_tokens: int, pad_multiple: int, context_parallel_size: int = 1) -> None:
     """Refuse a budget the model or the layout cannot pack (one line naming the fix)."""
     from nemo_craft.models.provider import te_available
 
+    if context_parallel_size > 1:
+        # would need every sequence of a pack padded to 2 CP and split per sequence (thd under CP)
+        raise ValueError(
+            f"trainer.max_tokens_per_microbatch={max_tokens} packs sequences, which context parallel "
+            f"(parallel.context_parallel_size={context_parallel_size}) does not take; leave packing off "
+            "(trainer.max_tokens_per_microbatch=null) or use context_parallel_size=1"
+        )
     if model_cfg.core_attention == "local" and not te_available():
         raise ValueError(
             f"trainer.max_tokens_per_microbatch={max_tokens} packs sequences, which megatron's local attention "
@@ -262,17 +269,18 @@ def _pack(tensors: dict[str, torch.Tensor], lengths_B: list[int], rows: list[int
     return mb
 
 
-def select_sequences(batch, index: torch.Tensor, width: int):
+def select_sequences(batch, index: torch.Tensor, width: int, columns: Optional[torch.Tensor] = None):
     """``batch.select(index)`` (a loss's ``TokenBatch``) with its per-token fields cut to the
     first ``width`` positions: the rows of a packed sequence, whose logits are only that long.
-    The full width returns ``batch.select(index)`` itself."""
+    The full width returns ``batch.select(index)`` itself. ``columns`` (a context-parallel
+    rank's global positions, the micro-batch's ``cp_columns``): those positions instead."""
     sub = batch.select(index)
     B, S = sub.loss_mask.shape
-    if width == S:
+    if columns is None and width == S:
         return sub
     cut = copy.copy(sub)  # as select(): a part of a checked batch is not checked again
     for f in dataclasses.fields(sub):
         value = getattr(sub, f.name)
         if isinstance(value, torch.Tensor) and tuple(value.shape) == (B, S):
-            setattr(cut, f.name, value[:, :width])
+            setattr(cut, f.name, value[:, :width] if columns is None else value.index_select(1, columns))
     return cut
