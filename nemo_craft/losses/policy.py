@@ -58,6 +58,7 @@ def policy_loss(
     vocab_size: Optional[int] = None,
     temperature: float = 1.0,
     validate: bool = True,
+    positions_S: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict]:
     """The micro-batch's share of the step loss, and its metrics.
 
@@ -87,6 +88,10 @@ def policy_loss(
     calls: the logits give finite log-probs and entropies, and the targets are vocabulary ids.
     The trainer passes ``validate=False``: it checks the targets once per step and the step's
     loss and gradients for finiteness once, after the backward.
+
+    ``positions_S``: the global positions of the batch's columns when it holds a part of each
+    sequence (a context-parallel rank's, the micro-batch's ``cp_columns``): CRINGE's draws are
+    seeded by position. None: 0..S-1.
     """
     if batch.advantages is None or batch.credit is None:
         raise ValueError("batch has no credits: call compute_credits(batch, cfg) before policy_loss")
@@ -100,7 +105,7 @@ def policy_loss(
         sample_ids = (
             batch.sample_ids if batch.sample_ids is not None else torch.arange(batch.batch_size, device=mask.device)
         )
-        uniforms = counter_uniforms(cfg.cringe_seed, state.step, sample_ids, mask.shape[1])
+        uniforms = counter_uniforms(cfg.cringe_seed, state.step, sample_ids, mask.shape[1], positions_S)
     stats = vocab_parallel_token_stats(
         logits,
         targets,

@@ -138,15 +138,20 @@ def vocab_parallel_token_stats(
     return TokenStats(logp, entropy, z_target, z_positive, positive_ids, index=(b_N, s_N))
 
 
-def counter_uniforms(seed: int, step: int, sample_ids_B: torch.Tensor, seq_len: int) -> torch.Tensor:
+def counter_uniforms(
+    seed: int, step: int, sample_ids_B: torch.Tensor, seq_len: int, positions_S: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """[B, S] float64 in (0, 1): a counter-based hash of (seed, step, sample id, position).
 
     The same numbers on every rank and for any micro-batch split; no generator state is used.
+    ``positions_S``: the positions of the S columns (a context-parallel rank's part of the
+    sequence); None: 0..S-1.
     """
     h = _mix32_int(_mix32_int(seed & _MASK32) ^ (step & _MASK32))
     h = _mix32_int(h ^ ((seed >> 32) & _MASK32) ^ ((step >> 32) & _MASK32))
     ids = sample_ids_B.long()[:, None]
-    pos = torch.arange(seq_len, dtype=torch.long, device=ids.device)[None, :]
+    pos = torch.arange(seq_len, dtype=torch.long, device=ids.device) if positions_S is None else positions_S.long()
+    pos = pos.to(ids.device)[None, :]
     x = _mix32(_mix32((ids & _MASK32) ^ h) ^ ((ids >> 32) & _MASK32))
     x = _mix32(x ^ pos)
     return (x.double() + 0.5) / 2.0**32

@@ -100,7 +100,9 @@ def training_loss_fn(batch, targets_BS, cfg, state, *, tp_group=None, vocab_size
     check_targets(targets_BS, batch.loss_mask, vocab_size)
 
     def loss_fn(mb, logits):
-        sub = select_sequences(batch, mb["index"], mb["targets"].shape[1])  # a packed sequence: its length
+        # a packed sequence: its length; context parallel: this rank's columns
+        columns = mb.get("cp_columns")
+        sub = select_sequences(batch, mb["index"], mb["targets"].shape[1], columns)
         loss_sum, metrics = policy_loss(
             logits,
             mb["targets"],
@@ -112,6 +114,7 @@ def training_loss_fn(batch, targets_BS, cfg, state, *, tp_group=None, vocab_size
             vocab_size=vocab_size,
             temperature=temperature,
             validate=False,
+            positions_S=columns,
         )
         return loss_sum, sub.loss_mask.sum(), metrics
 
@@ -219,7 +222,8 @@ class CraftTrainer:
         if t.max_tokens_per_microbatch is not None:
             from nemo_craft.trainer.packing import check_packing
 
-            check_packing(self.run.model, t.max_tokens_per_microbatch, self._pad_multiple())
+            cp = self.run.parallel.context_parallel_size
+            check_packing(self.run.model, t.max_tokens_per_microbatch, self._pad_multiple(), cp)
         elif per_rank % t.micro_batch_size:
             raise ValueError(
                 f"{per_rank} trajectories per data-parallel rank (tasks_per_step/DP * group_size) "
@@ -432,8 +436,10 @@ class CraftTrainer:
         sums, maxes = _read_on_host(sums, maxes)
         sums, maxes = self._from_last_stage((sums, maxes))  # only the last pipeline stage computed the loss
         rollout = self._episode_means(trajs, ("reward", "success", "turns", "invalid"))
-        loss_terms = reduce_named(sums, self.dp_group, device=self.device)
-        max_terms = reduce_named(maxes, self.dp_group, op="max", device=self.device)
+        # each context-parallel rank computed the loss on its part of the tokens: add over DP x CP
+        loss_group = self._dp_cp_group()
+        loss_terms = reduce_named(sums, loss_group, device=self.device)
+        max_terms = reduce_named(maxes, loss_group, op="max", device=self.device)
         n_global = max(float(batch.num_global_tokens or 1), 1.0)
         out = {
             "rollout/reward_mean": rollout["reward"],
@@ -495,8 +501,14 @@ class CraftTrainer:
         return ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
 
     def _pad_multiple(self) -> int:
-        p = self.run.parallel
-        return p.tensor_model_parallel_size if p.sequence_parallel else 1
+        return self.run.parallel.sequence_multiple  # 2 CP under context parallel, TP under sequence parallel
+
+    def _dp_cp_group(self):
+        from megatron.core import parallel_state as ps
+
+        if self.run.parallel.context_parallel_size == 1:
+            return self.dp_group
+        return ps.get_data_parallel_group(with_context_parallel=True)
 
     # -- validation and warm start ----------------------------------------------------------------
 
