@@ -70,3 +70,62 @@ def _run(module, q, k, v, grad_out):
     out = module(q, k, v, None)
     out.backward(grad_out)
     return [out.detach(), q.grad, k.grad, v.grad]
+
+
+def rl_step(method: str):
+    """One RL step of the packing bodies' episodes on this layout (CP from the harness): the old,
+    teacher and reference log-probs of the valid tokens, the training loss, this rank's gradient
+    (after DDP's reduction) and where the rank sits (TP, DP and CP ranks)."""
+    from megatron.core import parallel_state as ps
+
+    from nemo_craft.losses import ControllerState, LossConfig
+    from nemo_craft.models.config import ModelConfig
+    from nemo_craft.models.provider import build_model
+    from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.parallel.cpu_mode import compute_device
+    from nemo_craft.parallel.ddp import wrap_ddp
+    from nemo_craft.testing.distributed import current_layout
+    from nemo_craft.trainer.experience import make_experience
+    from nemo_craft.trainer.megatron_step import forward_backward
+    from nemo_craft.trainer.reference import ReferenceWeights
+    from nemo_craft.trainer.trainer import training_loss_fn
+    from tests.distributed._bodies_packing import VOCAB, trajectories
+
+    lay = current_layout()
+    pcfg = ParallelConfig(tensor_model_parallel_size=lay.tp, context_parallel_size=lay.cp, sequence_parallel=lay.sp)
+    mcfg = ModelConfig(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        vocab_size=VOCAB,
+    )
+    model = wrap_ddp(build_model(mcfg, pcfg, transformer_config_overrides={"calculate_per_token_loss": True}), pcfg)
+    loss_cfg = LossConfig.preset(method)
+    trajs = trajectories(ps.get_data_parallel_rank())
+    exp = make_experience(
+        model,
+        ReferenceWeights(model),
+        trajs,
+        loss_cfg,
+        pad_id=0,
+        micro_batch_size=2,
+        pad_to_multiple_of=pcfg.sequence_multiple,
+        dp_group=ps.get_data_parallel_group(),
+        sample_offset=ps.get_data_parallel_rank() * len(trajs),
+        device=compute_device(),
+        vocab_size=VOCAB,
+        old_pass=True,
+    )
+    mbs = exp.train_micro_batches(2, None, pcfg.sequence_multiple)
+    tp_group = ps.get_tensor_model_parallel_group() if lay.tp > 1 else None
+    state = ControllerState.initial(loss_cfg)
+    loss_fn = training_loss_fn(exp.batch, exp.targets, loss_cfg, state, tp_group=tp_group, vocab_size=VOCAB)
+    loss, _ = forward_backward(model, mbs.items, loss_fn)
+    grad = torch.cat([p.main_grad.detach().flatten().clone() for c in model for p in c.parameters()])
+    m = exp.batch.loss_mask
+    logps = {k: getattr(exp.batch, k)[m].clone() for k in ("logp_old", "logp_teacher", "logp_ref")}
+    where = (ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank(), ps.get_context_parallel_rank())
+    return dict(loss=loss.item(), grad=grad, where=where, width=exp.input_ids.shape[1], **logps)

@@ -20,3 +20,31 @@ def test_sdpa_under_cp_equals_the_whole_sequence(world, tp):
     expected = {0: [*range(0, 6), *range(18, 24)], 1: list(range(6, 18))}
     assert all(o["cols"] == expected[o["cp_rank"]] for o in outs)
     assert {o["cp_rank"] for o in outs} == {0, 1}
+
+
+# name: (CP1 world, CP2 world, tp, loss preset); the CP2 run has the CP1 run's TP and DP sizes
+STEP_LAYOUTS = {
+    "CP2": (1, 2, 1, "craft"),
+    "CP2-cringe": (1, 2, 1, "adaptive_cringe"),  # its draws are seeded by position
+    "CP2xTP2": (2, 4, 2, "craft"),
+    "CP2xDP2": (2, 4, 1, "craft"),
+}
+
+
+@pytest.mark.parametrize("name", list(STEP_LAYOUTS))
+def test_rl_step_at_cp2_equals_cp1(name):
+    """The old / teacher / reference log-probs, the training loss and the gradient of one step
+    (all four passes) at CP2 equal CP1's to 1e-5 (fp32); each CP rank of a (TP, DP) position
+    holds the CP1 rank's values."""
+    world1, world2, tp, method = STEP_LAYOUTS[name]
+    one = {o["where"][:2]: o for o in run_distributed(bodies.rl_step, world_size=world1, tp=tp, args=(method,))}
+    two = run_distributed(bodies.rl_step, world_size=world2, tp=tp, cp=2, args=(method,))
+    assert sorted(o["where"][2] for o in two) == sorted([0, 1] * (world2 // 2))
+    for o in two:
+        ref = one[o["where"][:2]]
+        assert o["width"] % 4 == 0  # padded to 2 * CP
+        assert abs(o["loss"] - ref["loss"]) <= TOL * abs(ref["loss"]), (o["loss"], ref["loss"])
+        err = float((o["grad"] - ref["grad"]).abs().max())
+        assert err <= TOL * float(ref["grad"].abs().max()), err
+        for k in ("logp_old", "logp_teacher", "logp_ref"):
+            assert o[k].shape == ref[k].shape and float((o[k] - ref[k]).abs().max()) <= TOL, k
