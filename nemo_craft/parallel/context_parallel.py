@@ -186,21 +186,26 @@ def context_parallel_off(model):
         yield
         return
     modules = list(unwrap_model(model).modules())
-    ropes = [(m, m.cp_group) for m in modules if hasattr(m, "cp_group") and hasattr(m, "get_rotary_seq_len")]
     te_attention = [m for m in modules if hasattr(m, "set_context_parallel_group") and hasattr(m, "cp_stream")]
+    # RoPE, SDPAttention (and the model's own, read by MTP only) hold the group as ``cp_group``
+    holders = [
+        (m, m.cp_group)
+        for m in modules
+        if isinstance(getattr(m, "cp_group", None), dist.ProcessGroup) and m not in te_attention
+    ]
     saved_te = [(m, getattr(m, "cp_group", None), getattr(m, "cp_global_ranks", None)) for m in te_attention]
     _clear_rotary_cache()
     config.context_parallel_size = 1
-    for rope, _ in ropes:
-        rope.cp_group = None
+    for holder, _ in holders:
+        holder.cp_group = None
     for m in te_attention:
         m.set_context_parallel_group(None, None, None, getattr(m, "cp_comm_type", "p2p"))
     try:
         yield
     finally:
         config.context_parallel_size = cp
-        for rope, group in ropes:
-            rope.cp_group = group
+        for holder, group in holders:
+            holder.cp_group = group
         for m, group, ranks in saved_te:
             m.set_context_parallel_group(group, ranks, m.cp_stream, getattr(m, "cp_comm_type", "p2p"))
         _clear_rotary_cache()

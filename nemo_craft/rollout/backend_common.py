@@ -81,12 +81,16 @@ def skip_draws(steps: int, batch: int, *, vocab_size: int, temperature: float, g
 
 @contextlib.contextmanager
 def generation_mode(model: torch.nn.Module):
-    """Eval mode and no sequence parallel while generating (megatron's static path does not support
-    sequence parallel; for the dynamic path it only pads the token count, and without it the
-    math is the same); both restored afterwards, with RoPE's cache cleared (its entries made under
-    inference mode must not reach a training forward) and megatron's global memory buffer renewed."""
+    """Eval mode, no sequence parallel and no context parallel while generating (megatron's static
+    path supports neither; for the dynamic path sequence parallel only pads the token count, and
+    without it the math is the same): every CP rank generates its data-parallel rank's whole
+    sequences, as at CP 1. All restored afterwards, with RoPE's cache cleared (its entries made
+    under inference mode must not reach a training forward) and megatron's global memory buffer
+    renewed."""
     from megatron.core.transformer.utils import set_model_to_sequence_parallel
     from megatron.core.utils import get_model_config, unwrap_model
+
+    from nemo_craft.parallel.context_parallel import context_parallel_off
 
     was_training = model.training
     unwrapped = unwrap_model(model)
@@ -95,7 +99,8 @@ def generation_mode(model: torch.nn.Module):
         set_model_to_sequence_parallel(unwrapped, False)
     model.eval()
     try:
-        yield
+        with context_parallel_off(model):
+            yield
     finally:
         if sequence_parallel:
             set_model_to_sequence_parallel(unwrapped, True)
