@@ -129,3 +129,57 @@ def rl_step(method: str):
     logps = {k: getattr(exp.batch, k)[m].clone() for k in ("logp_old", "logp_teacher", "logp_ref")}
     where = (ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank(), ps.get_context_parallel_rank())
     return dict(loss=loss.item(), grad=grad, where=where, width=exp.input_ids.shape[1], **logps)
+
+
+def generate_then_score():
+    """Greedy and seeded sampled generation on the tiny char model at this layout's CP (CP off
+    inside generation: each rank runs the whole sequences), then a forward-only pass of the
+    log-probs of the sampled sequences (CP back on: the passes split them)."""
+    from nemo_craft.models.config import ModelConfig
+    from nemo_craft.models.provider import build_model
+    from nemo_craft.models.tokenizer import CharTokenizer
+    from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.parallel.cpu_mode import compute_device
+    from nemo_craft.rollout import GenerationConfig, Generator
+    from nemo_craft.testing.distributed import current_layout
+    from nemo_craft.trainer.experience import logprob_fn
+    from nemo_craft.trainer.megatron_step import forward_only
+
+    tok = CharTokenizer()
+    mcfg = ModelConfig(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_attention_heads=4,
+        vocab_size=tok.vocab_size,
+        max_position_embeddings=512,
+    )
+    pcfg = ParallelConfig(context_parallel_size=current_layout().cp)
+    torch.manual_seed(1234)
+    chunks = build_model(mcfg, pcfg)
+    prompts = [tok.encode(p) for p in ("<|user|>push the box<eos><|assistant|>", "<|user|>hi<eos><|assistant|>")]
+    gen = Generator(chunks, tok, GenerationConfig(temperature=0.0, stop_strings=(), max_new_tokens=10))
+    greedy = [r.token_ids for r in gen.generate(prompts)]
+    sampled = gen.generate(prompts, seed=7, config=gen.with_config(temperature=1.0))
+    rows = [p + r.token_ids for p, r in zip(prompts, sampled)]
+    S = -(-max(len(r) for r in rows) // pcfg.sequence_multiple) * pcfg.sequence_multiple
+    ids = torch.zeros(len(rows), S, dtype=torch.long)
+    mask = torch.zeros(len(rows), S, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, len(prompts[i]) - 1 : len(r) - 1] = True
+    dev = compute_device()
+    mb = {
+        "input_ids": ids.to(dev),
+        "targets": torch.roll(ids, -1, dims=1).to(dev),
+        "loss_mask": mask.to(dev),
+        "position_ids": torch.arange(S, device=dev).expand(len(rows), S),
+    }
+    scored = forward_only(chunks, [mb], logprob_fn(vocab_size=tok.vocab_size))
+    return dict(
+        greedy=greedy,
+        sampled=[r.token_ids for r in sampled],
+        sampled_logprobs=[r.logprobs for r in sampled],
+        scored=scored[mask.to(dev)].cpu(),
+        training=chunks[0].training,
+    )

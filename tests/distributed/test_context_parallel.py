@@ -2,6 +2,7 @@
 to 1e-5 in fp32 on gloo, alone and with TP2 / DP2."""
 
 import pytest
+import torch
 
 from nemo_craft.testing.distributed import run_distributed
 from tests.distributed import _bodies_context_parallel as bodies
@@ -48,3 +49,17 @@ def test_rl_step_at_cp2_equals_cp1(name):
         assert err <= TOL * float(ref["grad"].abs().max()), err
         for k in ("logp_old", "logp_teacher", "logp_ref"):
             assert o[k].shape == ref[k].shape and float((o[k] - ref[k]).abs().max()) <= TOL, k
+
+
+def test_generation_runs_whole_sequences_under_cp():
+    """Generation with a CP2 model switches CP off (megatron's inference runs at CP 1): greedy and
+    seeded sampled tokens equal CP1's on every rank, and the training-side forward after it (CP
+    back on) scores the sampled tokens as CP1 does, and as the sampler did."""
+    (one,) = run_distributed(bodies.generate_then_score, world_size=1)
+    two = run_distributed(bodies.generate_then_score, world_size=2, cp=2)
+    for o in two:
+        assert o["greedy"] == one["greedy"] and o["sampled"] == one["sampled"]
+        assert o["training"] is True
+        assert float((o["scored"] - one["scored"]).abs().max()) <= TOL
+        sampler = torch.tensor([lp for row in o["sampled_logprobs"] for lp in row])
+        assert float((o["scored"] - sampler).abs().max()) <= 1e-4
