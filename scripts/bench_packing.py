@@ -2,6 +2,7 @@
 
     python scripts/bench_packing.py                          # Search-QA episodes of the tiny model
     python scripts/bench_packing.py --tasks 8 --group-size 8 --repeats 5
+    python scripts/bench_packing.py --env sokoban --model tiny_x10   # Sokoban, a ~10x larger model
     python scripts/bench_packing.py --device cuda            # on a GPU
 
 Builds one step of multi-turn Search-QA episodes (by default): the environment's expert
@@ -43,10 +44,21 @@ BASE = [
     "run_dir=/tmp/nemo_craft_bench_packing",
 ]
 PASSES = ("old", "teacher", "ref", "train")
+MODELS = {  # as scripts/bench_step.py
+    "tiny": [],
+    "tiny_x10": ["model.num_layers=8", "model.hidden_size=256", "model.ffn_hidden_size=768", "model.kv_channels=64"],
+}
 
 
 def _bench(
-    env: str, tasks: int, group_size: int, micro_batch_size: int, budget: int | None, repeats: int, episodes: str
+    model: str,
+    env: str,
+    tasks: int,
+    group_size: int,
+    micro_batch_size: int,
+    budget: int | None,
+    repeats: int,
+    episodes: str,
 ) -> dict:
     import torch
 
@@ -55,6 +67,7 @@ def _bench(
 
     cfg = compose(
         BASE
+        + MODELS[model]
         + [
             f"env={env}",
             f"rollout.tasks_per_step={tasks}",
@@ -176,6 +189,7 @@ def _quantiles(xs: list[int]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", default="search_qa")
+    ap.add_argument("--model", choices=list(MODELS), default="tiny")
     ap.add_argument("--tasks", type=int, default=8, help="rollout.tasks_per_step")
     ap.add_argument("--group-size", type=int, default=8, help="rollout.group_size")
     ap.add_argument("--micro-batch-size", type=int, default=4, help="the padded run's trainer.micro_batch_size")
@@ -190,6 +204,7 @@ def main() -> int:
         timeout=3000,
         device=args.device,
         args=(
+            args.model,
             args.env,
             args.tasks,
             args.group_size,
@@ -201,7 +216,7 @@ def main() -> int:
     )[0]
     n = len(res["lengths"]["student"])
     print(
-        f"{args.env}, tiny model, {n} {args.episodes} episodes, {res['threads']} threads, "
+        f"{args.env}, {args.model} model, {n} {args.episodes} episodes, {res['threads']} threads, "
         f"device {args.device}; "
         f"padded: micro_batch_size={args.micro_batch_size}; packed: max_tokens_per_microbatch={res['budget']}"
     )
