@@ -58,10 +58,16 @@ def layout_problems(model, parallel, cluster, workload) -> list[str]:
             f"the pipeline size must make TP x PP x CP one of {fitting or 'no value: change TP or the GPUs'}, "
             f"or use a multiple of {tp * pp * cp} GPUs"
         )
-    if parallel.sequence_parallel and workload.seq_length % tp:
+    if parallel.sequence_parallel and workload.seq_length % (tp * cp):
+        what = f"tensor_model_parallel_size={tp}" + (f" x context_parallel_size={cp}" if cp > 1 else "")
         problems.append(
-            f"plan.seq_length={workload.seq_length} is not divisible by tensor_model_parallel_size={tp}, "
-            f"which sequence parallel needs; pad sequences to a multiple of {tp}"
+            f"plan.seq_length={workload.seq_length} is not divisible by {what}, "
+            f"which sequence parallel needs; pad sequences to a multiple of {tp * cp}"
+        )
+    if cp > 1 and workload.attention == "unfused":
+        problems.append(
+            f"parallel.context_parallel_size={cp} with plan.attention=unfused: megatron's local attention "
+            "(model.core_attention=local) does not split the sequence; use plan.attention=flash (SDPA or TE)"
         )
     if cp > 1 and workload.seq_length % (2 * cp):
         problems.append(

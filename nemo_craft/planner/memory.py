@@ -28,6 +28,14 @@ t under sequence parallel), q/k/v (sb(ad + 2gd)/t), the q/k-norm inputs when the
 output (2 sbf/t) and the SwiGLU output (sbf/t); unfused attention also keeps the softmax
 (bas^2/t) unless it is recomputed (selective). Full recomputation keeps only each layer's input
 (sbh, /t under SP) and rebuilds one layer at a time in backward.
+
+Context parallel (c ranks): s is the rank's share of the sequence, S / c, in training and in the
+no-grad passes (activations, logits and the loss divide by c); attention also keeps the keys and
+values of the whole sequence, gathered over the CP group (2 S b g d / t, unless core attention is
+recomputed), and unfused scores are b a s S / t. Generation runs every CP rank on whole sequences
+(megatron's inference has no CP), so the KV cache is not divided by c; the trajectories of a rank
+are its data-parallel rank's (DP = GPUs / (TP x PP x CP)), and the distributed optimizer shards
+over DP x CP.
 """
 
 from __future__ import annotations
@@ -83,9 +91,10 @@ class RankMemory:
 
 
 def layer_activation_bytes(
-    model, *, s: int, b: int, tp: int, sp: bool, recompute: str, attention: str, ab: int
+    model, *, s: int, b: int, tp: int, sp: bool, recompute: str, attention: str, ab: int, cp: int = 1
 ) -> float:
-    """Bytes one transformer layer keeps for backward, for one micro-batch (see module doc)."""
+    """Bytes one transformer layer keeps for backward, for one micro-batch (see module doc);
+    ``s`` is the rank's tokens of a sequence, S / ``cp`` under context parallel."""
     h, f = model.hidden_size, model.ffn_hidden_size
     a, g, d = model.num_attention_heads, model.num_query_groups, model.kv_channels
     residual = s * b * h / (tp if sp else 1)
@@ -96,8 +105,10 @@ def layer_activation_bytes(
     if model.qk_layernorm:
         x += ab * s * b * (a * d + g * d) / tp
     x += ab * s * b * a * d / tp + 4 * b * a * s / tp
+    if cp > 1 and recompute != "selective":
+        x += ab * s * cp * b * 2 * g * d / tp  # the whole sequence's keys and values, gathered over CP
     if attention == "unfused" and recompute != "selective":
-        x += ab * b * a * s * s / tp
+        x += ab * b * a * s * s * cp / tp
     x += ab * s * b * 3 * f / tp
     return x
 
@@ -123,7 +134,7 @@ def rank_memory(model, parallel, workload, stage, *, dp: int, padded_vocab: int)
     # -- training: in-flight activations of the 1F1B (or interleaved) schedule
     s = math.ceil(workload.seq_length / cp)
     b = workload.micro_batch_size
-    layer = dict(tp=tp, sp=sp, attention=workload.attention, ab=ab)
+    layer = dict(tp=tp, sp=sp, attention=workload.attention, ab=ab, cp=cp)
     per_layer = layer_activation_bytes(model, s=s, b=b, recompute=workload.recompute, **layer)
     per_layer_full = layer_activation_bytes(model, s=s, b=b, recompute="full", **layer)
     per_layer_none = layer_activation_bytes(model, s=s, b=b, recompute="none", **layer)

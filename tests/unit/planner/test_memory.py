@@ -141,3 +141,40 @@ def test_vllm_generation_holds_a_copy_of_the_weights_beside_its_cache():
     b = rank_memory(MODEL, p, vllm, stage, dp=2, padded_vocab=32768)
     assert b.kv_cache - a.kv_cache == a.weights > 0
     assert b.persistent == a.persistent  # released (sleep mode) while the trainer runs
+
+
+def test_context_parallel_divides_the_sequence_but_not_the_generation_kv_cache():
+    """CP2 holds half of every sequence in training and the no-grad passes (activations, logits),
+    plus the whole sequence's gathered keys and values per layer; generation runs whole sequences
+    at CP 1, so its KV cache is CP1's; the distributed optimizer shards over DP x CP."""
+    kw = dict(b=2, tp=1, sp=False, recompute="none", attention="flash", ab=2)
+    half = layer_activation_bytes(MODEL, s=1024, **kw)
+    gathered_kv = 2 * 2048 * 2 * 2 * 4 * 128  # ab * S * b * 2 g d
+    assert layer_activation_bytes(MODEL, s=1024, cp=2, **kw) == half + gathered_kv
+    assert layer_activation_bytes(MODEL, s=1024, cp=2, **dict(kw, recompute="selective")) == layer_activation_bytes(
+        MODEL, s=1024, **dict(kw, recompute="selective")
+    )  # core attention recomputed: nothing gathered is kept
+    one = ParallelConfig(use_distributed_optimizer=True)
+    two = dataclasses.replace(one, context_parallel_size=2)
+    m1 = rank_memory(MODEL, one, W, _stage(0, 8, 100, True), dp=2, padded_vocab=32768)
+    m2 = rank_memory(MODEL, two, W, _stage(0, 8, 100, True), dp=2, padded_vocab=32768)
+    assert m2.logits == m1.logits / 2 and m2.experience < m1.experience
+    assert m2.activations_per_microbatch == 8 * (layer_activation_bytes(MODEL, s=1024, cp=2, **kw))
+    assert m2.train_activations < m1.train_activations
+    assert m2.kv_cache == m1.kv_cache
+    assert m2.optimizer == m1.optimizer / 2
+
+
+def test_context_parallel_layout_problems():
+    from nemo_craft.planner.inputs import ClusterConfig
+    from nemo_craft.planner.layout import layout_problems
+
+    cluster = ClusterConfig(nodes=1, gpus_per_node=8)
+    cp2 = ParallelConfig(context_parallel_size=2, tensor_model_parallel_size=4, sequence_parallel=True)
+    assert layout_problems(MODEL, cp2, cluster, W) == []  # 2048 tokens: 4 chunks, 512 per TP x CP rank
+    odd = dataclasses.replace(W, seq_length=2050)
+    problems = layout_problems(MODEL, cp2, cluster, odd)
+    assert any("not divisible by 2 x context_parallel_size = 4" in p for p in problems)
+    assert any("tensor_model_parallel_size=4 x context_parallel_size=2" in p for p in problems)
+    unfused = layout_problems(MODEL, cp2, cluster, dataclasses.replace(W, attention="unfused"))
+    assert unfused and "megatron's local attention" in unfused[0]
