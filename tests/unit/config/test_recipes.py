@@ -84,6 +84,11 @@ def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
     "override, message",
     [
         ("parallel.context_parallel_size=4", "world size 2 is not divisible by TP\\*PP\\*CP = 1\\*1\\*4"),
+        (
+            "parallel.context_parallel_size=2 trainer.max_tokens_per_microbatch=256",
+            "context parallel \\(parallel.context_parallel_size=2\\) does not take; leave packing off",
+        ),
+        ("parallel.context_parallel_size=2 model.core_attention=local", "needs model.core_attention=sdpa"),
         ("rollout.top_p=0.9", "rollout.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
         ("rollout.top_k=5", "rollout.top_k=5"),
         ("rollout.temperature=0", "rollout.temperature=0.*must sample"),
