@@ -236,35 +236,24 @@ class Generator:
         name = resolve_backend(
             config.backend, lambda: DynamicCapability.probe(get_model_config(self.model_chunks[0]).params_dtype)
         )
+        paged = dict(  # the engines with a paged KV cache: megatron's dynamic one and vLLM
+            vocab_size=vocab_size,
+            max_batch_size=config.max_batch_size,
+            max_sequence_length=max_len,
+            kv_cache_gb=config.kv_cache_gb,
+            max_tokens_per_step=config.max_tokens_per_step,
+            cuda_graphs=config.cuda_graphs,
+        )
         if name == "vllm":
             if self.model_cfg is None:
                 raise ValueError("backend=vllm needs the policy's ModelConfig: Generator(..., model_cfg=)")
             from nemo_craft.rollout.vllm_backend import VllmBackend
 
-            return VllmBackend(
-                self.model_chunks,
-                self.model_cfg,
-                vocab_size=vocab_size,
-                max_batch_size=config.max_batch_size,
-                max_sequence_length=max_len,
-                kv_cache_gb=config.kv_cache_gb,
-                max_tokens_per_step=config.max_tokens_per_step,
-                cuda_graphs=config.cuda_graphs,
-                seed=config.seed,
-            )
+            return VllmBackend(self.model_chunks, self.model_cfg, seed=config.seed, **paged)
         if name == "dynamic":
             from nemo_craft.rollout.dynamic_backend import DynamicBackend
 
-            return DynamicBackend(
-                self.model_chunks,
-                vocab_size=vocab_size,
-                max_batch_size=config.max_batch_size,
-                max_sequence_length=max_len,
-                kv_cache_gb=config.kv_cache_gb,
-                max_tokens_per_step=config.max_tokens_per_step,
-                cuda_graphs=config.cuda_graphs,
-                pp_microbatch_tokens=config.pp_microbatch_tokens,
-            )
+            return DynamicBackend(self.model_chunks, pp_microbatch_tokens=config.pp_microbatch_tokens, **paged)
         if config.cuda_graphs:
             warnings.warn(
                 "cuda_graphs=true is ignored: backend=auto resolved to static here (CUDA graphs are the "
@@ -341,6 +330,12 @@ class Generator:
             raise ValueError(f"token budgets must be >= 0, got {budgets}")
         if any(len(p) == 0 for p in prompts_token_ids):
             raise ValueError("every prompt needs at least one token")
+        for i, (p, b) in enumerate(zip(prompts_token_ids, budgets)):
+            if len(p) + b > self.max_sequence_length:
+                raise ValueError(
+                    f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
+                    f"max_sequence_length={self.max_sequence_length}"
+                )
         if seed is None:
             seed = cfg.seed + self._calls
         self._calls += 1

@@ -203,15 +203,10 @@ class VllmBackend:
         stop: StopCriteria,
         generator: torch.Generator,
     ) -> list[tuple[list[int], list[float], str]]:
-        """``(token_ids, logprobs, finish_reason)`` per prompt, in order."""
+        """``(token_ids, logprobs, finish_reason)`` per prompt, in order (each fitting
+        ``max_sequence_length``: ``Generator.generate`` checks it)."""
         from vllm import SamplingParams
 
-        for i, (p, b) in enumerate(zip(prompts, budgets)):
-            if len(p) + b > self.max_sequence_length:
-                raise ValueError(
-                    f"prompt {i}: {len(p)} prompt tokens + budget {b} exceed "
-                    f"max_sequence_length={self.max_sequence_length}"
-                )
         if not self._synced:
             self.sync_weights()
         # ids past the tokenizer's (unused embedding rows) are never drawn, as in sample_next_tokens
