@@ -434,6 +434,8 @@ def run_nemo_craft(spec: dict, method: str, vllm: bool = False) -> dict:
     timer.wrap(trainer.runner, "run", lambda grad, out: timer.keep(out))  # the trajectories, for the counts
     # train_step imports make_experience from its module at each call, so the wrapper is seen.
     timer.wrap(experience, "make_experience", lambda grad, out: "logp")
+    if vllm:  # the in-memory refit of the engine, inside the rollout (gen), shown on its own
+        timer.wrap(trainer.generator._backend, "sync_weights", lambda grad, out: "refit")
     rss0 = None
     steps = []
     for r in range(spec["repeats"] + 1):
@@ -449,6 +451,8 @@ def run_nemo_craft(spec: dict, method: str, vllm: bool = False) -> dict:
             k[5:-2]: m[k]
             for k in ("time/old_logprobs_s", "time/teacher_logprobs_s", "time/ref_logprobs_s", "time/credits_s")
         }
+        if vllm:
+            passes["refit"] = timer.t["wall"].get("refit", 0.0)
         steps.append(
             {
                 **phases,
@@ -548,6 +552,8 @@ def run_trl(spec: dict, trainer_name: str, vllm: bool = False) -> dict:
         timer.wrap(trainer, "_get_per_token_logps_and_entropies", lambda grad, out: None if grad else "logp")
         timer.wrap(trainer, "_generate", lambda grad, out: "sample")
         timer.wrap(trainer, "_generate_and_score_completions", lambda grad, out: timer.keep(out))
+        # With vLLM, GRPO's default importance-sampling correction adds the old-log-prob pass.
+        logp_name = "old+ref" if vllm else "ref"
     else:
         from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 
@@ -577,6 +583,9 @@ def run_trl(spec: dict, trainer_name: str, vllm: bool = False) -> dict:
         timer.wrap(trainer, "_forward_logits", lambda grad, out: None if grad else "logp")
         timer.wrap(trainer, "_generate", lambda grad, out: "sample")
         timer.wrap(trainer, "_prepare_training_batch", lambda grad, out: timer.keep(out))
+        logp_name = "teacher"
+    if vllm:  # the weights loaded into the engine, inside the generation (gen), shown on its own
+        timer.wrap(trainer.vllm_generation, "sync_weights", lambda grad, out: "refit")
 
     steps = []
     state = {}
@@ -594,8 +603,10 @@ def run_trl(spec: dict, trainer_name: str, vllm: bool = False) -> dict:
             teacher = b.get("teacher_attention_mask")
             passes = {
                 "sample": timer.t["wall"].get("sample", 0.0),
-                ("ref" if trainer_name == "grpo" else "teacher"): timer.t["wall"].get("logp", 0.0),
+                logp_name: timer.t["wall"].get("logp", 0.0),
             }
+            if vllm:
+                passes["refit"] = timer.t["wall"].get("refit", 0.0)
             steps.append(
                 {
                     **phases,
