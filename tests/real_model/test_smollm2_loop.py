@@ -1,6 +1,11 @@
 """A short CRAFT run on SmolLM2-135M-Instruct's real weights (docs/real_model.md#a-short-craft-run):
-the whole loop (rollout with the static engine, the old / teacher / reference passes, credits,
-the loss, the optimizer, the controller) runs at the paper's settings and its numbers are sane.
+the whole loop (rollout, the old / teacher / reference passes, credits, the loss, the optimizer, the
+controller) runs at the paper's settings and its numbers are sane.
+
+The rollouts run on the vllm backend where vLLM is installed (CI's Python 3.11 job: a real Llama-
+architecture model with tied embeddings refit into the engine, its log-probs checked against the
+trainer's every step), on the static engine elsewhere (the Python 3.12 job), so that each job runs
+the loop once and both backends run it on a real model.
 
 Tiny sizes so that it fits the fast suite: 2 Sokoban tasks x 2 siblings, 2 turns of 16 tokens,
 2 steps. The conversion of the weights (tests/real_model/conftest.py, about a minute) is shared
@@ -55,13 +60,21 @@ TINY = [
 ]
 
 
+def _backend() -> list[str]:
+    from nemo_craft.rollout.vllm_backend import vllm_problem
+
+    return ["rollout.backend=static"] if vllm_problem() else ["rollout.backend=vllm", "rollout.kv_cache_gb=0.5"]
+
+
 def body_craft_run(run_dir: str, hf_path: str) -> dict:
     """Train STEPS steps; the weights before the first step and after the last, the metrics rows
     and the controller's state."""
     from nemo_craft.config import compose
     from nemo_craft.trainer.trainer import CraftTrainer
 
-    cfg = compose(["model=smollm2_135m", f"model.hf_path={hf_path}", *PAPER, *TINY, f"run_dir={run_dir}"])
+    cfg = compose(
+        ["model=smollm2_135m", f"model.hf_path={hf_path}", *PAPER, *TINY, f"run_dir={run_dir}", *_backend()]
+    )
     trainer = CraftTrainer(cfg)
 
     def weights() -> dict:
