@@ -72,9 +72,7 @@ def body_craft_run(run_dir: str, hf_path: str) -> dict:
     from nemo_craft.config import compose
     from nemo_craft.trainer.trainer import CraftTrainer
 
-    cfg = compose(
-        ["model=smollm2_135m", f"model.hf_path={hf_path}", *PAPER, *TINY, f"run_dir={run_dir}", *_backend()]
-    )
+    cfg = compose(["model=smollm2_135m", f"model.hf_path={hf_path}", *PAPER, *TINY, f"run_dir={run_dir}", *_backend()])
     trainer = CraftTrainer(cfg)
 
     def weights() -> dict:
