@@ -177,11 +177,8 @@ class HFColumn(Column):
 
 
 def _cut(row: list[int], budget: int, stop) -> tuple[list[int], list[float], str]:
-    for n in range(1, len(row) + 1):
-        reason = stop.check(row[:n], budget)
-        if reason is not None:
-            return row[:n], [0.0] * n, reason
-    return row, [0.0] * len(row), "length"
+    n, reason = stop.first_stop(row, budget)
+    return row[:n], [0.0] * n, reason
 
 
 def build_column(

@@ -53,3 +53,13 @@ class StopCriteria:
         if len(tokens) >= budget:
             return "length"
         return None
+
+    def first_stop(self, tokens: Sequence[int], budget: int) -> tuple[int, str]:
+        """``(n, reason)`` for tokens generated without these rules (an engine that only knows the
+        stop ids): the row ends after its first ``n`` tokens, for ``reason``; ``(len(tokens),
+        "length")`` when no rule ends it (the engine ran out of room first)."""
+        for n in range(1, len(tokens) + 1):
+            reason = self.check(tokens[:n], budget)
+            if reason is not None:
+                return n, reason
+        return len(tokens), "length"

@@ -274,11 +274,8 @@ def _finish(completion, budget: int, stop: StopCriteria) -> tuple[list[int], lis
     ``stop.check`` ends the row (EOS id, stop string, budget) is the last one kept."""
     tokens = list(completion.token_ids)
     logprobs = [next(iter(entry.values())).logprob for entry in completion.logprobs]
-    for n in range(1, len(tokens) + 1):
-        reason = stop.check(tokens[:n], budget)
-        if reason is not None:
-            return tokens[:n], logprobs[:n], reason
-    return tokens, logprobs, "length"  # an empty completion (vLLM ran out of room)
+    n, reason = stop.first_stop(tokens, budget)
+    return tokens[:n], logprobs[:n], reason
 
 
 def _engine_args(

@@ -120,3 +120,14 @@ def test_draws_are_torch_multinomials_bit_for_bit_and_rows_of_a_batchs_noise_dra
             noise = exponential_noise(6, 37, generator=g, device=logits.device)
             tokens, _ = sample_next_tokens(logits[rows], generator=None, noise_BV=noise[rows], **kw)
             assert tokens.tolist() == expect[step][rows].tolist()
+
+
+def test_first_stop_cuts_a_free_run_where_check_would_have_ended_it():
+    from nemo_craft.rollout import StopCriteria
+
+    decode = lambda ids: "".join(chr(96 + i) for i in ids)  # noqa: E731  1 -> "a", 2 -> "b", ...
+    stop = StopCriteria([9], ["cd"], decode)
+    assert stop.first_stop([1, 3, 4, 5, 9], budget=10) == (3, "stop")  # "acd": the stop string's last token
+    assert stop.first_stop([1, 9, 3, 4], budget=10) == (2, "eos")
+    assert stop.first_stop([1, 2, 5, 6], budget=3) == (3, "length")
+    assert stop.first_stop([1, 2], budget=10) == (2, "length")  # nothing ended it: all of it
