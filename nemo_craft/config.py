@@ -1,7 +1,11 @@
 """Compose the run config from ``conf/`` with Hydra-style overrides, and validate it at start-up.
 
-    cfg = compose(["method=sdar", "trainer.max_steps=20"])   # an OmegaConf DictConfig
-    run = RunConfig.from_omegaconf(cfg)                     # typed, validated sections
+    run = load_run(["method=sdar", "trainer.max_steps=20"])   # typed, validated sections
+    run.trainer.optim.lr, run.rollout.generation.temperature, run.env.config
+
+The top of the package: it composes once with Hydra (``compose``), builds every section's
+dataclass once (``RunConfig``) and validates them before any process group; the trainer, the
+evaluator, the policy stack and the planner read only the typed fields.
 
 One home per default (docs/design.md#configuration): each section is the dataclass owned by the
 class that uses it (``SECTIONS``: ModelConfig, ParallelConfig, TrainerConfig, ...), and its field
@@ -15,92 +19,81 @@ before composition, naming the key and the section's fields.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = [
-    "CONF_DIR",
-    "SECTIONS",
-    "compose",
-    "to_dataclass",
-    "field_defaults",
-    "check_choices",
-    "rollout_config",
-    "RunConfig",
-]
+from nemo_craft.core.paths import CONF_DIR
+from nemo_craft.core.typed import field_defaults, nested_class, to_dataclass
+from nemo_craft.envs import PoolConfig, env_class, env_factory
+from nemo_craft.envs.registry import make_config
+from nemo_craft.losses.config import LossConfig
+from nemo_craft.models.config import ModelConfig
+from nemo_craft.parallel.config import ParallelConfig
+from nemo_craft.planner.config import ClusterConfig, Workload
+from nemo_craft.rollout.config import RolloutConfig
+from nemo_craft.runtime.checkpoint_layout import CheckpointInfo, resolve_checkpoint
+from nemo_craft.runtime.config import CheckpointConfig
+from nemo_craft.trainer.config import LoggingConfig, TrainerConfig
 
-# Inside the package, so that a wheel ships it: in a checkout nemo_craft/conf links to the
-# top-level conf/ that users edit (setup.cfg's package_data copies the files into the wheel).
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+__all__ = ["CONF_DIR", "SECTIONS", "MOVED_KEYS", "compose", "load_run", "load_eval_run", "RunConfig", "EnvSection"]
 
-# Section of the run config -> "module:dataclass" that owns its fields and their defaults.
-SECTIONS = {
-    "model": "nemo_craft.models.config:ModelConfig",
-    "parallel": "nemo_craft.parallel.config:ParallelConfig",
-    "cluster": "nemo_craft.planner.inputs:ClusterConfig",
-    "rollout": "nemo_craft.rollout.episodes:RolloutConfig",
-    "trainer": "nemo_craft.trainer.trainer:TrainerConfig",
-    "checkpoint": "nemo_craft.trainer.checkpoint:CheckpointConfig",
-    "logging": "nemo_craft.trainer.logger:LoggingConfig",
-    "loss": "nemo_craft.losses.config:LossConfig",  # defaults: the method's preset (LossConfig.preset)
-    "plan": "nemo_craft.planner.inputs:Workload",  # not filled: its defaults derive from rollout/trainer
+
+# Section of the run config -> the dataclass that owns its fields and their defaults.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "cluster": ClusterConfig,
+    "rollout": RolloutConfig,
+    "trainer": TrainerConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+    "loss": LossConfig,  # defaults: the method's preset (LossConfig.preset)
+    "plan": Workload,  # not filled: its defaults derive from rollout/trainer
 }
 # Keys of a section that are no dataclass field: the loss preset's name and label, the env's name.
 _EXTRA_KEYS = {"loss": ("preset", "name"), "env": ("name",)}
 _UNFILLED = ("plan",)
 
+# Keys that moved into nested sections: a command line naming the old key is told the new one,
+# and the config.yaml of a checkpoint written before the move is read with its keys moved.
+MOVED_KEYS = {
+    **{
+        f"trainer.{k}": f"trainer.optim.{k}"
+        for k in ("lr", "min_lr", "lr_warmup_steps", "lr_decay_style", "weight_decay", "adam_beta1", "adam_beta2")
+    },
+    "trainer.clip_grad": "trainer.optim.clip_grad",
+    "rollout.max_tokens_per_turn": "rollout.generation.max_new_tokens",
+    **{
+        f"rollout.{k}": f"rollout.generation.{k}"
+        for k in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "backend",
+            "stop_strings",
+            "max_batch_size",
+            "max_sequence_length",
+            "kv_cache_gb",
+            "max_tokens_per_step",
+            "cuda_graphs",
+        )
+    },
+    **{f"rollout.val_{k}": f"rollout.validation.{k}" for k in ("temperature", "top_p", "top_k")},
+}
+
 
 def section_class(section: str) -> type:
-    module, name = SECTIONS[section].split(":")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+    return SECTIONS[section]
 
 
 def env_sections(env_name: str | None) -> dict[str, type]:
     """The dataclasses of the ``env`` section: ``pool``, and ``config`` (the environment's own)
     when the environment is known."""
-    from nemo_craft.envs import PoolConfig, env_class
-
     return {"pool": PoolConfig, **({"config": env_class(env_name).config_cls} if env_name else {})}
-
-
-def field_defaults(cls: type) -> dict:
-    """The raw field defaults of dataclass ``cls`` (nested dataclasses as dicts, tuples as lists);
-    fields without a default are left out. Raw: no ``__post_init__`` derives anything."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            factory = f.default_factory
-            value = field_defaults(factory) if dataclasses.is_dataclass(factory) else factory()
-        else:
-            continue
-        out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def nested_class(cls: type, name: str) -> type | None:
-    """The dataclass of field ``name`` of ``cls`` when it is a nested section, else None."""
-    factory = next(f.default_factory for f in dataclasses.fields(cls) if f.name == name)
-    return factory if dataclasses.is_dataclass(factory) else None
-
-
-def check_choices(obj: Any, section: str) -> None:
-    """Refuse a value of a ``Literal[...]`` field (or ``Optional[Literal[...]]``) of dataclass
-    ``obj`` that is not one of its choices, with one line naming the value and the allowed ones."""
-    for name, hint in typing.get_type_hints(type(obj)).items():
-        args = typing.get_args(hint)
-        if typing.get_origin(hint) is typing.Union and type(None) in args:  # Optional[Literal[...]]
-            inner = [a for a in args if a is not type(None)]
-            hint, args = inner[0], typing.get_args(inner[0]) + (None,)
-        if typing.get_origin(hint) is typing.Literal and getattr(obj, name) not in args:
-            raise ValueError(f"{section}.{name}={getattr(obj, name)!r}: allowed values are {tuple(args)}")
 
 
 # ------------------------------------------------------------------------------- composition
@@ -148,6 +141,9 @@ def _field_overrides(overrides: Sequence[str], env_name: str | None) -> list[str
     out = []
     for o in overrides:
         key = o.split("=", 1)[0]
+        moved = MOVED_KEYS.get(key.lstrip("+~"))
+        if moved is not None:
+            raise ValueError(f"config key '{key.lstrip('+~')}' is now '{moved}': write {moved}={o.split('=', 1)[-1]}")
         path = key.split(".")
         if "=" not in o or o[0] in "+~" or len(path) < 2 or not (path[0] in SECTIONS or path[0] == "env"):
             out.append(o)
@@ -188,17 +184,14 @@ def _check_path(path: Sequence[str], schema: type | dict, where: str) -> None:
 def _fill_defaults(cfg: DictConfig) -> None:
     """Every field of every section that the composed YAML leaves out, from its dataclass: the
     loss's from its preset, the env's from the environment's config class and PoolConfig, and
-    ``rollout.stop_strings`` from the environment (where its actions end)."""
-    from nemo_craft.envs import env_class
-    from nemo_craft.losses.config import LossConfig
-
+    ``rollout.generation.stop_strings`` from the environment (where its actions end)."""
     struct = OmegaConf.is_struct(cfg)
     OmegaConf.set_struct(cfg, False)
     defaults = {s: field_defaults(section_class(s)) for s in SECTIONS if s not in (*_UNFILLED, "loss")}
     env_name = OmegaConf.select(cfg, "env.name")
     if env_name is not None:
         defaults["env"] = {k: field_defaults(v) for k, v in env_sections(env_name).items()}
-        defaults["rollout"]["stop_strings"] = list(env_class(env_name).stop_strings)
+        defaults["rollout"]["generation"]["stop_strings"] = list(env_class(env_name).stop_strings)
     preset = OmegaConf.select(cfg, "loss.preset")
     if preset is not None:
         defaults["loss"] = dataclasses.asdict(LossConfig.preset(preset))
@@ -208,62 +201,66 @@ def _fill_defaults(cfg: DictConfig) -> None:
     OmegaConf.set_struct(cfg, struct)
 
 
+# ------------------------------------------------------------------------------- moved keys
+
+
+def migrate_moved_keys(cfg: DictConfig) -> DictConfig:
+    """``cfg`` (a checkpoint's config.yaml written before keys moved) with each key of
+    ``MOVED_KEYS`` at its new place; a config without old keys is returned as it is."""
+    with open_dict(cfg):
+        for old, new in MOVED_KEYS.items():
+            section, name = old.split(".")
+            node = cfg.get(section)
+            if node is not None and name in node:
+                OmegaConf.update(cfg, new, node.pop(name), merge=False, force_add=True)
+    return cfg
+
+
 # ------------------------------------------------------------------------------- typed sections
 
 
-def to_dataclass(cls: type, node: Any, section: str, drop: Sequence[str] = ()) -> Any:
-    """Build dataclass ``cls`` from a config node; unknown keys (in nested sections too) are an
-    error naming the section and the allowed keys."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    for key in drop:
-        values.pop(key, None)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config section '{section}'; allowed: {sorted(fields)}")
-    for name, value in values.items():
-        nested = nested_class(cls, name)
-        if nested is not None and isinstance(value, dict):
-            values[name] = to_dataclass(nested, value, f"{section}.{name}")
-    return cls(**values)
+@dataclass
+class EnvSection:
+    """The ``env:`` section: which environment, its own config dataclass, how its instances run."""
+
+    name: str
+    config: Any
+    """The environment's config dataclass (``env_class(name).config_cls``)."""
+    pool: PoolConfig
+
+    def factory(self, **changes: Any):
+        """A picklable factory of this environment (``env_factory``), with ``changes`` to its config."""
+        return env_factory(self.name, **{**dataclasses.asdict(self.config), **changes})
 
 
-def rollout_config(cfg: DictConfig):
-    """The run's ``RolloutConfig``; its stop strings default to the environment's (where its
-    actions end: ``</action>``, or ``</search>`` / ``</answer>`` for Search-QA)."""
-    from nemo_craft.envs import env_class
-    from nemo_craft.rollout.episodes import RolloutConfig
-
-    rollout = to_dataclass(RolloutConfig, cfg.rollout, "rollout")
-    if "stop_strings" not in cfg.rollout:  # a config composed before compose filled it (old checkpoints)
-        rollout.stop_strings = tuple(env_class(cfg.env.name).stop_strings)
-    return rollout
-
-
-@dataclasses.dataclass
+@dataclass
 class RunConfig:
     """The typed sections of one run, every one built and validated from the composed config
-    (so a bad value fails before any process group, model or weight exists)."""
+    (so a bad value fails before any process group, model or weight exists). Everything past
+    the CLI reads these fields; the composed config itself is kept only to be written out
+    (``to_yaml``: a checkpoint's config.yaml, the logged config)."""
 
-    raw: DictConfig
-    model: Any
-    parallel: Any
-    loss: Any
-    env_name: str
-    env_kwargs: dict
-    trainer: Any = None
-    rollout: Any = None
-    checkpoint: Any = None
-    logging: Any = None
-    env_config: Any = None
-    pool: Any = None
+    model: ModelConfig
+    parallel: ParallelConfig
+    cluster: ClusterConfig
+    rollout: RolloutConfig
+    trainer: TrainerConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    loss: LossConfig
+    env: EnvSection
+    plan: Workload
+    """The planner's view of the step (``plan:`` overrides on top of what the sections imply)."""
+    seed: int
+    run_dir: str
+    composed: DictConfig = dataclasses.field(repr=False, default=None)
+
+    @property
+    def env_name(self) -> str:
+        return self.env.name
 
     @classmethod
     def from_omegaconf(cls, cfg: DictConfig) -> RunConfig:
-        from nemo_craft.envs import PoolConfig
-        from nemo_craft.envs.registry import make_config
-        from nemo_craft.losses import LossConfig
-
         loss_node = OmegaConf.to_container(cfg.loss, resolve=True)
         preset = loss_node.pop("preset", None)
         if preset is None:
@@ -273,21 +270,131 @@ class RunConfig:
         if name != loss.name:
             loss = dataclasses.replace(loss, name=name)
         env_node = OmegaConf.to_container(cfg.env, resolve=True)
-        env_name = env_node.pop("name", None)  # the rest: config (the env's own), pool
+        env_name = env_node.pop("name", None)
         if env_name is None:
             raise ValueError("config section 'env' needs a 'name' (pick one with env=NAME)")
-        sections = {
-            s: to_dataclass(section_class(s), cfg[s], s)
-            for s in ("model", "parallel", "trainer", "checkpoint", "logging")
-            if s in cfg
-        }
-        return cls(
-            raw=cfg,
-            loss=loss,
-            env_name=env_name,
-            env_kwargs=env_node,
-            **sections,
-            rollout=rollout_config(cfg) if "rollout" in cfg else None,
-            env_config=make_config(env_name, **env_node.get("config", {})),
+        env = EnvSection(
+            name=env_name,
+            config=make_config(env_name, **env_node.get("config", {})),
             pool=to_dataclass(PoolConfig, env_node.get("pool", {}), "env.pool"),
         )
+
+        def typed(section: str):
+            node = cfg.get(section)
+            values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+            return to_dataclass(SECTIONS[section], values, section)
+
+        model, rollout, trainer, parallel = typed("model"), typed("rollout"), typed("trainer"), typed("parallel")
+        plan_node = cfg.get("plan")
+        plan = Workload.from_sections(
+            model=model,
+            rollout=rollout,
+            trainer=trainer,
+            parallel=parallel,
+            loss=loss,
+            overrides=OmegaConf.to_container(plan_node, resolve=True) if plan_node is not None else {},
+        )
+        return cls(
+            model=model,
+            parallel=parallel,
+            cluster=typed("cluster"),
+            rollout=rollout,
+            trainer=trainer,
+            checkpoint=typed("checkpoint"),
+            logging=typed("logging"),
+            loss=loss,
+            env=env,
+            plan=plan,
+            seed=int(cfg.seed),
+            run_dir=str(cfg.run_dir),
+            composed=cfg,
+        )
+
+    def validate(self) -> RunConfig:
+        """What every command that builds the policy needs, checked before any process group:
+        the model against the layout, a layout that can generate, the generation backend on this
+        machine, the environment's config, engine and data."""
+        self.model.validate_layout(self.parallel)
+        self.parallel.check_generation()
+        if self.rollout.generation.backend == "vllm":
+            from nemo_craft.rollout.vllm_backend import check_vllm_run  # lazy: imports vLLM
+
+            check_vllm_run(self.parallel, self.model)
+        self.env.factory()  # inside the pool a failure would only end episodes
+        return self
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(self.composed, resolve=True)
+
+    def to_dict(self) -> dict:
+        return OmegaConf.to_container(self.composed, resolve=True)
+
+
+def load_run(overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose ``conf/`` with ``overrides``, build every typed section and validate them: the
+    one place a command-line config becomes a run."""
+    return RunConfig.from_omegaconf(compose(overrides)).validate()
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+# group name on the command line -> the config section it fills (and top-level names derived from it)
+_GROUP_SECTIONS = {
+    "model": ("model",),
+    "env": ("env", "env_name"),
+    "method": ("loss", "method_name"),
+    "parallel": ("parallel",),
+    "cluster": ("cluster",),
+}
+
+
+def _override_key(override: str) -> str:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} is not of the form key=value")
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _resume_path(overrides: Sequence[str]) -> Optional[str]:
+    paths = [o.split("=", 1)[1] for o in overrides if _override_key(o) == "checkpoint.resume"]
+    path = paths[-1] if paths else None
+    return None if path in (None, "", "null", "None") else path
+
+
+def load_eval_run(overrides: Sequence[str]) -> tuple[RunConfig, Optional[CheckpointInfo]]:
+    """The run config of an evaluation (or a conversion) and its checkpoint (None without one).
+
+    With ``checkpoint.resume=PATH`` the config comes from the checkpoint (its ``config.yaml``: the
+    resolved config it was trained with), with the command line's overrides on top: ``key=value``
+    replaces that key, a group choice (``env=``, ``model=``, ``method=``, ``parallel=``,
+    ``cluster=``) replaces the whole section. Without a checkpoint the config is composed from
+    ``conf/`` as for training. Nothing is saved: ``checkpoint.dir`` is cleared.
+    """
+    from nemo_craft.runtime.checkpoint import CONFIG_YAML
+
+    overrides = list(overrides)
+    composed = compose(overrides)
+    path = _resume_path(overrides)
+    if path == "auto":
+        raise ValueError(
+            "evaluate: checkpoint.resume=auto has no run to look in; pass a checkpoint path "
+            "(a step_<n> directory, or a run's checkpoints directory for its newest)"
+        )
+    info = resolve_checkpoint(None, path) if path is not None else None
+    cfg = composed
+    if info is not None and (info.path / CONFIG_YAML).is_file():
+        cfg = migrate_moved_keys(OmegaConf.create((info.path / CONFIG_YAML).read_text()))
+        for o in overrides:
+            key = _override_key(o)
+            if key == "recipe":
+                raise ValueError(
+                    "evaluate with a checkpoint takes the run's config from the checkpoint; a recipe "
+                    "is not applied on top of it: override the sections to change (e.g. parallel=dp)"
+                )
+            with open_dict(cfg):
+                for section in _GROUP_SECTIONS.get(key, (key,)):
+                    OmegaConf.update(cfg, section, OmegaConf.select(composed, section), merge=False)
+    with open_dict(cfg):
+        cfg.checkpoint.resume = str(info.path) if info is not None else None
+        cfg.checkpoint.dir = None
+        cfg.checkpoint.save_every = 0
+    return RunConfig.from_omegaconf(cfg).validate(), info

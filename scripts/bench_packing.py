@@ -63,7 +63,7 @@ def _bench(
     import torch
 
     from nemo_craft.config import compose
-    from nemo_craft.trainer.trainer import CraftTrainer
+    from nemo_craft.trainer.trainer import RLTrainer
 
     cfg = compose(
         BASE
@@ -75,7 +75,7 @@ def _bench(
             f"trainer.micro_batch_size={micro_batch_size}",
         ]
     )
-    trainer = CraftTrainer(cfg)
+    trainer = RLTrainer(cfg)
     trainer.setup()
     if episodes == "expert":
         trajs = _expert_episodes(trainer, tasks * group_size, group_size)

@@ -44,10 +44,10 @@ BASE = [
 def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
     from nemo_craft.config import compose
     from nemo_craft.losses import LossConfig
-    from nemo_craft.trainer.trainer import CraftTrainer
+    from nemo_craft.trainer.trainer import RLTrainer
 
     cfg = compose(BASE + model_overrides + [f"parallel.tensor_model_parallel_size={tp}"])
-    trainer = CraftTrainer(cfg)
+    trainer = RLTrainer(cfg)
     trainer.setup()
     _sync(trainer.device)
     t0 = time.perf_counter()

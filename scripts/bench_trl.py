@@ -25,7 +25,7 @@ the same weights on both sides, completions of exactly L tokens (the counts are 
 
 Runs (each in its own subprocess, one after the other: a warm-up step discarded, then the median
 of --repeats steps):
-  nemo_craft:grpo / :sdar / :craft   CraftTrainer.train_step() of the method (the real step)
+  nemo_craft:grpo / :sdar / :craft   RLTrainer.train_step() of the method (the real step)
   trl:grpo                           GRPOTrainer, beta = nemo_craft's kl_coef (a reference pass)
   trl:sdpo                           trl.experimental.sdpo.SDPOTrainer: the same policy as
                                      teacher ("live"), shown the Sokoban plan as feedback
@@ -252,7 +252,7 @@ def task_rows(n_steps: int, n_tasks: int, model: str) -> list[dict]:
     env = make_env("sokoban", **env_config(model))
     rows = []
     for i in range(n_steps * n_tasks):
-        seed = SEED * 7_919 + i  # CraftTrainer._task_seeds at DP 1
+        seed = SEED * 7_919 + i  # RLTrainer._task_seeds at DP 1
         _, privileged, _ = env.reset(seed)
         rows.append(
             {
@@ -417,7 +417,7 @@ def _now() -> tuple[float, float]:
 
 
 def run_nemo_craft(spec: dict, method: str, vllm: bool = False) -> dict:
-    """CraftTrainer.train_step(), the step of the training loop, timed from outside like TRL's:
+    """RLTrainer.train_step(), the step of the training loop, timed from outside like TRL's:
     gen = EpisodeRunner.run (with vllm: the engine's refit after the previous update included),
     logp = make_experience (old, teacher, reference passes, credits),
     train = the rest (forward/backward over the micro-batches, optimizer and scheduler step)."""
@@ -425,10 +425,10 @@ def run_nemo_craft(spec: dict, method: str, vllm: bool = False) -> dict:
     from nemo_craft.parallel.initialize import destroy_parallel
     from nemo_craft.parallel.rendezvous import single_process_env
     from nemo_craft.trainer import experience
-    from nemo_craft.trainer.trainer import CraftTrainer
+    from nemo_craft.trainer.trainer import RLTrainer
 
     single_process_env()
-    trainer = CraftTrainer(compose(_nemo_craft_overrides(spec, method, vllm)))
+    trainer = RLTrainer(compose(_nemo_craft_overrides(spec, method, vllm)))
     trainer.setup()
     timer = _Timer()
     timer.wrap(trainer.runner, "run", lambda grad, out: timer.keep(out))  # the trajectories, for the counts

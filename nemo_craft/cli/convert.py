@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nemo_craft.config import RunConfig, to_dataclass
-from nemo_craft.eval.evaluator import eval_config
+from nemo_craft.config import load_eval_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,33 +31,30 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = ap.parse_known_args(argv)
     if args.direction == "from-gguf":
         return _from_gguf(ap, overrides, args.out)
-    cfg, _ = eval_config(overrides)
-    run = RunConfig.from_omegaconf(cfg)
-    if args.direction == "to-hf" and not cfg.checkpoint.get("resume"):
+    run, _ = load_eval_run(overrides)
+    if args.direction == "to-hf" and not run.checkpoint.resume:
         ap.error("to-hf needs checkpoint.resume=PATH (the checkpoint to export)")
     if args.direction == "from-hf" and not run.model.hf_path:
         ap.error("from-hf needs model.hf_path=DIR (the Hugging Face checkpoint to import)")
 
     from nemo_craft.parallel.initialize import destroy_parallel, initialize_parallel
     from nemo_craft.parallel.rendezvous import single_process_env
-    from nemo_craft.trainer.checkpoint import CheckpointConfig
-    from nemo_craft.trainer.policy_stack import build_model_chunks, load_checkpoint_weights
+    from nemo_craft.runtime.policy_stack import build_model_chunks, load_checkpoint_weights
 
     single_process_env()
-    initialize_parallel(run.parallel, seed=int(cfg.seed))
+    initialize_parallel(run.parallel, seed=run.seed)
     chunks = build_model_chunks(run, for_training=False)
-    step = load_checkpoint_weights(to_dataclass(CheckpointConfig, cfg.checkpoint, "checkpoint"), chunks)
+    step = load_checkpoint_weights(run.checkpoint, chunks)
     if args.direction == "to-hf":
         from nemo_craft.models.hf import save_hf_checkpoint
 
         save_hf_checkpoint(chunks, run.model, args.out, template_dir=run.model.hf_path)
     else:
-        from omegaconf import OmegaConf
+        from nemo_craft.runtime.checkpoint import CheckpointManager
+        from nemo_craft.runtime.config import CheckpointConfig
 
-        from nemo_craft.trainer.checkpoint import CheckpointManager
-
-        manager = CheckpointManager(to_dataclass(CheckpointConfig, {"dir": args.out, "save_every": 0}, "checkpoint"))
-        manager.save(0, chunks, None, None, {"step": 0}, OmegaConf.to_yaml(cfg, resolve=True))
+        manager = CheckpointManager(CheckpointConfig(dir=args.out, save_every=0))
+        manager.save(0, chunks, None, None, {"step": 0}, run.to_yaml())
     print(f"[nemo_craft] wrote {args.out} (from step {step if step is not None else 'init'})")
     destroy_parallel()
     return 0

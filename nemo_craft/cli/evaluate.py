@@ -40,15 +40,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    from nemo_craft.config import load_eval_run
     from nemo_craft.envs.registry import MissingEngineError
-    from nemo_craft.eval.evaluator import Evaluator, eval_config, write_results
+    from nemo_craft.eval.evaluator import Evaluator, write_results
     from nemo_craft.parallel.initialize import destroy_parallel
     from nemo_craft.parallel.rendezvous import single_process_env
 
     single_process_env()
     try:  # a user's mistake: one line naming the value, before any process group
-        cfg, info = eval_config(args.overrides)
-        evaluator = Evaluator(cfg, args.split, n_tasks=args.tasks)
+        run, info = load_eval_run(args.overrides)
+        evaluator = Evaluator(run, args.split, n_tasks=args.tasks)
     except (ValueError, MissingEngineError) as err:
         print(f"nemo-craft evaluate: {err}", file=sys.stderr)
         return 2
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluator.close()
     if evaluator.rank == 0:
         tag = f"step{info.step}" if info is not None else "init"
-        out = Path(args.out) if args.out else Path(cfg.run_dir) / "eval" / f"{args.split}_{tag}"
+        out = Path(args.out) if args.out else Path(run.run_dir) / "eval" / f"{args.split}_{tag}"
         paths = write_results(result, out)
         print(paths["markdown"].read_text(), end="")
         print(f"[nemo_craft] evaluation written to {out} ({', '.join(p.name for p in paths.values())})", flush=True)

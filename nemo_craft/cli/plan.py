@@ -4,7 +4,7 @@
     nemo-craft plan +recipe=qwen2p5_72b_4nodes plan.seq_length=8192 --json
 
 Takes the same Hydra overrides as ``nemo-craft train`` (plus ``plan.*``, the workload
-assumptions of :class:`~nemo_craft.planner.inputs.Workload`), builds every pipeline rank's
+assumptions of :class:`~nemo_craft.planner.config.Workload`), builds every pipeline rank's
 model chunks on the meta device and prints, per rank, the parameters and the memory of each
 term, against the GPU's memory. Exit status: 0 when the layout runs and fits, 1 when it is
 refused (the reason and a layout that would fit are printed), 2 for a bad command line or config.
@@ -58,21 +58,18 @@ def _model_choice(overrides: Sequence[str]) -> str:
 
 def plan_from_overrides(overrides: Sequence[str], *, suggest: bool = True):
     """Compose the run config with ``overrides`` and plan it (a :class:`~nemo_craft.planner.plan.Plan`)."""
-    from nemo_craft.config import compose, to_dataclass
-    from nemo_craft.models.config import ModelConfig
-    from nemo_craft.parallel.config import ParallelConfig
-    from nemo_craft.planner.inputs import ClusterConfig, Workload
+    from nemo_craft.config import RunConfig, compose
     from nemo_craft.planner.plan import make_plan
 
     overrides = _plan_overrides(overrides)
     cfg = compose(overrides)
     if "cluster" not in cfg:
         raise ValueError("the config has no 'cluster' section; pick one with cluster=NAME")
-    model = to_dataclass(ModelConfig, cfg.model, "model")
-    parallel = to_dataclass(ParallelConfig, cfg.parallel, "parallel")
-    cluster = to_dataclass(ClusterConfig, cfg.cluster, "cluster")
-    workload = Workload.from_config(cfg, max_position_embeddings=model.max_position_embeddings)
-    return make_plan(model, parallel, cluster, workload, model_name=_model_choice(overrides), suggest=suggest)
+    # no validate(): a plan needs neither this machine's engines nor the environment's data
+    run = RunConfig.from_omegaconf(cfg)
+    return make_plan(
+        run.model, run.parallel, run.cluster, run.plan, model_name=_model_choice(overrides), suggest=suggest
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from nemo_craft.config import compose
+from nemo_craft.config import load_run
 from nemo_craft.parallel.rendezvous import single_process_env
 
 
@@ -30,10 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = validated_trainer(argv)
     if trainer is None:
         return 2
-    if show:  # CraftTrainer() built no process group, model or weight
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(trainer.cfg), end="")
+    if show:  # RLTrainer() built no process group, model or weight
+        print(trainer.run.to_yaml(), end="")
         return 0
     val = trainer.fit()
     if val and trainer.rank == 0:
@@ -45,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def validated_trainer(overrides: list[str]):
-    """``CraftTrainer`` of the composed config, or None after printing a user's mistake in it as
+    """``RLTrainer`` of the composed config, or None after printing a user's mistake in it as
     one line naming the value (before any process group)."""
     from nemo_craft.envs.registry import MissingEngineError
-    from nemo_craft.trainer.trainer import CraftTrainer
+    from nemo_craft.trainer.trainer import RLTrainer
 
     try:
-        return CraftTrainer(compose(overrides))
+        return RLTrainer(load_run(overrides))
     except (ValueError, MissingEngineError) as err:
         print(f"nemo-craft train: {err}", file=sys.stderr)
         return None

@@ -33,7 +33,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from nemo_craft.config import CONF_DIR, to_dataclass
+from nemo_craft.core.paths import CONF_DIR
+from nemo_craft.core.typed import to_dataclass
 
 __all__ = [
     "AxisEntry",
@@ -235,7 +236,7 @@ class SweepSpec:
 def is_finished(run_dir: str | Path) -> bool:
     """Whether a run completed: its ``done.json``, or a complete checkpoint at the run's last step
     (``trainer.max_steps`` of that checkpoint's config)."""
-    from nemo_craft.trainer.checkpoint_layout import list_checkpoints
+    from nemo_craft.runtime.checkpoint_layout import list_checkpoints
 
     run_dir = Path(run_dir)
     if (run_dir / DONE_MARKER).is_file():

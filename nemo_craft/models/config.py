@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Optional, get_args
 
+from nemo_craft.core.typed import check_choices
+
 __all__ = ["ModelConfig", "ARCHITECTURES", "PARAMS_DTYPES", "CORE_ATTENTIONS"]
 
 Architecture = Literal["llama", "qwen2", "qwen3"]
@@ -100,8 +102,6 @@ class ModelConfig:
     None for the tokenizer of ``hf_path`` (or "char" when there is no hf_path)."""
 
     def __post_init__(self) -> None:
-        from nemo_craft.config import check_choices
-
         check_choices(self, "model")  # architecture, params_dtype, core_attention
         for name in (
             "num_layers",

@@ -6,7 +6,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-__all__ = ["ParallelConfig"]
+__all__ = ["ParallelConfig", "OptimConfig"]
 
 Backend = Literal["auto", "nccl", "gloo"]
 RecomputeGranularity = Literal["selective", "full"]
@@ -130,7 +130,7 @@ class ParallelConfig:
     def sequence_multiple(self) -> int:
         """What a step's padded sequence length must be a multiple of: 2 CP (the load-balanced
         chunks) and CP x TP under sequence parallel (each rank's tokens split over TP); 1 plain."""
-        from nemo_craft.parallel.context_parallel import sequence_multiple
+        from nemo_craft.parallel.context_parallel import sequence_multiple  # lazy: imports megatron
 
         return sequence_multiple(self.context_parallel_size, self.tensor_model_parallel_size, self.sequence_parallel)
 
@@ -149,3 +149,41 @@ class ParallelConfig:
                 f"the number of ranks"
             )
         return world_size // mp
+
+
+LrDecayStyle = Literal["constant", "linear", "cosine"]
+
+
+@dataclass
+class OptimConfig:
+    """The ``trainer.optim:`` section: Adam with decoupled weight decay, gradient clipping and
+    megatron's lr schedule (``nemo_craft.parallel.ddp.build_optimizer`` builds them)."""
+
+    lr: float = 1e-6
+    """Peak learning rate of RL (the paper's, for pretrained models; the CPU demo sets its own)."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of the decay; a peak below it (a warm start's) is its own floor."""
+    lr_warmup_steps: int = 0
+    lr_decay_style: LrDecayStyle = "cosine"
+    """"constant", "linear" or "cosine" (megatron's OptimizerParamScheduler)."""
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (over all ranks); 0 disables it."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"trainer.optim.lr={self.lr!r}: must be > 0")
+        if not self.min_lr >= 0:
+            raise ValueError(f"trainer.optim.min_lr={self.min_lr!r}: must be >= 0")
+        if self.lr_decay_style not in typing.get_args(LrDecayStyle):
+            raise ValueError(
+                f"trainer.optim.lr_decay_style={self.lr_decay_style!r}: allowed values are "
+                f"{typing.get_args(LrDecayStyle)}"
+            )
+        if self.clip_grad < 0:
+            raise ValueError(f"trainer.optim.clip_grad={self.clip_grad!r}: must be >= 0 (0 disables clipping)")
+        if not (isinstance(self.lr_warmup_steps, int) and self.lr_warmup_steps >= 0):
+            raise ValueError(f"trainer.optim.lr_warmup_steps={self.lr_warmup_steps!r}: must be an integer >= 0")

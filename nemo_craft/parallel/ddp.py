@@ -6,40 +6,11 @@ optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-6), parallel_cfg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-__all__ = ["OptimConfig", "wrap_ddp", "build_optimizer", "grads_are_finite"]
+from nemo_craft.parallel.config import OptimConfig
 
-
-@dataclass
-class OptimConfig:
-    """Adam with decoupled weight decay, gradient clipping and a cosine lr schedule."""
-
-    lr: float = 1e-6
-    """Peak learning rate (the paper uses 1e-6 for its models: docs/algorithm.md#the-papers-evaluation)."""
-    min_lr: float = 0.0
-    """Learning rate at the end of the cosine decay."""
-    lr_warmup_steps: int = 0
-    lr_decay_style: str = "constant"
-    """"constant", "linear" or "cosine" (megatron's OptimizerParamScheduler)."""
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    """Global gradient-norm clip (over all ranks); 0 disables it."""
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr!r}: must be > 0")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr={self.min_lr!r}: must be in [0, lr={self.lr}]")
-        if self.lr_decay_style not in ("constant", "linear", "cosine"):
-            raise ValueError(f"lr_decay_style={self.lr_decay_style!r}: allowed are constant, linear, cosine")
-        if self.clip_grad < 0:
-            raise ValueError(f"clip_grad={self.clip_grad!r}: must be >= 0 (0 disables clipping)")
+__all__ = ["wrap_ddp", "build_optimizer", "grads_are_finite"]
 
 
 def wrap_ddp(chunks: list, parallel_cfg) -> list:
@@ -112,7 +83,7 @@ def build_optimizer(model: list, cfg: OptimConfig, parallel_cfg, total_steps: in
     opt_cfg = OptimizerConfig(
         optimizer="adam",
         lr=cfg.lr,
-        min_lr=cfg.min_lr,
+        min_lr=min(cfg.min_lr, cfg.lr),
         weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
@@ -128,7 +99,7 @@ def build_optimizer(model: list, cfg: OptimConfig, parallel_cfg, total_steps: in
         optimizer,
         init_lr=cfg.lr if cfg.lr_warmup_steps == 0 else 0.0,
         max_lr=cfg.lr,
-        min_lr=cfg.min_lr,
+        min_lr=min(cfg.min_lr, cfg.lr),
         lr_warmup_steps=cfg.lr_warmup_steps,
         lr_decay_steps=max(total_steps, cfg.lr_warmup_steps + 1),
         lr_decay_style=cfg.lr_decay_style,

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from nemo_craft.planner.inputs import ClusterConfig, Workload
+from nemo_craft.planner.config import ClusterConfig, Workload
 from nemo_craft.planner.layout import candidate_layouts, layout_problems, layout_warnings
 from nemo_craft.planner.memory import GIB, RankMemory, rank_memory
 from nemo_craft.planner.meta_build import StageParams, count_all_stages, estimate_stages

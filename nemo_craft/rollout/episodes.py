@@ -20,122 +20,18 @@ and the turn, so sibling rollouts on different ranks differ.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch.distributed as dist
 
 from nemo_craft.envs.pool import EnvPool, EnvResult, PoolConfig
+from nemo_craft.rollout.config import GenerationConfig, RolloutConfig
 from nemo_craft.rollout.conversation import ChatFormat
-from nemo_craft.rollout.generation import BACKENDS, Backend, GenerationConfig, GenerationResult
+from nemo_craft.rollout.generation import GenerationResult
 from nemo_craft.rollout.trajectory import Trajectory, TurnRecord
 from nemo_craft.seeds import turn_sampling_seed
 
 __all__ = ["RolloutConfig", "EpisodeRunner", "Policy"]
-
-_OBSERVATION_MESSAGES = ("observation", "prompt")
-
-
-@dataclass
-class RolloutConfig:
-    """How tasks are rolled out (the ``rollout:`` section of the run config)."""
-
-    tasks_per_step: int = 8
-    """N: tasks of one training step (the trainer splits them over data-parallel ranks)."""
-    group_size: int = 8
-    """G: siblings (independent rollouts) of each task."""
-    temperature: float = 1.0
-    """Behaviour temperature T of training rollouts: tokens are drawn from softmax(logits / T),
-    and every training-side log-prob (pi_old, pi_theta, the teacher, pi_ref) is computed at the
-    same T, so that the importance ratio compares the distributions that sampled. Must be > 0."""
-    top_p: float = 1.0
-    """Nucleus sampling of training rollouts: must stay 1.0 (see ``check_trainable``)."""
-    top_k: int = 0
-    """Top-k sampling of training rollouts: must stay 0 (see ``check_trainable``)."""
-    max_tokens_per_turn: int = 512
-    """Budget of one action."""
-    max_tokens_per_episode: int = 4096
-    """Budget of all actions of an episode together; the episode ends when it is spent."""
-    val_temperature: float = 0.4
-    """Sampling temperature of validation rollouts (docs/algorithm.md#the-papers-evaluation)."""
-    val_top_p: float = 1.0
-    """Nucleus sampling of validation and evaluation rollouts (1.0: off)."""
-    val_top_k: int = 0
-    """Top-k sampling of validation and evaluation rollouts (0: off)."""
-    backend: Backend = "auto"
-    """Generation backend (see ``GenerationConfig.backend``)."""
-    stop_strings: tuple[str, ...] = ("</action>",)
-    """An action ends when its text contains one of these."""
-    max_turns: Optional[int] = None
-    """Turn limit of the runner (None: only the environment's own ``max_turns``)."""
-    system_prompt: Optional[str] = None
-    """The student's system message (None: none)."""
-    observation_message: str = "observation"
-    """User message of turns after the first: "observation" (the environment's observation
-    text) or "prompt" (the environment's full rendered prompt, which repeats task and history)."""
-    max_batch_size: int = 64
-    """Rows per generation forward pass."""
-    max_sequence_length: Optional[int] = None
-    """Longest conversation in tokens (None: the model's)."""
-    kv_cache_gb: float = 4.0
-    """Dynamic backend: GiB of each rank's paged KV cache (see ``GenerationConfig.kv_cache_gb``)."""
-    max_tokens_per_step: int = 16384
-    """Dynamic backend: tokens of one forward pass (see ``GenerationConfig.max_tokens_per_step``)."""
-    cuda_graphs: bool = False
-    """Dynamic backend: decode steps as CUDA graphs (see ``GenerationConfig.cuda_graphs``)."""
-
-    def __post_init__(self) -> None:
-        for name in ("tasks_per_step", "group_size", "max_tokens_per_turn", "max_tokens_per_episode"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"rollout.{name} must be an int >= 1, got {value!r}")
-        if self.max_turns is not None and (not isinstance(self.max_turns, int) or self.max_turns < 1):
-            raise ValueError(f"rollout.max_turns must be an int >= 1 or None, got {self.max_turns!r}")
-        if self.observation_message not in _OBSERVATION_MESSAGES:
-            raise ValueError(
-                f"rollout.observation_message must be one of {_OBSERVATION_MESSAGES}, got {self.observation_message!r}"
-            )
-        if not self.val_temperature >= 0:
-            raise ValueError(f"rollout.val_temperature must be >= 0, got {self.val_temperature!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {self.backend!r}")
-        self.generation_config()  # validates the sampling fields with GenerationConfig's checks
-        self.generation_config(validation=True)
-        self.stop_strings = tuple(self.stop_strings)
-
-    def check_trainable(self) -> None:
-        """Refuse sampling settings under which the trainer's log-probs are not the behaviour
-        policy's. The losses compute pi_old over the whole vocabulary at ``temperature``; a
-        truncated sampler (top-p / top-k) draws from another distribution, and its tokens would
-        be weighted as if they came from this one (off-policy with no sign of it)."""
-        if not self.temperature > 0:
-            raise ValueError(
-                f"rollout.temperature={self.temperature!r}: training rollouts must sample (> 0; "
-                "GRPO's siblings of a greedy policy are all the same); greedy is for validation "
-                "(rollout.val_temperature=0)"
-            )
-        if self.top_p != 1.0 or self.top_k != 0:
-            raise ValueError(
-                f"rollout.top_p={self.top_p!r}, rollout.top_k={self.top_k!r}: training rollouts sample "
-                "the full tempered softmax (the losses' pi_old); allowed: top_p=1.0, top_k=0. "
-                "Truncated sampling is for validation: rollout.val_top_p / rollout.val_top_k"
-            )
-
-    def generation_config(self, *, validation: bool = False) -> GenerationConfig:
-        """The sampling settings of training (or validation) rollouts."""
-        return GenerationConfig(
-            backend=self.backend,
-            temperature=self.val_temperature if validation else self.temperature,
-            top_p=self.val_top_p if validation else self.top_p,
-            top_k=self.val_top_k if validation else self.top_k,
-            max_new_tokens=self.max_tokens_per_turn,
-            stop_strings=self.stop_strings,
-            max_batch_size=self.max_batch_size,
-            max_sequence_length=self.max_sequence_length,
-            kv_cache_gb=self.kv_cache_gb,
-            max_tokens_per_step=self.max_tokens_per_step,
-            cuda_graphs=self.cuda_graphs,
-        )
 
 
 class Policy(Protocol):
@@ -194,7 +90,7 @@ class EpisodeRunner:
 
         Returns N * G trajectories, task-major (task n's siblings are n*G .. n*G+G-1), with
         group ids ``group_offset + n``. ``seed`` seeds the sampling (with the turn and the
-        data-parallel rank); ``validation`` samples at ``config.val_temperature``.
+        data-parallel rank); ``validation`` samples at ``config.validation.temperature``.
         """
         G = self.config.group_size if group_size is None else group_size
         trajectories = [
@@ -213,7 +109,7 @@ class EpisodeRunner:
                 break
             budgets = [
                 min(
-                    self.config.max_tokens_per_turn,
+                    self.config.generation.max_new_tokens,
                     self.config.max_tokens_per_episode - used[i],
                     self.policy.max_sequence_length - len(trajectories[i]),
                 )

@@ -9,38 +9,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-__all__ = ["LoggingConfig", "MetricsLogger", "plot_curves"]
+from nemo_craft.trainer.config import LoggingConfig
 
-
-@dataclass
-class WandbConfig:
-    enabled: bool = False
-    """Log to Weights & Biases too (``pip install wandb``)."""
-    project: str = "nemo_craft"
-    mode: Literal["online", "offline", "disabled"] = "offline"
-    """"online", "offline" (writes under the run dir; ``wandb sync`` later) or "disabled"."""
-
-    def __post_init__(self) -> None:
-        from nemo_craft.config import check_choices
-
-        check_choices(self, "logging.wandb")
-
-
-@dataclass
-class LoggingConfig:
-    tensorboard: bool = True
-    jsonl: bool = True
-    plot: bool = True
-    progress_bar: bool = True
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.wandb, dict):
-            self.wandb = WandbConfig(**self.wandb)
+__all__ = ["MetricsLogger", "plot_curves"]
 
 
 def _scalar(value: Any) -> Optional[float]:

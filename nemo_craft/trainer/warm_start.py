@@ -9,54 +9,32 @@ the same token format as rollouts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
+from megatron.core import parallel_state as ps
 
 from nemo_craft.envs import make_env
+from nemo_craft.parallel.ddp import build_optimizer
+from nemo_craft.parallel.vocab_parallel import vocab_parallel_token_stats
 from nemo_craft.rollout.conversation import ChatFormat
-from nemo_craft.rollout.trajectory import Trajectory
+from nemo_craft.rollout.trajectory import Trajectory, collate_trajectories
+from nemo_craft.runtime.reference import named_tensors
+from nemo_craft.seeds import WARM_START_FIRST_TASK
+from nemo_craft.trainer.experience import micro_batches
+from nemo_craft.trainer.megatron_step import forward_backward
 
-__all__ = ["WarmStartConfig", "WarmStartCache", "demonstration", "sft_loss_fn"]
+if TYPE_CHECKING:
+    from nemo_craft.config import RunConfig
 
-
-@dataclass
-class WarmStartConfig:
-    steps: int = 0
-    """Supervised steps (0: no warm start)."""
-    lr: float = 1e-5
-    """Its own peak learning rate (the CPU demo's model, trained from scratch, uses 3e-3)."""
-    batch_size: int = 32
-    """Demonstrations per step (over all data-parallel ranks)."""
-    privileged_fraction: float = 0.5
-    """Share of demonstrations whose prompt carries the privileged plan."""
-    on_pretrained: bool = False
-    """A warm start of pretrained weights (``model.hf_path`` set) fine-tunes them before they
-    become pi_ref; it runs only when asked for by name with this flag (see ``check_pretrained``)."""
-    cache_dir: Optional[str] = None
-    """Keep the warm-started weights here, keyed by everything they depend on, and load them
-    instead of training again (a sweep's methods share one warm start per seed). None: off."""
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1:
-            raise ValueError(f"warm_start.steps={self.steps} / batch_size={self.batch_size}: need >= 0 / >= 1")
-        if not 0.0 <= self.privileged_fraction <= 1.0:
-            raise ValueError(f"warm_start.privileged_fraction={self.privileged_fraction}: must be in [0, 1]")
-
-    def check_pretrained(self, hf_path: Optional[str]) -> None:
-        """Refuse a warm start of a pretrained model unless ``on_pretrained`` asks for it."""
-        if self.steps and hf_path and not self.on_pretrained:
-            raise ValueError(
-                f"trainer.warm_start.steps={self.steps} with model.hf_path={hf_path}: a warm start fine-tunes the "
-                "pretrained weights (and they become pi_ref); set trainer.warm_start.steps=0, or ask for it with "
-                "trainer.warm_start.on_pretrained=true"
-            )
+__all__ = ["WarmStartCache", "demonstration", "sft_loss_fn", "warm_start_steps"]
 
 
 def demonstration(
@@ -109,8 +87,6 @@ def sft_loss_fn(chunk_size: int, vocab_size: Optional[int] = None):
     """Summed negative log-likelihood of the action tokens (megatron_step's 3-tuple contract)."""
     from megatron.core import parallel_state as ps
 
-    from nemo_craft.parallel.vocab_parallel import vocab_parallel_token_stats
-
     def loss_fn(mb: dict, logits: torch.Tensor):
         mask = mb["loss_mask"]
         stats = vocab_parallel_token_stats(
@@ -135,32 +111,31 @@ class WarmStartCache:
 
     _KEY_SECTIONS = ("model", "env", "parallel")
 
-    def __init__(self, cache_dir: str, cfg, world_size: int, rank: int):
-        from omegaconf import OmegaConf
-
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+    def __init__(self, cache_dir: str, run: RunConfig, world_size: int, rank: int):
         # The whole trainer section (optimizer settings, micro-batch split, ...), conservatively:
         # a needless miss costs one warm start, a wrong hit would cost the run.
-        trainer = dict(resolved["trainer"])
-        trainer["warm_start"] = {k: v for k, v in trainer["warm_start"].items() if k != "cache_dir"}
-        rollout = resolved.get("rollout", {})
-        what = {k: resolved.get(k) for k in self._KEY_SECTIONS}
-        what.update(
-            trainer=trainer,
-            seed=resolved.get("seed"),
-            world_size=world_size,
-            chat={k: rollout.get(k) for k in ("system_prompt", "observation_message")},
+        trainer = dataclasses.asdict(run.trainer)
+        trainer["warm_start"].pop("cache_dir")
+        what = {
+            "model": dataclasses.asdict(run.model),
+            "env": {"name": run.env.name, "config": dataclasses.asdict(run.env.config)},
+            "parallel": dataclasses.asdict(run.parallel),
+            "trainer": trainer,
+            "seed": run.seed,
+            "world_size": world_size,
+            "chat": {
+                "system_prompt": run.rollout.system_prompt,
+                "observation_message": run.rollout.observation_message,
+            },
             # the CPU thread count sets the order of the sums
-            threads=None if torch.cuda.is_available() else torch.get_num_threads(),
-        )
+            "threads": None if torch.cuda.is_available() else torch.get_num_threads(),
+        }
         digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / digest
         self.path = self.dir / f"rank{rank:05d}.pt"
 
     def load(self, model_chunks) -> bool:
         """Copy the cached weights into ``model_chunks``; False when there are none."""
-        from nemo_craft.trainer.reference import named_tensors
-
         if not self.path.exists():
             return False
         state = torch.load(self.path, map_location="cpu", weights_only=True)
@@ -176,9 +151,40 @@ class WarmStartCache:
 
     def save(self, model_chunks) -> None:
         """Write atomically (temporary name, then rename): a killed run leaves no partial file."""
-        from nemo_craft.trainer.reference import named_tensors
-
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         torch.save({name: t.detach().cpu() for name, t in named_tensors(model_chunks)}, tmp)
         os.replace(tmp, self.path)
+
+
+def warm_start_steps(model, run: RunConfig, tokenizer, *, vocab_size: int, dp_size: int, device, log) -> None:
+    """``trainer.warm_start.steps`` supervised steps on the environment's demonstrations, with an
+    optimizer of their own (RL builds its own afterwards); ``log(metrics)`` after each step."""
+    ws, trainer = run.trainer.warm_start, run.trainer
+    optimizer, _ = build_optimizer(model, trainer.optim_for(ws.lr), run.parallel, ws.steps)
+    fmt = ChatFormat(tokenizer, system_prompt=run.rollout.system_prompt, end_of_turn_ids=tokenizer.stop_ids)
+    per_rank = ws.batch_size // dp_size
+    mbs_size = math.gcd(per_rank, trainer.micro_batch_size)
+    env_cfg = dataclasses.asdict(run.env.config)
+    for s in range(ws.steps):
+        first = WARM_START_FIRST_TASK + (s * dp_size + ps.get_data_parallel_rank()) * per_rank
+        demos = demonstrations(
+            run.env.name,
+            env_cfg,
+            fmt,
+            tokenizer,
+            list(range(first, first + per_rank)),
+            ws.privileged_fraction,
+            run.rollout.observation_message,
+        )
+        sb = collate_trajectories(demos, pad_id=tokenizer.pad_id, pad_to_multiple_of=run.parallel.sequence_multiple)
+        tensors = {
+            "input_ids": sb.input_ids.to(device),
+            "targets": sb.targets.to(device),
+            "loss_mask": sb.loss_mask.to(device),
+        }
+        loss, _ = forward_backward(
+            model, micro_batches(tensors, mbs_size), sft_loss_fn(run.loss.chunk_size, vocab_size), optimizer
+        )
+        optimizer.step()
+        log({"warm_start/nll": loss.item(), "warm_start/step": s + 1}, s + 1, ws.steps)

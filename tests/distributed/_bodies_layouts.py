@@ -58,7 +58,8 @@ def train_one_step(
     from nemo_craft.models.hf import load_hf_weights
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
-    from nemo_craft.parallel.ddp import OptimConfig, build_optimizer, wrap_ddp
+    from nemo_craft.parallel.config import OptimConfig
+    from nemo_craft.parallel.ddp import build_optimizer, wrap_ddp
     from nemo_craft.testing.distributed import current_layout
     from nemo_craft.trainer.megatron_step import forward_backward, forward_only, target_logprobs_fn
 
@@ -85,7 +86,7 @@ def train_one_step(
     # Adam's first step moves every parameter by about lr * sign(grad): with the default eps a
     # gradient that is 0 in one layout and reduction noise (1e-10) in another would move by lr.
     # eps = 1e-6 keeps noise-level gradients still and real ones (>= 1e-4) moving by ~lr.
-    optim = OptimConfig(lr=1e-3, adam_eps=1e-6, clip_grad=1.0)
+    optim = OptimConfig(lr=1e-3, min_lr=0.0, lr_decay_style="constant", adam_eps=1e-6, clip_grad=1.0)
     optimizer, scheduler = build_optimizer(model, optim, pcfg, total_steps=10)
     mbs = _micro_batches(global_batch(mcfg.vocab_size, lay.dp), ps.get_data_parallel_rank())
     loss, _ = forward_backward(model, mbs, _ce_loss)

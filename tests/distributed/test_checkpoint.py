@@ -142,7 +142,7 @@ def _full_logits(model) -> np.ndarray:
     """Logits ``[b, s, v]`` gathered over TP for a fixed input; eval mode, RNG untouched."""
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from nemo_craft.trainer.checkpoint_state import capture_rng_state, restore_rng_state
+    from nemo_craft.runtime.checkpoint_state import capture_rng_state, restore_rng_state
 
     rng = capture_rng_state()
     tokens = torch.arange(MBS * SEQ).reshape(MBS, SEQ) % VOCAB
@@ -184,7 +184,7 @@ def train_body(root: str, resume: bool) -> dict:
 
 def _train_kind(ckpt_dir: str, dist_opt: bool, resume: bool) -> dict:
     from nemo_craft.parallel.initialize import set_seed
-    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
 
     _prepare_rank_for_torch_dist_save()
     set_seed(current_layout().seed)
@@ -216,7 +216,7 @@ def _train_kind(ckpt_dir: str, dist_opt: bool, resume: bool) -> dict:
 def reshard_body(ckpt_path: str) -> dict:
     """Load a TP2xDP2 distributed-optimizer checkpoint at this (TP1) layout: model and
     optimizer (fully_reshardable) both; report the logits and the optimizer's step count."""
-    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
 
     model, optimizer, scheduler = _build(dist_opt=True)
     extra = CheckpointManager(CheckpointConfig(resume=ckpt_path)).load(model, optimizer, scheduler)
@@ -226,7 +226,7 @@ def reshard_body(ckpt_path: str) -> dict:
 
 def other_kind_body(ckpt_path: str, dist_opt: bool) -> str:
     """Load a checkpoint into the other optimizer kind: the refusal's message."""
-    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
 
     model, optimizer, scheduler = _build(dist_opt=dist_opt)
     try:
@@ -252,7 +252,7 @@ def _params_by_global_layer(chunks) -> dict:
 
 def vpp_save_body(root: str) -> dict:
     """Save randomly initialised chunks at this (PP2 x VPP2) layout: model only."""
-    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
 
     _prepare_rank_for_torch_dist_save()
     chunks = _chunks(num_layers=4)
@@ -262,7 +262,7 @@ def vpp_save_body(root: str) -> dict:
 
 
 def pp1_load_body(root: str) -> dict:
-    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
 
     chunks = _chunks(num_layers=4)
     CheckpointManager(CheckpointConfig(dir=root, resume="auto")).load(chunks)
@@ -274,8 +274,8 @@ def bug3_body(ckpt_path: str) -> dict:
     from megatron.core import dist_checkpointing
 
     from nemo_craft.parallel import megatron_fixes as fixes
-    from nemo_craft.trainer.checkpoint import DIST_DIR
-    from nemo_craft.trainer.checkpoint_state import SHARDED_STATE_METADATA, build_sharded_state_dict
+    from nemo_craft.runtime.checkpoint import DIST_DIR
+    from nemo_craft.runtime.checkpoint_state import SHARDED_STATE_METADATA, build_sharded_state_dict
 
     dist_dir = str(Path(ckpt_path) / DIST_DIR)
     fixes.remove_optimizer_fixes()
@@ -308,7 +308,7 @@ def atomic_body(root: str) -> dict:
     import torch.distributed as dist
 
     from nemo_craft.trainer import checkpoint as ckpt
-    from nemo_craft.trainer.checkpoint import CheckpointConfig, CheckpointManager, CheckpointSaveError
+    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager, CheckpointSaveError
 
     _prepare_rank_for_torch_dist_save()
     rank = dist.get_rank()

@@ -41,7 +41,7 @@ def train(
 
     from nemo_craft.config import compose
     from nemo_craft.trainer import experience
-    from nemo_craft.trainer.trainer import CraftTrainer
+    from nemo_craft.trainer.trainer import RLTrainer
 
     if old_pass is not None:
         experience.make_experience = functools.partial(experience.make_experience, old_pass=old_pass)
@@ -56,7 +56,7 @@ def train(
 
     extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
     cfg = compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides))
-    trainer = CraftTrainer(cfg)
+    trainer = RLTrainer(cfg)
     if kill_at_step is not None:
         real_step = trainer.train_step
 
@@ -95,7 +95,7 @@ def nan_loss_run(run_dir: str, overrides: list):
         return loss * float("nan"), metrics
 
     trainer_mod.policy_loss = poisoned
-    t = trainer_mod.CraftTrainer(cfg)
+    t = trainer_mod.RLTrainer(cfg)
     try:
         t.fit()
     except trainer_mod.NonFiniteLossError as err:
@@ -132,7 +132,7 @@ def nan_grad_run(run_dir: str, overrides: list, parallel: dict | None = None):
 
     trainer_mod.policy_loss = poisoned
     extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
-    t = trainer_mod.CraftTrainer(compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
+    t = trainer_mod.RLTrainer(compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
     real_setup = t.setup
     initial = {}
 

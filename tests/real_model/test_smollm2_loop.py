@@ -70,10 +70,10 @@ def body_craft_run(run_dir: str, hf_path: str) -> dict:
     """Train STEPS steps; the weights before the first step and after the last, the metrics rows
     and the controller's state."""
     from nemo_craft.config import compose
-    from nemo_craft.trainer.trainer import CraftTrainer
+    from nemo_craft.trainer.trainer import RLTrainer
 
     cfg = compose(["model=smollm2_135m", f"model.hf_path={hf_path}", *PAPER, *TINY, f"run_dir={run_dir}", *_backend()])
-    trainer = CraftTrainer(cfg)
+    trainer = RLTrainer(cfg)
 
     def weights() -> dict:
         return {

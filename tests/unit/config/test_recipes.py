@@ -9,7 +9,7 @@ import yaml
 
 from nemo_craft.config import CONF_DIR, compose
 from nemo_craft.rollout.episodes import RolloutConfig
-from nemo_craft.trainer.trainer import CraftTrainer, TrainerConfig
+from nemo_craft.trainer.trainer import RLTrainer, TrainerConfig
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF_DIR / "parallel").glob("*.yaml"))
@@ -17,7 +17,7 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "parallel").glob("*.yaml"))
 
 def _trainer(overrides, world_size, monkeypatch, cfg=None):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
-    return CraftTrainer(cfg if cfg is not None else compose(overrides))
+    return RLTrainer(cfg if cfg is not None else compose(overrides))
 
 
 def _recipe_yaml(name):

@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from nemo_craft.config import compose
 from nemo_craft.eval.evaluator import eval_config
-from nemo_craft.trainer.checkpoint_layout import write_complete_marker
+from nemo_craft.runtime.checkpoint_layout import write_complete_marker
 
 
 def _fake_checkpoint(tmp_path, overrides):

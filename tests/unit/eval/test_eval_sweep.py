@@ -8,7 +8,7 @@ import pytest
 from nemo_craft.cli import sweep as sweep_cli
 from nemo_craft.config import CONF_DIR
 from nemo_craft.eval.sweep_spec import LocalSpec, RunSpec, SweepSpec, is_finished, merge_overrides
-from nemo_craft.trainer.checkpoint_layout import write_complete_marker
+from nemo_craft.runtime.checkpoint_layout import write_complete_marker
 from tests.unit.eval._synthetic import SPEC, write_run, write_spec
 
 

@@ -9,7 +9,7 @@ import time
 
 
 def loop_until_stopped(max_steps: int, step_seconds: float) -> int:
-    """A training loop in miniature, shaped like CraftTrainer.fit: each step prints its start and
+    """A training loop in miniature, shaped like RLTrainer.fit: each step prints its start and
     end; the stop is checked only at step boundaries; exit(step) after "checkpointing"."""
     from nemo_craft.trainer.preemption import PreemptionHandler
 

@@ -8,7 +8,7 @@ import pytest
 
 from nemo_craft.models.config import ModelConfig
 from nemo_craft.parallel.config import ParallelConfig
-from nemo_craft.planner.inputs import Workload
+from nemo_craft.planner.config import Workload
 from nemo_craft.planner.memory import layer_activation_bytes, rank_memory
 from nemo_craft.planner.meta_build import ChunkParams, StageParams
 
@@ -166,7 +166,7 @@ def test_context_parallel_divides_the_sequence_but_not_the_generation_kv_cache()
 
 
 def test_context_parallel_layout_problems():
-    from nemo_craft.planner.inputs import ClusterConfig
+    from nemo_craft.planner.config import ClusterConfig
     from nemo_craft.planner.layout import layout_problems
 
     cluster = ClusterConfig(nodes=1, gpus_per_node=8)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from nemo_craft.trainer.checkpoint_layout import (
+from nemo_craft.runtime.checkpoint_layout import (
     CheckpointCorruptError,
     CheckpointNotFoundError,
     list_checkpoints,

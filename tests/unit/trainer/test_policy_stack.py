@@ -1,4 +1,4 @@
-"""nemo_craft/trainer/policy_stack.py: the policy's vocabulary, and one builder for the trainer and
+"""nemo_craft/runtime/policy_stack.py: the policy's vocabulary, and one builder for the trainer and
 the evaluator (the stack they run is the same code; tests/e2e compares their runs bit for bit)."""
 
 import ast
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nemo_craft.trainer.policy_stack import policy_vocab_size
+from nemo_craft.runtime.policy_stack import policy_vocab_size
 
 PACKAGE = Path(__file__).resolve().parents[3] / "nemo_craft"
 

@@ -1,4 +1,4 @@
-"""What the planner reads besides the model and the layout: the cluster and the workload.
+"""The ``cluster:`` and ``plan:`` sections: what the planner reads besides the model and the layout.
 
 The memory of an RL step depends on the sequence lengths, the batch and a few execution
 choices. Those the training config already holds are read from it (``rollout``, ``trainer``,
@@ -88,7 +88,7 @@ class Workload:
     """Gradient buffers in fp32 (what ``nemo_craft.parallel.ddp.wrap_ddp`` sets)."""
     reference_on_gpu: bool = False
     """The frozen reference policy keeps a second copy of the weights on the GPU. The trainer
-    keeps it in host memory and swaps it in for the reference pass (``trainer/reference.py``),
+    keeps it in host memory and swaps it in for the reference pass (``runtime/reference.py``),
     so this is false unless that changes."""
     overhead_gb: float = 4.0
     """CUDA context, NCCL buffers and allocator fragmentation, GiB per GPU."""
@@ -113,59 +113,28 @@ class Workload:
             raise ValueError(f"plan.overhead_gb={self.overhead_gb!r}: must be >= 0")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], *, max_position_embeddings: int) -> Workload:
-        """Read the run config (a resolved OmegaConf node or a dict): ``rollout``, ``trainer``
-        and ``loss`` for what training sets, then the optional ``plan`` section on top.
-        ``max_position_embeddings`` (the model's) is the sequence length when the rollout sets none."""
-        values: dict[str, Any] = {"seq_length": max_position_embeddings}
-        rollout = _section(cfg, "rollout")
-        if rollout:
-            # The rollout's own dataclass: its defaults for what the YAML leaves out, its checks.
-            from nemo_craft.config import to_dataclass
-            from nemo_craft.rollout.episodes import RolloutConfig
-
-            rollout = dataclasses.asdict(to_dataclass(RolloutConfig, rollout, "rollout"))
-        if "tasks_per_step" in rollout and "group_size" in rollout:
-            values["trajectories_per_step"] = int(rollout["tasks_per_step"]) * int(rollout["group_size"])
-        if rollout.get("max_sequence_length") is not None:
-            values["seq_length"] = int(rollout["max_sequence_length"])
-        if rollout.get("max_batch_size") is not None:
-            values["generation_batch"] = int(rollout["max_batch_size"])
-        dtype = _section(cfg, "model").get("params_dtype", "fp32")
-        backend = rollout.get("backend")
-        if backend in ("dynamic", "vllm") or (backend == "auto" and dtype in ("bf16", "fp16")):
-            values["generation_kv_gb"] = float(rollout["kv_cache_gb"])
-        values["generation_weights_copy"] = backend == "vllm"
-        trainer = _section(cfg, "trainer")
-        if "micro_batch_size" in trainer:
-            values["micro_batch_size"] = int(trainer["micro_batch_size"])
-        parallel = _section(cfg, "parallel")
-        if parallel.get("recompute_granularity") is not None:
-            values["recompute"] = str(parallel["recompute_granularity"])
-        loss = _section(cfg, "loss")
-        if "chunk_size" in loss:
-            values["logits_chunk_tokens"] = int(loss["chunk_size"])
-        plan = _section(cfg, "plan")
+    def from_sections(cls, *, model, rollout, trainer, parallel, loss, overrides: Mapping[str, Any] = ()) -> Workload:
+        """The workload of the typed run sections (``rollout``, ``trainer``, ``parallel`` and
+        ``loss`` for what training sets), with the ``plan:`` section's ``overrides`` on top."""
+        gen = rollout.generation
+        values: dict[str, Any] = {
+            "seq_length": gen.max_sequence_length or model.max_position_embeddings,
+            "trajectories_per_step": rollout.tasks_per_step * rollout.group_size,
+            "generation_batch": gen.max_batch_size,
+            "micro_batch_size": trainer.micro_batch_size,
+            "logits_chunk_tokens": loss.chunk_size,
+        }
+        if gen.backend in ("dynamic", "vllm") or (gen.backend == "auto" and model.params_dtype in ("bf16", "fp16")):
+            values["generation_kv_gb"] = float(gen.kv_cache_gb)
+        values["generation_weights_copy"] = gen.backend == "vllm"
+        if parallel.recompute_granularity is not None:
+            values["recompute"] = str(parallel.recompute_granularity)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(plan) - names)
+        unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in config section 'plan'; allowed: {sorted(names)}")
-        values.update(plan)
+        values.update(overrides)
         return cls(**values)
-
-
-def _section(cfg: Mapping[str, Any], name: str) -> dict:
-    node = cfg.get(name) if hasattr(cfg, "get") else None
-    if node is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            return dict(OmegaConf.to_container(node, resolve=True))
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(node)
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -20,7 +20,7 @@ checkpoint, ``<dir>/step_000120/``, holds::
     meta.json              layout (world size, TP, PP, CP, DP, VPP), versions, format
     COMPLETE               written last: step and the size of every file above
 
-See :mod:`nemo_craft.trainer.checkpoint_layout` for the atomic save protocol and discovery.
+See :mod:`nemo_craft.runtime.checkpoint_layout` for the atomic save protocol and discovery.
 RNG states are restored only on the layout they were saved at (another layout has other
 ranks and other dropout streams); model, optimizer, scheduler and extra state load anywhere.
 """
@@ -32,27 +32,28 @@ import logging
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
+from nemo_craft.core.collectives import any_rank, broadcast_from_rank0, gather_errors, on_rank0, on_rank0_errors
 from nemo_craft.parallel.megatron_fixes import apply_optimizer_fixes
-from nemo_craft.trainer import checkpoint_layout as layout
-from nemo_craft.trainer.checkpoint_layout import (
+from nemo_craft.runtime import checkpoint_layout as layout
+from nemo_craft.runtime.checkpoint_layout import (
     CheckpointCorruptError,
     CheckpointInfo,
     CheckpointNotFoundError,
 )
-from nemo_craft.trainer.checkpoint_state import (
+from nemo_craft.runtime.checkpoint_state import (
     SHARDED_STATE_METADATA,
     build_sharded_state_dict,
     capture_rng_state,
     load_into,
     restore_rng_state,
 )
+from nemo_craft.runtime.config import CheckpointConfig
 
 __all__ = [
     "CheckpointConfig",
@@ -65,55 +66,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FORMATS = ("torch_dist",)
 DIST_DIR = "dist"
 REFERENCE_DIR = "reference"
 RNG_DIR = "rng"
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_YAML = "config.yaml"
 META_JSON = "meta.json"
-
-
-@dataclass
-class CheckpointConfig:
-    """Where and how often to checkpoint, and what to resume from."""
-
-    dir: Optional[str] = None
-    """Directory of this run's checkpoints (``step_<n>/`` inside it); None disables saving."""
-    save_every: int = 0
-    """Save every this many steps (``should_save``); 0 saves only when the trainer asks."""
-    keep_last: Optional[int] = 2
-    """Keep this many complete checkpoints (highest steps); None keeps all. Older ones are
-    deleted only after a new one is complete."""
-    resume: Optional[str] = None
-    """None: start fresh. "auto": the newest complete checkpoint in ``dir`` (fresh if none).
-    A path: that checkpoint (or the newest in that directory); an error if absent or incomplete."""
-    format: str = "torch_dist"
-    """dist_checkpointing backend of the model and optimizer; only "torch_dist" is supported."""
-    fully_parallel: bool = True
-    """Spread the writing and reading of replicated shards over the data-parallel ranks
-    (megatron's FullyParallel{Save,Load}StrategyWrapper); False lets DP rank 0 do all of it."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.save_every, int) or isinstance(self.save_every, bool) or self.save_every < 0:
-            raise ValueError(f"checkpoint.save_every={self.save_every!r}: must be an integer >= 0 (0 = never)")
-        if self.keep_last is not None and (
-            not isinstance(self.keep_last, int) or isinstance(self.keep_last, bool) or self.keep_last < 1
-        ):
-            raise ValueError(f"checkpoint.keep_last={self.keep_last!r}: must be an integer >= 1, or null to keep all")
-        if self.format not in _FORMATS:
-            raise ValueError(f"checkpoint.format={self.format!r}: allowed values are {_FORMATS}")
-        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume):
-            raise ValueError(f"checkpoint.resume={self.resume!r}: must be null, 'auto' or a checkpoint path")
-        if self.dir is None and self.save_every > 0:
-            raise ValueError(
-                f"checkpoint.save_every={self.save_every} needs checkpoint.dir; set a directory or save_every=0"
-            )
-        if self.dir is None and self.resume == "auto":
-            raise ValueError(
-                "checkpoint.resume='auto' needs checkpoint.dir to look in; set a directory, "
-                "a checkpoint path, or resume=null"
-            )
 
 
 class CheckpointSaveError(RuntimeError):
@@ -143,7 +101,7 @@ class CheckpointManager:
         """The checkpoint to resume from: ``path`` if given, else ``config.resume``; None for a
         fresh start. Decided on rank 0; errors are raised on every rank."""
         resume = path if path is not None else self.config.resume
-        return _on_rank0(lambda: layout.resolve_checkpoint(self.config.dir, resume))
+        return on_rank0(lambda: layout.resolve_checkpoint(self.config.dir, resume))
 
     # --------------------------------------------------------------------- save
     def save(
@@ -158,28 +116,28 @@ class CheckpointManager:
     ) -> Path:
         """Write checkpoint ``step``; returns its directory. ``extra_state`` (small and
         picklable: controller state, task cursor, ...; the same on every rank) is taken from
-        rank 0. ``reference`` (a :class:`~nemo_craft.trainer.reference.ReferenceWeights`): pi_ref,
+        rank 0. ``reference`` (a :class:`~nemo_craft.runtime.reference.ReferenceWeights`): pi_ref,
         swapped into the modules and saved as their sharded state in ``reference/``. Raises
         :class:`CheckpointSaveError` on every rank if any rank failed; the previous checkpoint
         then stays the latest and no ``step_<n>/`` directory appears."""
         if self.config.dir is None:
             raise ValueError("CheckpointManager.save: checkpoint.dir is not set")
         root = Path(self.config.dir)
-        nonce = _broadcast(uuid.uuid4().hex[:8])
+        nonce = broadcast_from_rank0(uuid.uuid4().hex[:8])
         tmp = root / layout.tmp_dir_name(step, nonce)
         final = root / layout.step_dir_name(step)
         dirs = [DIST_DIR] + ([REFERENCE_DIR] if reference is not None else [])
-        _raise_if_any(_on_rank0_errors(lambda: [(tmp / d).mkdir(parents=True) for d in dirs]), f"creating {tmp}")
+        _raise_if_any(on_rank0_errors(lambda: [(tmp / d).mkdir(parents=True) for d in dirs]), f"creating {tmp}")
         # Before its first step an optimizer has no state, and megatron's plain optimizer would
         # write a checkpoint it cannot load back; such a checkpoint holds no optimizer instead.
-        with_optimizer = _any_rank(optimizer is not None and _optimizer_has_state(optimizer))
+        with_optimizer = any_rank(optimizer is not None and _optimizer_has_state(optimizer))
         try:
             self._save_sharded(tmp / DIST_DIR, model_chunks, optimizer if with_optimizer else None)
             lend = self._reference_to_link(reference)
             if lend is not None:
                 # pi_ref does not change during a run: its files are those of the last checkpoint
                 _raise_if_any(
-                    _on_rank0_errors(lambda: layout.link_files(lend, tmp / REFERENCE_DIR)),
+                    on_rank0_errors(lambda: layout.link_files(lend, tmp / REFERENCE_DIR)),
                     f"linking pi_ref from {lend}",
                 )
             elif reference is not None:
@@ -190,7 +148,7 @@ class CheckpointManager:
                 f"saving checkpoint step {step} to '{tmp}' failed in dist_checkpointing: "
                 f"{err!r}; the previous checkpoint stays the latest"
             ) from err
-        errors = _gather_errors(
+        errors = gather_errors(
             lambda: self._write_rank_files(
                 tmp,
                 step,
@@ -203,10 +161,10 @@ class CheckpointManager:
             )
         )
         if any(errors):
-            _on_rank0_errors(lambda: shutil.rmtree(tmp, ignore_errors=True))
+            on_rank0_errors(lambda: shutil.rmtree(tmp, ignore_errors=True))
             _raise_if_any(errors, f"saving checkpoint step {step} to '{tmp}'")
         _raise_if_any(
-            _on_rank0_errors(lambda: self._publish(tmp, final, step)), f"publishing checkpoint step {step} as '{final}'"
+            on_rank0_errors(lambda: self._publish(tmp, final, step)), f"publishing checkpoint step {step} as '{final}'"
         )
         if reference is not None:
             self._reference_files = (reference.token, final / REFERENCE_DIR)
@@ -229,7 +187,7 @@ class CheckpointManager:
         if reference is None or self._reference_files is None:
             return None
         token, path = self._reference_files
-        return path if token == reference.token and _on_rank0(lambda: (path / ".metadata").is_file()) else None
+        return path if token == reference.token and on_rank0(lambda: (path / ".metadata").is_file()) else None
 
     def _save_strategy_for(self, part: str):
         if part not in self._save_strategies:
@@ -406,57 +364,6 @@ def _is_distributed(optimizer) -> bool:
 def _optimizer_has_state(optimizer) -> bool:
     inner = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])]
     return any(o is not None and len(o.state) > 0 for o in inner)
-
-
-def _any_rank(flag: bool) -> bool:
-    flags = [None] * dist.get_world_size()
-    dist.all_gather_object(flags, bool(flag))
-    return any(flags)
-
-
-def _broadcast(value):
-    """Rank 0's ``value`` on every rank."""
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _on_rank0(fn):
-    """Run ``fn`` on rank 0 only and return its result on every rank; an exception it raises
-    is raised on every rank (the same exception: the rest would otherwise wait forever)."""
-    result, error = None, None
-    if dist.get_rank() == 0:
-        try:
-            result = fn()
-        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
-            error = err
-    result, error = _broadcast((result, error))
-    if error is not None:
-        raise error
-    return result
-
-
-def _on_rank0_errors(fn) -> list:
-    """Run ``fn`` on rank 0; every rank gets ``[error text or None]`` (a collective)."""
-    error = None
-    if dist.get_rank() == 0:
-        try:
-            fn()
-        except Exception as err:  # noqa: BLE001 - reported on every rank by the caller
-            error = f"rank 0: {err!r}"
-    return [_broadcast(error)]
-
-
-def _gather_errors(fn) -> list:
-    """Run ``fn`` on every rank; every rank gets each rank's ``error text or None``."""
-    error = None
-    try:
-        fn()
-    except Exception as err:  # noqa: BLE001 - reported on every rank by the caller
-        error = f"rank {dist.get_rank()}: {err!r}"
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    return errors
 
 
 def _raise_if_any(errors: list, what: str) -> None:

@@ -3,7 +3,7 @@ this rank's model chunks with their weights, the tokenizer, the generator and th
 
     stack = PolicyStack.build(run, seed=cfg.seed, for_training=True)   # process groups, model, tokenizer
     model = wrap_ddp(stack.chunks, run.parallel)                        # the trainer's own part
-    runner = stack.start_episodes(run, rollout_cfg, env_cfg, validation=False)
+    runner = stack.start_episodes(run, validation=False)
 
 The generator comes last on purpose: it runs the bare chunks, which the trainer wraps in megatron's
 DDP (that moves the parameters into its buffers) and the evaluator loads a checkpoint into; a
@@ -13,11 +13,23 @@ backend that captures the parameters (the dynamic engine's CUDA graphs) must see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
 
-from nemo_craft.config import RunConfig
+from nemo_craft.models.hf import load_hf_weights
+from nemo_craft.models.provider import build_model
+from nemo_craft.models.tokenizer import load_tokenizer
+from nemo_craft.parallel.cpu_mode import compute_device
+from nemo_craft.parallel.initialize import initialize_parallel
+from nemo_craft.rollout.episodes import EpisodeRunner
+from nemo_craft.rollout.generation import Generator
+from nemo_craft.runtime.checkpoint import CheckpointManager
+
+if TYPE_CHECKING:
+    from nemo_craft.config import RunConfig
 
 __all__ = ["PolicyStack", "build_model_chunks", "load_checkpoint_weights", "policy_vocab_size"]
 
@@ -26,9 +38,6 @@ def build_model_chunks(run: RunConfig, *, for_training: bool) -> list:
     """This rank's bare model chunks with the ``model.hf_path`` weights (the initial ones when
     none). Training builds them with per-token loss normalisation (the loss contract with
     megatron, docs/design.md#the-loss-contract-with-megatron); generation does not need it."""
-    from nemo_craft.models.hf import load_hf_weights
-    from nemo_craft.models.provider import build_model
-
     overrides = {"calculate_per_token_loss": True} if for_training else None
     chunks = build_model(run.model, run.parallel, transformer_config_overrides=overrides)
     if run.model.hf_path:
@@ -39,8 +48,6 @@ def build_model_chunks(run: RunConfig, *, for_training: bool) -> list:
 def load_checkpoint_weights(checkpoint_cfg, chunks: list) -> Optional[int]:
     """Load ``checkpoint.resume``'s model weights into ``chunks`` (no optimizer); the
     checkpoint's step, or None (and the chunks untouched) when no checkpoint is asked for."""
-    from nemo_craft.trainer.checkpoint import CheckpointManager
-
     ckpt = CheckpointManager(checkpoint_cfg)
     info = ckpt.find_resume()
     if info is None:
@@ -86,13 +93,6 @@ class PolicyStack:
     def build(cls, run: RunConfig, *, seed: int, init_method: Optional[str] = None, for_training: bool) -> PolicyStack:
         """Initialise the process groups (seeding every generator with ``seed``), build the model
         chunks with their ``model.hf_path`` weights and load the tokenizer."""
-        import torch.distributed as dist
-        from megatron.core import parallel_state as ps
-
-        from nemo_craft.models.tokenizer import load_tokenizer
-        from nemo_craft.parallel.cpu_mode import compute_device
-        from nemo_craft.parallel.initialize import initialize_parallel
-
         dp_size = initialize_parallel(run.parallel, seed=int(seed), init_method=init_method)
         device = compute_device()
         chunks = build_model_chunks(run, for_training=for_training)
@@ -108,18 +108,14 @@ class PolicyStack:
             vocab_size=policy_vocab_size(tokenizer, run.model.vocab_size),
         )
 
-    def start_episodes(self, run: RunConfig, rollout_cfg, env_cfg: dict, *, validation: bool):
+    def start_episodes(self, run: RunConfig, *, validation: bool, env_changes: Optional[dict] = None):
         """The generator over the chunks (at the validation sampling settings when ``validation``)
-        and the episode runner over ``run``'s environment with ``env_cfg``; returns the runner."""
-        from nemo_craft.envs import PoolConfig, env_factory
-        from nemo_craft.rollout.episodes import EpisodeRunner
-        from nemo_craft.rollout.generation import Generator
-
+        and the episode runner over ``run``'s environment (``env_changes`` to its config: an
+        evaluation split); returns the runner."""
+        rollout = run.rollout
         self.generator = Generator(
-            self.chunks, self.tokenizer, rollout_cfg.generation_config(validation=validation), model_cfg=run.model
+            self.chunks, self.tokenizer, rollout.generation_config(validation=validation), model_cfg=run.model
         )
-        pool = PoolConfig(**run.env_kwargs.get("pool", {}))
-        self.runner = EpisodeRunner(
-            self.generator, self.tokenizer, env_factory(run.env_name, **env_cfg), rollout_cfg, pool
-        )
+        factory = run.env.factory(**(env_changes or {}))
+        self.runner = EpisodeRunner(self.generator, self.tokenizer, factory, rollout, run.env.pool)
         return self.runner
