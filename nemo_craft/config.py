@@ -35,7 +35,7 @@ from nemo_craft.models.config import ModelConfig
 from nemo_craft.parallel.config import ParallelConfig
 from nemo_craft.planner.config import ClusterConfig, Workload
 from nemo_craft.rollout.config import RolloutConfig
-from nemo_craft.runtime.checkpoint_layout import CheckpointInfo, resolve_checkpoint
+from nemo_craft.runtime.checkpoint_layout import CONFIG_YAML, CheckpointInfo, resolve_checkpoint
 from nemo_craft.runtime.config import CheckpointConfig
 from nemo_craft.trainer.config import LoggingConfig, TrainerConfig
 
@@ -369,8 +369,6 @@ def load_eval_run(overrides: Sequence[str]) -> tuple[RunConfig, Optional[Checkpo
     ``cluster=``) replaces the whole section. Without a checkpoint the config is composed from
     ``conf/`` as for training. Nothing is saved: ``checkpoint.dir`` is cleared.
     """
-    from nemo_craft.runtime.checkpoint import CONFIG_YAML
-
     overrides = list(overrides)
     composed = compose(overrides)
     path = _resume_path(overrides)

@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 
 from nemo_craft.core.paths import CONF_DIR
 from nemo_craft.core.typed import to_dataclass
+from nemo_craft.runtime.checkpoint_layout import list_checkpoints
 
 __all__ = [
     "AxisEntry",
@@ -236,8 +237,6 @@ class SweepSpec:
 def is_finished(run_dir: str | Path) -> bool:
     """Whether a run completed: its ``done.json``, or a complete checkpoint at the run's last step
     (``trainer.max_steps`` of that checkpoint's config)."""
-    from nemo_craft.runtime.checkpoint_layout import list_checkpoints
-
     run_dir = Path(run_dir)
     if (run_dir / DONE_MARKER).is_file():
         return True

@@ -194,7 +194,7 @@ class ModelConfig:
         if cp > 1 and self.kv_channels % 2 != 0:
             raise ValueError(f"model.kv_channels={self.kv_channels} must be even with context parallel")
         if cp > 1 and self.core_attention == "local":
-            from nemo_craft.models.provider import te_available
+            from nemo_craft.models.provider import te_available  # lazy: the config stays importable without megatron
 
             if not te_available():  # megatron's DotProductAttention asserts CP 1; TE's and SDPAttention do CP
                 raise ValueError(

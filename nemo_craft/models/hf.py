@@ -113,7 +113,7 @@ class SafetensorsReader:
 def load_hf_model(hf_dir: str, parallel_cfg, **config_overrides) -> tuple[ModelConfig, list]:
     """``ModelConfig.from_hf_config(hf_dir, **config_overrides)``, this rank's chunks built for
     ``parallel_cfg`` and the checkpoint's weights loaded into them."""
-    from nemo_craft.models.provider import build_model
+    from nemo_craft.models.provider import build_model  # lazy: megatron only when a model is built
 
     model_cfg = ModelConfig.from_hf_config(hf_dir, **config_overrides)
     chunks = build_model(model_cfg, parallel_cfg)

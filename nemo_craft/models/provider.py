@@ -127,7 +127,10 @@ def layer_spec(model_cfg: ModelConfig, config, *, use_te: Optional[bool] = None,
             layer = specs.get_gpt_layer_local_spec(qk_layernorm=model_cfg.qk_layernorm, normalization="RMSNorm")
         sub = layer.submodules
         if model_cfg.core_attention == "sdpa":
-            from nemo_craft.models.sdpa import SDPAttention, sdpa_unsupported_reason
+            from nemo_craft.models.sdpa import (  # lazy: only the sdpa spec needs it
+                SDPAttention,
+                sdpa_unsupported_reason,
+            )
 
             reason = sdpa_unsupported_reason(config)
             if reason is not None:
@@ -165,7 +168,7 @@ def build_model(
     """
     from megatron.core import parallel_state, tensor_parallel
 
-    from nemo_craft.parallel.cpu_mode import compute_device
+    from nemo_craft.parallel.cpu_mode import compute_device  # lazy: cpu_mode patches megatron when imported
 
     if device not in (None, "meta"):
         raise ValueError(f"build_model(device={device!r}): allowed values are None and 'meta'")

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Optional
 
+from nemo_craft.parallel.config import ParallelConfig
+
 __all__ = ["ChunkParams", "StageParams", "count_stage_params", "count_all_stages", "estimate_stages"]
 
 
@@ -151,7 +153,10 @@ def _build_chunk(model_cfg, parallel_cfg, pp_rank: int, vp_stage: Optional[int],
     """One GPTModel chunk of pipeline rank ``pp_rank`` (TP rank 0) on the meta device."""
     import torch
 
-    from nemo_craft.models.provider import gpt_model, make_transformer_config
+    from nemo_craft.models.provider import (  # lazy: megatron only when a plan builds the model
+        gpt_model,
+        make_transformer_config,
+    )
 
     tp = parallel_cfg.tensor_model_parallel_size
     build_cfg = dataclasses.replace(parallel_cfg, context_parallel_size=1, sequence_parallel=False)
@@ -268,8 +273,6 @@ def estimate_stages(model_cfg, parallel_cfg) -> list[StageParams]:
 def _pieces(model_cfg, tp: int) -> dict[str, tuple[int, int]]:
     """(params, TP-sharded params) per TP rank of: one layer, the word embedding, the final
     norm, the untied output layer ((0, 0) when tied)."""
-    from nemo_craft.parallel.config import ParallelConfig
-
     one = dataclasses.replace(model_cfg, num_layers=1)
     model = _build_chunk(one, ParallelConfig(tensor_model_parallel_size=tp), 0, None, pre=True, post=True)
     out = {"layer": [0, 0], "embedding": [0, 0], "final_norm": [0, 0], "output": [0, 0]}

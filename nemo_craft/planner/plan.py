@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from nemo_craft.parallel.config import ParallelConfig
 from nemo_craft.planner.config import ClusterConfig, Workload
 from nemo_craft.planner.layout import candidate_layouts, layout_problems, layout_warnings
 from nemo_craft.planner.memory import GIB, RankMemory, rank_memory
@@ -357,8 +358,6 @@ def make_plan(
             )
     else:
         # The model's total does not depend on the layout: count it at TP=PP=1 (one build).
-        from nemo_craft.parallel.config import ParallelConfig
-
         plan.total_params = sum(s.model_share(1) for s in estimate_stages(model, ParallelConfig()))
         plan.counted_vocab = model.padded_vocab_size(1)
     problem = parallel.generation_problem()

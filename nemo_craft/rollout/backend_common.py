@@ -90,7 +90,7 @@ def generation_mode(model: torch.nn.Module):
     from megatron.core.transformer.utils import set_model_to_sequence_parallel
     from megatron.core.utils import get_model_config, unwrap_model
 
-    from nemo_craft.parallel.context_parallel import context_parallel_off
+    from nemo_craft.parallel.context_parallel import context_parallel_off  # lazy: imports megatron
 
     was_training = model.training
     unwrapped = unwrap_model(model)

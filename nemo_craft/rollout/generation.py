@@ -34,7 +34,7 @@ from nemo_craft.rollout.config import BACKENDS, GenerationConfig
 from nemo_craft.rollout.stopping import FINISH_REASONS, StopCriteria
 
 if TYPE_CHECKING:
-    from nemo_craft.rollout.dynamic_backend import DynamicCapability
+    from nemo_craft.rollout.dynamic_backend import DynamicCapability  # lazy: megatron's dynamic engine
 
 __all__ = ["GenerationResult", "Generator", "GenerationTokenizer", "resolve_backend"]
 
@@ -114,7 +114,7 @@ class Generator:
     def _build_backend(self, config: GenerationConfig):
         from megatron.core.utils import get_model_config, unwrap_model
 
-        from nemo_craft.rollout.dynamic_backend import DynamicCapability
+        from nemo_craft.rollout.dynamic_backend import DynamicCapability  # lazy: megatron's dynamic engine
 
         vocab_size = config.vocab_size or self.tokenizer.vocab_size
         max_len = config.max_sequence_length or unwrap_model(self.model_chunks[0]).max_sequence_length
@@ -132,11 +132,11 @@ class Generator:
         if name == "vllm":
             if self.model_cfg is None:
                 raise ValueError("backend=vllm needs the policy's ModelConfig: Generator(..., model_cfg=)")
-            from nemo_craft.rollout.vllm_backend import VllmBackend
+            from nemo_craft.rollout.vllm_backend import VllmBackend  # lazy: imports vLLM
 
             return VllmBackend(self.model_chunks, self.model_cfg, seed=config.seed, **paged)
         if name == "dynamic":
-            from nemo_craft.rollout.dynamic_backend import DynamicBackend
+            from nemo_craft.rollout.dynamic_backend import DynamicBackend  # lazy: megatron's dynamic engine
 
             return DynamicBackend(self.model_chunks, pp_microbatch_tokens=config.pp_microbatch_tokens, **paged)
         if config.cuda_graphs:
@@ -145,7 +145,7 @@ class Generator:
                 "dynamic backend's)",
                 stacklevel=3,
             )
-        from nemo_craft.rollout.static_backend import StaticBackend
+        from nemo_craft.rollout.static_backend import StaticBackend  # lazy: megatron's inference wrapper
 
         return StaticBackend(
             self.model_chunks,

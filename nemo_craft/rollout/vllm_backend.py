@@ -80,7 +80,7 @@ def vllm_problem() -> str | None:
 def check_vllm_run(parallel_cfg, model_cfg) -> None:
     """Everything ``rollout.backend=vllm`` needs that can be known before a process group exists:
     a layout the refit serves, an installed and supported vLLM, a head size it has kernels for."""
-    from nemo_craft.models.refit import check_refit_layout
+    from nemo_craft.models.refit import check_refit_layout  # lazy: imports megatron; the start-up check runs without it
 
     check_refit_layout(parallel_cfg)
     problem = vllm_problem()
@@ -123,7 +123,9 @@ class VllmBackend:
         from megatron.core import parallel_state as ps
         from vllm import LLM
 
-        from nemo_craft.models.refit import full_hf_weights
+        from nemo_craft.models.refit import (
+            full_hf_weights,  # lazy: imports megatron; the start-up check runs without it
+        )
 
         if len(model_chunks) != 1 or ps.get_pipeline_model_parallel_world_size() != 1:
             raise ValueError("rollout.backend=vllm needs pipeline_model_parallel_size=1 and one model chunk")

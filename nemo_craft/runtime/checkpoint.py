@@ -42,6 +42,7 @@ from nemo_craft.core.collectives import any_rank, broadcast_from_rank0, gather_e
 from nemo_craft.parallel.megatron_fixes import apply_optimizer_fixes
 from nemo_craft.runtime import checkpoint_layout as layout
 from nemo_craft.runtime.checkpoint_layout import (
+    CONFIG_YAML,
     CheckpointCorruptError,
     CheckpointInfo,
     CheckpointNotFoundError,
@@ -70,7 +71,6 @@ DIST_DIR = "dist"
 REFERENCE_DIR = "reference"
 RNG_DIR = "rng"
 TRAINER_STATE = "trainer_state.pt"
-CONFIG_YAML = "config.yaml"
 META_JSON = "meta.json"
 
 

@@ -43,6 +43,9 @@ __all__ = [
     "read_latest",
 ]
 
+CONFIG_YAML = "config.yaml"
+"""The resolved config a run used, in each checkpoint."""
+
 COMPLETE_MARKER = "COMPLETE"
 LATEST_POINTER = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -102,8 +102,11 @@ def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequenc
         import torch
 
         torch.set_num_threads(1)  # bit-reproducibility needs a fixed thread count
-        from nemo_craft.parallel.config import ParallelConfig
-        from nemo_craft.parallel.initialize import destroy_parallel, initialize_parallel
+        from nemo_craft.parallel.config import ParallelConfig  # lazy: the launching process imports no megatron
+        from nemo_craft.parallel.initialize import (  # lazy: the launching process imports no megatron
+            destroy_parallel,
+            initialize_parallel,
+        )
 
         cfg = ParallelConfig(
             tensor_model_parallel_size=layout.tp,

@@ -31,13 +31,13 @@ from typing import Optional
 
 import torch
 
+from nemo_craft.models.provider import te_available
+
 __all__ = ["MicroBatches", "Pack", "check_packing", "plan_packs", "split_micro_batches", "select_sequences"]
 
 
 def check_packing(model_cfg, max_tokens: int, pad_multiple: int, context_parallel_size: int = 1) -> None:
     """Refuse a budget the model or the layout cannot pack (one line naming the fix)."""
-    from nemo_craft.models.provider import te_available
-
     if context_parallel_size > 1:
         # would need every sequence of a pack padded to 2 CP and split per sequence (thd under CP)
         raise ValueError(

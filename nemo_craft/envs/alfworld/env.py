@@ -93,7 +93,10 @@ class ALFWorldEnv(TextEnv):
             import textworld
             from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
         except ImportError as err:
-            from nemo_craft.envs.registry import INSTALL_ENGINES, MissingEngineError
+            from nemo_craft.envs.registry import (  # lazy: the registry imports this module
+                INSTALL_ENGINES,
+                MissingEngineError,
+            )
 
             raise MissingEngineError(f"the alfworld environment needs alfworld: {INSTALL_ENGINES}") from err
         self._textworld = textworld

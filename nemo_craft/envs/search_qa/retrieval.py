@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve BM25 over a corpus (default: the synthetic one) on the retrieval-server API."""
     import argparse
 
-    from nemo_craft.envs.search_qa.data import synthetic_dataset
+    from nemo_craft.envs.search_qa.data import synthetic_dataset  # lazy: the server alone needs no data module
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--corpus", help="corpus JSONL ({id, contents}); default: synthetic")
