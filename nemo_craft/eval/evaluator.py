@@ -100,10 +100,9 @@ class Evaluator:
         self.run_cfg = RunConfig.from_omegaconf(cfg)
         self.run_cfg.parallel.check_generation()
         self.run_cfg.model.validate_layout(self.run_cfg.parallel)
-        if rollout_config(cfg).backend == "vllm":
-            from nemo_craft.rollout.vllm_backend import check_vllm_run
+        from nemo_craft.rollout.backends import check_run
 
-            check_vllm_run(self.run_cfg.parallel, self.run_cfg.model)
+        check_run(rollout_config(cfg).backend, self.run_cfg.parallel, self.run_cfg.model)
         self.tcfg = to_dataclass(TrainerConfig, cfg.trainer, "trainer")
         self.split = split_spec(self.run_cfg.env_name, split)
         self.n_tasks = int(n_tasks if n_tasks is not None else self.tcfg.val_tasks)

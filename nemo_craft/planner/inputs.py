@@ -132,10 +132,12 @@ class Workload:
         if rollout.get("max_batch_size") is not None:
             values["generation_batch"] = int(rollout["max_batch_size"])
         dtype = _section(cfg, "model").get("params_dtype", "fp32")
-        backend = rollout.get("backend")
-        if backend in ("dynamic", "vllm") or (backend == "auto" and dtype in ("bf16", "fp16")):
+        from nemo_craft.rollout.backends import planned_backend
+
+        backend = planned_backend(rollout.get("backend", "static"), dtype)  # the class that runs on a GPU node
+        if backend.paged_kv_cache:
             values["generation_kv_gb"] = float(rollout["kv_cache_gb"])
-        values["generation_weights_copy"] = backend == "vllm"
+        values["generation_weights_copy"] = backend.holds_weight_copy
         trainer = _section(cfg, "trainer")
         if "micro_batch_size" in trainer:
             values["micro_batch_size"] = int(trainer["micro_batch_size"])

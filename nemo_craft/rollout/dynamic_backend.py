@@ -214,6 +214,43 @@ class DynamicBackend:
         self._engine = None  # kept between calls only with CUDA graphs
         self._next_id = 0
 
+    # -- GenerationBackend (nemo_craft.rollout.backends) ---------------------------------------------
+
+    holds_weight_copy = False  # it runs the training chunks
+    paged_kv_cache = True  # kv_cache_gb per rank
+    auto_preference = 10  # auto's first choice where it can run
+
+    @classmethod
+    def problem(cls, capability) -> str | None:
+        """What of CUDA, flash-attn >= 2.7.3 (or FlashAttention-3) and a bf16 / fp16 model is missing."""
+        return capability().problem()
+
+    @classmethod
+    def check_run(cls, parallel_cfg, model_cfg) -> None:
+        """Nothing at start-up: what it needs is probed when the generator is built (``problem``)."""
+
+    @classmethod
+    def build(cls, model_chunks, config, *, vocab_size: int, max_sequence_length: int, model_cfg=None):
+        return cls(
+            model_chunks,
+            vocab_size=vocab_size,
+            max_batch_size=config.max_batch_size,
+            max_sequence_length=max_sequence_length,
+            kv_cache_gb=config.kv_cache_gb,
+            max_tokens_per_step=config.max_tokens_per_step,
+            cuda_graphs=config.cuda_graphs,
+            pp_microbatch_tokens=config.pp_microbatch_tokens,
+        )
+
+    def weights_changed(self) -> None:
+        """Nothing to do: it generates with the chunks themselves."""
+
+    def release_memory(self) -> None:
+        """Nothing to lend back: the KV cache is freed after each call (kept only with CUDA graphs)."""
+
+    def read_stats(self) -> dict[str, float]:
+        return {}
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],

@@ -154,6 +154,37 @@ class VllmBackend:
         self._asleep = False
         self._cache_counts = self._prefix_cache_counts()
 
+    # -- GenerationBackend (nemo_craft.rollout.backends) ---------------------------------------------
+
+    holds_weight_copy = True  # the engine's own weights, refit from the chunks
+    paged_kv_cache = True  # kv_cache_gb per rank
+    auto_preference = None  # auto never takes it: it is asked for by name
+
+    @classmethod
+    def problem(cls, capability) -> None:
+        """None: it checks itself at start-up (``check_run``) and when built (an installed vLLM)."""
+        return None
+
+    @classmethod
+    def check_run(cls, parallel_cfg, model_cfg) -> None:
+        check_vllm_run(parallel_cfg, model_cfg)
+
+    @classmethod
+    def build(cls, model_chunks, config, *, vocab_size: int, max_sequence_length: int, model_cfg=None):
+        if model_cfg is None:
+            raise ValueError("backend=vllm needs the policy's ModelConfig: Generator(..., model_cfg=)")
+        return cls(
+            model_chunks,
+            model_cfg,
+            vocab_size=vocab_size,
+            max_batch_size=config.max_batch_size,
+            max_sequence_length=max_sequence_length,
+            kv_cache_gb=config.kv_cache_gb,
+            max_tokens_per_step=config.max_tokens_per_step,
+            cuda_graphs=config.cuda_graphs,
+            seed=config.seed,
+        )
+
     # -- weights -----------------------------------------------------------------------------------
 
     def sync_weights(self) -> None:

@@ -164,10 +164,9 @@ class CraftTrainer:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.run.model.validate_layout(self.run.parallel)
         self.run.parallel.check_generation()
-        if self.rollout_cfg.backend == "vllm":
-            from nemo_craft.rollout.vllm_backend import check_vllm_run
+        from nemo_craft.rollout.backends import check_run
 
-            check_vllm_run(self.run.parallel, self.run.model)
+        check_run(self.rollout_cfg.backend, self.run.parallel, self.run.model)  # the backend's start-up refusals
         self.dp_size = self.run.parallel.data_parallel_size(world_size)
         self._check_batch_layout()
         self._init_method = init_method
