@@ -34,6 +34,7 @@ from nemo_craft.losses.config import LossConfig
 from nemo_craft.models.config import ModelConfig
 from nemo_craft.parallel.config import ParallelConfig
 from nemo_craft.planner.config import ClusterConfig, Workload
+from nemo_craft.rollout.backends import check_run
 from nemo_craft.rollout.config import RolloutConfig
 from nemo_craft.runtime.checkpoint_layout import CONFIG_YAML, CheckpointInfo, resolve_checkpoint
 from nemo_craft.runtime.config import CheckpointConfig
@@ -316,10 +317,7 @@ class RunConfig:
         machine, the environment's config, engine and data."""
         self.model.validate_layout(self.parallel)
         self.parallel.check_generation()
-        if self.rollout.generation.backend == "vllm":
-            from nemo_craft.rollout.vllm_backend import check_vllm_run  # lazy: imports vLLM
-
-            check_vllm_run(self.parallel, self.model)
+        check_run(self.rollout.generation.backend, self.parallel, self.model)
         self.env.factory()  # inside the pool a failure would only end episodes
         return self
 

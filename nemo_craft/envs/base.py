@@ -20,9 +20,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from nemo_craft.envs.prompts import Turn
+from nemo_craft.envs.spec import EvalSplit, PaperMetric
 
 _TEMPLATES = ("full", "compact")
 
@@ -79,6 +81,12 @@ class TextEnv(abc.ABC):
     config_cls: ClassVar[type[EnvConfig]] = EnvConfig
     stop_strings: ClassVar[tuple[str, ...]] = ("</action>",)
     """Text that ends an action: generation stops there (the rollout's default stop strings)."""
+    eval_splits: ClassVar[Mapping[str, EvalSplit]] = {}
+    """Evaluation split ("val", "test") -> its tasks (``nemo-craft eval --split``). "val" defaults to
+    the trainer's validation (the run's split from ``trainer.val_seed_offset``); "test" must be
+    declared to be evaluated."""
+    paper_metrics: ClassVar[tuple[PaperMetric, ...]] = ()
+    """The numbers of the paper's table for this environment, in order; empty: its success rate."""
 
     def __init__(self, config: EnvConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()

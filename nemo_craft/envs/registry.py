@@ -1,4 +1,8 @@
-"""``make_env(name, **cfg)``: build an environment by name; engines are imported on first use."""
+"""``make_env(name, **cfg)``: build an environment by name; engines are imported on first use.
+
+An environment is its class (with its config, stop strings, evaluation splits and paper metrics:
+``TextEnv``), a YAML under ``conf/env/`` and one entry here, ``register_env`` for environments
+outside this package (docs/extending.md#environment)."""
 
 from __future__ import annotations
 
@@ -25,6 +29,21 @@ ENGINES: dict[str, tuple[str, ...]] = {
     "scienceworld": ("scienceworld",),
 }
 INSTALL_ENGINES = "pip install 'nemo_craft[envs]' (or bash scripts/install.sh test)"
+
+
+def register_env(name: str, cls_path: str, *, engines: tuple[str, ...] = ()) -> None:
+    """Make environment ``name`` the ``TextEnv`` subclass at ``cls_path`` ("package.module:Class");
+    ``engines``: the modules it needs installed (named by ``make_env`` when missing)."""
+    module, _, cls = cls_path.partition(":") if isinstance(cls_path, str) else ("", "", "")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"environment name must be an identifier, got {name!r}")
+    if not module or not cls:
+        raise ValueError(f"environment {name!r}: cls_path must be 'package.module:Class', got {cls_path!r}")
+    if ENVIRONMENTS.get(name, (module, cls)) != (module, cls):
+        raise ValueError(f"environment {name!r} is already registered as {':'.join(ENVIRONMENTS[name])!r}")
+    ENVIRONMENTS[name] = (module, cls)
+    if engines:
+        ENGINES[name] = tuple(engines)
 
 
 class MissingEngineError(ImportError):

@@ -26,6 +26,7 @@ from typing import Any
 from nemo_craft.envs import scienceworld_plan_lengths as plans
 from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
 from nemo_craft.envs.prompts import PromptTemplate
+from nemo_craft.envs.spec import SCORE_MEAN, SUCCESS_RATE, EvalSplit, PaperMetric
 
 _UNKNOWN = ("No known action matches that input.", "Unknown action")
 # ScienceWorld draws some gold paths at random (e.g. which non-living thing a find-task focuses
@@ -191,6 +192,12 @@ class ScienceWorldEnv(TextEnv):
 
     name = "scienceworld"
     config_cls = ScienceWorldConfig
+    # ScienceWorld's official dev / test variations (less those beyond turn_cap: docs/environments.md)
+    eval_splits = {"val": EvalSplit("dev", 0), "test": EvalSplit("test", 0)}
+    paper_metrics = (
+        PaperMetric(SCORE_MEAN, "ScienceWorld score"),
+        PaperMetric(SUCCESS_RATE, "ScienceWorld success"),
+    )
 
     def __init__(self, config: ScienceWorldConfig | None = None) -> None:
         super().__init__(config)

@@ -9,12 +9,11 @@ plots       learning curves and the pillar ablation as PNG
 slurm       the sbatch array commands of a sweep
 """
 
-from nemo_craft.eval.metrics import PAPER_METRICS, PaperMetric, summarize
+from nemo_craft.eval.metrics import PaperMetric, summarize
 from nemo_craft.eval.splits import SPLITS, SplitSpec, split_spec
 from nemo_craft.eval.sweep_spec import RunSpec, SweepSpec, is_finished
 
 __all__ = [
-    "PAPER_METRICS",
     "PaperMetric",
     "summarize",
     "SPLITS",

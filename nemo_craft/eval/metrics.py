@@ -6,48 +6,27 @@ accuracy": ALFWorld's success rate, Search-QA's exact match (its success: the an
 gold answer after SQuAD normalisation), WebShop's mean score and its success rate (score 1).
 They are percentages. The per-episode fields are those of ``Trajectory`` (success, score, reward,
 num_turns) and ``summarize`` averages them; a metric's ``val_key`` is the trainer's
-``metrics.jsonl`` key of the same quantity.
+``metrics.jsonl`` key of the same quantity. Each environment declares its metrics on its class
+(``TextEnv.paper_metrics``, nemo_craft/envs/spec.py).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PaperMetric", "PAPER_METRICS", "paper_metrics", "episode_record", "summarize", "markdown_summary"]
+from nemo_craft.envs.registry import ENVIRONMENTS, env_class
+from nemo_craft.envs.spec import SUCCESS_RATE, PaperMetric
 
-
-@dataclass(frozen=True)
-class PaperMetric:
-    """One number of the paper's table for an environment."""
-
-    field: str
-    """The summary field it is a percentage of: "success_rate" or "score_mean"."""
-    label: str
-    """Column label, e.g. "WebShop score"."""
-
-    @property
-    def val_key(self) -> str:
-        """The trainer's validation metric of the same quantity (``metrics.jsonl``)."""
-        return f"val/{self.field}"
-
-
-_SUCCESS, _SCORE = "success_rate", "score_mean"
-PAPER_METRICS: dict[str, tuple[PaperMetric, ...]] = {
-    "alfworld": (PaperMetric(_SUCCESS, "ALFWorld success"),),
-    "search_qa": (PaperMetric(_SUCCESS, "Search-QA EM"),),
-    "webshop": (PaperMetric(_SCORE, "WebShop score"), PaperMetric(_SUCCESS, "WebShop success")),
-    "scienceworld": (PaperMetric(_SCORE, "ScienceWorld score"), PaperMetric(_SUCCESS, "ScienceWorld success")),
-    "sokoban": (PaperMetric(_SUCCESS, "Sokoban success"),),
-}
-"""Environment -> its numbers in the paper's table, in the paper's order."""
+__all__ = ["PaperMetric", "paper_metrics", "episode_record", "summarize", "markdown_summary"]
 
 
 def paper_metrics(env_name: str) -> tuple[PaperMetric, ...]:
-    """The paper's metrics of ``env_name`` (success rate for an environment the paper does not use)."""
-    return PAPER_METRICS.get(env_name, (PaperMetric(_SUCCESS, f"{env_name} success"),))
+    """The paper's metrics of ``env_name`` as its class declares them (``TextEnv.paper_metrics``);
+    its success rate for an environment that declares none or is not registered."""
+    declared = env_class(env_name).paper_metrics if env_name in ENVIRONMENTS else ()
+    return declared or (PaperMetric(SUCCESS_RATE, f"{env_name} success"),)
 
 
 def episode_record(traj) -> dict[str, Any]:

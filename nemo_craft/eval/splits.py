@@ -1,19 +1,17 @@
 """Which tasks an evaluation split is, per environment: the environment's own split setting
-(``env.config.split``) and the first task seed.
+(``env.config.split``) and the first task seed, as the environment class declares them
+(``TextEnv.eval_splits``; nemo_craft/envs/spec.py).
 
     spec = split_spec("scienceworld", "test")        # SplitSpec(env_split="test", seed_offset=0)
     seeds = spec.seeds(64, val_seed_offset=1_000_000)
 
 - ``val`` is what the trainer validates on: seeds from ``trainer.val_seed_offset`` on, in the
-  split the run was configured with (``train`` for every environment's default), except
-  ScienceWorld, whose official ``dev`` variations are used.
+  split the run was configured with, unless the environment declares another (ScienceWorld: its
+  official ``dev`` variations).
 - ``test`` is held out: the environment's test split where it has one, read from its first task
-  on (ALFWorld ``test`` = the official ``valid_unseen`` games with ``$ALFWORLD_DATA``, unseen
-  floor plans for generated games; ScienceWorld's ``test`` variations, less the few whose gold
-  sequence does not fit the environment's ``turn_cap`` (docs/environments.md); Search-QA's test
-  questions; WebShop's held-out products). Sokoban is procedural and has no split: its test seeds
-  start at ``TEST_SEED_OFFSET``, far from the training, warm-start and validation seeds (the
-  streams of ``nemo_craft.seeds``).
+  on; an environment without one (procedural: Sokoban) draws from the test seed stream
+  (``TEST_SEED_OFFSET``), far from the training, warm-start and validation seeds (the streams of
+  ``nemo_craft.seeds``).
 
 A seed picks a task ``seed % #tasks`` in environments with a fixed task list, so asking for more
 tasks than a split holds repeats tasks (with other sampling seeds).
@@ -24,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from nemo_craft.envs.registry import ENVIRONMENTS, env_class
+from nemo_craft.envs.spec import HELD_OUT, EvalSplit
 from nemo_craft.seeds import TEST_FIRST_TASK
 
 __all__ = ["SPLITS", "TEST_SEED_OFFSET", "SplitSpec", "split_spec"]
@@ -49,24 +49,21 @@ class SplitSpec:
         return [first + i for i in range(n_tasks)]
 
 
-# env -> split -> (env.config.split, first seed)
-_TABLE: dict[str, dict[str, tuple[Optional[str], Optional[int]]]] = {
-    "sokoban": {"val": (None, None), "test": (None, TEST_SEED_OFFSET)},
-    "alfworld": {"val": (None, None), "test": ("test", 0)},
-    "search_qa": {"val": (None, None), "test": ("test", 0)},
-    "webshop": {"val": (None, None), "test": ("test", 0)},
-    "scienceworld": {"val": ("dev", 0), "test": ("test", 0)},
-}
-
-
 def split_spec(env_name: str, split: str) -> SplitSpec:
     """The split ``split`` ("val" / "test") of environment ``env_name``."""
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: allowed values are {SPLITS}")
-    if env_name not in _TABLE:
+    if env_name not in ENVIRONMENTS:
         raise ValueError(
-            f"no evaluation splits are defined for environment {env_name!r}; known: {sorted(_TABLE)} "
-            "(add it to nemo_craft/eval/splits.py)"
+            f"no evaluation splits are defined for environment {env_name!r}: it is not registered; "
+            f"known: {sorted(ENVIRONMENTS)}"
         )
-    env_split, offset = _TABLE[env_name][split]
-    return SplitSpec(split, env_split, offset)
+    declared = {"val": EvalSplit(), **env_class(env_name).eval_splits}
+    if split not in declared:
+        raise ValueError(
+            f"environment {env_name!r} declares no {split!r} evaluation split: set eval_splits on its class "
+            "(docs/extending.md#environment)"
+        )
+    spec = declared[split]
+    offset = TEST_SEED_OFFSET if spec.first_seed == HELD_OUT else spec.first_seed
+    return SplitSpec(split, spec.env_split, offset)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from nemo_craft.losses.config import LossConfig
+from nemo_craft.rollout.backends import planned_backend
 
 __all__ = ["ClusterConfig", "Workload", "RECOMPUTE", "ATTENTION"]
 
@@ -53,7 +54,7 @@ class Workload:
     seq_length: int = 4096
     """Tokens of one trajectory (prompt + observations + actions): the trainer pads a step's
     sequences to its longest, so the planner takes the longest allowed,
-    ``rollout.max_sequence_length``, or the model's ``max_position_embeddings`` when that is unset."""
+    ``rollout.generation.max_sequence_length``, or the model's ``max_position_embeddings`` when that is unset."""
     privileged_tokens: int = 512
     """Extra tokens of the teacher's privileged context (the teacher pass reads
     ``seq_length + privileged_tokens``)."""
@@ -64,15 +65,15 @@ class Workload:
     forward_micro_batch_size: Optional[int] = None
     """Trajectories per micro-batch of the no-grad passes (old, teacher, reference); None: as training."""
     generation_batch: Optional[int] = None
-    """Rows of one generation forward pass (``rollout.max_batch_size``), capped by the rank's
+    """Rows of one generation forward pass (``rollout.generation.max_batch_size``), capped by the rank's
     share of the trajectories; None: the whole share. Sets the KV cache."""
     generation_kv_gb: Optional[float] = None
     """Generation on megatron's dynamic engine: its paged KV cache, GiB per rank
-    (``rollout.kv_cache_gb``; set when ``rollout.backend`` is dynamic, or auto with a bf16 / fp16
+    (``rollout.generation.kv_cache_gb``; set when ``rollout.generation.backend`` is dynamic, or auto with a bf16 / fp16
     model, which is what auto picks on GPUs with flash-attn). None: the static cache,
     ``generation_batch`` rows of ``seq_length`` tokens."""
     generation_weights_copy: bool = False
-    """Generation on a vLLM engine colocated with training (``rollout.backend=vllm``): while it
+    """Generation on a vLLM engine colocated with training (``rollout.generation.backend=vllm``): while it
     generates, the engine holds its own copy of the rank's weights beside its KV cache
     (``generation_kv_gb``); both are released during training (vLLM's sleep mode)."""
     logits_chunk_tokens: int = LossConfig.chunk_size
@@ -124,9 +125,10 @@ class Workload:
             "micro_batch_size": trainer.micro_batch_size,
             "logits_chunk_tokens": loss.chunk_size,
         }
-        if gen.backend in ("dynamic", "vllm") or (gen.backend == "auto" and model.params_dtype in ("bf16", "fp16")):
+        backend = planned_backend(gen.backend, model.params_dtype)  # the class that runs on a GPU node
+        if backend.paged_kv_cache:
             values["generation_kv_gb"] = float(gen.kv_cache_gb)
-        values["generation_weights_copy"] = gen.backend == "vllm"
+        values["generation_weights_copy"] = backend.holds_weight_copy
         if parallel.recompute_granularity is not None:
             values["recompute"] = str(parallel.recompute_granularity)
         names = {f.name for f in dataclasses.fields(cls)}

@@ -12,7 +12,7 @@ What is held, and when (the peak is persistent + the largest phase + overhead):
   by the distributed optimizer) and, only if it is kept on the GPU, the frozen reference
   policy's weights (the trainer keeps them on the host);
 - generation: the KV cache, b x s x L/pp x 2 x g/t x d x ab (b: rows of a generation pass,
-  ``rollout.max_batch_size`` capped by the rank's share), plus one decode step's logits; a paged
+  ``rollout.generation.max_batch_size`` capped by the rank's share), plus one decode step's logits; a paged
   cache (the dynamic engine, vLLM) is its fixed size instead; vLLM also holds its own copy of the
   rank's weights while it generates (it sleeps, holding nothing, while the trainer runs);
 - experience (no-grad passes: old, teacher with its privileged prefix, reference): one layer's

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional, get_args
+from typing import Literal, Optional
+
+from nemo_craft.rollout.backends import BACKENDS
 
 __all__ = ["BACKENDS", "GenerationConfig", "SamplingConfig", "RolloutConfig"]
 
 Backend = Literal["auto", "static", "dynamic", "vllm"]
-BACKENDS = get_args(Backend)
+"""The built-in names; ``BACKENDS`` (what the configs accept) has the registered ones too."""
 
 
 @dataclass

@@ -8,7 +8,8 @@ Every rank of a model-parallel group (TP x PP) calls ``generate`` with the same 
 and seed; every rank gets the same results. Data-parallel ranks generate independently (give
 each its own prompts and seed).
 
-The backend is chosen by ``GenerationConfig.backend`` (``resolve_backend``): ``static`` is
+The backend is chosen by ``GenerationConfig.backend`` (``nemo_craft.rollout.backends``: the
+``GenerationBackend`` protocol, the name -> class table, ``resolve_backend``): ``static`` is
 megatron-core's static KV cache (``nemo_craft.rollout.static_backend``; CPU and GPU, any dtype);
 ``dynamic`` is megatron's ``DynamicInferenceEngine`` with a paged KV cache and in-flight batching
 (``nemo_craft.rollout.dynamic_backend``; a CUDA GPU, flash-attn >= 2.7.3 or FlashAttention-3, a
@@ -16,25 +17,23 @@ bf16 / fp16 model); ``auto`` picks dynamic where it can run and static elsewhere
 fp32 models); ``vllm`` is a vLLM engine in the same processes, refit from the chunks
 (``nemo_craft.rollout.vllm_backend``; CUDA or CPU, pipeline parallel 1; never picked by auto).
 All take the same sampling settings and give the same results for greedy decoding (up to kernel
-rounding: see ``dynamic_backend``).
+rounding: see ``dynamic_backend``). More are registered with ``register_backend``
+(docs/extending.md#generation-backend).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
 from nemo_craft.parallel.cpu_mode import compute_device
-from nemo_craft.rollout.config import BACKENDS, GenerationConfig
+from nemo_craft.rollout.backends import backend_class, resolve_backend
+from nemo_craft.rollout.config import GenerationConfig
 from nemo_craft.rollout.stopping import FINISH_REASONS, StopCriteria
-
-if TYPE_CHECKING:
-    from nemo_craft.rollout.dynamic_backend import DynamicCapability  # lazy: megatron's dynamic engine
 
 __all__ = ["GenerationResult", "Generator", "GenerationTokenizer", "resolve_backend"]
 
@@ -69,27 +68,6 @@ class GenerationTokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-def resolve_backend(requested: str, capability: Callable[[], DynamicCapability]) -> str:
-    """The backend that runs: "static", "dynamic" or "vllm" (only when asked for).
-
-    ``capability`` gives the facts the dynamic backend needs (``DynamicCapability.probe``; read
-    only when ``requested`` is not "static"). "auto" takes dynamic exactly when they are all
-    there; "dynamic" without them is a ValueError naming what is missing and the alternative."""
-    if requested not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
-    if requested in ("static", "vllm"):
-        return requested
-    problem = capability().problem()
-    if problem is None:
-        return "dynamic"
-    if requested == "dynamic":
-        raise ValueError(
-            f"rollout.backend=dynamic (megatron's DynamicInferenceEngine) cannot run here: {problem}. "
-            "Use rollout.backend=static, or auto (dynamic where it can run, static elsewhere)"
-        )
-    return "static"
-
-
 class Generator:
     """Samples continuations of token prompts with this rank's model chunks.
 
@@ -114,69 +92,36 @@ class Generator:
     def _build_backend(self, config: GenerationConfig):
         from megatron.core.utils import get_model_config, unwrap_model
 
-        from nemo_craft.rollout.dynamic_backend import DynamicCapability  # lazy: megatron's dynamic engine
+        from nemo_craft.rollout.dynamic_backend import DynamicCapability  # lazy: imports megatron's dynamic engine
 
         vocab_size = config.vocab_size or self.tokenizer.vocab_size
         max_len = config.max_sequence_length or unwrap_model(self.model_chunks[0]).max_sequence_length
-        name = resolve_backend(
+        self._backend_name = resolve_backend(
             config.backend, lambda: DynamicCapability.probe(get_model_config(self.model_chunks[0]).params_dtype)
         )
-        paged = dict(  # the engines with a paged KV cache: megatron's dynamic one and vLLM
-            vocab_size=vocab_size,
-            max_batch_size=config.max_batch_size,
-            max_sequence_length=max_len,
-            kv_cache_gb=config.kv_cache_gb,
-            max_tokens_per_step=config.max_tokens_per_step,
-            cuda_graphs=config.cuda_graphs,
-        )
-        if name == "vllm":
-            if self.model_cfg is None:
-                raise ValueError("backend=vllm needs the policy's ModelConfig: Generator(..., model_cfg=)")
-            from nemo_craft.rollout.vllm_backend import VllmBackend  # lazy: imports vLLM
-
-            return VllmBackend(self.model_chunks, self.model_cfg, seed=config.seed, **paged)
-        if name == "dynamic":
-            from nemo_craft.rollout.dynamic_backend import DynamicBackend  # lazy: megatron's dynamic engine
-
-            return DynamicBackend(self.model_chunks, pp_microbatch_tokens=config.pp_microbatch_tokens, **paged)
-        if config.cuda_graphs:
-            warnings.warn(
-                "cuda_graphs=true is ignored: backend=auto resolved to static here (CUDA graphs are the "
-                "dynamic backend's)",
-                stacklevel=3,
-            )
-        from nemo_craft.rollout.static_backend import StaticBackend  # lazy: megatron's inference wrapper
-
-        return StaticBackend(
-            self.model_chunks,
-            vocab_size=vocab_size,
-            max_batch_size=config.max_batch_size,
-            max_sequence_length=max_len,
-            pp_microbatch_tokens=config.pp_microbatch_tokens,
+        return backend_class(self._backend_name).build(
+            self.model_chunks, config, vocab_size=vocab_size, max_sequence_length=max_len, model_cfg=self.model_cfg
         )
 
     @property
     def backend_name(self) -> str:
-        return {"StaticBackend": "static", "DynamicBackend": "dynamic", "VllmBackend": "vllm"}[
-            type(self._backend).__name__
-        ]
+        """The registered name of the backend that runs (what "auto" resolved to)."""
+        return self._backend_name
 
     def weights_changed(self) -> None:
         """The chunks' parameters changed (an optimizer step, a checkpoint or warm start loaded):
         a backend with its own copy of the weights (vllm) refits before it next generates. The
         megatron backends run the chunks themselves and need nothing."""
-        if hasattr(self._backend, "weights_changed"):
-            self._backend.weights_changed()
+        self._backend.weights_changed()
 
     def release_memory(self) -> None:
         """Generation is over until the next rollout: a backend that can lend its memory back to
         training (vllm on CUDA: sleep mode) does so; it is taken back by the next refit."""
-        if hasattr(self._backend, "release_memory"):
-            self._backend.release_memory()
+        self._backend.release_memory()
 
     def read_stats(self) -> dict[str, float]:
         """The backend's counters since the last call (vllm: prefix-cache tokens queried and hit)."""
-        return self._backend.read_stats() if hasattr(self._backend, "read_stats") else {}
+        return self._backend.read_stats()
 
     @property
     def max_sequence_length(self) -> int:

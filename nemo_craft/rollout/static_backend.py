@@ -44,6 +44,7 @@ hold the same tokens and take the same stop decisions (and so the same batch com
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -106,6 +107,45 @@ class StaticBackend:
             max_sequence_length=max_sequence_length,
             pp_microbatch_tokens=pp_microbatch_tokens,
         )
+
+    # -- GenerationBackend (nemo_craft.rollout.backends) ---------------------------------------------
+
+    holds_weight_copy = False  # it runs the training chunks
+    paged_kv_cache = False  # its KV cache is max_batch_size rows of max_sequence_length
+    auto_preference = 0  # auto's fallback: it runs everywhere
+
+    @classmethod
+    def problem(cls, capability) -> None:
+        return None
+
+    @classmethod
+    def check_run(cls, parallel_cfg, model_cfg) -> None:
+        """Nothing beyond what every backend needs (``ParallelConfig.check_generation``)."""
+
+    @classmethod
+    def build(cls, model_chunks, config, *, vocab_size: int, max_sequence_length: int, model_cfg=None):
+        if config.cuda_graphs:  # the config refuses it with backend=static: auto resolved to static
+            warnings.warn(
+                "cuda_graphs=true is ignored: backend=auto resolved to static here (CUDA graphs are the "
+                "dynamic backend's)",
+                stacklevel=4,
+            )
+        return cls(
+            model_chunks,
+            vocab_size=vocab_size,
+            max_batch_size=config.max_batch_size,
+            max_sequence_length=max_sequence_length,
+            pp_microbatch_tokens=config.pp_microbatch_tokens,
+        )
+
+    def weights_changed(self) -> None:
+        """Nothing to do: it generates with the chunks themselves."""
+
+    def release_memory(self) -> None:
+        """Nothing to lend back: the static KV cache lives only during ``generate``."""
+
+    def read_stats(self) -> dict[str, float]:
+        return {}
 
     # -- public ------------------------------------------------------------------------------------
 

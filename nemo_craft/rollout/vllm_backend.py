@@ -78,14 +78,14 @@ def vllm_problem() -> str | None:
 
 
 def check_vllm_run(parallel_cfg, model_cfg) -> None:
-    """Everything ``rollout.backend=vllm`` needs that can be known before a process group exists:
+    """Everything ``rollout.generation.backend=vllm`` needs that can be known before a process group exists:
     a layout the refit serves, an installed and supported vLLM, a head size it has kernels for."""
     from nemo_craft.models.refit import check_refit_layout  # lazy: imports megatron; the start-up check runs without it
 
     check_refit_layout(parallel_cfg)
     problem = vllm_problem()
     if problem is not None:
-        raise ValueError(f"rollout.backend=vllm cannot run here: {problem}")
+        raise ValueError(f"rollout.generation.backend=vllm cannot run here: {problem}")
     _check_head_size(model_cfg.kv_channels)
 
 
@@ -119,7 +119,7 @@ class VllmBackend:
     ):
         problem = vllm_problem()
         if problem is not None:
-            raise ValueError(f"rollout.backend=vllm cannot run here: {problem}")
+            raise ValueError(f"rollout.generation.backend=vllm cannot run here: {problem}")
         from megatron.core import parallel_state as ps
         from vllm import LLM
 
@@ -128,7 +128,7 @@ class VllmBackend:
         )
 
         if len(model_chunks) != 1 or ps.get_pipeline_model_parallel_world_size() != 1:
-            raise ValueError("rollout.backend=vllm needs pipeline_model_parallel_size=1 and one model chunk")
+            raise ValueError("rollout.generation.backend=vllm needs pipeline_model_parallel_size=1 and one model chunk")
         _check_head_size(model_cfg.kv_channels)
         self.model_chunks = list(model_chunks)
         self.model_cfg = model_cfg
@@ -155,6 +155,37 @@ class VllmBackend:
         self._synced = False
         self._asleep = False
         self._cache_counts = self._prefix_cache_counts()
+
+    # -- GenerationBackend (nemo_craft.rollout.backends) ---------------------------------------------
+
+    holds_weight_copy = True  # the engine's own weights, refit from the chunks
+    paged_kv_cache = True  # kv_cache_gb per rank
+    auto_preference = None  # auto never takes it: it is asked for by name
+
+    @classmethod
+    def problem(cls, capability) -> None:
+        """None: it checks itself at start-up (``check_run``) and when built (an installed vLLM)."""
+        return None
+
+    @classmethod
+    def check_run(cls, parallel_cfg, model_cfg) -> None:
+        check_vllm_run(parallel_cfg, model_cfg)
+
+    @classmethod
+    def build(cls, model_chunks, config, *, vocab_size: int, max_sequence_length: int, model_cfg=None):
+        if model_cfg is None:
+            raise ValueError("backend=vllm needs the policy's ModelConfig: Generator(..., model_cfg=)")
+        return cls(
+            model_chunks,
+            model_cfg,
+            vocab_size=vocab_size,
+            max_batch_size=config.max_batch_size,
+            max_sequence_length=max_sequence_length,
+            kv_cache_gb=config.kv_cache_gb,
+            max_tokens_per_step=config.max_tokens_per_step,
+            cuda_graphs=config.cuda_graphs,
+            seed=config.seed,
+        )
 
     # -- weights -----------------------------------------------------------------------------------
 
@@ -324,8 +355,8 @@ def _check_head_size(head_dim: int) -> None:
     sizes = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in sizes:
         raise ValueError(
-            f"rollout.backend=vllm on the CPU: model.kv_channels={head_dim} is not a head size vLLM's CPU "
-            f"attention supports ({sizes}); use rollout.backend=static"
+            f"rollout.generation.backend=vllm on the CPU: model.kv_channels={head_dim} is not a head size vLLM's CPU "
+            f"attention supports ({sizes}); use rollout.generation.backend=static"
         )
 
 

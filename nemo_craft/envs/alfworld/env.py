@@ -19,6 +19,7 @@ from typing import Any
 from nemo_craft.envs.alfworld.gen import TASK_TYPES, game_dir
 from nemo_craft.envs.base import EnvConfig, TextEnv
 from nemo_craft.envs.prompts import PromptTemplate
+from nemo_craft.envs.spec import SUCCESS_RATE, EvalSplit, PaperMetric
 
 _SPLITS = ("train", "test", "valid_seen", "valid_unseen")
 _OFFICIAL_SPLIT = {
@@ -86,6 +87,9 @@ class ALFWorldEnv(TextEnv):
 
     name = "alfworld"
     config_cls = ALFWorldConfig
+    # test: the official valid_unseen games with $ALFWORLD_DATA, unseen floor plans for generated games
+    eval_splits = {"test": EvalSplit("test", 0)}
+    paper_metrics = (PaperMetric(SUCCESS_RATE, "ALFWorld success"),)
 
     def __init__(self, config: ALFWorldConfig | None = None) -> None:
         super().__init__(config)

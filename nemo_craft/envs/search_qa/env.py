@@ -13,6 +13,7 @@ from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
 from nemo_craft.envs.prompts import PromptTemplate
 from nemo_craft.envs.search_qa.data import QADataset, QAItem, load_jsonl_dataset, synthetic_dataset
 from nemo_craft.envs.search_qa.retrieval import BM25Retriever, HttpRetriever, Passage, Retriever
+from nemo_craft.envs.spec import SUCCESS_RATE, EvalSplit, PaperMetric
 
 _ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 
@@ -103,6 +104,8 @@ class SearchQAEnv(TextEnv):
     name = "search_qa"
     stop_strings = ("</search>", "</answer>")
     config_cls = SearchQAConfig
+    eval_splits = {"test": EvalSplit("test", 0)}  # the test questions
+    paper_metrics = (PaperMetric(SUCCESS_RATE, "Search-QA EM"),)  # success is SQuAD-normalised exact match
 
     def __init__(self, config: SearchQAConfig | None = None) -> None:
         super().__init__(config)

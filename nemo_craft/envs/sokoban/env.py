@@ -10,6 +10,7 @@ from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
 from nemo_craft.envs.prompts import PromptTemplate
 from nemo_craft.envs.sokoban.room import ACTIONS, LEGEND, Room, generate_room
 from nemo_craft.envs.sokoban.solver import solve
+from nemo_craft.envs.spec import HELD_OUT, SUCCESS_RATE, EvalSplit, PaperMetric
 
 _ALIASES = {
     "u": "up",
@@ -85,6 +86,9 @@ class SokobanEnv(TextEnv):
 
     name = "sokoban"
     config_cls = SokobanConfig
+    # procedural, no held-out task list: test rooms come from the test seed stream
+    eval_splits = {"test": EvalSplit(first_seed=HELD_OUT)}
+    paper_metrics = (PaperMetric(SUCCESS_RATE, "Sokoban success"),)
 
     def __init__(self, config: SokobanConfig | None = None) -> None:
         super().__init__(config)

@@ -18,6 +18,7 @@ from typing import Any
 from nemo_craft.envs.base import EnvConfig, TextEnv, check_positive
 from nemo_craft.envs.bm25 import build_index, query_words, top_k
 from nemo_craft.envs.prompts import PromptTemplate
+from nemo_craft.envs.spec import SCORE_MEAN, SUCCESS_RATE, EvalSplit, PaperMetric
 from nemo_craft.envs.webshop.catalog import Goal, Product, make_catalog, make_goal, webshop_reward
 
 _ACTION_RE = re.compile(r"^(search|click)\[(.+)\]$", re.DOTALL | re.IGNORECASE)
@@ -84,6 +85,8 @@ class WebShopEnv(TextEnv):
 
     name = "webshop"
     config_cls = WebShopConfig
+    eval_splits = {"test": EvalSplit("test", 0)}  # the held-out products
+    paper_metrics = (PaperMetric(SCORE_MEAN, "WebShop score"), PaperMetric(SUCCESS_RATE, "WebShop success"))
 
     def __init__(self, config: WebShopConfig | None = None) -> None:
         super().__init__(config)

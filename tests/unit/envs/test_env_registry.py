@@ -1,14 +1,28 @@
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from nemo_craft.cli.envs import main
-from nemo_craft.envs import ENVIRONMENTS, PoolConfig, env_class, make_config, make_env
+from nemo_craft.envs import (
+    ENVIRONMENTS,
+    EvalSplit,
+    PaperMetric,
+    PoolConfig,
+    env_class,
+    make_config,
+    make_env,
+    register_env,
+)
 from nemo_craft.envs.sokoban import SokobanEnv
+from nemo_craft.eval.metrics import paper_metrics, summarize
+from nemo_craft.eval.splits import split_spec
+from nemo_craft.testing.examples import parrot_env
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "env"
+REPO = Path(__file__).resolve().parents[3]
+CONF = REPO / "conf" / "env"
 
 
 def test_registry_names():
@@ -73,3 +87,67 @@ def test_envs_limits_cli(capsys):
     assert find_plant[:2] == ["find-plant", "100"] and find_plant[3:] == ["150/150", "75/75", "75/75"]
     assert total[:2] == ["(all", "tasks)"]
     assert main(["limits", "scienceworld", "--set", "turn_cap=50"]) == 2
+
+
+# -- the environment extension point (docs/extending.md#environment) --------------------------------
+
+
+def example_shown_in(doc: Path, path: str) -> str:
+    """The code block that ``doc`` shows under ``<!-- example: path -->``."""
+    m = re.search(rf"<!-- example: {re.escape(path)} -->\n```python\n(.*?)```\n", doc.read_text(), re.DOTALL)
+    assert m, f"{doc.name} shows no example {path}"
+    return m.group(1)
+
+
+@pytest.fixture
+def registry():
+    """The registry as it is, restored after the test (registrations are process-wide)."""
+    saved = dict(ENVIRONMENTS)
+    yield ENVIRONMENTS
+    ENVIRONMENTS.clear()
+    ENVIRONMENTS.update(saved)
+
+
+def test_the_page_shows_the_example_environment_verbatim():
+    path = "nemo_craft/testing/examples/parrot_env.py"
+    assert example_shown_in(REPO / "docs" / "extending.md", path) == (REPO / path).read_text()
+
+
+def test_a_registered_environment_brings_its_splits_metrics_and_stop_strings(registry):
+    with pytest.raises(ValueError, match="not registered"):
+        split_spec("parrot", "test")
+    parrot_env.register()
+    assert env_class("parrot").stop_strings == ("</say>",)  # the rollout's default stop strings
+    test = split_spec("parrot", "test")
+    assert test.env_split == "test" and test.seeds(2, val_seed_offset=1000) == [0, 1]
+    val = split_spec("parrot", "val")  # not declared: the trainer's validation
+    assert val.env_split is None and val.seeds(2, val_seed_offset=1000) == [1000, 1001]
+    episodes = [
+        {"success": s, "score": float(s), "reward": float(s), "num_turns": 1, "n_invalid": 0} for s in (1, 0, 1, 1)
+    ]
+    assert summarize(episodes, "parrot")["paper"] == {"Parrot success": 75.0}
+    env = make_env("parrot", split=test.env_split)
+    env.reset(test.seeds(1, val_seed_offset=0)[0])
+    assert env.observation == "Say: amber"
+    _, reward, done, info = env.step(env.expert_actions()[0])
+    assert (reward, done, info["success"], info["score"]) == (1.0, True, True, 1.0)
+
+
+class Untested(parrot_env.ParrotEnv):
+    eval_splits = {}
+    paper_metrics = ()
+
+
+def test_what_an_environment_leaves_out(registry):
+    register_env("untested", f"{__name__}:Untested")
+    with pytest.raises(ValueError, match="'untested' declares no 'test' evaluation split: set eval_splits"):
+        split_spec("untested", "test")
+    assert [m.label for m in paper_metrics("untested")] == ["untested success"]
+    with pytest.raises(ValueError, match="'sokoban' is already registered as 'nemo_craft.envs.sokoban.env:SokobanEnv'"):
+        register_env("sokoban", f"{__name__}:Untested")
+    with pytest.raises(ValueError, match="'package.module:Class', got 'Untested'"):
+        register_env("untested2", "Untested")
+    with pytest.raises(ValueError, match="first_seed must be an int, None or 'held_out', got 'later'"):
+        EvalSplit(first_seed="later")
+    with pytest.raises(ValueError, match="field must be 'success_rate' or 'score_mean', got 'reward_mean'"):
+        PaperMetric("reward_mean", "reward")
