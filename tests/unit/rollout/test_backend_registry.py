@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from nemo_craft.config import compose, rollout_config
 from nemo_craft.models.tokenizer import CharTokenizer
 from nemo_craft.parallel.config import ParallelConfig
-from nemo_craft.rollout import GenerationConfig, Generator, RolloutConfig
+from nemo_craft.rollout import GenerationConfig, Generator
 from nemo_craft.rollout.backends import (
     GENERATION_BACKENDS,
     backend_class,
@@ -56,7 +57,7 @@ def test_a_registered_backend_runs_through_the_generator(registry):
     assert "echo" not in backend_names()
     echo_backend.register()
     assert backend_names() == ("auto", "static", "dynamic", "vllm", "echo")
-    RolloutConfig(backend="echo")  # the configs accept the registered name
+    assert rollout_config(compose(["rollout.backend=echo"])).backend == "echo"  # the configs accept it
     tok = CharTokenizer()
     gen = Generator([torch.nn.Linear(1, 1)], tok, GenerationConfig(backend="echo", max_sequence_length=64))
     assert gen.backend_name == "echo" and isinstance(gen._backend, EchoBackend)
