@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from nemo_craft.config import RunConfig, compose
 from nemo_craft.models.tokenizer import CharTokenizer
 from nemo_craft.parallel.config import ParallelConfig
-from nemo_craft.rollout import GenerationConfig, Generator, RolloutConfig
+from nemo_craft.rollout import GenerationConfig, Generator
 from nemo_craft.rollout.backends import (
     GENERATION_BACKENDS,
     backend_class,
@@ -56,7 +57,8 @@ def test_a_registered_backend_runs_through_the_generator(registry):
     assert "echo" not in backend_names()
     echo_backend.register()
     assert backend_names() == ("auto", "static", "dynamic", "vllm", "echo")
-    RolloutConfig(generation={"backend": "echo"})  # the configs accept the registered name
+    run = RunConfig.from_omegaconf(compose(["rollout.generation.backend=echo"]))
+    assert run.rollout.generation.backend == "echo"  # the configs accept it
     tok = CharTokenizer()
     gen = Generator([torch.nn.Linear(1, 1)], tok, GenerationConfig(backend="echo", max_sequence_length=64))
     assert gen.backend_name == "echo" and isinstance(gen._backend, EchoBackend)
@@ -76,7 +78,9 @@ def test_a_registered_backend_runs_through_the_generator(registry):
 def test_its_start_up_check_runs_where_the_trainer_asks(registry):
     echo_backend.register()
     check_run("echo", ParallelConfig(), None)
-    with pytest.raises(ValueError, match="rollout.generation.backend=echo needs parallel.pipeline_model_parallel_size=1, got 2"):
+    with pytest.raises(
+        ValueError, match="rollout.generation.backend=echo needs parallel.pipeline_model_parallel_size=1, got 2"
+    ):
         check_run("echo", ParallelConfig(pipeline_model_parallel_size=2), None)
     check_run("auto", ParallelConfig(pipeline_model_parallel_size=2), None)
 
@@ -97,7 +101,9 @@ def test_auto_takes_the_most_preferred_backend_that_can_run(registry):
     cpu = DynamicCapability(cuda=False, flash_attn=None, flash_attn_3=False, params_dtype=torch.bfloat16)
     assert resolve_backend("auto", lambda: gpu) == "preferred"
     assert resolve_backend("auto", lambda: cpu) == "static"
-    with pytest.raises(ValueError, match=r"rollout.generation.backend=preferred cannot run here: no CUDA GPU\. Use .*static"):
+    with pytest.raises(
+        ValueError, match=r"rollout.generation.backend=preferred cannot run here: no CUDA GPU\. Use .*static"
+    ):
         resolve_backend("preferred", lambda: cpu)
 
 
