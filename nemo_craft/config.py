@@ -263,6 +263,7 @@ class RunConfig:
         from nemo_craft.envs import PoolConfig
         from nemo_craft.envs.registry import make_config
         from nemo_craft.losses import LossConfig
+        from nemo_craft.models.hf_config import record_resolved
 
         loss_node = OmegaConf.to_container(cfg.loss, resolve=True)
         preset = loss_node.pop("preset", None)
@@ -281,6 +282,7 @@ class RunConfig:
             for s in ("model", "parallel", "trainer", "checkpoint", "logging")
             if s in cfg
         }
+        record_resolved(cfg.get("model"), sections.get("model"))  # model=from_hf: config.json's values
         return cls(
             raw=cfg,
             loss=loss,

@@ -29,6 +29,7 @@ def build_model_chunks(run: RunConfig, *, for_training: bool) -> list:
     from nemo_craft.models.hf import load_hf_weights
     from nemo_craft.models.provider import build_model
 
+    run.model.check_weights()  # init / hf_path / config.json agree (also at start-up validation)
     overrides = {"calculate_per_token_loss": True} if for_training else None
     chunks = build_model(run.model, run.parallel, transformer_config_overrides=overrides)
     if run.model.hf_path:
