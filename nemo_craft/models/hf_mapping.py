@@ -17,8 +17,10 @@ hidden, ``f`` ffn hidden, ``t`` TP size, ``Vp`` padded vocab):
   past the real vocabulary are zeros on import and dropped on export.
 - norms: replicated.
 
-Names are "canonical": the local spec's names with *global* layer indices; Transformer Engine's
-fused-norm names (``linear_qkv.layer_norm_weight``) are translated to them.
+The Hugging Face names are the model family's (``families.WeightNames``); the layouts are
+megatron's, the same for every family. Megatron names are "canonical": the local spec's names
+with *global* layer indices; Transformer Engine's fused-norm names (``linear_qkv.layer_norm_weight``)
+are translated to them.
 """
 
 from __future__ import annotations
