@@ -32,6 +32,7 @@ from nemo_craft.envs import PoolConfig, env_class, env_factory
 from nemo_craft.envs.registry import make_config
 from nemo_craft.losses.config import LossConfig
 from nemo_craft.models.config import ModelConfig
+from nemo_craft.models.hf_config import record_resolved
 from nemo_craft.parallel.config import ParallelConfig
 from nemo_craft.planner.config import ClusterConfig, Workload
 from nemo_craft.rollout.backends import check_run
@@ -207,8 +208,13 @@ def _fill_defaults(cfg: DictConfig) -> None:
 
 def migrate_moved_keys(cfg: DictConfig) -> DictConfig:
     """``cfg`` (a checkpoint's config.yaml written before keys moved) with each key of
-    ``MOVED_KEYS`` at its new place; a config without old keys is returned as it is."""
+    ``MOVED_KEYS`` at its new place, and ``model.init`` (which such a config lacks) "random" where
+    the run had no ``model.hf_path``: it was trained from random initialisation. A current config
+    is returned as it is."""
     with open_dict(cfg):
+        model = cfg.get("model")
+        if model is not None and "init" not in model:
+            model.init = "pretrained" if model.get("hf_path") else "random"
         for old, new in MOVED_KEYS.items():
             section, name = old.split(".")
             node = cfg.get(section)
@@ -286,6 +292,7 @@ class RunConfig:
             return to_dataclass(SECTIONS[section], values, section)
 
         model, rollout, trainer, parallel = typed("model"), typed("rollout"), typed("trainer"), typed("parallel")
+        record_resolved(cfg.get("model"), model)  # model=from_hf: config.json's values in the composed config
         plan_node = cfg.get("plan")
         plan = Workload.from_sections(
             model=model,
@@ -315,6 +322,7 @@ class RunConfig:
         """What every command that builds the policy needs, checked before any process group:
         the model against the layout, a layout that can generate, the generation backend on this
         machine, the environment's config, engine and data."""
+        self.model.check_weights()
         self.model.validate_layout(self.parallel)
         self.parallel.check_generation()
         check_run(self.rollout.generation.backend, self.parallel, self.model)

@@ -299,22 +299,9 @@ def _model_overrides(spec: dict) -> list:
             f"model.hf_path={spec['ckpt']}",
             f"model.tokenizer={spec['ckpt']}",
         ]
-    m = MODELS[spec["model"]]
-    return [
-        "model.architecture=qwen2",
-        "model.add_qkv_bias=true",
-        "model.qk_layernorm=false",
-        f"model.num_layers={m['num_layers']}",
-        f"model.hidden_size={m['hidden_size']}",
-        f"model.ffn_hidden_size={m['intermediate_size']}",
-        f"model.num_attention_heads={m['num_attention_heads']}",
-        f"model.num_query_groups={m['num_key_value_heads']}",
-        f"model.kv_channels={m['hidden_size'] // m['num_attention_heads']}",
-        f"model.vocab_size={VOCAB}",
+    return [  # the architecture from the checkpoint's config.json (written by make_tiny_hf_checkpoint)
+        "model=from_hf",
         f"model.make_vocab_size_divisible_by={VOCAB}",
-        "model.tie_word_embeddings=false",
-        "model.rotary_base=10000",
-        "model.max_position_embeddings=256",
         f"model.hf_path={spec['ckpt']}",
         f"model.tokenizer={spec['ckpt']}",
     ]

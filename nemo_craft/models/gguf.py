@@ -107,7 +107,7 @@ def _write_model(path: str, out_dir: str, dtype: str) -> None:
     gguf_dir, gguf_file = _split(path)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     _write_weights(model, out_dir, getattr(torch, dtype))
-    _write_config(model.config, out_dir, dtype)
+    _write_config(model.config, out_dir, dtype, model_class=type(model).__name__)
 
 
 def _write_weights(model, out_dir: str, dtype) -> None:
@@ -122,10 +122,20 @@ def _write_weights(model, out_dir: str, dtype) -> None:
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
-def _write_config(hf_config, out_dir: str, dtype: str) -> None:
+def _write_config(hf_config, out_dir: str, dtype: str, model_class: str) -> None:
+    """``config.json`` of the converted model. A GGUF-loaded config has ``architectures: null``;
+    the model family's class is written instead (a serving engine such as vLLM picks the model it
+    builds by it), or ``model_class`` for a family the registry does not know."""
+    from nemo_craft.models.families import family_for_hf_config
+
     config = hf_config.to_dict()
     for key in _GGUF_ONLY_CONFIG_KEYS:
         config.pop(key, None)
+    if not config.get("architectures"):
+        try:
+            config["architectures"] = [family_for_hf_config(config).hf_architecture]
+        except ValueError:
+            config["architectures"] = [model_class]
     config["torch_dtype"] = config["dtype"] = dtype
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)

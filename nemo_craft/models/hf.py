@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint import and export (Qwen2 / Qwen2.5, Qwen3, Llama; safetensors).
+"""Hugging Face checkpoint import and export (the registered model families; safetensors).
 
     model_cfg = ModelConfig.from_hf_config(hf_dir)
     chunks = build_model(model_cfg, parallel_cfg)
@@ -27,10 +27,10 @@ import torch.distributed as dist
 
 from nemo_craft.models.config import ModelConfig
 from nemo_craft.models.hf_mapping import (
-    IGNORED_HF_SUFFIXES,
     REPLICATED,
     expected_names,
     global_named_parameters,
+    hf_names,
     hf_tensor_names,
     merge_tp_shards,
     read_tp_shard,
@@ -161,10 +161,11 @@ def _check_checkpoint_names(reader: SafetensorsReader, cfg: ModelConfig) -> None
             f"checkpoint {reader.hf_dir!r} lacks {len(missing)} tensors the model needs, e.g. "
             f"{missing[:4]}; check architecture / qk_layernorm / add_qkv_bias / tie_word_embeddings"
         )
+    names = hf_names(cfg)
     extra = sorted(
         k
         for k in reader.keys() - needed
-        if not k.endswith(IGNORED_HF_SUFFIXES) and not (k == "lm_head.weight" and cfg.tie_word_embeddings)
+        if not k.endswith(names.ignored_suffixes) and not (k == names.output_layer and cfg.tie_word_embeddings)
     )
     if extra:
         raise ValueError(

@@ -17,8 +17,10 @@ hidden, ``f`` ffn hidden, ``t`` TP size, ``Vp`` padded vocab):
   past the real vocabulary are zeros on import and dropped on export.
 - norms: replicated.
 
-Names are "canonical": the local spec's names with *global* layer indices; Transformer Engine's
-fused-norm names (``linear_qkv.layer_norm_weight``) are translated to them.
+The Hugging Face names are the model family's (``families.WeightNames``); the layouts are
+megatron's, the same for every family. Megatron names are "canonical": the local spec's names
+with *global* layer indices; Transformer Engine's fused-norm names (``linear_qkv.layer_norm_weight``)
+are translated to them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Optional
 import torch
 
 from nemo_craft.models.config import ModelConfig
+from nemo_craft.models.families import WeightNames, family
 
 __all__ = [
     "WeightRule",
@@ -41,37 +44,29 @@ __all__ = [
     "read_tp_shard",
     "merge_tp_shards",
     "hf_tensor_names",
-    "IGNORED_HF_SUFFIXES",
+    "hf_names",
 ]
 
 # Megatron kinds: how a parameter is laid out over TP.
 REPLICATED, VOCAB, COLUMN, QKV, FC1 = "replicated", "vocab", "column", "qkv", "fc1"
-
-# Hugging Face tensors that carry nothing the model needs (old Llama checkpoints store RoPE's
-# inverse frequencies).
-IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
 _TE_TO_LOCAL = (
     (".self_attention.linear_qkv.layer_norm_weight", ".input_layernorm.weight"),
     (".mlp.linear_fc1.layer_norm_weight", ".pre_mlp_layernorm.weight"),
 )
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_PER_LAYER = {
-    "input_layernorm.weight": (REPLICATED, ("input_layernorm.weight",)),
-    "pre_mlp_layernorm.weight": (REPLICATED, ("post_attention_layernorm.weight",)),
-    "self_attention.linear_qkv.weight": (
-        QKV,
-        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-    ),
-    "self_attention.linear_qkv.bias": (
-        QKV,
-        ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
-    ),
-    "self_attention.q_layernorm.weight": (REPLICATED, ("self_attn.q_norm.weight",)),
-    "self_attention.k_layernorm.weight": (REPLICATED, ("self_attn.k_norm.weight",)),
-    "self_attention.linear_proj.weight": (COLUMN, ("self_attn.o_proj.weight",)),
-    "mlp.linear_fc1.weight": (FC1, ("mlp.gate_proj.weight", "mlp.up_proj.weight")),
-    "mlp.linear_fc2.weight": (COLUMN, ("mlp.down_proj.weight",)),
+# Megatron layer parameter -> its TP layout (the Hugging Face names are the family's,
+# nemo_craft.models.families.WeightNames.per_layer).
+_KIND = {
+    "input_layernorm.weight": REPLICATED,
+    "pre_mlp_layernorm.weight": REPLICATED,
+    "self_attention.linear_qkv.weight": QKV,
+    "self_attention.linear_qkv.bias": QKV,
+    "self_attention.q_layernorm.weight": REPLICATED,
+    "self_attention.k_layernorm.weight": REPLICATED,
+    "self_attention.linear_proj.weight": COLUMN,
+    "mlp.linear_fc1.weight": FC1,
+    "mlp.linear_fc2.weight": COLUMN,
 }
 
 
@@ -94,22 +89,28 @@ def canonical_name(name: str) -> str:
     return name
 
 
+def hf_names(cfg: ModelConfig) -> WeightNames:
+    """The checkpoint tensor names of ``cfg``'s model family."""
+    return family(cfg.architecture).weights
+
+
 def weight_rule(name: str, cfg: ModelConfig) -> WeightRule:
     """The rule of a canonical megatron parameter name (global layer index)."""
     h, d, f = cfg.hidden_size, cfg.kv_channels, cfg.ffn_hidden_size
     nq, ng = cfg.num_attention_heads, cfg.num_query_groups
+    names = hf_names(cfg)
     if name == "embedding.word_embeddings.weight":
-        return WeightRule(name, VOCAB, ("model.embed_tokens.weight",), ((cfg.vocab_size, h),))
+        return WeightRule(name, VOCAB, (names.embedding,), ((cfg.vocab_size, h),))
     if name == "output_layer.weight":
-        hf = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        hf = names.embedding if cfg.tie_word_embeddings else names.output_layer
         return WeightRule(name, VOCAB, (hf,), ((cfg.vocab_size, h),))
     if name == "decoder.final_layernorm.weight":
-        return WeightRule(name, REPLICATED, ("model.norm.weight",), ((h,),))
+        return WeightRule(name, REPLICATED, (names.final_norm,), ((h,),))
     match = _LAYER.match(name)
-    if match is None or match.group(2) not in _PER_LAYER:
+    if match is None or match.group(2) not in _KIND or match.group(2) not in names.per_layer:
         raise KeyError(f"no Hugging Face mapping for megatron parameter {name!r}")
     layer, rest = int(match.group(1)), match.group(2)
-    kind, suffixes = _PER_LAYER[rest]
+    kind, suffixes = _KIND[rest], names.per_layer[rest]
     shapes = {
         "input_layernorm.weight": ((h,),),
         "pre_mlp_layernorm.weight": ((h,),),
@@ -121,7 +122,7 @@ def weight_rule(name: str, cfg: ModelConfig) -> WeightRule:
         "mlp.linear_fc1.weight": ((f, h), (f, h)),
         "mlp.linear_fc2.weight": ((h, f),),
     }[rest]
-    return WeightRule(name, kind, tuple(f"model.layers.{layer}.{s}" for s in suffixes), shapes)
+    return WeightRule(name, kind, tuple(names.layer(layer, s) for s in suffixes), shapes)
 
 
 def expected_names(cfg: ModelConfig) -> list[str]:

@@ -31,9 +31,13 @@ def tiny_hf_config(
     rope_theta: float = 10000.0,
     llama3_rope_scaling: Optional[float] = None,
 ):
-    """A transformers config of ``architecture`` ("llama", "qwen2", "qwen3")."""
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+    """A transformers config of the model family ``architecture`` ("llama", "qwen2", "qwen3" or
+    any registered family whose ``hf_config_class`` transformers has)."""
+    import transformers
 
+    from nemo_craft.models.families import family
+
+    fam = family(architecture)
     common = dict(
         num_hidden_layers=num_layers,
         hidden_size=hidden_size,
@@ -60,15 +64,12 @@ def tiny_hf_config(
             original_max_position_embeddings=8192,
         )
         common["max_position_embeddings"] = int(8192 * llama3_rope_scaling)
-    if architecture == "qwen2":
+    config_class = getattr(transformers, fam.hf_config_class)
+    if not fam.hf_head_dim:
         if head_dim is not None:
-            raise ValueError("Qwen2 has no head_dim setting (it is hidden_size / num_attention_heads)")
-        return Qwen2Config(rope_parameters=rope, **common)
-    if architecture == "qwen3":
-        return Qwen3Config(head_dim=head_dim or hidden_size // num_attention_heads, rope_parameters=rope, **common)
-    if architecture == "llama":
-        return LlamaConfig(head_dim=head_dim or hidden_size // num_attention_heads, rope_parameters=rope, **common)
-    raise ValueError(f"architecture={architecture!r}: allowed values are 'llama', 'qwen2', 'qwen3'")
+            raise ValueError(f"{fam.hf_config_class} has no head_dim setting (it is hidden_size / num_attention_heads)")
+        return config_class(rope_parameters=rope, **common)
+    return config_class(head_dim=head_dim or hidden_size // num_attention_heads, rope_parameters=rope, **common)
 
 
 def make_tiny_hf_checkpoint(

@@ -322,7 +322,8 @@ def dynamic_context(model_config, *, layers_on_stage: int, settings: dict):
     if layers_on_stage != even:
         raise ValueError(
             f"this pipeline stage has {layers_on_stage} layers, not num_layers / PP = {even}: megatron-core "
-            f"{api.version}'s dynamic context sizes the KV cache for an even split; use rollout.generation.backend=static"
+            f"{api.version}'s dynamic context sizes the KV cache for an even split; "
+            "use rollout.generation.backend=static"
         )
     fields = {f.name for f in dataclasses.fields(InferenceConfig)}
     unknown = sorted(set(settings) - fields)

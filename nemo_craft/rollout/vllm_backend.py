@@ -206,10 +206,13 @@ class VllmBackend:
         """The refit's tensors as the engine loads them. With tied embeddings the engine's output
         layer is loaded on its own during a reload (its reload works layer by layer, and a layer
         given no tensor keeps its old one): it gets the embedding under its own name too."""
+        from nemo_craft.models.families import family
+
+        names = family(self.model_cfg.architecture).weights  # the family's checkpoint names
         for name, tensor in self._full_hf_weights(self.model_chunks, self.model_cfg):
             yield name, tensor
-            if name == "model.embed_tokens.weight" and self.model_cfg.tie_word_embeddings:
-                yield "lm_head.weight", tensor
+            if name == names.embedding and self.model_cfg.tie_word_embeddings:
+                yield names.output_layer, tensor
 
     def weights_changed(self) -> None:
         """Refit before the next generation."""

@@ -38,6 +38,7 @@ def build_model_chunks(run: RunConfig, *, for_training: bool) -> list:
     """This rank's bare model chunks with the ``model.hf_path`` weights (the initial ones when
     none). Training builds them with per-token loss normalisation (the loss contract with
     megatron, docs/design.md#the-loss-contract-with-megatron); generation does not need it."""
+    run.model.check_weights()  # init / hf_path / config.json agree (also at start-up validation)
     overrides = {"calculate_per_token_loss": True} if for_training else None
     chunks = build_model(run.model, run.parallel, transformer_config_overrides=overrides)
     if run.model.hf_path:

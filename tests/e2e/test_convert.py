@@ -20,23 +20,12 @@ def _cli(*args, cwd):
 def test_from_hf_then_to_hf_round_trip(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     hf = make_tiny_hf_checkpoint(str(tmp_path / "hf"), "qwen3", num_layers=2)
-    common = [
-        "model=tiny",
-        "model.architecture=qwen3",
-        "model.num_layers=2",
-        "model.hidden_size=64",
-        "model.ffn_hidden_size=160",
-        "model.num_attention_heads=4",
-        "model.num_query_groups=2",
-        "model.kv_channels=16",
-        "model.vocab_size=320",
-        "model.tie_word_embeddings=false",
-        "model.rotary_base=10000",
-        f"run_dir={tmp_path}/run",
-    ]
-    _cli("from-hf", *common, f"model.hf_path={hf}", "--out", str(tmp_path / "ckpt"), cwd=repo)
-    # No model.hf_path here: the weights can only come from the checkpoint.
-    _cli("to-hf", *common, f"checkpoint.resume={tmp_path}/ckpt", "--out", str(tmp_path / "back"), cwd=repo)
+    run_dir = f"run_dir={tmp_path}/run"
+    _cli("from-hf", "model=from_hf", f"model.hf_path={hf}", run_dir, "--out", str(tmp_path / "ckpt"), cwd=repo)
+    # The architecture is the checkpoint's recorded config; no model.hf_path here, so the
+    # weights can only come from the checkpoint.
+    no_hf = ["model.hf_path=null", "model.init=random"]
+    _cli("to-hf", *no_hf, run_dir, f"checkpoint.resume={tmp_path}/ckpt", "--out", str(tmp_path / "back"), cwd=repo)
     a = load_file(f"{hf}/model.safetensors")
     b = load_file(str(tmp_path / "back" / "model.safetensors"))
     assert a.keys() == b.keys()
