@@ -193,3 +193,28 @@ def test_an_on_policy_batch_is_the_batch_with_the_policys_own_logprobs(name):
     full = _step_outcome(cfg, dataclasses.replace(raw, logp_old=own), logits, targets, own)
     on_policy = _step_outcome(cfg, dataclasses.replace(raw, logp_old=None), logits, targets, None)
     assert torch.equal(full[0], on_policy[0]) and torch.equal(full[1], on_policy[1]) and full[2] == on_policy[2]
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_logprob_mismatch_metric_is_the_samplers_distance_from_pi_old(shift):
+    """``rollout/logprob_diff_*``, the oracle of every "the engine was refit" test: 0 for the
+    sampler's own log-probs, and a known offset on one token shows as the max and in the mean."""
+    import dataclasses
+
+    raw, logits, targets = _setup(seed=7)
+    mask = raw.loss_mask
+    b, s = mask.nonzero()[3].tolist()
+    rollout = raw.logp_old.clone()
+    rollout[b, s] -= shift
+    cfg = LossConfig.preset("craft")
+    batch = compute_credits(dataclasses.replace(raw, logp_rollout=rollout), cfg)
+    _, metrics = policy_loss(logits, targets, batch, cfg)
+    # pi_old's log-probs are float32: the diff is exact up to the float32 rounding of the shift
+    assert float(metrics["rollout/logprob_diff_max"]) == pytest.approx(shift, abs=1e-6)
+    assert float(metrics["rollout/logprob_diff_mean"]) == pytest.approx(shift / int(mask.sum()), abs=1e-8)
+    if shift:
+        # the offset on a padding position is not a sampled token: it must not count
+        pad_b, pad_s = (~mask).nonzero()[0].tolist()
+        rollout[pad_b, pad_s] += 5.0
+        batch = compute_credits(dataclasses.replace(raw, logp_rollout=rollout), cfg)
+        assert float(policy_loss(logits, targets, batch, cfg)[1]["rollout/logprob_diff_max"]) < shift + 1e-6
