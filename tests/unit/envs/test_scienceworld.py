@@ -1,10 +1,9 @@
-import shutil
-
 import pytest
 
-pytest.importorskip("scienceworld")
-if shutil.which("java") is None:
-    pytest.skip("ScienceWorld needs Java", allow_module_level=True)
+from tests.conftest import need_engine, need_java
+
+need_engine("scienceworld")
+need_java()
 
 from nemo_craft.envs import make_env  # noqa: E402
 from nemo_craft.envs.scienceworld import ScienceWorldConfig  # noqa: E402
