@@ -9,11 +9,20 @@ so ``pytest -m unit`` is the fast inner loop and ``-m "not e2e"`` leaves the rea
     tests/vllm/         vllm         the vllm rollout backend (needs vLLM; tests/vllm/conftest.py)
 
 ``slow`` is set by the tests themselves and cuts across the directories.
+
+The environment engines of the ``envs`` extra (ScienceWorld, with Java, and ALFWorld) are optional:
+``need_engine`` / ``need_java`` skip a test without them, and fail it instead under
+``NEMO_CRAFT_EXPECT_ENVS=1`` (set by .ci/run, whose ``install.sh test`` installs the extra), as
+tests/vllm does with NEMO_CRAFT_EXPECT_VLLM.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -47,3 +56,23 @@ def pytest_collection_modifyitems(config, items):
         marker = marker_of(item.path)
         if marker is not None:
             item.add_marker(marker)
+
+
+def _missing(problem: str) -> None:
+    if os.environ.get("NEMO_CRAFT_EXPECT_ENVS") == "1":
+        pytest.fail(f"NEMO_CRAFT_EXPECT_ENVS=1 but {problem}", pytrace=False)
+    pytest.skip(problem, allow_module_level=True)
+
+
+def need_engine(module: str) -> ModuleType:
+    """``import module`` (an engine of the envs extra), or skip the test (fail where it was promised)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        _missing(f"{module} is not installed ({err}); it is in the envs extra: pip install -e .[envs]")
+
+
+def need_java() -> None:
+    """ScienceWorld's engine runs on the JVM: skip without ``java`` (fail where it was promised)."""
+    if shutil.which("java") is None:
+        _missing("ScienceWorld needs Java: no `java` on the PATH")

@@ -89,15 +89,43 @@ def compare_with_megatron(num_heads, num_groups, head_dim):
     return out
 
 
+def _plain_attention(q, k, v, scale):
+    """softmax(q k^T * scale + causal -inf) v in float64, grouped heads repeated:
+    [s, b, heads, hn] and [s, b, groups, hn] -> [s, b, heads * hn]."""
+    reps = q.size(2) // k.size(2)
+    q, k, v = (x.double().permute(1, 2, 0, 3) for x in (q, k.repeat_interleave(reps, 2), v.repeat_interleave(reps, 2)))
+    scores = q @ k.transpose(-1, -2) * scale
+    s = scores.size(-1)
+    scores = scores.masked_fill(torch.triu(torch.ones(s, s, dtype=torch.bool, device=scores.device), 1), -torch.inf)
+    out = torch.softmax(scores, -1) @ v
+    return out.permute(2, 0, 1, 3).reshape(out.size(2), out.size(0), -1)
+
+
 def dropout_draws_from_the_model_parallel_rng():
-    """SDPAttention with dropout: eval is deterministic and equals dropout-free attention;
-    training draws a mask from megatron's tracker (same seed, same output; differs from eval)."""
+    """SDPAttention with dropout: eval is deterministic and equals dropout-free attention (a
+    float64 softmax loop); training draws a mask from megatron's tracker (same seed, same
+    output; differs from eval). Negative control: an attention that keeps dropout in eval (the
+    kernel handed ``dropout_p`` whatever the mode) must fail the eval check."""
+    from unittest import mock
+
     from megatron.core import tensor_parallel
+
+    from nemo_craft.models import sdpa as sdpa_mod
 
     _, sdpa = _pair(4, 2, 8, attention_dropout=0.5)
     q, k, v = _qkv(6, 6, 2, 4, 2, 8, seed=7)
+    plain = _plain_attention(q, k, v, sdpa.softmax_scale)
     sdpa.eval()
     evaluated = sdpa(q, k, v, None)
+    again = sdpa(q, k, v, None)
+    real_sdpa = sdpa_mod.F.scaled_dot_product_attention
+
+    def always_dropout(*args, **kwargs):
+        return real_sdpa(*args, **{**kwargs, "dropout_p": 0.5})
+
+    tensor_parallel.model_parallel_cuda_manual_seed(123)
+    with mock.patch.object(sdpa_mod.F, "scaled_dot_product_attention", always_dropout):
+        broken_eval = sdpa(q, k, v, None)
     sdpa.train()
     runs = []
     for _ in range(2):
@@ -105,6 +133,9 @@ def dropout_draws_from_the_model_parallel_rng():
         runs.append(sdpa(q, k, v, None))
     return dict(
         device=str(q.device.type),
+        eval_deterministic=bool(torch.equal(evaluated, again)),
+        eval_error=float((evaluated.double() - plain).abs().max()),
+        broken_eval_error=float((broken_eval.double() - plain).abs().max()),
         same_seed_same=bool(torch.equal(runs[0], runs[1])),
         train_differs_from_eval=not torch.allclose(runs[0], evaluated),
     )

@@ -189,6 +189,42 @@ def sokoban_rollout():
 
 # -- tests ---------------------------------------------------------------------------------------
 
+
+def check_greedy(greedy, reference, eos):
+    """Each greedy generation is the plain loop's tokens up to and including its first EOS
+    (reason "eos"), or all STEPS of them where the loop emits none (reason "length")."""
+    assert len(greedy) == len(reference) > 0
+    for (ids, logprobs, reason, _), (ref_ids, ref_logprobs) in zip(greedy, reference):
+        assert len(ref_ids) == STEPS
+        expect = ("eos", ref_ids.index(eos) + 1) if eos in ref_ids else ("length", STEPS)
+        assert (reason, len(ids)) == expect
+        assert ids == ref_ids[: expect[1]]
+        assert logprobs == pytest.approx(ref_logprobs[: expect[1]], abs=1e-5)
+
+
+def test_check_greedy_rejects_a_short_run_a_wrong_reason_and_a_wrong_token():
+    """Negative controls of the check above: it must fire on each way a run can be wrong."""
+    eos = CharTokenizer().eos_id
+    ref_ids = [5 + (i % 7) for i in range(STEPS)]  # no EOS: the run must last STEPS tokens
+    ref_lp = [-0.1 * i for i in range(STEPS)]
+    good = [(ref_ids, ref_lp, "length", "")]
+    check_greedy(good, [(ref_ids, ref_lp)], eos)  # the positive control
+    with_eos = ref_ids[:4] + [eos] + ref_ids[5:]
+    check_greedy([(with_eos[:5], ref_lp[:5], "eos", "")], [(with_eos, ref_lp)], eos)
+    broken = {
+        "cut short": [(ref_ids[:7], ref_lp[:7], "length", "")],
+        "eos without one": [(ref_ids, ref_lp, "eos", "")],
+        "a wrong token": [(ref_ids[:-1] + [4], ref_lp, "length", "")],
+        "a wrong log-prob": [(ref_ids, ref_lp[:-1] + [0.5], "length", "")],
+    }
+    for name, run in broken.items():
+        with pytest.raises(AssertionError):
+            check_greedy(run, [(ref_ids, ref_lp)], eos)
+            pytest.fail(f"check_greedy accepted {name}")  # never reached when the check fires
+    with pytest.raises(AssertionError):  # ran past the EOS of the plain loop
+        check_greedy([(with_eos[:6], ref_lp[:6], "eos", "")], [(with_eos, ref_lp)], eos)
+
+
 LAYOUTS = {"TP1": (1, 1, 1), "TP2": (2, 2, 1), "PP2": (2, 1, 2)}
 
 
@@ -198,11 +234,7 @@ def test_greedy_equals_plain_loop_and_sampling_is_seeded(layout):
     ranks = run_distributed(greedy_and_sampling, world_size=world_size, tp=tp, pp=pp)
     out = ranks[0]
     assert all(r == out for r in ranks[1:]), "ranks disagree"
-    eos = CharTokenizer().eos_id
-    for (ids, logprobs, reason, _), (ref_ids, ref_logprobs) in zip(out["greedy"], out["reference"]):
-        assert ids == ref_ids[: len(ids)]
-        assert logprobs == pytest.approx(ref_logprobs[: len(ids)], abs=1e-5)
-        assert (reason, len(ids)) == ("eos", ref_ids.index(eos) + 1) if eos in ref_ids else ("length", STEPS)
+    check_greedy(out["greedy"], out["reference"], CharTokenizer().eos_id)
     assert out["first"] == out["again"]
     assert [r[0] for r in out["first"]] != [r[0] for r in out["other"]]
     assert out["training"], "generation must give the model back in the mode it found it"

@@ -156,3 +156,23 @@ def nan_grad_run(run_dir: str, overrides: list, parallel: dict | None = None):
         "unchanged": all(torch.equal(initial[n], p) for n, p in t.model[0].named_parameters()),
         "optimizer_state": sum(len(o.state) for o in inner),
     }
+
+
+def train_with_rollout_offset(run_dir: str, overrides: list, offset: float):
+    """``train`` with the sampler's log-probs of its action tokens shifted by ``offset``, as an
+    engine that was not refit would report them: ``rollout/logprob_diff_*`` must show the shift."""
+    import dataclasses
+
+    import torch
+
+    from nemo_craft.trainer import experience
+
+    real_collate = experience.collate_trajectories
+
+    def collate(*args, **kwargs):
+        sb = real_collate(*args, **kwargs)
+        shifted = torch.where(sb.loss_mask, sb.rollout_logprobs + offset, sb.rollout_logprobs)
+        return dataclasses.replace(sb, rollout_logprobs=shifted)
+
+    experience.collate_trajectories = collate
+    return train(run_dir, overrides)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from nemo_craft.testing.distributed import run_distributed
+from tests.conftest import need_engine
 from tests.e2e import _bodies_train as bodies
 
 ENVS = [
@@ -18,7 +19,7 @@ ENVS = [
 @pytest.mark.parametrize("env, extra", ENVS)
 def test_one_training_step_on_each_environment(tmp_path, env, extra):
     if env in ("scienceworld", "alfworld"):
-        pytest.importorskip(env)
+        need_engine(env)
     out = run_distributed(
         bodies.train,
         world_size=1,

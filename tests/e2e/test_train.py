@@ -107,6 +107,21 @@ def test_trainer_logprobs_are_the_samplers_at_the_behaviour_temperature(tmp_path
         assert 0 <= row["rollout/logprob_diff_mean"] < 1e-5 and row["rollout/logprob_diff_max"] < 1e-4, row
 
 
+def test_the_logprob_mismatch_metric_shows_a_sampler_that_was_not_refit(tmp_path):
+    """Negative control of the check above (and of the CP, vLLM and SmolLM2 ones on the same
+    metric): the sampler's log-probs shifted by a known offset, the logged max and mean are it."""
+    offset = 0.25
+    out = run_distributed(
+        bodies.train_with_rollout_offset,
+        world_size=1,
+        timeout=600,
+        args=(str(tmp_path / "off"), ["trainer.max_steps=1", "checkpoint.save_every=0"], offset),
+    )[0]
+    (row,) = out["rows"]
+    assert row["rollout/logprob_diff_max"] == pytest.approx(offset, abs=1e-4), row
+    assert row["rollout/logprob_diff_mean"] == pytest.approx(offset, abs=1e-4), row
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(DistributedTestError, match="not found"):
         run_distributed(

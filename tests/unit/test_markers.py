@@ -38,3 +38,19 @@ def test_a_directory_without_a_marker_is_refused_with_the_fix():
 def test_this_test_carries_the_unit_marker(request):
     assert request.node.get_closest_marker("unit") is not None
     assert request.node.get_closest_marker("e2e") is None
+
+
+def test_a_missing_engine_skips_unless_it_was_promised(monkeypatch):
+    """need_engine / need_java: a skip that names the extra, a failure under NEMO_CRAFT_EXPECT_ENVS=1."""
+    from tests.conftest import need_engine, need_java
+
+    monkeypatch.delenv("NEMO_CRAFT_EXPECT_ENVS", raising=False)
+    assert need_engine("json").__name__ == "json"  # an importable module comes back
+    with pytest.raises(pytest.skip.Exception, match=r"nemo_craft_no_such_engine is not installed .*\.\[envs\]"):
+        need_engine("nemo_craft_no_such_engine")
+    monkeypatch.setenv("NEMO_CRAFT_EXPECT_ENVS", "1")
+    with pytest.raises(pytest.fail.Exception, match="NEMO_CRAFT_EXPECT_ENVS=1 but nemo_craft_no_such_engine"):
+        need_engine("nemo_craft_no_such_engine")
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(pytest.fail.Exception, match="ScienceWorld needs Java"):
+        need_java()

@@ -2,8 +2,10 @@ import json
 
 import pytest
 
-pytest.importorskip("alfworld")
-pytest.importorskip("textworld")
+from tests.conftest import need_engine
+
+need_engine("alfworld")
+need_engine("textworld")
 
 from nemo_craft.envs import make_env  # noqa: E402
 from nemo_craft.envs.alfworld import TASK_TYPES, ALFWorldConfig, generate_game  # noqa: E402

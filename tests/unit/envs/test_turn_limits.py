@@ -20,6 +20,7 @@ from nemo_craft.envs import scienceworld as sw
 from nemo_craft.envs.scienceworld_plan_lengths import PLAN_LENGTHS, SPLIT_RANGES
 from nemo_craft.eval.splits import split_spec
 from nemo_craft.seeds import train_task_seed0
+from tests.conftest import need_engine
 
 RUN = compose([])  # the shipped configuration, its YAMLs and the dataclass defaults they leave out
 TRAIN_FIRST = train_task_seed0(RUN.seed)
@@ -93,7 +94,7 @@ def test_scienceworld_seeds_draw_only_plans_that_fit():
 @pytest.mark.parametrize("n", [3, pytest.param(SEEDS, marks=pytest.mark.slow)], ids=["few", "all"])
 @pytest.mark.parametrize("label", ["train", "validation", "test"])
 def test_every_drawn_alfworld_plan_fits_the_turn_limit(label, n, tmp_path):
-    pytest.importorskip("alfworld")
+    need_engine("alfworld")
     ((cfg, seeds),) = [(c, s) for name, c, s in draws("alfworld", n) if name == label]
     cfg = {**cfg, "cache_dir": str(tmp_path)}
     assert too_long("alfworld", cfg, seeds) == [], f"alfworld {label}: (seed, plan, turn limit)"

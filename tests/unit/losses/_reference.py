@@ -141,10 +141,19 @@ def ref_token_stats(logits, targets):
 
 def ref_loss(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, cringe_pos=None):
     """The SDAR / CRAFT loss in float64, token by token. ``credit``: [B, S] c per token."""
+    return ref_terms(logits, targets, batch, cfg, lam=lam, beta=beta, credit=credit, cringe_pos=cringe_pos)["loss"]
+
+
+def ref_terms(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, cringe_pos=None):
+    """The loss (a float64 tensor carrying the gradient) and the token mean of each logged term
+    (``loss/*`` keys, Python floats), summed token by token from docs/algorithm.md's formulas."""
     logp_all, ent_all = ref_token_stats(logits, targets)
     z64 = logits.double()
     mask = batch.loss_mask
     total = 0.0
+    sums = dict.fromkeys(("loss/pg", "loss/entropy", "loss/kl_ref", "loss/kl_term", "loss/clip_frac"), 0.0)
+    if cfg.distill != "none":
+        sums["loss/distill"] = 0.0
     n = int(mask.sum())
     delta = batch.logp_teacher.double() - batch.logp_old.double()
     for b in range(mask.shape[0]):
@@ -164,27 +173,63 @@ def ref_loss(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, crin
             pg = torch.maximum(-A * r, -A * torch.clamp(r, 1 - cfg.clip_eps, 1 + cfg.clip_eps))
             if A < 0:
                 pg = torch.minimum(pg, -A * cfg.dual_clip)
+            # the clip binds: the ratio left the trust region on the side the advantage pushes it
+            clipped = (A > 0 and r > 1 + cfg.clip_eps) or (A < 0 and r < 1 - cfg.clip_eps)
             rho = torch.exp(torch.clamp(lr - lp, -cfg.kl_clamp, cfg.kl_clamp))
+            k3 = rho - torch.log(rho) - 1
             c = float(credit[b, s])
-            if cfg.polarized_kl and c < 0:
-                kl = rho * torch.log(rho) - rho + 1
-            else:
-                kl = rho - torch.log(rho) - 1
-            term = pg - cfg.entropy_coef * ent_all[b, s] + beta * kl
+            kl = rho * torch.log(rho) - rho + 1 if cfg.polarized_kl and c < 0 else k3
+            distill = 0.0
             if cfg.distill == "sdar":
-                term = term + lam * c * (lt - lp)
+                distill = lam * c * (lt - lp)
             elif cfg.distill == "skill_sd":
                 u = lp - lt
-                term = term + cfg.skill_sd_coef * torch.exp(lp.detach() - lo) * (torch.exp(-u) - 1 + u)
+                distill = cfg.skill_sd_coef * torch.exp(lp.detach() - lo) * (torch.exp(-u) - 1 + u)
             elif cfg.distill == "cringe":
                 if d > 0:
-                    term = term + lam * c * (lt - lp)
+                    distill = lam * c * (lt - lp)
                 elif d < 0:
-                    term = term + lam * torch.nn.functional.softplus(
+                    distill = lam * torch.nn.functional.softplus(
                         z64[b, s, targets[b, s]] - z64[b, s, int(cringe_pos[b, s])]
                     )
-            total = total + term
-    return total / n
+            total = total + pg - cfg.entropy_coef * ent_all[b, s] + beta * kl + distill
+            for key, value in (
+                ("loss/pg", pg),
+                ("loss/entropy", ent_all[b, s]),
+                ("loss/kl_ref", k3),
+                ("loss/kl_term", kl),
+                ("loss/clip_frac", float(clipped)),
+                ("loss/distill", distill),
+            ):
+                if key in sums:
+                    sums[key] += float(value.detach()) if torch.is_tensor(value) else float(value)
+    return {"loss": total / n, **{k: v / n for k, v in sums.items()}}
+
+
+def ref_credit_stats(batch: TokenBatch, cfg) -> dict:
+    """``credit/*`` of a raw batch (before compute_credits), from the definitions: gate
+    g = sigmoid(beta_g * Delta), credit c = g * tanh(CTI / kappa) where a sibling has the key
+    (else g), and the token means of Delta > 0, c > 0, c < 0 and |CTI| (over defined tokens)."""
+    mask = batch.loss_mask
+    delta = batch.logp_teacher.double() - batch.logp_old.double()
+    adv = ref_advantages(batch.rewards, batch.group_ids, eps=cfg.adv_eps)
+    cti = ref_cti(batch, adv, align=cfg.align, clip=cfg.cti_clip, tau=cfg.cti_tau) if cfg.counterfactual else {}
+    credits, defined = [], []
+    for b, s in mask.nonzero().tolist():
+        gate = 1.0 / (1.0 + math.exp(-cfg.gate_beta * float(delta[b, s])))
+        x = cti.get((b, s))
+        credits.append(gate if x is None else gate * math.tanh(x / cfg.cti_kappa))
+        if x is not None:
+            defined.append(abs(x))
+    n = len(credits)
+    out = {
+        "credit/gate_activity": float((delta[mask] > 0).double().sum()) / n,
+        "credit/frac_pos_credit": sum(c > 0 for c in credits) / n,
+        "credit/frac_neg_credit": sum(c < 0 for c in credits) / n,
+    }
+    if cfg.counterfactual:
+        out["credit/mean_abs_cti"] = sum(defined) / len(defined)
+    return out
 
 
 def ref_cringe_positive(logits, targets, uniforms, k):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from nemo_craft.losses import PRESETS, ControllerState, LossConfig, TokenBatch, compute_credits, policy_loss
+from nemo_craft.losses import PRESETS, ControllerState, LossConfig, compute_credits, policy_loss, terms
 from nemo_craft.parallel.vocab_parallel import counter_uniforms, vocab_parallel_token_stats
-from tests.unit.losses._reference import make_batch, ref_cringe_positive, ref_loss
+from tests.unit.losses._reference import make_batch, ref_credit_stats, ref_cringe_positive, ref_terms
 
 V = 41
 
@@ -28,9 +28,9 @@ def _setup(seed=0, **kw):
     return raw, logits, targets
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_preset_matches_reference(name):
-    raw, logits, targets = _setup()
+def _against_reference(name, seed=0):
+    """(logged metrics, float64 reference values, loss, reference loss, both logits gradients)."""
+    raw, logits, targets = _setup(seed)
     cfg = LossConfig.preset(name)
     state = ControllerState.initial(cfg).update(0.9).update(0.8)  # weights away from the base
     batch = compute_credits(raw, cfg)
@@ -38,28 +38,62 @@ def test_preset_matches_reference(name):
     loss, metrics = policy_loss(leaf, targets, batch, cfg, state)
     loss.backward()
     lam, beta = (state.lam, state.beta) if cfg.controller else (cfg.sd_coef, cfg.kl_coef)
+    assert metrics["controller/lambda"] == lam and metrics["controller/beta"] == beta
     cringe_pos = None
     if cfg.distill == "cringe":
         u = counter_uniforms(cfg.cringe_seed, state.step, torch.arange(raw.batch_size), 16)
         cringe_pos = ref_cringe_positive(logits, targets, u, cfg.cringe_k)
     ref_leaf = logits.double().requires_grad_(True)
-    ref = ref_loss(ref_leaf, targets, batch, cfg, lam=lam, beta=beta, credit=batch.credit, cringe_pos=cringe_pos)
-    ref.backward()
-    torch.testing.assert_close(loss.double(), ref.detach(), rtol=2e-6, atol=1e-7)
-    torch.testing.assert_close(leaf.grad.double(), ref_leaf.grad, rtol=1e-5, atol=1e-8)
-    assert metrics["controller/lambda"] == lam and metrics["controller/beta"] == beta
-    for key in (
-        "loss/kl_ref",
-        "loss/entropy",
-        "loss/clip_frac",
-        "credit/gate_activity",
-        "credit/frac_pos_credit",
-        "credit/frac_neg_credit",
-        "credit/n_singleton_groups",
-    ):
-        assert key in metrics
-    if cfg.counterfactual:
-        assert metrics["credit/ess"] >= 1.0 and metrics["credit/mean_abs_cti"] > 0
+    ref = ref_terms(ref_leaf, targets, batch, cfg, lam=lam, beta=beta, credit=batch.credit, cringe_pos=cringe_pos)
+    ref["loss"].backward()
+    expected = {k: v for k, v in ref.items() if k != "loss"} | ref_credit_stats(raw, cfg)
+    return metrics, expected, (loss, ref["loss"].detach()), (leaf.grad, ref_leaf.grad)
+
+
+def check_logged_terms(metrics, expected):
+    """Every logged loss and credit term equals its float64 reference value; no term is missing."""
+    assert set(expected) <= set(metrics), sorted(set(expected) - set(metrics))
+    for key, value in expected.items():
+        assert float(metrics[key]) == pytest.approx(value, rel=1e-5, abs=1e-7), (key, float(metrics[key]), value)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_matches_reference(name):
+    metrics, expected, (loss, ref), (grad, ref_grad) = _against_reference(name)
+    torch.testing.assert_close(loss.double(), ref, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-8)
+    check_logged_terms(metrics, expected)
+    # the reference covers each logged term this preset has (a new term needs a reference value)
+    logged = {k for k in metrics if k.startswith("loss/")} | {"credit/frac_pos_credit", "credit/gate_activity"}
+    assert logged <= set(expected), sorted(logged - set(expected))
+    if LossConfig.preset(name).counterfactual:
+        assert metrics["credit/ess"] >= 1.0 and expected["credit/mean_abs_cti"] > 0
+
+
+@pytest.mark.parametrize("key", ["loss/pg", "loss/entropy", "loss/kl_ref", "loss/clip_frac", "credit/mean_abs_cti"])
+def test_the_term_check_fires_on_a_wrong_value(key):
+    """Negative control: each logged term 0.1% off its reference (or missing) fails the check."""
+    metrics, expected, _, _ = _against_reference("craft")
+    check_logged_terms(metrics, expected)
+    with pytest.raises(AssertionError):
+        check_logged_terms({**metrics, key: float(metrics[key]) * 1.001 + 1e-6}, expected)
+    with pytest.raises(AssertionError):
+        check_logged_terms({k: v for k, v in metrics.items() if k != key}, expected)
+
+
+def test_the_term_check_fires_on_a_wrong_implementation(monkeypatch):
+    """Negative control: the loss computing its logged KL with the forward surrogate, or with the
+    distillation term's sign flipped, is caught by the reference."""
+    monkeypatch.setattr(terms, "k3", terms.forward_kl_surrogate)
+    metrics, expected, _, _ = _against_reference("sdar")
+    with pytest.raises(AssertionError, match="loss/kl_ref"):
+        check_logged_terms(metrics, expected)
+    monkeypatch.undo()
+    real = terms.sd_term
+    monkeypatch.setattr(terms, "sd_term", lambda *a, **k: -real(*a, **k))
+    metrics, expected, _, _ = _against_reference("sdar")
+    with pytest.raises(AssertionError, match="loss/distill"):
+        check_logged_terms(metrics, expected)
 
 
 def test_craft_really_has_negative_credits_and_the_forward_kl():
@@ -130,8 +164,9 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(ValueError, match=f"{name} contains NaN"):
             dataclasses.replace(raw, **{name: t})
     padded_nan = raw.logp_old.clone()
-    padded_nan[~raw.loss_mask] = float("nan")  # padding may hold anything
-    dataclasses.replace(raw, logp_old=padded_nan)
+    padded_nan[~raw.loss_mask] = float("nan")  # padding may hold anything: accepted, and it changes nothing
+    loss_nan, _ = policy_loss(logits, targets, compute_credits(dataclasses.replace(raw, logp_old=padded_nan), cfg), cfg)
+    assert torch.equal(loss_nan, policy_loss(logits, targets, batch, cfg)[0])
     with pytest.raises(ValueError, match="rewards contains NaN"):
         dataclasses.replace(raw, rewards=torch.full_like(raw.rewards, float("nan")))
     with pytest.raises(ValueError, match=r"logp_ref has shape \(8, 15\), expected \(8, 16\)"):
@@ -144,7 +179,6 @@ def test_bad_inputs_raise_clear_errors():
         dataclasses.replace(raw, group_ids=raw.group_ids.float())
     with pytest.raises(ValueError, match="turn_ids must be >= 0"):
         dataclasses.replace(raw, turn_ids=raw.turn_ids - 5)
-    assert isinstance(batch, TokenBatch)
 
 
 def _step_outcome(cfg, raw, logits, targets, logp_teacher):
@@ -193,3 +227,28 @@ def test_an_on_policy_batch_is_the_batch_with_the_policys_own_logprobs(name):
     full = _step_outcome(cfg, dataclasses.replace(raw, logp_old=own), logits, targets, own)
     on_policy = _step_outcome(cfg, dataclasses.replace(raw, logp_old=None), logits, targets, None)
     assert torch.equal(full[0], on_policy[0]) and torch.equal(full[1], on_policy[1]) and full[2] == on_policy[2]
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_logprob_mismatch_metric_is_the_samplers_distance_from_pi_old(shift):
+    """``rollout/logprob_diff_*``, the oracle of every "the engine was refit" test: 0 for the
+    sampler's own log-probs, and a known offset on one token shows as the max and in the mean."""
+    import dataclasses
+
+    raw, logits, targets = _setup(seed=7)
+    mask = raw.loss_mask
+    b, s = mask.nonzero()[3].tolist()
+    rollout = raw.logp_old.clone()
+    rollout[b, s] -= shift
+    cfg = LossConfig.preset("craft")
+    batch = compute_credits(dataclasses.replace(raw, logp_rollout=rollout), cfg)
+    _, metrics = policy_loss(logits, targets, batch, cfg)
+    # pi_old's log-probs are float32: the diff is exact up to the float32 rounding of the shift
+    assert float(metrics["rollout/logprob_diff_max"]) == pytest.approx(shift, abs=1e-6)
+    assert float(metrics["rollout/logprob_diff_mean"]) == pytest.approx(shift / int(mask.sum()), abs=1e-8)
+    if shift:
+        # the offset on a padding position is not a sampled token: it must not count
+        pad_b, pad_s = (~mask).nonzero()[0].tolist()
+        rollout[pad_b, pad_s] += 5.0
+        batch = compute_credits(dataclasses.replace(raw, logp_rollout=rollout), cfg)
+        assert float(policy_loss(logits, targets, batch, cfg)[1]["rollout/logprob_diff_max"]) < shift + 1e-6

@@ -42,7 +42,8 @@ def test_teacher_prompt_puts_the_privileged_context_first():
 def test_chatml_template_that_rewrites_older_turns(tmp_path):
     """Qwen3-style templates drop the reasoning of older assistant turns, so a whole-conversation
     render differs from what the policy saw; the pieces keep every action verbatim."""
-    pytest.importorskip("transformers")
+    import transformers  # noqa: F401  (the test extra: missing is a failure, not a skip)
+
     tok = chatml_tokenizer(str(tmp_path))
     im_end = tok.encode("<|im_end|>")[0]
     fmt = ChatFormat(tok, end_of_turn_ids=tok.stop_ids)
