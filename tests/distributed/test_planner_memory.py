@@ -44,7 +44,7 @@ def built_weight_bytes(tp, pp, tied):
 
 
 def _plan(tp, pp, tied, gpus):
-    from nemo_craft.planner.inputs import ClusterConfig, Workload
+    from nemo_craft.planner.config import ClusterConfig, Workload
     from nemo_craft.planner.plan import make_plan
 
     plan = make_plan(

@@ -62,7 +62,7 @@ def measure():
 
 
 def planned():
-    from nemo_craft.planner.inputs import ClusterConfig, Workload
+    from nemo_craft.planner.config import ClusterConfig, Workload
     from nemo_craft.planner.plan import make_plan
 
     workload = Workload(seq_length=SEQ, micro_batch_size=MICRO_BATCH, trajectories_per_step=MICRO_BATCH)
