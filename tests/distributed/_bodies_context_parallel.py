@@ -79,12 +79,12 @@ def rl_step(method: str):
     from megatron.core import parallel_state as ps
 
     from nemo_craft.losses import ControllerState, LossConfig
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
     from nemo_craft.parallel.cpu_mode import compute_device
     from nemo_craft.parallel.ddp import wrap_ddp
     from nemo_craft.testing.distributed import current_layout
+    from nemo_craft.testing.models import tiny_model_config
     from nemo_craft.trainer.experience import make_experience
     from nemo_craft.trainer.megatron_step import forward_backward
     from nemo_craft.runtime.reference import ReferenceWeights
@@ -93,14 +93,14 @@ def rl_step(method: str):
 
     lay = current_layout()
     pcfg = ParallelConfig(tensor_model_parallel_size=lay.tp, context_parallel_size=lay.cp, sequence_parallel=lay.sp)
-    mcfg = ModelConfig(
+    mcfg = tiny_model_config(
         num_layers=2,
         hidden_size=64,
         ffn_hidden_size=128,
-        num_attention_heads=4,
-        num_query_groups=2,
         kv_channels=16,
         vocab_size=VOCAB,
+        make_vocab_size_divisible_by=128,
+        tie_word_embeddings=False,
     )
     model = wrap_ddp(build_model(mcfg, pcfg, transformer_config_overrides={"calculate_per_token_loss": True}), pcfg)
     loss_cfg = LossConfig.preset(method)
@@ -135,23 +135,26 @@ def generate_then_score():
     """Greedy and seeded sampled generation on the tiny char model at this layout's CP (CP off
     inside generation: each rank runs the whole sequences), then a forward-only pass of the
     log-probs of the sampled sequences (CP back on: the passes split them)."""
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.models.tokenizer import CharTokenizer
     from nemo_craft.parallel.config import ParallelConfig
     from nemo_craft.parallel.cpu_mode import compute_device
     from nemo_craft.rollout import GenerationConfig, Generator
     from nemo_craft.testing.distributed import current_layout
+    from nemo_craft.testing.models import tiny_model_config
     from nemo_craft.trainer.experience import logprob_fn
     from nemo_craft.trainer.megatron_step import forward_only
 
     tok = CharTokenizer()
-    mcfg = ModelConfig(
+    mcfg = tiny_model_config(
         num_layers=2,
         hidden_size=64,
         ffn_hidden_size=128,
-        num_attention_heads=4,
+        num_query_groups=None,
+        kv_channels=None,
         vocab_size=tok.vocab_size,
+        make_vocab_size_divisible_by=128,
+        tie_word_embeddings=False,
         max_position_embeddings=512,
     )
     pcfg = ParallelConfig(context_parallel_size=current_layout().cp)

@@ -7,11 +7,11 @@ GROUPS, GROUP_SIZE = 2, 3  # 6 trajectories per data-parallel rank
 
 
 def _model(mcfg_overrides: dict | None = None):
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
     from nemo_craft.parallel.ddp import wrap_ddp
     from nemo_craft.testing.distributed import current_layout
+    from nemo_craft.testing.models import tiny_model_config
 
     lay = current_layout()
     pcfg = ParallelConfig(
@@ -21,12 +21,12 @@ def _model(mcfg_overrides: dict | None = None):
         num_layers=2,
         hidden_size=64,
         ffn_hidden_size=128,
-        num_attention_heads=4,
-        num_query_groups=2,
         kv_channels=16,
         vocab_size=VOCAB,
+        make_vocab_size_divisible_by=128,
+        tie_word_embeddings=False,
     )
-    mcfg = ModelConfig(**dict(fields, **(mcfg_overrides or {})))
+    mcfg = tiny_model_config(**dict(fields, **(mcfg_overrides or {})))
     chunks = build_model(mcfg, pcfg, transformer_config_overrides={"calculate_per_token_loss": True})
     return wrap_ddp(chunks, pcfg), pcfg
 

@@ -144,13 +144,15 @@ def dropout_draws_from_the_model_parallel_rng():
 def core_attention_of_the_local_spec():
     """The core attention class the local spec gets per ``model.core_attention``, and the
     refusal of a setting SDPAttention does not implement."""
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import layer_spec, make_transformer_config
     from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.testing.models import tiny_model_config
 
     out = {}
     for choice in ("sdpa", "local"):
-        cfg = ModelConfig(num_layers=4, core_attention=choice)
+        cfg = tiny_model_config(
+            num_query_groups=None, make_vocab_size_divisible_by=128, tie_word_embeddings=False, core_attention=choice
+        )
         spec = layer_spec(cfg, make_transformer_config(cfg, ParallelConfig()), use_te=False)
         out[choice] = spec.layer_specs[0].submodules.self_attention.submodules.core_attention.__name__
         windowed = make_transformer_config(cfg, ParallelConfig(), overrides={"window_size": (8, 0)})

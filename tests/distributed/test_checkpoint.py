@@ -48,18 +48,20 @@ def _prepare_rank_for_torch_dist_save() -> None:
 
 def _chunks(dropout: float = 0.1, num_layers: int = 2) -> list:
     """This rank's bare GPTModel chunks (the project's provider) on the harness's layout."""
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.testing.models import tiny_model_config
 
     layout = current_layout()
-    model_cfg = ModelConfig(
+    model_cfg = tiny_model_config(
         num_layers=num_layers,
         hidden_size=32,
         ffn_hidden_size=64,
-        num_attention_heads=4,
+        num_query_groups=None,
+        kv_channels=None,
         vocab_size=VOCAB,
         make_vocab_size_divisible_by=32,
+        tie_word_embeddings=False,
         max_position_embeddings=SEQ,
         hidden_dropout=dropout,
         attention_dropout=dropout,

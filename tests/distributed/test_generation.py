@@ -26,17 +26,20 @@ STEPS = 12
 
 def tiny_model():
     """A 2-layer char-level model (seeded CPU initialisation), this rank's chunks."""
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.testing.models import tiny_model_config
 
     layout = current_layout()
-    model_cfg = ModelConfig(
+    model_cfg = tiny_model_config(
         num_layers=2,
         hidden_size=64,
         ffn_hidden_size=128,
-        num_attention_heads=4,
+        num_query_groups=None,
+        kv_channels=None,
         vocab_size=CharTokenizer().vocab_size,
+        make_vocab_size_divisible_by=128,
+        tie_word_embeddings=False,
         max_position_embeddings=512,
     )
     parallel_cfg = ParallelConfig(

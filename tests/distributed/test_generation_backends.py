@@ -17,20 +17,20 @@ from nemo_craft.testing.distributed import run_distributed
 
 
 def _tiny(params_dtype="fp32"):
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
     from nemo_craft.testing.distributed import current_layout
+    from nemo_craft.testing.models import tiny_model_config
 
     layout = current_layout()
-    cfg = ModelConfig(
+    cfg = tiny_model_config(
         num_layers=2,
         hidden_size=64,
         ffn_hidden_size=128,
-        num_attention_heads=4,
-        num_query_groups=2,
         kv_channels=16,
         vocab_size=CharTokenizer().vocab_size,
+        make_vocab_size_divisible_by=128,
+        tie_word_embeddings=False,
         max_position_embeddings=512,
         params_dtype=params_dtype,
     )

@@ -31,12 +31,20 @@ def body(paths: dict):
 
 
 def body_pipeline():
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.models.refit import full_hf_weights
     from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.testing.models import tiny_model_config
 
-    cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, vocab_size=128)
+    cfg = tiny_model_config(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_query_groups=None,
+        kv_channels=None,
+        make_vocab_size_divisible_by=128,
+        tie_word_embeddings=False,
+    )
     chunks = build_model(cfg, ParallelConfig(pipeline_model_parallel_size=2))
     try:
         next(full_hf_weights(chunks, cfg))

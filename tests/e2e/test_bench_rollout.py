@@ -1,4 +1,4 @@
-"""``scripts/bench_rollout.py`` on small settings: both static schedules draw the same tokens, the
+"""``scripts/bench_rollout.py --smoke`` (seconds): both static schedules draw the same tokens, the
 new one computes no more forward passes, and in the multi-turn episode each computes the whole
 conversation every turn (the prompt length: a quadratic sum)."""
 
@@ -11,12 +11,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_small_rollout_benchmark_compares_the_schedules_on_equal_tokens(tmp_path):
-    args = ["--rows", "4", "--max-batch", "2", "--repeats", "1", "--budget", "8", "--max-history", "1"]
-    args += ["--turns", "3", "--turn-tokens", "4", "--json", str(tmp_path / "r.json")]
+    args = ["--smoke", "--json", str(tmp_path / "r.json")]  # 4 rows in batches of 2, 1 repeat, 3 turns
     out = subprocess.run(
         [sys.executable, "scripts/bench_rollout.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert "time / lockstep" in out.stdout  # the ratios to the first column
     assert "every column drew the same tokens: yes" in out.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     rollout = report["rollout"]

@@ -47,16 +47,12 @@ KV_PROBE_GB = 0.25
 
 
 def _tiny(params_dtype: str):
-    from omegaconf import OmegaConf
-
-    from nemo_craft.config import CONF_DIR
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
     from nemo_craft.testing.distributed import current_layout
+    from nemo_craft.testing.models import tiny_model_config
 
-    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
-    cfg = ModelConfig(**{**node, "params_dtype": params_dtype})
+    cfg = tiny_model_config(params_dtype=params_dtype)
     torch.manual_seed(1234)
     return build_model(cfg, ParallelConfig(tensor_model_parallel_size=current_layout().tp))
 

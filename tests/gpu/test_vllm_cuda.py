@@ -30,16 +30,12 @@ TIE = 0.05
 
 
 def body():
-    from omegaconf import OmegaConf
-
-    from nemo_craft.config import CONF_DIR
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
     from nemo_craft.rollout import GenerationConfig, Generator
+    from nemo_craft.testing.models import tiny_model_config
 
-    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"))
-    cfg = ModelConfig(**{**node, "params_dtype": "bf16"})
+    cfg = tiny_model_config(params_dtype="bf16")
     torch.manual_seed(1234)
     chunks = build_model(cfg, ParallelConfig())
     tok = CharTokenizer()

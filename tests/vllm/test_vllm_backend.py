@@ -29,19 +29,18 @@ TEMPERATURE = 0.7
 def _model(tied: bool = False):
     """The tiny test model; ``tied``: a tied output layer and a vocabulary wider than the
     tokenizer's (the project's own tiny model, and SmolLM2, are tied)."""
-    from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.provider import build_model
     from nemo_craft.parallel.config import ParallelConfig
+    from nemo_craft.testing.models import tiny_model_config
 
     layout = current_layout()
-    cfg = ModelConfig(
+    cfg = tiny_model_config(
         num_layers=2,
         hidden_size=64,
         ffn_hidden_size=128,
-        num_attention_heads=4,
-        num_query_groups=2,
-        kv_channels=32,  # a head size vLLM's CPU attention has kernels for
+        kv_channels=32,  # a head size vLLM's CPU attention has kernels for (the tiny model's)
         vocab_size=128 if tied else CharTokenizer().vocab_size,
+        make_vocab_size_divisible_by=128,
         tie_word_embeddings=tied,
         max_position_embeddings=512,
     )

@@ -7,6 +7,7 @@ behind PYTHONPATH, and the test checks that the import came from the installed c
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -58,6 +59,27 @@ def test_the_wheel_ships_every_yaml_of_conf(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"nemo_craft/conf/{p.relative_to(REPO / 'conf')}" for p in (REPO / "conf").rglob("*.yaml")}
     assert shipped and shipped <= names, sorted(shipped - names)
+
+
+def test_the_wheel_leaves_out_the_test_only_code(installed):
+    names = zipfile.ZipFile(installed[0]).namelist()
+    assert any(n.startswith("nemo_craft/cli/") for n in names)  # the listing is the package's
+    assert not [n for n in names if n.startswith("nemo_craft/testing/")]
+
+
+def test_the_package_does_not_import_its_test_only_code():
+    """nemo_craft/testing is left out of the wheel: nothing else in the package may import it."""
+    importers = []
+    for path in (REPO / "nemo_craft").rglob("*.py"):
+        if "testing" in path.relative_to(REPO / "nemo_craft").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "nemo_craft.testing" or n.startswith("nemo_craft.testing.") for n in names):
+                importers.append(str(path.relative_to(REPO)))
+    assert not importers, f"these import nemo_craft.testing, which the wheel leaves out: {sorted(set(importers))}"
 
 
 def test_the_installed_package_plans_a_recipe_from_another_directory(installed):
