@@ -6,47 +6,8 @@ at start-up (``require_supported``, called by ``initialize_parallel`` and the CL
 that names it. Within the range, every difference that nemo_craft meets is one row of
 ``McoreApi``, set from the version number; ``require_supported`` also checks that the installed
 megatron-core has each class, method and signature its row relies on, so a release that moved
-one is an error at start-up naming the version, not a hook that silently never runs.
-
-================================  ==============================  =================================
-what                              0.16.1                          0.17, 0.18, 0.19
-================================  ==============================  =================================
-``GPTInferenceWrapper``           ``(model, InferenceWrapper-     ``(model, context)``; reads the
-                                  Config, context)``              model's own TransformerConfig
-PP micro-batched prefill          ``inference_batch_times_        removed (``pp_microbatch_tokens``
-                                  seqlen_threshold``              is refused there)
-``DynamicInferenceContext``       keyword arguments               ``(model_config, InferenceConfig)``
-``DynamicInferenceEngine``        ``(controller, context,         ``(controller, context)``
-                                  random_seed=, enable_chunked_
-                                  prefill=)``
-KV cache release                  ``deallocate_all_tensors()``    ``deallocate_inference_state_
-                                                                  buffers()``, which frees only
-                                                                  under ``kv_cache_management_mode=
-                                                                  RECOMPUTE`` (built so here; the
-                                                                  default PERSIST frees nothing)
-KV block allocator                ``context.block_allocator``     ``context.kv_block_allocator``
-last-token-only logits flag       ``context.materialize_only_     ``context.config.materialize_
-                                  last_token_logits``             only_last_token_logits``
-CPU buffers                       pageable                        pinned (the CPU mode unpins them)
-================================  ==============================  =================================
-
-The dynamic engine's sampler hook of ``TextGenerationController``, by version:
-
-=======  =============================================  ==========================  ====================
-version  sampler                                        sampled tokens              stop callback run by
-=======  =============================================  ==========================  ====================
-0.16.1   ``_dynamic_step_sample_bookkeeping()`` then    written into the            ``_dynamic_step_
-0.17     ``_dynamic_step_sample_logits(logits)``        ``_sampled_tokens_cuda``    context_bookkeeping``
-                                                        buffer
-0.18     ``_dynamic_step_sample_logits()``, logits in   ``_sampled_tokens_cuda``    ``_dynamic_step_
-         ``_all_logits_cuda``                           rebound each step           context_bookkeeping``
-0.19     as 0.18                                        written into the buffer     ``_apply_stop_word_
-                                                                                    finished_ids``
-=======  =============================================  ==========================  ====================
-
-0.16.1 and 0.19 run in CI (Python 3.11 and 3.12); 0.17 and 0.18 were checked by the targeted
-tests listed in docs/compatibility.md. The dynamic engine itself needs a GPU
-(``tests/gpu/test_dynamic_backend.py``); on the CPU its context is built and released.
+one is an error at start-up naming the version, not a hook that silently never runs. The
+differences, version by version: docs/compatibility.md#what-differs-between-the-versions.
 """
 
 from __future__ import annotations

@@ -6,37 +6,8 @@ the CPU mode. One home, under ``parallel/`` (it needs megatron-core only, nothin
 - bugs 1 and 2, model-config settings the schedules read: :func:`use_unbatched_p2p_for_interleaved_pipeline`,
   :func:`use_finalize_model_grads`, applied by ``nemo_craft.models.provider`` to every TransformerConfig;
 - bug 3, the distributed optimizer's resume without TE or apex: :func:`apply_optimizer_fixes`,
-  installed by the checkpoint manager.
-
-Bug 3 in detail: resuming the distributed optimizer with torch's Adam/AdamW from a
-``fully_reshardable`` checkpoint (docs/megatron_notes.md#3-resuming-the-distributed-optimizer-without-te-or-apex).
-
-When neither Transformer Engine nor apex is importable, ``megatron.core.optimizer`` builds
-``torch.optim.Adam``/``AdamW`` (``USING_PYTORCH_OPTIMIZER``) and ``distrib_optimizer.py`` takes
-its ``not HAVE_APEX_OR_TE`` branches. torch's Adam keeps a per-parameter ``state[p]["step"]``
-tensor, which those branches handle in three wrong ways (line numbers of 0.16.1's
-``megatron/core/optimizer/distrib_optimizer.py``):
-
-1. ``DistributedOptimizer.sharded_state_dict(..., is_loading=True)`` first calls
-   ``self.state_dict()`` (l. 1246), which collects the set of per-parameter steps and
-   ``assert len(steps) == 1`` (l. 642). A freshly built optimizer has no state yet, so the set
-   is empty and the assertion fails: a new process cannot load a checkpoint.
-2. ``load_parameter_state_from_fully_reshardable`` (l. 2070) skips ``"step"`` in the checkpoint
-   (it lives in the param groups) but then calls ``_set_main_param_and_optimizer_states``,
-   which copies *every* key of the live optimizer state (``{"param", **optim_state}``, l. 937-940)
-   from the loaded tensors: ``tensors["step"]`` raises ``KeyError: 'step'``.
-3. ``DistributedOptimizer.load_state_dict`` (l. 817-825) builds one
-   ``step = torch.tensor(steps[0])`` and stores *the same tensor object* as
-   ``state["step"]`` of every parameter; torch's ``Optimizer.load_state_dict`` keeps ``step``
-   uncast (no copy), and Adam then does ``step_t += 1`` once per parameter. After a resume the
-   step count grows by the number of parameters per step, so bias correction is wrong and
-   training silently diverges from the uninterrupted run.
-
-:func:`apply_optimizer_fixes` wraps the three methods on the class (idempotent, on GPUs too:
-none of this is CPU-specific). Each fix acts only on the situation it repairs (an empty state
-of a torch Adam, a ``"step"`` key in the live state, a step tensor shared by several
-parameters), so on the TE/apex path (FusedAdam keeps the step in the param groups) they are
-no-ops. The fixed resume is tested bit for bit in ``tests/distributed/test_checkpoint.py``.
+  installed by the checkpoint manager
+  (docs/megatron_notes.md#3-resuming-the-distributed-optimizer-without-te-or-apex).
 """
 
 from __future__ import annotations
