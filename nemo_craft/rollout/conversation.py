@@ -2,20 +2,10 @@
 
     system / user(task + first observation) / assistant(action 0) / user(observation 1) / ...
 
-The sequence is built from pieces so that the tokens the policy sampled are the tokens that are
-trained, and the context each action was sampled in is exactly the prefix before it:
-
-* the *prompt*: ``apply_chat_template([system?, user_0], add_generation_prompt=True)`` encoded;
-* each action: the sampled token ids as they are (loss mask 1, turn index k, position t);
-* each *continuation*: the chat template's text between an assistant message's content and the
-  next assistant message's content (end of turn, the user message, the generation prompt),
-  encoded. It is rendered on a two-message stand-in conversation with a placeholder reply, so it
-  does not depend on what earlier turns contain (Qwen3's template rewrites older assistant
-  turns, which would break a diff of whole-conversation renders).
-
-The teacher's sequence (docs/algorithm.md#notation-and-setting) is the same sequence with a different prompt: the
-privileged context as a system message; every later token is shared, so student token s sits at
-teacher position s + (teacher prompt length - student prompt length).
+The sequence is built from pieces (the prompt, each sampled action as it is, each chat-template
+continuation rendered on its own), so that the tokens the policy sampled are the tokens that are
+trained and each action's context is exactly the prefix before it; the teacher's sequence differs
+only in its prompt. The pieces and why: docs/rollout.md#episodes-and-conversations.
 """
 
 from __future__ import annotations

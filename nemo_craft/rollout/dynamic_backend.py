@@ -1,37 +1,11 @@
 """Generation with megatron-core's ``DynamicInferenceEngine`` (``backend="dynamic"``; GPU only).
 
-What is megatron's and what is ours:
-
-* megatron-core: the paged KV cache (``DynamicInferenceContext``: a buffer of ``kv_cache_gb`` per
-  rank cut into 256-token blocks handed to requests as they grow), in-flight batching (the engine
-  adds waiting requests whenever blocks and the per-step token budget allow, pauses or evicts
-  rows when the cache is full and re-runs an evicted row's prompt + tokens later), the flash-attn
-  prefill / decode kernels over the paged cache, and optionally CUDA graphs for decode steps.
-* ours, through two hooks of its ``TextGenerationController`` (``dynamic_engine_adapter``, with
-  each megatron-core version's hooks from ``nemo_craft.parallel.mcore_compat``): the sampler and
-  the stop decision. megatron's sampler cannot combine top-k with top-p, draws from
-  the padded vocabulary (clamping the draw), divides by a temperature of 0 (its greedy is
-  top_k=1) and uses a generator seeded once per controller from
-  ``TransformerConfig.inference_sampling_seed``; its stop conditions are one termination id and
-  stop words matched as token sequences after the step (the row then runs one more step whose
-  token is dropped). Here every step samples with ``sample_next_tokens`` (the
-  static backend's sampler: same temperature / top-k / top-p semantics, log-probs of the
-  untempered model over the true vocabulary) from the ``torch.Generator`` ``Generator.generate``
-  seeded, on the last stage's TP rank 0, broadcast to the group; then the same ``StopCriteria``
-  decides each row (EOS ids, stop token ids, stop strings on the decoded tail, the row's budget)
-  and megatron finishes those rows at that step. So a row ends on the very token that completed
-  its stop: the engine never generates past it and nothing is truncated afterwards.
-
-Sampling is reproducible from the seed: the engine touches neither the global torch RNG nor
-megatron's CUDA RNG tracker, and the order in which rows draw at each step (the engine's batch
-order) is fixed by the prompts, budgets and this backend's settings. The draws differ from the
-static backend's (rows draw in another order), so sampled tokens match it only in distribution;
-greedy tokens are the same up to kernel rounding (flash-attn here, megatron's unfused or TE
-attention there; both bf16 / fp16, as flash-attn has no fp32 kernels): a near tie may flip.
-
-The engine is built for each ``generate`` call and dropped after it, so the KV cache does not
-outlive the call, except with ``cuda_graphs``: graphs are captured once, so engine and cache are
-kept for the run.
+megatron brings the paged KV cache, in-flight batching and the flash-attn kernels; through two
+hooks of its ``TextGenerationController`` (``dynamic_engine_adapter``) every step samples with the
+static backend's sampler and the same ``StopCriteria`` decides each row, so a row ends on the token
+that completed its stop. Sampling is reproducible from the seed; greedy tokens equal the static
+backend's up to kernel rounding. The engine and its KV cache live for one ``generate`` call (for the
+run with ``cuda_graphs``). Details: docs/rollout.md#the-dynamic-backend.
 """
 
 from __future__ import annotations

@@ -3,16 +3,8 @@ chunk, run a batch of requests through it with our sampler and stop decision, fr
 
 Every version difference of megatron-core's API (constructors, the sampler hook, the KV cache
 release) is ``nemo_craft.parallel.mcore_compat``'s; this module is the same on every supported
-version. What it uses of megatron's: ``engine.add_request(id, token ids, SamplingParams)``,
-``engine.has_unfinished_requests()``, ``engine.step_modern()``,
-``controller.set_stop_word_finished_ids_callback`` (megatron calls it once per step, after
-sampling, with the active request ids in the order of the sampled tokens; the ids it returns
-finish at that step, their token kept), and the context's ``total_request_count`` /
-``paused_request_count`` / ``chunked_prefill_request_id``.
-
-The controller, engine and asynchronous step need CUDA, so on a machine without a GPU only the
-context is built (and released); ``tests/gpu/test_dynamic_backend.py`` runs the engine, and is
-the check to run on a GPU after a megatron-core upgrade.
+version. What it uses of megatron's, and what runs without a GPU:
+docs/rollout.md#the-dynamic-backend.
 """
 
 from __future__ import annotations

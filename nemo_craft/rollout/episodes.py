@@ -3,18 +3,10 @@
     runner = EpisodeRunner(generator, tokenizer, env_factory("sokoban"), RolloutConfig(group_size=8))
     trajectories = runner.run(task_seeds=[11, 12, 13, 14], seed=step)    # 32 Trajectory objects
 
-Per turn: every running episode's conversation (already a token list) is a prompt; one batched
-``generate`` call samples every action; the actions are decoded and the environments stepped
-together (``EnvPool``: parallel, behind timeouts); finished episodes leave the batch; the others
-get the environment's answer appended as the next user message. Episodes end when the
-environment says so, at the runner's turn limit, when the episode's action-token budget is spent,
-when the next turn would not fit the sequence limit, or when the environment fails.
-
-Under tensor / pipeline parallel every rank of the model-parallel group runs the runner in
-lockstep (the model forward is collective); the environments run once, on the group's first rank,
-and their results are broadcast, so all ranks build identical trajectories. Data-parallel ranks
-run their own tasks; the sampling seed of each turn mixes the run's seed, the data-parallel rank
-and the turn, so sibling rollouts on different ranks differ.
+Per turn one batched ``generate`` call samples every running episode's action and the environments
+step together (``EnvPool``). Every rank of a model-parallel group runs the runner in lockstep and
+builds identical trajectories. One turn, when an episode ends, and the seeds across data-parallel
+ranks: docs/rollout.md#episodes-and-conversations.
 """
 
 from __future__ import annotations

@@ -5,20 +5,8 @@
     results[0].token_ids, results[0].logprobs, results[0].finish_reason
 
 Every rank of a model-parallel group (TP x PP) calls ``generate`` with the same prompts, budgets
-and seed; every rank gets the same results. Data-parallel ranks generate independently (give
-each its own prompts and seed).
-
-The backend is chosen by ``GenerationConfig.backend`` (``nemo_craft.rollout.backends``: the
-``GenerationBackend`` protocol, the name -> class table, ``resolve_backend``): ``static`` is
-megatron-core's static KV cache (``nemo_craft.rollout.static_backend``; CPU and GPU, any dtype);
-``dynamic`` is megatron's ``DynamicInferenceEngine`` with a paged KV cache and in-flight batching
-(``nemo_craft.rollout.dynamic_backend``; a CUDA GPU, flash-attn >= 2.7.3 or FlashAttention-3, a
-bf16 / fp16 model); ``auto`` picks dynamic where it can run and static elsewhere (on the CPU, for
-fp32 models); ``vllm`` is a vLLM engine in the same processes, refit from the chunks
-(``nemo_craft.rollout.vllm_backend``; CUDA or CPU, pipeline parallel 1; never picked by auto).
-All take the same sampling settings and give the same results for greedy decoding (up to kernel
-rounding: see ``dynamic_backend``). More are registered with ``register_backend``
-(docs/extending.md#generation-backend).
+and seed; every rank gets the same results. The backend (static, dynamic, vllm, auto, or one added
+with ``register_backend``) is ``GenerationConfig.backend``: docs/rollout.md#the-generator.
 """
 
 from __future__ import annotations

@@ -1,44 +1,12 @@
 """Batched generation with megatron-core's static KV cache (``backend="static"``).
 
-What is megatron's and what is ours:
-
-* megatron-core: ``GPTInferenceWrapper`` (built by ``mcore_compat``: inputs, attention mask and
-  position ids of a context window; the forward pass for TP, for PP with p2p between stages and,
-  on megatron-core 0.16, micro-batching of large prefills; logits gathered over TP) and
-  ``StaticInferenceContext``: the per-layer KV cache, [columns, rows, ...], that attention writes
-  at columns ``sequence_len_offset`` on and reads up to there, for the rows from
-  ``batch_size_offset`` on, as many as the forward pass has (the same in 0.16 to 0.19).
-* ours: the schedule below, replacing ``TextGenerationController.
-  generate_all_output_tokens_static_batch``, which does not serve RL rollouts: it has one budget
-  and one termination id for the whole batch and no stop strings, materialises [B, prompt, V]
-  logits for log-probs, broadcasts [B, V] logits from the last pipeline stage at every step, runs
-  every row until the last one ends, and feeds prompts longer than the shortest one a token per
-  whole-batch step. Its engine also reseeds the global torch RNG on each call.
-
-The schedule of one batch. Prompts are left-aligned (column = position, as megatron's RoPE and
-position ids want), and every row writes its token at the same column in a step, ``end``:
-
-1. one prefill pass over every prompt but its last token (the shorter prompts right-padded: the
-   causal mask keeps the padding out of every real token's attention, and a row overwrites its
-   padding columns with its own tokens before it first reads them);
-2. decode steps, one token per running row, at column ``end - 1``: a row starts at the step where
-   ``end`` reaches its prompt length (feeding its last prompt token) and leaves the batch when it
-   ends; its KV slot is then taken by the last running row (``_Slots``), so each step computes the
-   running rows only, and the prompts only once.
-
-Only full-batch steps are gone: a row samples its k-th token at step ``len(prompt) - shortest
-prompt + k`` of its batch, as it always did here, and each step draws the random numbers of the
-whole batch, of which the running rows take theirs (``sample_and_share(draw_rows=)``). So the
-tokens, sampled or greedy, are those of the schedule before (``nemo_craft.testing.
-lockstep_static``, all rows in lockstep), and log-probs equal up to float rounding (prompt tokens
-now go through a prefill rather than decode steps). Every attention backend (local, SDPA, TE,
-flash) sees what it saw before: a causal prefill from column 0, then single-token decode steps.
-
-Per row its own budget, EOS ids and stop strings; only the last token's logits are computed; the
-last stage samples and broadcasts B token ids and log-probs; sampling draws from a generator of
-its own. Every rank of a model-parallel group runs this in lockstep on the same prompts; the
-sampled tokens are broadcast from tensor-parallel rank 0 of the last pipeline stage, so all ranks
-hold the same tokens and take the same stop decisions (and so the same batch compositions).
+megatron's ``GPTInferenceWrapper`` and ``StaticInferenceContext`` run the forward passes and hold
+the cache; the schedule here replaces megatron's static-batch loop, which does not serve RL
+rollouts: one prefill of the prompts, then decode steps over the running rows only, each row with
+its own budget, EOS ids and stop strings, sampling from a generator of its own. Every rank of a
+model-parallel group runs it in lockstep and holds the same tokens. What is megatron's, the
+schedule step by step and why its tokens equal the lockstep schedule's:
+docs/rollout.md#the-static-backend.
 """
 
 from __future__ import annotations

@@ -1,32 +1,12 @@
 """Generation with vLLM colocated with training (``backend="vllm"``).
 
-What is vLLM's and what is ours:
-
-* vLLM: the engine (continuous batching, paged KV cache, automatic prefix caching, its kernels),
-  run *inside* the training processes with its ``external_launcher`` executor: the engine joins
-  the ``torch.distributed`` world that torchrun and megatron already set up, takes tensor
-  parallel groups of ``tensor_parallel_size`` consecutive ranks (megatron's TP groups, in its
-  default rank order) and treats the rest of the world as independent replicas, one per
-  data-parallel rank. Every rank of a TP group calls ``generate`` with the same requests (the
-  episode runner guarantees it), as external_launcher requires.
-* ours: the engine is started from the policy's config alone (``config.json`` from
-  ``ModelConfig.to_hf_config``, no weights read: ``load_format="dummy"``), and its weights are
-  refit from megatron's parameters in memory (``nemo_craft.models.refit.full_hf_weights``
-  through the model runner's ``reload_weights``) before the first generation and after every
-  change (``sync_weights``); the prefix cache is then emptied, since its KV belongs to the old
-  weights. Token ids in, token ids out (``skip_tokenizer_init``); stop strings and finish
-  reasons are decided by the project's ``StopCriteria`` on the returned tokens, the same rule as
-  the other backends (vLLM only stops at the stop ids and the budget; text past a stop string is
-  cut off here, at the cost of decoding it).
-
-Sampling matches ``sample_next_tokens``: temperature, top-k, top-p over the true vocabulary;
-log-probs of the drawn tokens under softmax(logits / T) (vLLM's ``processed_logprobs``: identical
-when top-k and top-p are off, as for every training rollout; under top-k / top-p, used only by
-validation, vLLM reports the truncated distribution's). Each request has its own seed, drawn from
-the call's generator, so a run and its resume draw the same samples whatever the batching.
-
-On CUDA the engine sleeps while the trainer runs (vLLM's sleep mode, level 2: weights and KV
-cache released) and wakes up for the next rollout: weights first, refit, then the KV cache.
+The vLLM engine runs inside the training processes (``external_launcher``: one engine per tensor
+parallel group, joined to the ``torch.distributed`` world), starts from the policy's config alone and
+is refit from megatron's parameters in memory before the first generation and after every change.
+Token ids in, token ids out; stop strings and finish reasons are decided by the project's
+``StopCriteria``, as in the other backends. Each request has its own seed, so a run and its resume
+draw the same samples. On CUDA the engine sleeps while the trainer runs. Details:
+docs/rollout.md#the-vllm-backend.
 """
 
 from __future__ import annotations
