@@ -1,34 +1,13 @@
 """Run the real megatron-core on a machine without CUDA (the "CPU mode").
 
-megatron-core (0.16 to 0.19, see ``mcore_compat``) assumes CUDA in a few dozen places.
-On a machine where ``torch.cuda.is_available()`` is False, :func:`enable_cpu_mode` makes
-those places run on the CPU, so that the same megatron code paths (GPTModel, TP/PP/DP/VPP/SP,
-the pipeline schedules, the (distributed) optimizer, dist_checkpointing, the static
-inference engine) run on the gloo backend. Which calls need what, and why:
-
-==================================  =================================================
-megatron-core call site             what the CPU mode does
-==================================  =================================================
-``torch.cuda.current_device()``     answers 0; rotary embedding, the DDP buffers and
-                                    the optimizer pass it as ``device=``
-``device="cuda"`` / ``.cuda()``     a :class:`~torch.overrides.TorchFunctionMode`
-(schedules, optimizer, checkpoint)  rewrites CUDA device arguments to the CPU and
-                                    makes ``Tensor.cuda()`` return the tensor
-``Tensor.type()``                   reported as ``torch.cuda.*Tensor``; asserted in
-                                    ``clip_grads.py`` and the distributed optimizer
-``torch.cuda.synchronize``          a no-op (PP p2p, checkpoint save)
-CUDA RNG tracker                    ``tensor_parallel/random.py`` saves and restores
-(``tensor_parallel.random``)        CUDA generator states; routed to the CPU
-                                    generator so dropout is reproducible per TP rank
-``torch.cuda.Event/Stream/nvtx``    inert stand-ins (inference engine, timers)
-``pin_memory=True``                 dropped, and ``Tensor.pin_memory()`` returns the
-(dynamic inference context, 0.17+)  tensor: pinning needs a CUDA driver, and host
-                                    memory serves the CPU as well unpinned
-==================================  =================================================
-
-Nothing here is active on a machine with CUDA: :func:`enable_cpu_mode` refuses to
-run there, and :func:`maybe_enable_cpu_mode` (what the rest of the project calls)
-only enters the mode when CUDA is absent. Costs about 6-10% of a tiny model's step.
+megatron-core (0.16 to 0.19, see ``mcore_compat``) assumes CUDA in a few dozen places. On a
+machine where ``torch.cuda.is_available()`` is False, :func:`enable_cpu_mode` makes those places
+run on the CPU, so that the same megatron code paths (GPTModel, TP/PP/DP/VPP/SP, the pipeline
+schedules, the (distributed) optimizer, dist_checkpointing, the static inference engine) run on
+the gloo backend. Nothing here is active on a machine with CUDA: :func:`enable_cpu_mode` refuses
+to run there, and :func:`maybe_enable_cpu_mode` (what the rest of the project calls) only enters
+the mode when CUDA is absent. Which call sites need what, and why:
+docs/design.md#running-megatron-core-without-a-gpu-the-cpu-mode.
 """
 
 from __future__ import annotations

@@ -8,21 +8,8 @@ and the resolved config, written atomically with megatron's ``dist_checkpointing
         manager.save(step, model_chunks, optimizer, scheduler, extra_state={...},
                      resolved_config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
 
-Every rank calls both; rank 0 alone decides which checkpoint to load and does the renames, and
-shares the outcome, so all ranks raise the same error instead of some of them hanging. One
-checkpoint, ``<dir>/step_000120/``, holds::
-
-    dist/                  model + optimizer: dist_checkpointing "torch_dist" (loads at any TP/PP/DP)
-    reference/             the frozen reference policy pi_ref, as model state (reshards like dist/)
-    rng/rank_00003.pt      RNG states of rank 3 (python, numpy, torch CPU, CUDA, megatron's tracker)
-    trainer_state.pt       step, scheduler state, the caller's extra state (pickled)
-    config.yaml            the resolved config the run used
-    meta.json              layout (world size, TP, PP, CP, DP, VPP), versions, format
-    COMPLETE               written last: step and the size of every file above
-
-See :mod:`nemo_craft.runtime.checkpoint_layout` for the atomic save protocol and discovery.
-RNG states are restored only on the layout they were saved at (another layout has other
-ranks and other dropout streams); model, optimizer, scheduler and extra state load anywhere.
+Every rank calls both. What a checkpoint holds, which parts load at another layout, and the
+atomic save (:mod:`nemo_craft.runtime.checkpoint_layout`): docs/design.md#checkpoints.
 """
 
 from __future__ import annotations

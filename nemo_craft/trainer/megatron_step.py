@@ -1,32 +1,12 @@
 """One adapter between the project's per-token losses and megatron's pipeline schedules.
 
-megatron's ``forward_step_calc_loss`` treats what a loss function returns in one of two ways:
-a 2-tuple ``(loss, metrics)`` is multiplied by ``cp_size / num_microbatches``; a 3-tuple
-``(loss, num_tokens, metrics)`` is divided by ``num_tokens`` and ``num_microbatches`` unless
-``config.calculate_per_token_loss``. This module owns that contract, once:
-
-* training uses the 3-tuple with ``calculate_per_token_loss=True``: a micro-batch returns the
-  *sum* of its per-token losses and its number of valid tokens; DDP then sums gradients over
-  data parallel (scaling factor 1) and ``finalize_model_grads`` divides them by the global token
-  count (all-reduced over DP x CP), which is exactly ``token_mean``
-  (docs/algorithm.md#sdar-the-baseline-loss) whatever the split into ranks and micro-batches;
-* forward-only passes (old / teacher / reference log-probs) return per-token values in the
-  metrics dict and a zero loss, and are broadcast from the last pipeline stage to the others.
-
-Micro-batches are dicts of tensors ``[b, s]`` (``input_ids``, ``position_ids``, ``targets`` and
-whatever the loss reads); every pipeline stage iterates the same list, the first stage reads the
-tokens and the last stage the per-token inputs of the loss, which so travel with the micro-batch.
-A packed micro-batch (:mod:`nemo_craft.trainer.packing`: b = 1, several sequences end to end)
-also carries ``packed_seq_params``, which the model's attention and RoPE read; a training loss is
-called once per sequence of it, on that sequence's slice of the logits, so a loss written for
-padded rows works on packs unchanged.
-
-Context parallel (CP > 1): each rank runs its load-balanced part of every micro-batch
-(:func:`~nemo_craft.parallel.context_parallel.split_micro_batch`: the ``[b, S]`` tensors cut to
-``[b, S / CP]``, with ``cp_columns``, their global positions); ``value_fn`` and ``loss_fn`` see that
-part and its logits. Forward-only values are gathered back to ``[b, S]`` over the CP group, so callers
-see what they see at CP 1; a training loss returns its part's sum and token count, which
-``finalize_model_grads`` adds up over DP x CP (the global token mean, unchanged).
+megatron's ``forward_step_calc_loss`` scales what a loss function returns by its tuple shape; this
+module owns that contract, once: training returns each micro-batch's loss sum and token count
+(``calculate_per_token_loss=True``), so the gradient is the global token mean
+(docs/algorithm.md#sdar-the-baseline-loss) whatever the split into ranks and micro-batches;
+forward-only passes return per-token values, broadcast from the last pipeline stage. The contract,
+the micro-batch dicts, packed micro-batches and context parallel:
+docs/design.md#the-loss-contract-with-megatron.
 """
 
 from __future__ import annotations

@@ -7,28 +7,9 @@
             save_checkpoint(step)
             preemption.exit(step)                        # marker + SystemExit(75): the job is requeued
 
-(``with PreemptionHandler() as preemption:`` restores the previous handlers on the way out;
-``write_exit_marker`` + ``return PREEMPTION_EXIT_CODE`` is ``exit`` for a caller that prefers to
-unwind by itself.)
-
-What asks for a stop:
-
-- a signal: SIGUSR1 (SLURM's ``--signal`` warning before the time limit) or SIGTERM (SLURM's
-  preemption / ``scancel``, forwarded by torchrun to its workers). The handler only records the
-  signal: no I/O, no locks, no collectives inside it;
-- a stop file, the path in ``$NEMO_CRAFT_STOP_FILE`` (the sbatch template touches it when its
-  batch shell receives SIGUSR1; torchrun does not forward SIGUSR1 to its workers, and a file on
-  the shared filesystem reaches every node).
-
-``should_stop()`` is the step boundary: it reads the local request and, under torch.distributed,
-takes the MAX over the ranks (one all-reduce of one number), so if any rank was signalled every
-rank stops after the same step and the checkpoint is consistent.
-
-The exit status of a preempted run is :data:`PREEMPTION_EXIT_CODE` = 75 (``EX_TEMPFAIL`` in
-sysexits.h: "temporary failure, retry"), distinct from success (0), a crash (1), Python's usage
-errors (2) and ``timeout`` (124). torchrun reports any failed worker as 1, so the code also goes
-to a marker file (``$NEMO_CRAFT_EXIT_MARKER``, JSON, written by global rank 0) that the sbatch
-template reads to decide on ``scontrol requeue``.
+A signal (SIGUSR1, SIGTERM) or the stop file ``$NEMO_CRAFT_STOP_FILE`` asks for a stop; every rank
+stops after the same step, and the exit status 75 tells the sbatch template to requeue. What asks,
+how the ranks agree and the exit status: docs/cluster.md#preemption-and-resume.
 """
 
 from __future__ import annotations
