@@ -3,23 +3,11 @@
 Shape letters: N local units (tokens or turns) of this rank, M units of all ranks, K key
 columns, F value columns, U key rows.
 
-Pillar 1 needs, per task group and (turn, position), S = sum m w A and Z = sum m w over every
-sibling of the step; GRPO needs the mean and std of each group's rewards. Siblings may be on
-other DP ranks and in other micro-batches, so an all-reduce of partial sums would add them in
-an order that depends on the layout. Instead each rank all-gathers the units once per step and
-sums them locally, exactly: every value is rounded to a fixed-point grid (a power of two chosen
-per key from the largest value and the number of units of that key, leaving 62 bits for the
-sum) and the integers are added. Integer addition does not depend on order, and the grid of a
-key depends on that key's units only, so the sums (and the leave-one-out sums, obtained by
-subtracting a unit's own integer) are bit-identical for DP 1, 2, 4, any split of the samples
-into micro-batches, and whether or not the units of other keys are in the table, on CPU and
-GPU, with no sort. A sum of n values errs by less than n**2 * 2**-61 of its key's largest value
-(4e-13 for a thousand siblings), about what float64 addition would lose. ``group=None`` runs
-the same code without collectives.
-
-When no key is shared between ranks (the trainer rolls out all G siblings of a task on one DP
-rank), ``groups_are_local`` says so with one small all-reduce per step, and the callers pass
-``group=None``: the same sums, bit for bit, with no all-gather of the units.
+Pillar 1's sibling sums and GRPO's group statistics add units that may be on other DP ranks and
+micro-batches; each rank all-gathers the units once per step and adds them exactly, as integers on
+a fixed-point grid per key, so the sums do not depend on the layout. ``group=None`` runs the same
+code without collectives. The grid, its error bound and the local-groups shortcut:
+docs/algorithm.md#parallelism-contract.
 """
 
 from __future__ import annotations

@@ -3,25 +3,11 @@
 Shape letters: B samples, S tokens, V vocabulary, VL = V / TP the rank's shard, N valid
 (action) tokens, C tokens of a chunk, K1 = k + 1 CRINGE candidates.
 
-Under tensor parallelism each rank holds logits [B, S, VL] for the vocabulary slice
-[rank * VL, (rank + 1) * VL) (megatron's ColumnParallelLinear output, gather_output=False).
-``vocab_parallel_token_stats`` returns, for each valid token, the log-prob of the target,
-the full-vocabulary entropy and (for CRINGE) the target's logit and the logit of a positive
-token drawn from the top-(k+1); the vocabulary is reduced with a max and a sum over
-``tp_group`` (plus one all-gather of k+1 candidates per token for CRINGE). The work is done in
-chunks of C tokens inside one autograd Function whose backward recomputes each chunk's softmax
-and needs no collective (the outputs, hence their gradients, are the same on every TP rank),
-so the loss holds the gradient of the logits plus about two [C, VL] float32 buffers, never a
-full-size softmax. ``tp_group=None`` (or a group of one) is plain single-process maths.
-
-``vocab_size`` below the logits' (padded) width leaves the padding rows out of the softmax:
-megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * TP``, and those
-rows (zero weights after an import) would otherwise add exp(0) terms that Hugging Face's model
-does not have. They get a finite -1e30 rather than -inf, so that exp gives 0 and 0 * z stays 0.
-
-The all-reduced normaliser never enters autograd
-(docs/megatron_notes.md#hand-written-vocabulary-parallel-statistics): the gradient d/dz_v of
-log p_y is 1[v = y] - p_v and of H is -p_v (log p_v + H), both computed locally.
+``vocab_parallel_token_stats`` gives each valid token its target log-prob, entropy and (for CRINGE)
+two logits, reducing the vocabulary over ``tp_group`` in chunks of C tokens inside one autograd
+Function whose backward needs no collective, so the loss never holds a full-size softmax; padding
+columns of the vocabulary take no part. How, and why the normaliser stays out of autograd:
+docs/algorithm.md#parallelism-contract, docs/megatron_notes.md#hand-written-vocabulary-parallel-statistics.
 """
 
 from __future__ import annotations
