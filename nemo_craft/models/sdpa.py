@@ -1,40 +1,11 @@
 """Core attention through ``torch.nn.functional.scaled_dot_product_attention``.
 
-megatron-core's local spec (no Transformer Engine) computes attention unfused: GQA key/value heads
-copied ``repeat_interleave`` times, a [b * np, sq, sk] score buffer, a masked softmax and a second
-batched matmul, each a separate kernel. :class:`SDPAttention` is a drop-in ``core_attention`` for
-that spec which hands the same computation to PyTorch's fused kernels instead: flash or
-memory-efficient attention on GPUs (no [sq, sk] scores in memory), the fused CPU kernel on CPUs,
-grouped-query heads without copies (``enable_gqa``). It is what :func:`nemo_craft.models.provider.
-layer_spec` puts in the local spec unless ``model.core_attention="local"``; with Transformer
-Engine the TE spec is used and this class is not.
-
-Semantics are megatron's: scores scaled by ``softmax_scale`` (1/sqrt(head dim) by default),
-``attention_mask`` is boolean with True = *not attended* ([b or 1, 1, sq, sk]), no mask with the
-causal type means a causal mask when ``sq > 1`` and none for a single query (a decode step against
-a KV cache), and dropout draws from megatron's model-parallel RNG. Masked positions get -10000
-added to their scores, where megatron's softmax sets them to -10000: identical probabilities
-whenever a row attends to anything, and no NaN from a fully masked (padding) row either way.
-
-Packed sequences (megatron's ``PackedSeqParams`` with ``qkv_format="thd"``: query, key and value
-``[t, heads, hn]``, the sequences of a micro-batch end to end at ``cu_seqlens``) get block-diagonal
-causal attention, computed block by block: each sequence attends causally to itself through the same
-fused kernel, and the masked blocks between sequences are never computed (a dense [t, t] mask would
-spend quadratic time and memory on them). It is what Transformer Engine's attention does with the
-same parameters on GPUs; megatron's RoPE restarts at each ``cu_seqlens`` boundary before this runs.
-
-Context parallel (``context_parallel_size`` > 1, the local spec's only CP attention: megatron's own
-``DotProductAttention`` refuses CP): the query holds this rank's two load-balanced chunks of the
-sequence (global chunks r and 2 cp - 1 - r, :mod:`nemo_craft.parallel.context_parallel`); keys and
-values are all-gathered over the CP group (their gradient reduce-scattered back) and each query chunk
-attends causally to the keys at global positions up to its own: the chunk's keys end where the chunk
-ends, with the mask aligned to the lower right, so no score above the diagonal is computed. Packed
-(thd) input under CP is refused. :func:`~nemo_craft.parallel.context_parallel.context_parallel_off`
-(generation) sets ``cp_group`` to None, which runs the whole sequence as at CP 1.
-
-Needs torch >= 2.5 (``enable_gqa``). What the local attention supports and this does not (sliding
-windows, softmax offsets, query-key layer scaling) is refused at construction, with the setting that
-keeps megatron's class.
+megatron-core's local spec (no Transformer Engine) computes attention unfused, kernel by kernel.
+:class:`SDPAttention` is a drop-in ``core_attention`` for that spec which hands the same computation
+to PyTorch's fused kernels (flash or memory-efficient on GPUs, the fused CPU kernel on CPUs, GQA
+without copies), with megatron's semantics. It also runs packed (thd) sequences block by block
+and context parallel. What :func:`nemo_craft.models.provider.layer_spec` picks, the masks, packing,
+CP and what is refused: docs/design.md#attention-without-transformer-engine.
 """
 
 from __future__ import annotations

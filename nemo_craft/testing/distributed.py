@@ -2,23 +2,12 @@
 
     results = run_distributed(body, world_size=4, tp=2, pp=2, args=(x,))
 
-starts ``world_size`` processes, initialises torch.distributed and megatron's parallel state
-with the layout, calls ``body(*args)`` on every rank and returns the ranks' return values, in
-rank order. A rank that raises fails the call with that rank's traceback; a run past ``timeout``
-seconds fails with the ranks still running; in both cases every rank is killed, so no process is
-left behind.
-
-``device``: ``"cpu"`` (gloo and the CPU mode, CUDA hidden from the ranks) or ``"cuda"`` (NCCL,
-one GPU per rank). The default is the environment variable ``NEMO_CRAFT_TEST_DEVICE``, else
-``"cpu"``: the suite compares layouts bit for bit, so one run keeps every layout on one kind of
-device, whatever the machine has; ``tests/gpu`` asks for ``"cuda"``.
-
-Without CUDA on the machine, ranks fork from a server process that has imported torch and
-megatron-core once (``forkserver`` with preload), which keeps a multi-rank test to about a second
-of start-up. With CUDA they are fresh interpreters (``spawn``): a process forked from one that
-has touched CUDA cannot use it, and ``CUDA_VISIBLE_DEVICES`` must be in a rank's environment
-before anything can initialise CUDA. ``body`` must be importable by reference (a module-level
-function).
+starts ``world_size`` processes, initialises torch.distributed and megatron's parallel state with
+the layout, calls ``body(*args)`` on every rank and returns the ranks' return values, in rank
+order. A rank that raises, or a run past ``timeout``, fails the call; every rank is killed, so no
+process is left behind. ``device`` is ``"cpu"`` (gloo, the default unless
+``NEMO_CRAFT_TEST_DEVICE`` says otherwise) or ``"cuda"`` (NCCL). Details:
+docs/design.md#the-distributed-test-harness.
 """
 
 from __future__ import annotations

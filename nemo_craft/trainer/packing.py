@@ -4,18 +4,10 @@
     mbs = split_micro_batches(tensors_BS, lengths_B, max_tokens=4096, pad_multiple=2)   # packed
     values_BS = mbs.to_rows(forward_only(model, mbs.items, value_fn))
 
-Padded (``max_tokens`` None): consecutive rows, ``micro_batch_size`` at a time, each row as long
-as the longest sequence of the step: the layout every pass used before packing, unchanged.
-
-Packed: sequences are packed into micro-batches of at most ``max_tokens`` tokens, as verl's
-dynamic batch size and NeMo-RL's sequence packing do, with the tokens balanced between them
-(every pack is padded to the longest, see :func:`plan_packs`).
-A packed micro-batch is one row ``[1, L]``: its sequences end to end (``cu_seqlens``), position
-ids restarting at 0 for each, and megatron's ``PackedSeqParams`` with ``qkv_format="thd"``, which
-makes the attention block-diagonal causal (Transformer Engine's attention on GPUs,
-:class:`~nemo_craft.models.sdpa.SDPAttention` elsewhere) and restarts RoPE at every sequence
-(megatron applies it per ``cu_seqlens`` segment). The packs depend only on the lengths and the budget, so the same step
-gives the same packs on every rank of a model-parallel group, after a resume and on every run.
+Padded (``max_tokens`` None): ``micro_batch_size`` consecutive rows, each as long as the step's
+longest sequence. Packed: micro-batches of at most ``max_tokens`` tokens, each one row ``[1, L]`` of
+sequences end to end with megatron's ``PackedSeqParams`` (block-diagonal causal attention), the same
+packs on every rank and run. Details: docs/design.md#micro-batches-padded-or-packed.
 
 Shape letters: B sequences of the step, S their padded length, P packs, L tokens per pack.
 """
