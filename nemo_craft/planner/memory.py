@@ -5,37 +5,8 @@ micro-batch, h hidden, f ffn hidden, a query heads, g key/value heads, d head di
 vocabulary, t TP, L layers. ``ab`` is the byte size of activations (the params dtype: bf16 on
 GPUs), all results are bytes.
 
-What is held, and when (the peak is persistent + the largest phase + overhead):
-
-- persistent: weights (params dtype), gradient buffers (fp32 when ``grad_reduce_in_fp32``),
-  Adam states (fp32 master copy when params are bf16, exp_avg, exp_avg_sq; sharded over DP x CP
-  by the distributed optimizer) and, only if it is kept on the GPU, the frozen reference
-  policy's weights (the trainer keeps them on the host);
-- generation: the KV cache, b x s x L/pp x 2 x g/t x d x ab (b: rows of a generation pass,
-  ``rollout.generation.max_batch_size`` capped by the rank's share), plus one decode step's logits; a paged
-  cache (the dynamic engine, vLLM) is its fixed size instead; vLLM also holds its own copy of the
-  rank's weights while it generates (it sleeps, holding nothing, while the trainer runs);
-- experience (no-grad passes: old, teacher with its privileged prefix, reference): one layer's
-  transient activations at the teacher's length, the logits of a micro-batch and the loss chunk;
-- training: the activations of the micro-batches in flight on this pipeline rank (1F1B: pp - r
-  micro-batches of the stage's layers; interleaved: the schedule's warm-up count of chunks),
-  plus, on the last stage, the logits, their gradient and the loss's two [C, V/t] fp32 buffers.
-
-Per layer and micro-batch, what backward needs (flash attention, SwiGLU, RMSNorm, no dropout):
-the two norm inputs and the two linear inputs that read the residual stream (4 x sbh, divided by
-t under sequence parallel), q/k/v (sb(ad + 2gd)/t), the q/k-norm inputs when there are q/k norms
-(sb(ad + gd)/t), the attention output (sb ad/t) and its log-sum-exp (fp32, bas/t), the fc1
-output (2 sbf/t) and the SwiGLU output (sbf/t); unfused attention also keeps the softmax
-(bas^2/t) unless it is recomputed (selective). Full recomputation keeps only each layer's input
-(sbh, /t under SP) and rebuilds one layer at a time in backward.
-
-Context parallel (c ranks): s is the rank's share of the sequence, S / c, in training and in the
-no-grad passes (activations, logits and the loss divide by c); attention also keeps the keys and
-values of the whole sequence, gathered over the CP group (2 S b g d / t, unless core attention is
-recomputed), and unfused scores are b a s S / t. Generation runs every CP rank on whole sequences
-(megatron's inference has no CP), so the KV cache is not divided by c; the trajectories of a rank
-are its data-parallel rank's (DP = GPUs / (TP x PP x CP)), and the distributed optimizer shards
-over DP x CP.
+The peak is persistent + the largest phase (generation, experience, training) + overhead. What
+each term holds, per layer and under context parallel: docs/cluster.md#what-the-planner-counts.
 """
 
 from __future__ import annotations
