@@ -2,21 +2,9 @@
 
 One *slot* holds one episode. ``reset(seeds)`` starts an episode per seed, ``step(actions)``
 advances every slot that was given an action; both return one ``EnvResult`` per slot, with the
-prompt for the next turn already rendered by the environment.
-
-Backends:
-  * ``thread``: the environments live in this process; calls run on daemon threads,
-    ``max_workers`` at a time. Right for pure-Python engines (Sokoban, Search-QA, WebShop-like) and
-    engines that run in their own process anyway (ScienceWorld's JVM). A hung call cannot be
-    killed: its thread is abandoned (it keeps its CPU and memory until it returns) and the slot
-    gets a fresh environment.
-  * ``process``: one process per slot; a hung or crashed worker is killed and replaced. Right for
-    engines that may hang or leak (ALFWorld's planner), at the cost of start-up time and memory.
-
-A reset or step that raises or exceeds its timeout ends that episode: ``done=True``,
-``reward=failure_reward``, ``info["error"]`` says why; the reason is logged and kept in
-``pool.failures``; the slot's environment (or worker) is replaced at the next reset. Same seed =>
-same instance, privileged context and transitions: the pool adds no randomness of its own.
+prompt for the next turn already rendered by the environment. A failed or timed-out call ends its
+episode with ``failure_reward``; the pool adds no randomness of its own. The ``thread`` and
+``process`` backends and what each does with a hung call: docs/environments.md#envpool-parallel-steps-and-timeouts.
 """
 
 from __future__ import annotations

@@ -2,25 +2,9 @@
 
 Pure tensor code, no process groups: :func:`read_tp_shard` cuts one rank's shard out of the
 Hugging Face tensors (reading only the rows/columns it needs through a ``reader``), and
-:func:`merge_tp_shards` puts the shards of all TP ranks back into Hugging Face tensors.
-
-Megatron layouts (``ng`` query groups, ``hpg`` query heads per group, ``d`` head dim, ``h``
-hidden, ``f`` ffn hidden, ``t`` TP size, ``Vp`` padded vocab):
-
-- ``linear_qkv.weight`` ``[ng*(hpg+2)*d, h]``: per query group, its ``hpg`` query heads, then
-  its key head, then its value head; TP rank ``r`` holds groups ``[r*ng/t, (r+1)*ng/t)``.
-  Bias the same, without the ``h``.
-- ``linear_fc1.weight`` ``[2f, h]``: TP rank ``r`` holds ``[gate[r]; up[r]]`` where ``gate[r]``
-  is its ``f/t`` rows of ``gate_proj`` (megatron's SwiGLU chunks the local output in two).
-- ``linear_proj.weight`` / ``linear_fc2.weight``: split along the input (column) dimension.
-- ``word_embeddings`` / ``output_layer`` ``[Vp, h]``: rows split in contiguous blocks; rows
-  past the real vocabulary are zeros on import and dropped on export.
-- norms: replicated.
-
-The Hugging Face names are the model family's (``families.WeightNames``); the layouts are
-megatron's, the same for every family. Megatron names are "canonical": the local spec's names
-with *global* layer indices; Transformer Engine's fused-norm names (``linear_qkv.layer_norm_weight``)
-are translated to them.
+:func:`merge_tp_shards` puts the shards of all TP ranks back into Hugging Face tensors. The
+Hugging Face names are the model family's (``families.WeightNames``); megatron's layouts of each
+tensor, the same for every family: docs/extending_model_family.md#megatrons-tensor-layouts.
 """
 
 from __future__ import annotations
