@@ -163,6 +163,10 @@ class Routing:
 
     # ---------------------------------------------------------------- measurements
 
+    def measure(self):
+        """Count the block's expert load and top-k agreement with the record, routing untouched."""
+        return self._measure(True)
+
     @contextlib.contextmanager
     def _measure(self, on: bool):
         if not on:

@@ -61,3 +61,6 @@ def test_ep2_step_equals_ep1(tiny_moe, tmp_path):
     for key in checked:
         assert _close(ep1[key], ep2[key]), f"{key}: EP1 {ep1[key]!r} vs EP2 {ep2[key]!r}"
     assert ep1["train/grad_norm"] > 0
+    # Expert load of the training forward, and (replay off) how often its top-k set equals the old pass's.
+    assert ep1["moe/tokens_per_expert_max"] >= ep1["moe/tokens_per_expert_mean"] > 0
+    assert 0.0 <= ep1["moe/topk_agreement"] <= 1.0
