@@ -83,10 +83,28 @@ def check_vllm_run(parallel_cfg, model_cfg) -> None:
     from nemo_craft.models.refit import check_refit_layout  # lazy: imports megatron; the start-up check runs without it
 
     check_refit_layout(parallel_cfg)
+    check_vllm_moe(model_cfg)
     problem = vllm_problem()
     if problem is not None:
         raise ValueError(f"rollout.generation.backend=vllm cannot run here: {problem}")
     _check_head_size(model_cfg.kv_channels)
+
+
+def check_vllm_moe(model_cfg, *, cuda: bool | None = None) -> None:
+    """A mixture of experts is refused on vLLM's CPU build: its refit (``reload_weights``) leaves a
+    changed router without effect and garbles changed experts (the CPU MoE kernels repack the
+    expert weights at start-up), so rollouts would come from a stale engine. ``cuda``: whether
+    CUDA is present (default: asked)."""
+    if model_cfg.num_experts is None:
+        return
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        raise ValueError(
+            f"rollout.generation.backend=vllm with a mixture of experts (model.num_experts={model_cfg.num_experts}) "
+            "is refused without CUDA: vLLM's CPU build does not refit routers and experts; use "
+            "rollout.generation.backend=static (MoE rollouts on megatron's static engine)"
+        )
 
 
 class VllmBackend:

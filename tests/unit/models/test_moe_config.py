@@ -87,3 +87,13 @@ def test_config_json_round_trip():
     again = ModelConfig.from_hf_config(cfg.to_hf_config(), init="random", moe_routing_replay="none")
     for name in ("num_experts", "moe_router_topk", "moe_ffn_hidden_size", "mlp_only_layers", "moe_norm_topk_prob"):
         assert getattr(again, name) == getattr(cfg, name), name
+
+
+def test_vllm_with_experts_is_refused_without_cuda_naming_the_static_engine():
+    from nemo_craft.rollout.vllm_backend import check_vllm_moe
+
+    with pytest.raises(ValueError, match="use rollout.generation.backend=static") as err:
+        check_vllm_moe(ModelConfig(**MOE), cuda=False)
+    assert "\n" not in str(err.value)
+    check_vllm_moe(ModelConfig(**MOE), cuda=True)  # on GPUs the engine's refit is the GPU build's
+    check_vllm_moe(ModelConfig(), cuda=False)  # dense models are not affected
