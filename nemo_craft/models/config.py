@@ -26,12 +26,24 @@ __all__ = ["ModelConfig", "PARAMS_DTYPES", "CORE_ATTENTIONS", "INITS"]
 ParamsDtype = Literal["fp32", "bf16"]
 CoreAttention = Literal["sdpa", "local"]
 Init = Literal["pretrained", "random"]
+RouterDtype = Literal["fp32", "fp64"]
+RoutingReplay = Literal["none", "r2", "r3"]
 PARAMS_DTYPES, CORE_ATTENTIONS, INITS = get_args(ParamsDtype), get_args(CoreAttention), get_args(Init)
+# Fields of a mixture-of-experts architecture, read from config.json like the dense ones.
+MOE_ARCHITECTURE_FIELDS = (
+    "num_experts",
+    "moe_router_topk",
+    "moe_ffn_hidden_size",
+    "moe_norm_topk_prob",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+)
 
 
 @dataclass
 class ModelConfig:
-    """A dense decoder-only transformer (RMSNorm, SwiGLU, GQA, RoPE)."""
+    """A decoder-only transformer (RMSNorm, SwiGLU, GQA, RoPE), dense or with mixture-of-experts
+    layers (``num_experts``: top-k softmax router, no shared expert)."""
 
     architecture: Optional[str] = "qwen3"
     """Model family (:mod:`nemo_craft.models.families`: "llama", "qwen2", "qwen3", ...): fixes the
@@ -94,6 +106,39 @@ class ModelConfig:
     be set) or "random" (normal init with ``init_method_std``; ``hf_path`` must not be set). The
     tiny model's YAML sets "random", so a named pretrained architecture never trains from random
     weights unless asked (see ``check_weights``)."""
+    num_experts: Optional[int] = None
+    """Experts per mixture-of-experts layer (Hugging Face ``num_experts``); None: a dense model.
+    Only a family with expert tensors (``qwen3_moe``) takes it."""
+    moe_router_topk: Optional[int] = None
+    """Experts each token is sent to (``num_experts_per_tok``); needed with num_experts."""
+    moe_ffn_hidden_size: Optional[int] = None
+    """Width of one expert's SwiGLU MLP (``moe_intermediate_size``); needed with num_experts.
+    ``ffn_hidden_size`` stays the width of the dense layers (``mlp_only_layers``)."""
+    moe_norm_topk_prob: Optional[bool] = None
+    """Renormalise the top-k routing probabilities to sum to 1 (``norm_topk_prob``; default true):
+    megatron's softmax over the top-k logits; false is a softmax over all experts, then top-k."""
+    decoder_sparse_step: Optional[int] = None
+    """Layer i (0-based) has experts when (i + 1) % decoder_sparse_step == 0 and i is not in
+    mlp_only_layers, as in Hugging Face's Qwen3-MoE (default 1: every layer)."""
+    mlp_only_layers: Optional[tuple[int, ...]] = None
+    """0-based layers with a dense MLP (of ffn_hidden_size) instead of experts (default none)."""
+    moe_router_dtype: RouterDtype = "fp32"
+    """Dtype of the router's logits and softmax ("fp32" or "fp64"), whatever params_dtype is: a
+    bf16 router flips near-tied experts between passes."""
+    moe_freeze_router: bool = True
+    """Keep the router's weights fixed during RL (no gradient, no update): a moving router changes
+    which experts the rollouts' tokens would get, which RL's objective does not ask for."""
+    moe_aux_loss_coeff: float = 0.0
+    """Load-balancing loss coefficient (0: off, the RL default; when on, logged as a loss term)."""
+    moe_z_loss_coeff: float = 0.0
+    """Router z-loss coefficient (0: off, the RL default; when on, logged as a loss term)."""
+    moe_routing_replay: RoutingReplay = "none"
+    """Routing replay: "none"; "r2" (the experts chosen in the old-log-prob pass are replayed in
+    the training forward and in the reference / teacher passes over the same tokens); "r3" (the
+    rollout engine's routes; not available in this build)."""
+    moe_grouped_gemm: Optional[bool] = None
+    """Experts as one grouped GEMM (Transformer Engine's) or one MLP after another; None: grouped
+    where Transformer Engine is importable, sequential elsewhere (the CPU)."""
     tokenizer: Optional[str] = None
     """"char" for the built-in character tokenizer, a local Hugging Face tokenizer directory, or
     None for the tokenizer of ``hf_path`` (or "char" when there is no hf_path)."""
@@ -149,6 +194,7 @@ class ModelConfig:
             )
         if self.rope_scaling == "llama3" and not self.rope_scaling_factor >= 1.0:
             raise ValueError(f"model.rope_scaling_factor={self.rope_scaling_factor!r}: must be >= 1")
+        self._check_moe(fam)
         for flag, value in fam.fixed.items():
             if getattr(self, flag) != value:
                 raise ValueError(
@@ -157,7 +203,69 @@ class ModelConfig:
                     f"({_family_with_these_flags(self)})"
                 )
 
+    def _check_moe(self, fam) -> None:
+        """The mixture-of-experts fields: all None for a dense model; complete and consistent with
+        experts. One line per refusal."""
+        for name in ("moe_aux_loss_coeff", "moe_z_loss_coeff"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"model.{name}={value!r}: must be a number >= 0 (0 turns it off)")
+        if self.num_experts is None:
+            if self.moe_routing_replay != "none":
+                raise ValueError(
+                    f"model.moe_routing_replay={self.moe_routing_replay!r} needs a mixture-of-experts model "
+                    "(model.num_experts); allowed for a dense model: none"
+                )
+            return
+        if not fam.moe:
+            moe_families = [n for n in family_names() if family(n).moe]
+            raise ValueError(
+                f"model.num_experts={self.num_experts} with architecture={self.architecture!r}, which has no "
+                f"expert layers; mixture-of-experts families: {moe_families} (or set num_experts=null)"
+            )
+        if self.moe_routing_replay == "r3":
+            raise ValueError(
+                "model.moe_routing_replay='r3' replays the rollout engine's routes, which needs vLLM's "
+                "routed-experts output (its V2 model runner: CUDA and Triton) and is not built here; "
+                "use model.moe_routing_replay=r2 (the old-log-prob pass's routes)"
+            )
+        self.moe_norm_topk_prob = True if self.moe_norm_topk_prob is None else bool(self.moe_norm_topk_prob)
+        self.decoder_sparse_step = 1 if self.decoder_sparse_step is None else self.decoder_sparse_step
+        self.mlp_only_layers = tuple(self.mlp_only_layers or ())
+        for name in ("num_experts", "moe_router_topk", "moe_ffn_hidden_size", "decoder_sparse_step"):
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"model.{name}=null with model.num_experts={self.num_experts}: set it (an integer >= 1)"
+                )
+            _check_int(name, getattr(self, name))
+        if self.moe_router_topk > self.num_experts:
+            raise ValueError(
+                f"model.moe_router_topk={self.moe_router_topk} exceeds model.num_experts={self.num_experts}; "
+                f"allowed: 1..{self.num_experts}"
+            )
+        bad = [i for i in self.mlp_only_layers if not (isinstance(i, int) and 0 <= i < self.num_layers)]
+        if bad:
+            raise ValueError(
+                f"model.mlp_only_layers={list(self.mlp_only_layers)}: {bad} are not layers; "
+                f"allowed: 0..{self.num_layers - 1}"
+            )
+        if not any(self.moe_layer_pattern()):
+            raise ValueError(
+                f"model.decoder_sparse_step={self.decoder_sparse_step} with mlp_only_layers="
+                f"{list(self.mlp_only_layers)} leaves no layer with experts; set num_experts=null for a dense model"
+            )
+
     # ---------------------------------------------------------------- derived values
+
+    def moe_layer_pattern(self) -> list[int]:
+        """Per layer (0-based), 1 where it has experts, 0 where its MLP is dense (Hugging Face's
+        Qwen3-MoE rule; megatron's ``moe_layer_freq`` list). All 0 for a dense model."""
+        if self.num_experts is None:
+            return [0] * self.num_layers
+        return [
+            int(i not in self.mlp_only_layers and (i + 1) % self.decoder_sparse_step == 0)
+            for i in range(self.num_layers)
+        ]
 
     def padded_vocab_size(self, tensor_model_parallel_size: int = 1) -> int:
         """Embedding rows megatron allocates: vocab_size rounded up to a multiple of
@@ -187,6 +295,7 @@ class ModelConfig:
                 f"pipeline chunk must hold the same number of layers (choose PP*VPP among "
                 f"{_divisors(self.num_layers)})"
             )
+        self._validate_expert_layout(parallel)
         padded = self.padded_vocab_size(tp)
         if padded % (self.make_vocab_size_divisible_by * tp) != 0 or padded < self.vocab_size:
             raise AssertionError(
@@ -204,6 +313,32 @@ class ModelConfig:
                     "megatron's local attention (model.core_attention=local) does not split the sequence"
                 )
 
+    def _validate_expert_layout(self, parallel) -> None:
+        ep = getattr(parallel, "expert_model_parallel_size", 1)
+        etp = getattr(parallel, "expert_tensor_parallel_size", None) or parallel.tensor_model_parallel_size
+        if self.num_experts is None:
+            if ep > 1 or etp != parallel.tensor_model_parallel_size:
+                raise ValueError(
+                    f"parallel.expert_model_parallel_size={ep} / expert_tensor_parallel_size={etp} with a dense "
+                    "model (model.num_experts=null); allowed: 1 and null"
+                )
+            return
+        if self.num_experts % ep != 0:
+            raise ValueError(
+                f"parallel.expert_model_parallel_size={ep} does not divide model.num_experts={self.num_experts}; "
+                f"allowed: {_divisors(self.num_experts)}"
+            )
+        if self.moe_ffn_hidden_size % etp != 0:
+            raise ValueError(
+                f"parallel.expert_tensor_parallel_size={etp} does not divide model.moe_ffn_hidden_size="
+                f"{self.moe_ffn_hidden_size}; allowed: {_divisors(self.moe_ffn_hidden_size)}"
+            )
+        if parallel.tensor_model_parallel_size > 1 and not parallel.sequence_parallel:
+            raise ValueError(
+                f"parallel.tensor_model_parallel_size={parallel.tensor_model_parallel_size} with experts needs "
+                "parallel.sequence_parallel=true (megatron's token dispatcher works on sequence-parallel tokens)"
+            )
+
     # ---------------------------------------------------------------- Hugging Face
 
     @classmethod
@@ -212,7 +347,7 @@ class ModelConfig:
         checkpoint directory / config.json; a directory becomes ``hf_path``). ``overrides`` replace
         fields afterwards (e.g. ``params_dtype="bf16"``). Raises ValueError for what the megatron
         model does not implement."""
-        from nemo_craft.models.hf_config import hf_config_values
+        from nemo_craft.models.hf_config import hf_config_values  # lazy: hf_config imports this module
 
         values, hf_path = hf_config_values(hf_config)
         values["hf_path"] = hf_path
@@ -222,7 +357,7 @@ class ModelConfig:
     def to_hf_config(self) -> dict:
         """A ``config.json`` dict for this architecture (what export writes when it has no
         original config to copy)."""
-        from nemo_craft.models.hf_config import to_hf_config
+        from nemo_craft.models.hf_config import to_hf_config  # lazy: hf_config imports this module
 
         return to_hf_config(self)
 
@@ -230,7 +365,7 @@ class ModelConfig:
         """Start-up check of where the initial weights come from (``init``, ``hf_path``, and the
         checkpoint's config.json against this config): raises ValueError in one line naming what
         is missing or which field disagrees (:func:`nemo_craft.models.hf_config.check_weights`)."""
-        from nemo_craft.models.hf_config import check_weights
+        from nemo_craft.models.hf_config import check_weights  # lazy: hf_config imports this module
 
         check_weights(self)
 

@@ -24,6 +24,7 @@ __all__ = [
     "ModelFamily",
     "WeightNames",
     "LLAMA_WEIGHT_NAMES",
+    "QWEN3_MOE_WEIGHT_NAMES",
     "register_family",
     "family",
     "family_names",
@@ -64,6 +65,11 @@ class WeightNames:
     """Prefix of layer ``layer``'s tensors (0-based)."""
     per_layer: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(_LLAMA_PER_LAYER))
     """Megatron layer parameter -> the layer's Hugging Face tensors (after ``layer_prefix``)."""
+    moe_per_layer: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Of a mixture-of-experts layer: megatron parameter (router; one expert's ``linear_fc1`` /
+    ``linear_fc2``, named without the expert index) -> its Hugging Face tensors after
+    ``layer_prefix``, with ``{expert}`` standing for the global expert index. Empty for a dense
+    family."""
     ignored_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
     """Checkpoint tensors that carry nothing the model needs (old Llama checkpoints store RoPE's
     inverse frequencies); neither read nor refused."""
@@ -74,6 +80,20 @@ class WeightNames:
 
 LLAMA_WEIGHT_NAMES = WeightNames()
 """Llama's names, which Qwen2 and Qwen3 share."""
+
+QWEN3_MOE_WEIGHT_NAMES = WeightNames(
+    moe_per_layer={
+        "mlp.router.weight": ("mlp.gate.weight",),
+        "mlp.experts.linear_fc1.weight": (
+            "mlp.experts.{expert}.gate_proj.weight",
+            "mlp.experts.{expert}.up_proj.weight",
+        ),
+        "mlp.experts.linear_fc2.weight": ("mlp.experts.{expert}.down_proj.weight",),
+    }
+)
+"""Qwen3-MoE: Llama's names for attention, norms and the dense layers (``mlp_only_layers``);
+per expert ``mlp.experts.E.{gate,up,down}_proj`` and the router ``mlp.gate`` (transformers 5
+fuses the experts into 3-D tensors in memory but saves them per expert, as here)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,11 @@ class ModelFamily:
     """The provider builds RMSNorm only."""
     weights: WeightNames = LLAMA_WEIGHT_NAMES
     """The checkpoint's tensor names."""
+
+    @property
+    def moe(self) -> bool:
+        """Whether the family has mixture-of-experts layers (``ModelConfig.num_experts``)."""
+        return bool(self.weights.moe_per_layer)
 
     def __post_init__(self) -> None:
         if self.hidden_act != "silu" or self.normalization != "RMSNorm":
@@ -206,5 +231,18 @@ register_family(
         hf_fixed={
             "attention_bias": (False, "puts a bias on the output projection too, which this model does not implement"),
         },
+    )
+)
+register_family(
+    ModelFamily(
+        name="qwen3_moe",
+        model_type="qwen3_moe",
+        hf_architecture="Qwen3MoeForCausalLM",
+        hf_config_class="Qwen3MoeConfig",
+        fixed=dict(add_qkv_bias=False, qk_layernorm=True),
+        hf_fixed={
+            "attention_bias": (False, "puts a bias on the output projection too, which this model does not implement"),
+        },
+        weights=QWEN3_MOE_WEIGHT_NAMES,
     )
 )

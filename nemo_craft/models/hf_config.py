@@ -53,6 +53,12 @@ ARCHITECTURE_FIELDS = {
     "add_qkv_bias": "model_type",
     "qk_layernorm": "model_type",
     "tie_word_embeddings": "tie_word_embeddings",
+    "num_experts": "num_experts",
+    "moe_router_topk": "num_experts_per_tok",
+    "moe_ffn_hidden_size": "moe_intermediate_size",
+    "moe_norm_topk_prob": "norm_topk_prob",
+    "decoder_sparse_step": "decoder_sparse_step",
+    "mlp_only_layers": "mlp_only_layers",
 }
 # The Llama 3.1 RoPE scaling megatron-core implements (RotaryEmbedding._apply_scaling has
 # these constants built in); any other value would be silently ignored, so it is refused.
@@ -122,14 +128,46 @@ def hf_config_values(hf_config: Any) -> tuple[dict, Optional[str]]:
         add_qkv_bias=fam.fixed["add_qkv_bias"],
         qk_layernorm=fam.fixed["qk_layernorm"],
     )
+    values.update(_read_moe(config, fam))
     return values, hf_path
+
+
+def _read_moe(config: dict, fam) -> dict:
+    """The mixture-of-experts fields of a config.json (all None for a dense family). transformers
+    writes ``num_local_experts`` where the published checkpoints say ``num_experts``."""
+    if not fam.moe:
+        return {
+            name: None
+            for name in (
+                "num_experts",
+                "moe_router_topk",
+                "moe_ffn_hidden_size",
+                "moe_norm_topk_prob",
+                "decoder_sparse_step",
+                "mlp_only_layers",
+            )
+        }
+    get = config.get
+    if get("shared_expert_intermediate_size"):
+        raise ValueError(
+            f"shared_expert_intermediate_size={get('shared_expert_intermediate_size')}: shared experts are not "
+            f"implemented for {fam.name!r}"
+        )
+    return dict(
+        num_experts=get("num_experts", get("num_local_experts")),
+        moe_router_topk=get("num_experts_per_tok"),
+        moe_ffn_hidden_size=get("moe_intermediate_size"),
+        moe_norm_topk_prob=bool(get("norm_topk_prob", True)),
+        decoder_sparse_step=get("decoder_sparse_step", 1),
+        mlp_only_layers=tuple(get("mlp_only_layers") or ()),
+    )
 
 
 def model_config_from_hf(hf_path: str, **overrides: Any):
     """The ModelConfig of the checkpoint directory ``hf_path`` (its config.json, the family found
     by the registry), loading its weights (``init="pretrained"``); ``overrides`` replace fields
     that are not the architecture's (``params_dtype="bf16"``, ``tokenizer=...``)."""
-    from nemo_craft.models.config import ModelConfig
+    from nemo_craft.models.config import ModelConfig  # lazy: this module is imported by models/config.py
 
     values, _ = hf_config_values(os.fspath(hf_path))
     values.update(hf_path=os.fspath(hf_path), init="pretrained")
@@ -199,6 +237,17 @@ def to_hf_config(cfg) -> dict:
         torch_dtype="bfloat16" if cfg.params_dtype == "bf16" else "float32",
     )
     out.update({key: value for key, (value, _) in fam.hf_fixed.items()})
+    if cfg.num_experts is not None:
+        out.update(
+            num_experts=cfg.num_experts,
+            num_experts_per_tok=cfg.moe_router_topk,
+            moe_intermediate_size=cfg.moe_ffn_hidden_size,
+            norm_topk_prob=cfg.moe_norm_topk_prob,
+            decoder_sparse_step=cfg.decoder_sparse_step,
+            mlp_only_layers=list(cfg.mlp_only_layers),
+            router_aux_loss_coef=cfg.moe_aux_loss_coeff,
+            output_router_logits=False,
+        )
     return out
 
 
@@ -206,6 +255,8 @@ def to_hf_config(cfg) -> dict:
 
 
 def _differs(field: str, given: Any, ref: Any) -> bool:
+    if isinstance(given, (list, tuple)) or isinstance(ref, (list, tuple)):
+        return list(given or ()) != list(ref or ())
     if isinstance(given, float) or isinstance(ref, float):
         return not math.isclose(float(given), float(ref), rel_tol=1e-6)
     return given != ref
@@ -275,4 +326,5 @@ def record_resolved(node: Any, cfg) -> None:
         return
     for field in ARCHITECTURE_FIELDS:
         if node.get(field) is None:
-            node[field] = getattr(cfg, field)
+            value = getattr(cfg, field)
+            node[field] = list(value) if isinstance(value, tuple) else value

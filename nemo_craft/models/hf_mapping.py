@@ -29,10 +29,15 @@ __all__ = [
     "merge_tp_shards",
     "hf_tensor_names",
     "hf_names",
+    "is_expert_kind",
 ]
 
 # Megatron kinds: how a parameter is laid out over TP.
 REPLICATED, VOCAB, COLUMN, QKV, FC1 = "replicated", "vocab", "column", "qkv", "fc1"
+# An expert's MLP: FC1 / COLUMN over the expert-tensor-parallel group.
+EXPERT_FC1, EXPERT_COLUMN = "expert_fc1", "expert_column"
+_EXPERT = re.compile(r"^mlp\.experts\.local_experts\.(\d+)\.(linear_fc[12]\.weight)$")
+_TE_GROUPED_EXPERT = re.compile(r"^mlp\.experts\.(linear_fc[12])\.weight(\d+)$")
 
 _TE_TO_LOCAL = (
     (".self_attention.linear_qkv.layer_norm_weight", ".input_layernorm.weight"),
@@ -51,6 +56,7 @@ _KIND = {
     "self_attention.linear_proj.weight": COLUMN,
     "mlp.linear_fc1.weight": FC1,
     "mlp.linear_fc2.weight": COLUMN,
+    "mlp.router.weight": REPLICATED,
 }
 
 
@@ -63,6 +69,11 @@ class WeightRule:
     kind: str
     hf_names: tuple[str, ...]
     hf_shapes: tuple[tuple[int, ...], ...]
+
+
+def is_expert_kind(kind: str) -> bool:
+    """Whether a parameter of this kind is one expert's (sharded over ETP, owned by one EP rank)."""
+    return kind in (EXPERT_FC1, EXPERT_COLUMN)
 
 
 def canonical_name(name: str) -> str:
@@ -91,9 +102,20 @@ def weight_rule(name: str, cfg: ModelConfig) -> WeightRule:
     if name == "decoder.final_layernorm.weight":
         return WeightRule(name, REPLICATED, (names.final_norm,), ((h,),))
     match = _LAYER.match(name)
-    if match is None or match.group(2) not in _KIND or match.group(2) not in names.per_layer:
+    expert = _EXPERT.match(match.group(2)) if match is not None else None
+    if expert is not None and names.moe_per_layer:
+        return _expert_rule(name, int(match.group(1)), int(expert.group(1)), expert.group(2), cfg, names)
+    if (
+        match is None
+        or match.group(2) not in _KIND
+        or (match.group(2) not in names.per_layer and match.group(2) not in names.moe_per_layer)
+    ):
         raise KeyError(f"no Hugging Face mapping for megatron parameter {name!r}")
     layer, rest = int(match.group(1)), match.group(2)
+    if rest in names.moe_per_layer:  # the router
+        return WeightRule(
+            name, REPLICATED, (names.layer(layer, names.moe_per_layer[rest][0]),), ((cfg.num_experts, h),)
+        )
     kind, suffixes = _KIND[rest], names.per_layer[rest]
     shapes = {
         "input_layernorm.weight": ((h,),),
@@ -109,6 +131,15 @@ def weight_rule(name: str, cfg: ModelConfig) -> WeightRule:
     return WeightRule(name, kind, tuple(names.layer(layer, s) for s in suffixes), shapes)
 
 
+def _expert_rule(name: str, layer: int, expert: int, fc: str, cfg: ModelConfig, names: WeightNames) -> WeightRule:
+    h, f = cfg.hidden_size, cfg.moe_ffn_hidden_size
+    suffixes = names.moe_per_layer[f"mlp.experts.{fc}"]
+    hf = tuple(names.layer(layer, s.format(expert=expert)) for s in suffixes)
+    if fc == "linear_fc1.weight":
+        return WeightRule(name, EXPERT_FC1, hf, ((f, h), (f, h)))
+    return WeightRule(name, EXPERT_COLUMN, hf, ((h, f),))
+
+
 def expected_names(cfg: ModelConfig) -> list[str]:
     """Canonical megatron parameter names of the whole model, in export order. ``output_layer``
     is absent when tied (its weight is the embedding's)."""
@@ -117,14 +148,16 @@ def expected_names(cfg: ModelConfig) -> list[str]:
         per_layer.append("self_attention.linear_qkv.bias")
     if cfg.qk_layernorm:
         per_layer += ["self_attention.q_layernorm.weight", "self_attention.k_layernorm.weight"]
-    per_layer += [
-        "self_attention.linear_proj.weight",
-        "pre_mlp_layernorm.weight",
-        "mlp.linear_fc1.weight",
-        "mlp.linear_fc2.weight",
+    per_layer += ["self_attention.linear_proj.weight", "pre_mlp_layernorm.weight"]
+    dense_mlp = ["mlp.linear_fc1.weight", "mlp.linear_fc2.weight"]
+    moe_mlp = ["mlp.router.weight"] + [
+        f"mlp.experts.local_experts.{e}.{fc}"
+        for e in range(cfg.num_experts or 0)
+        for fc in ("linear_fc1.weight", "linear_fc2.weight")
     ]
     names = ["embedding.word_embeddings.weight"]
-    names += [f"decoder.layers.{i}.{p}" for i in range(cfg.num_layers) for p in per_layer]
+    for i, sparse in enumerate(cfg.moe_layer_pattern()):
+        names += [f"decoder.layers.{i}.{p}" for p in per_layer + (moe_mlp if sparse else dense_mlp)]
     names.append("decoder.final_layernorm.weight")
     if not cfg.tie_word_embeddings:
         names.append("output_layer.weight")
@@ -138,12 +171,26 @@ def hf_tensor_names(cfg: ModelConfig) -> set[str]:
 
 def global_named_parameters(chunk) -> Iterator[tuple[str, torch.nn.Parameter]]:
     """``(canonical name, parameter)`` of a GPTModel chunk, layer indices made global."""
-    local_to_global = {str(j): str(layer.layer_number - 1) for j, layer in enumerate(chunk.decoder.layers)}
+    layers = {str(j): layer for j, layer in enumerate(chunk.decoder.layers)}
     for name, param in chunk.named_parameters():
         match = _LAYER.match(name)
         if match is not None:
-            name = f"decoder.layers.{local_to_global[match.group(1)]}.{match.group(2)}"
+            layer, rest = layers[match.group(1)], match.group(2)
+            name = f"decoder.layers.{layer.layer_number - 1}.{_global_expert(rest, layer)}"
         yield canonical_name(name), param
+
+
+def _global_expert(rest: str, layer) -> str:
+    """A layer parameter's name with its local expert index made global (others unchanged)."""
+    local = _EXPERT.match(rest)
+    if local is not None:
+        j, fc = int(local.group(1)), local.group(2)
+    else:
+        grouped = _TE_GROUPED_EXPERT.match(rest)
+        if grouped is None:
+            return rest
+        j, fc = int(grouped.group(2)), grouped.group(1) + ".weight"
+    return f"mlp.experts.local_experts.{layer.mlp.local_expert_indices[j]}.{fc}"
 
 
 # A reader returns rows [r0, r1) (and, for 2-D tensors, optionally columns [c0, c1)) of a tensor.
@@ -157,7 +204,8 @@ def _block(n: int, rank: int, size: int) -> tuple[int, int]:
 
 
 def read_tp_shard(rule: WeightRule, read: Reader, cfg: ModelConfig, tp_rank: int, tp_size: int) -> torch.Tensor:
-    """This TP rank's shard of the megatron parameter ``rule.name``, read with ``read``."""
+    """This TP rank's shard of the megatron parameter ``rule.name``, read with ``read`` (for an
+    expert's parameter, ``tp_rank`` / ``tp_size`` are the expert-tensor-parallel ones)."""
     if rule.kind == REPLICATED:
         return read(rule.hf_names[0], None, None)
     if rule.kind == COLUMN:
@@ -172,9 +220,12 @@ def read_tp_shard(rule: WeightRule, read: Reader, cfg: ModelConfig, tp_rank: int
             like = parts[0] if parts else read(rule.hf_names[0], (0, 1), None)
             parts.append(like.new_zeros((pad, h)))
         return torch.cat(parts, dim=0)
-    if rule.kind == FC1:
-        rows = _block(cfg.ffn_hidden_size, tp_rank, tp_size)
+    if rule.kind in (FC1, EXPERT_FC1):
+        width = cfg.ffn_hidden_size if rule.kind == FC1 else cfg.moe_ffn_hidden_size
+        rows = _block(width, tp_rank, tp_size)
         return torch.cat([read(n, rows, None) for n in rule.hf_names], dim=0)
+    if rule.kind == EXPERT_COLUMN:
+        return read(rule.hf_names[0], None, _block(rule.hf_shapes[0][1], tp_rank, tp_size))
     if rule.kind == QKV:
         d, hpg = cfg.kv_channels, cfg.num_attention_heads // cfg.num_query_groups
         g0, g1 = _block(cfg.num_query_groups, tp_rank, tp_size)
@@ -194,11 +245,11 @@ def merge_tp_shards(rule: WeightRule, shards: Sequence[torch.Tensor], cfg: Model
     """The Hugging Face tensors of ``rule`` from the shards of all TP ranks (in TP-rank order)."""
     if rule.kind == REPLICATED:
         return {rule.hf_names[0]: shards[0]}
-    if rule.kind == COLUMN:
+    if rule.kind in (COLUMN, EXPERT_COLUMN):
         return {rule.hf_names[0]: torch.cat(list(shards), dim=1)}
     if rule.kind == VOCAB:
         return {rule.hf_names[0]: torch.cat(list(shards), dim=0)[: rule.hf_shapes[0][0]]}
-    if rule.kind == FC1:
+    if rule.kind in (FC1, EXPERT_FC1):
         halves = [s.chunk(2, dim=0) for s in shards]
         return {
             rule.hf_names[0]: torch.cat([g for g, _ in halves], dim=0),

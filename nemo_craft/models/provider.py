@@ -22,7 +22,11 @@ import torch
 
 from nemo_craft.models.config import ModelConfig
 from nemo_craft.models.norm import RMSNorm
-from nemo_craft.parallel.megatron_fixes import use_finalize_model_grads, use_unbatched_p2p_for_interleaved_pipeline
+from nemo_craft.parallel.megatron_fixes import (
+    apply_moe_fixes,
+    use_finalize_model_grads,
+    use_unbatched_p2p_for_interleaved_pipeline,
+)
 
 __all__ = ["build_model", "gpt_model", "make_transformer_config", "layer_spec", "te_available", "parameter_count"]
 
@@ -95,11 +99,50 @@ def make_transformer_config(
         perform_initialization=perform_initialization,
     )
     kwargs.update(parallel_cfg.recompute_kwargs())
+    kwargs.update(moe_kwargs(model_cfg, parallel_cfg))
     kwargs.update(overrides or {})
     config = TransformerConfig(**kwargs)
     use_unbatched_p2p_for_interleaved_pipeline(config)
     use_finalize_model_grads(config)
     return config
+
+
+def moe_kwargs(model_cfg: ModelConfig, parallel_cfg) -> dict:
+    """The TransformerConfig fields of the mixture-of-experts layers (empty for a dense model):
+    Qwen3-MoE's router (softmax over the top-k logits = normalised top-k probabilities; with
+    ``moe_norm_topk_prob`` false, softmax over all experts first), logits in ``moe_router_dtype``,
+    no expert bias, no shared expert, megatron's all-to-all token dispatcher, and the RL
+    defaults: load-balancing and z-losses off unless their coefficients are set."""
+    if model_cfg.num_experts is None:
+        return {}
+    apply_moe_fixes()
+    aux = model_cfg.moe_aux_loss_coeff
+    return dict(
+        num_moe_experts=model_cfg.num_experts,
+        moe_router_topk=model_cfg.moe_router_topk,
+        moe_ffn_hidden_size=model_cfg.moe_ffn_hidden_size,
+        moe_layer_freq=model_cfg.moe_layer_pattern(),
+        moe_router_score_function="softmax",
+        moe_router_pre_softmax=not model_cfg.moe_norm_topk_prob,
+        moe_router_dtype=model_cfg.moe_router_dtype,
+        moe_router_load_balancing_type="aux_loss" if aux > 0 else "none",
+        moe_aux_loss_coeff=aux,
+        moe_z_loss_coeff=model_cfg.moe_z_loss_coeff or None,
+        moe_router_enable_expert_bias=False,
+        moe_token_dispatcher_type="alltoall",
+        moe_grouped_gemm=grouped_gemm(model_cfg),
+        moe_enable_routing_replay=model_cfg.moe_routing_replay != "none",
+        expert_model_parallel_size=parallel_cfg.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel_cfg.expert_tensor_size,
+    )
+
+
+def grouped_gemm(model_cfg: ModelConfig) -> bool:
+    """Whether the experts run as one grouped GEMM: ``model.moe_grouped_gemm``, by default where
+    Transformer Engine is importable (its grouped linear); sequential MLPs elsewhere."""
+    if model_cfg.moe_grouped_gemm is not None:
+        return bool(model_cfg.moe_grouped_gemm)
+    return te_available()
 
 
 def layer_spec(model_cfg: ModelConfig, config, *, use_te: Optional[bool] = None, vp_stage: Optional[int] = None):
@@ -109,43 +152,55 @@ def layer_spec(model_cfg: ModelConfig, config, *, use_te: Optional[bool] = None,
     :class:`RMSNorm` for the input, pre-MLP, q/k and final norms and, unless
     ``model.core_attention="local"``, :class:`~nemo_craft.models.sdpa.SDPAttention` as its core
     attention."""
-    from megatron.core.models.gpt import gpt_layer_specs as specs
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     if use_te is None:
         use_te = te_available()
+    dense, final_norm = _one_layer_spec(model_cfg, config, use_te, num_experts=None)
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    layers = [dense] * num_layers
+    if model_cfg.num_experts is not None:  # which of this chunk's layers have experts
+        from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+        moe, _ = _one_layer_spec(model_cfg, config, use_te, num_experts=model_cfg.num_experts)
+        pattern = model_cfg.moe_layer_pattern()
+        offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
+        layers = [moe if pattern[offset + i] else dense for i in range(num_layers)]
+    return TransformerBlockSubmodules(layer_specs=layers, layer_norm=final_norm)
+
+
+def _one_layer_spec(model_cfg: ModelConfig, config, use_te: bool, *, num_experts: Optional[int]):
+    """(layer spec, final norm class): a dense layer, or one with ``num_experts`` experts."""
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    moe = dict(num_experts=num_experts, moe_grouped_gemm=grouped_gemm(model_cfg) if num_experts else False)
     if use_te:
         from megatron.core.extensions.transformer_engine import TENorm
 
-        layer = specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model_cfg.qk_layernorm)
-        final_norm = TENorm
-    else:
-        import warnings
+        layer = specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model_cfg.qk_layernorm, **moe)
+        return layer, TENorm
+    import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Apex is not installed" - it is replaced below
-            layer = specs.get_gpt_layer_local_spec(qk_layernorm=model_cfg.qk_layernorm, normalization="RMSNorm")
-        sub = layer.submodules
-        if model_cfg.core_attention == "sdpa":
-            from nemo_craft.models.sdpa import (  # lazy: only the sdpa spec needs it
-                SDPAttention,
-                sdpa_unsupported_reason,
-            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Apex is not installed" - it is replaced below
+        layer = specs.get_gpt_layer_local_spec(qk_layernorm=model_cfg.qk_layernorm, normalization="RMSNorm", **moe)
+    sub = layer.submodules
+    if model_cfg.core_attention == "sdpa":
+        from nemo_craft.models.sdpa import (  # lazy: only the sdpa spec needs it
+            SDPAttention,
+            sdpa_unsupported_reason,
+        )
 
-            reason = sdpa_unsupported_reason(config)
-            if reason is not None:
-                raise ValueError(
-                    f"model.core_attention='sdpa' does not support {reason}; set model.core_attention=local"
-                )
-            sub.self_attention.submodules.core_attention = SDPAttention
-        sub.input_layernorm = RMSNorm
-        sub.pre_mlp_layernorm = RMSNorm
-        if model_cfg.qk_layernorm:
-            sub.self_attention.submodules.q_layernorm = RMSNorm
-            sub.self_attention.submodules.k_layernorm = RMSNorm
-        final_norm = RMSNorm
-    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=final_norm)
+        reason = sdpa_unsupported_reason(config)
+        if reason is not None:
+            raise ValueError(f"model.core_attention='sdpa' does not support {reason}; set model.core_attention=local")
+        sub.self_attention.submodules.core_attention = SDPAttention
+    sub.input_layernorm = RMSNorm
+    sub.pre_mlp_layernorm = RMSNorm
+    if model_cfg.qk_layernorm:
+        sub.self_attention.submodules.q_layernorm = RMSNorm
+        sub.self_attention.submodules.k_layernorm = RMSNorm
+    return layer, RMSNorm
 
 
 def build_model(
@@ -201,6 +256,7 @@ def build_model(
             )
         for param in model.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
+        freeze_routers(model, model_cfg)
         if not meta:
             model.to(compute_device())
         model.model_type = _encoder_or_decoder()
@@ -242,6 +298,20 @@ def gpt_model(
         vp_stage=vp_stage,
         **extra,
     )
+
+
+def freeze_routers(model, model_cfg: ModelConfig) -> int:
+    """With ``model.moe_freeze_router``, take the routers' weights out of training
+    (``requires_grad=False``: megatron's DDP gives them no gradient buffer and the optimizer no
+    state, so they never move). Returns how many were frozen."""
+    if model_cfg.num_experts is None or not model_cfg.moe_freeze_router:
+        return 0
+    frozen = 0
+    for name, param in model.named_parameters():
+        if name.endswith("mlp.router.weight") or name.endswith("mlp.router.bias"):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def _check_parallel_state(parallel_cfg) -> None:

@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from nemo_craft.models.families import family
+
 __all__ = ["make_tiny_hf_checkpoint", "tiny_hf_config"]
 
 
@@ -30,12 +32,17 @@ def tiny_hf_config(
     vocab_size: int = 320,
     rope_theta: float = 10000.0,
     llama3_rope_scaling: Optional[float] = None,
+    num_experts: int = 8,
+    num_experts_per_tok: int = 2,
+    moe_intermediate_size: int = 48,
+    decoder_sparse_step: int = 1,
+    mlp_only_layers: tuple[int, ...] = (),
+    norm_topk_prob: bool = True,
 ):
-    """A transformers config of the model family ``architecture`` ("llama", "qwen2", "qwen3" or
-    any registered family whose ``hf_config_class`` transformers has)."""
+    """A transformers config of the model family ``architecture`` ("llama", "qwen2", "qwen3",
+    "qwen3_moe" or any registered family whose ``hf_config_class`` transformers has). The
+    ``num_experts`` ... ``norm_topk_prob`` arguments are a mixture-of-experts family's only."""
     import transformers
-
-    from nemo_craft.models.families import family
 
     fam = family(architecture)
     common = dict(
@@ -64,6 +71,16 @@ def tiny_hf_config(
             original_max_position_embeddings=8192,
         )
         common["max_position_embeddings"] = int(8192 * llama3_rope_scaling)
+    if fam.moe:
+        common.update(
+            num_experts=num_experts,
+            num_experts_per_tok=num_experts_per_tok,
+            moe_intermediate_size=moe_intermediate_size,
+            decoder_sparse_step=decoder_sparse_step,
+            mlp_only_layers=list(mlp_only_layers),
+            norm_topk_prob=norm_topk_prob,
+            output_router_logits=False,
+        )
     config_class = getattr(transformers, fam.hf_config_class)
     if not fam.hf_head_dim:
         if head_dim is not None:

@@ -35,6 +35,13 @@ class ParallelConfig:
     and 2 CP - 1 - r of 2 CP); attention gathers keys and values over them. For sequences whose
     activations do not fit one rank's memory even with TP + sequence parallel and recompute;
     sequences are padded to a multiple of 2 CP. Generation runs each rank on whole sequences."""
+    expert_model_parallel_size: int = 1
+    """EP: ranks that split the experts of each mixture-of-experts layer (megatron's all-to-all
+    token dispatcher sends each token to the ranks of its experts). Carved out of the
+    data-parallel ranks: world_size must be a multiple of EP * ETP * PP, and EP must divide
+    model.num_experts. Expert gradients reduce over the expert-data-parallel group."""
+    expert_tensor_parallel_size: Optional[int] = None
+    """ETP: ranks that split each expert's weight matrices; None: the same as TP."""
     sequence_parallel: bool = False
     """Shard LayerNorm/dropout activations along the sequence over the TP group (needs TP > 1)."""
     use_distributed_optimizer: bool = False
@@ -58,10 +65,18 @@ class ParallelConfig:
     """With "full": layers per recomputed group ("uniform") or recomputed layers per chunk ("block")."""
 
     def __post_init__(self) -> None:
-        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
+        for name in (
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "context_parallel_size",
+            "expert_model_parallel_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"parallel.{name}={value!r}: must be an integer >= 1")
+        etp = self.expert_tensor_parallel_size
+        if etp is not None and (not isinstance(etp, int) or isinstance(etp, bool) or etp < 1):
+            raise ValueError(f"parallel.expert_tensor_parallel_size={etp!r}: must be null (as TP) or an integer >= 1")
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None:
             if not isinstance(vpp, int) or vpp < 1:
@@ -148,7 +163,26 @@ class ParallelConfig:
                 f"{self.context_parallel_size} = {mp}; choose a layout whose product divides "
                 f"the number of ranks"
             )
+        self.check_expert_ranks(world_size)
         return world_size // mp
+
+    @property
+    def expert_tensor_size(self) -> int:
+        """ETP as megatron uses it (TP when unset)."""
+        return self.expert_tensor_parallel_size or self.tensor_model_parallel_size
+
+    def check_expert_ranks(self, world_size: int) -> None:
+        """The expert layout must tile the ranks: megatron lays EP x ETP x PP over the world, the
+        rest being the expert-data-parallel group."""
+        ep, etp, pp = self.expert_model_parallel_size, self.expert_tensor_size, self.pipeline_model_parallel_size
+        if ep == 1 and etp == self.tensor_model_parallel_size:
+            return
+        if world_size % (ep * etp * pp) != 0:
+            raise ValueError(
+                f"world size {world_size} is not divisible by EP*ETP*PP = {ep}*{etp}*{pp} = {ep * etp * pp}; "
+                "choose parallel.expert_model_parallel_size (and expert_tensor_parallel_size) whose product "
+                "with PP divides the number of ranks"
+            )
 
 
 LrDecayStyle = Literal["constant", "linear", "cosine"]

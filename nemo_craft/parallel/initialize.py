@@ -68,6 +68,8 @@ def initialize_parallel(cfg: ParallelConfig, seed: int = 1234, init_method: str 
             pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=cfg.virtual_pipeline_model_parallel_size,
             context_parallel_size=cfg.context_parallel_size,
+            expert_model_parallel_size=cfg.expert_model_parallel_size,
+            expert_tensor_parallel_size=cfg.expert_tensor_parallel_size,
             distributed_timeout_minutes=cfg.distributed_timeout_minutes,
         )
     set_seed(seed)

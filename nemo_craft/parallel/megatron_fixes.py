@@ -7,7 +7,9 @@ the CPU mode. One home, under ``parallel/`` (it needs megatron-core only, nothin
   :func:`use_finalize_model_grads`, applied by ``nemo_craft.models.provider`` to every TransformerConfig;
 - bug 3, the distributed optimizer's resume without TE or apex: :func:`apply_optimizer_fixes`,
   installed by the checkpoint manager
-  (docs/megatron_notes.md#3-resuming-the-distributed-optimizer-without-te-or-apex).
+  (docs/megatron_notes.md#3-resuming-the-distributed-optimizer-without-te-or-apex);
+- the mixture-of-experts layers without TE or on gloo: :func:`apply_moe_fixes`, installed by
+  ``nemo_craft.models.provider`` when a model has experts (docs/moe.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "optimizer_fixes_applied",
     "init_empty_adam_state",
     "give_each_param_its_own_step",
+    "apply_moe_fixes",
 ]
 
 # -- bugs 1 and 2: model-config settings --------------------------------------------------------
@@ -55,6 +58,94 @@ def use_finalize_model_grads(config) -> None:
     from megatron.core.distributed import finalize_model_grads
 
     config.finalize_model_grads_func = finalize_model_grads
+
+
+# -- mixture of experts ---------------------------------------------------------------------------
+
+_MOE_FIXED = False
+
+
+def _split_sizes_as_ints(all_to_all: Callable) -> Callable:
+    """The all-to-all token dispatcher passes its split sizes as numpy arrays (moved to the host
+    for NCCL); ``torch.distributed.all_to_all_single`` on gloo takes only a list of Python ints."""
+
+    @functools.wraps(all_to_all)
+    def all_to_all_with_int_splits(group, input_, output_split_sizes=None, input_split_sizes=None):
+        def as_ints(sizes):
+            return None if sizes is None else [int(n) for n in sizes]
+
+        return all_to_all(group, input_, as_ints(output_split_sizes), as_ints(input_split_sizes))
+
+    return all_to_all_with_int_splits
+
+
+def _is_gloo(group) -> bool:
+    import torch.distributed as dist
+
+    return dist.get_backend(group) == "gloo"
+
+
+def _uneven_gather_on_gloo(gather: Callable) -> Callable:
+    """gloo's all_gather takes equal sizes only; the dispatcher gathers uneven token counts over
+    the expert-tensor-parallel group. Pad every rank's rows to the largest, gather, cut."""
+
+    @functools.wraps(gather)
+    def gather_along_first_dim(input_, group, output_split_sizes=None, use_global_buffer=False):
+        if output_split_sizes is None or group.size() == 1 or not _is_gloo(group):
+            return gather(input_, group, output_split_sizes, use_global_buffer)
+        import torch.distributed as dist
+
+        sizes = [int(n) for n in output_split_sizes]
+        padded_RH = input_.new_zeros((max(sizes), *input_.shape[1:]))
+        padded_RH[: input_.shape[0]] = input_
+        parts = [torch.empty_like(padded_RH) for _ in sizes]
+        dist.all_gather(parts, padded_RH.contiguous(), group=group)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
+
+    return gather_along_first_dim
+
+
+def _uneven_reduce_scatter_on_gloo(reduce_scatter: Callable) -> Callable:
+    """gloo has no reduce_scatter of uneven splits: all-reduce the whole tensor and keep this
+    rank's rows (more traffic, the same sum)."""
+
+    @functools.wraps(reduce_scatter)
+    def reduce_scatter_along_first_dim(input_, group, input_split_sizes=None, use_global_buffer=False):
+        if input_split_sizes is None or group.size() == 1 or not _is_gloo(group):
+            return reduce_scatter(input_, group, input_split_sizes, use_global_buffer)
+        import torch.distributed as dist
+
+        summed = input_.contiguous().clone()
+        dist.all_reduce(summed, group=group)
+        sizes = [int(n) for n in input_split_sizes]
+        start = sum(sizes[: group.rank()])
+        return summed[start : start + sizes[group.rank()]].clone()
+
+    return reduce_scatter_along_first_dim
+
+
+def apply_moe_fixes() -> None:
+    """Make megatron-core's MoE layers run without Transformer Engine and on gloo (idempotent;
+    both are no-ops where TE and NCCL are used):
+
+    - ``moe_utils`` names ``te_general_gemm`` only when TE imports, and the router's gating
+      linear reads it unconditionally (NameError): define it as None, megatron's own "absent";
+    - the all-to-all dispatcher's split sizes become Python ints (:func:`_split_sizes_as_ints`);
+    - with expert tensor parallel, its uneven gather and reduce-scatter over the ETP group run on
+      gloo (:func:`_uneven_gather_on_gloo`, :func:`_uneven_reduce_scatter_on_gloo`).
+    """
+    global _MOE_FIXED
+    if _MOE_FIXED:
+        return
+    from megatron.core.tensor_parallel import mappings
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+    token_dispatcher.all_to_all = _split_sizes_as_ints(token_dispatcher.all_to_all)
+    mappings._gather_along_first_dim = _uneven_gather_on_gloo(mappings._gather_along_first_dim)
+    mappings._reduce_scatter_along_first_dim = _uneven_reduce_scatter_on_gloo(mappings._reduce_scatter_along_first_dim)
+    _MOE_FIXED = True
 
 
 # -- bug 3: the distributed optimizer's resume -------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from nemo_craft.models.families import family
 from nemo_craft.rollout.stopping import StopCriteria
 
 __all__ = ["VllmBackend", "check_vllm_run", "vllm_problem", "SUPPORTED_VLLM"]
@@ -63,10 +64,28 @@ def check_vllm_run(parallel_cfg, model_cfg) -> None:
     from nemo_craft.models.refit import check_refit_layout  # lazy: imports megatron; the start-up check runs without it
 
     check_refit_layout(parallel_cfg)
+    check_vllm_moe(model_cfg)
     problem = vllm_problem()
     if problem is not None:
         raise ValueError(f"rollout.generation.backend=vllm cannot run here: {problem}")
     _check_head_size(model_cfg.kv_channels)
+
+
+def check_vllm_moe(model_cfg, *, cuda: bool | None = None) -> None:
+    """A mixture of experts is refused on vLLM's CPU build: its refit (``reload_weights``) leaves a
+    changed router without effect and garbles changed experts (the CPU MoE kernels repack the
+    expert weights at start-up), so rollouts would come from a stale engine. ``cuda``: whether
+    CUDA is present (default: asked)."""
+    if model_cfg.num_experts is None:
+        return
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        raise ValueError(
+            f"rollout.generation.backend=vllm with a mixture of experts (model.num_experts={model_cfg.num_experts}) "
+            "is refused without CUDA: vLLM's CPU build does not refit routers and experts; use "
+            "rollout.generation.backend=static (MoE rollouts on megatron's static engine)"
+        )
 
 
 class VllmBackend:
@@ -186,8 +205,6 @@ class VllmBackend:
         """The refit's tensors as the engine loads them. With tied embeddings the engine's output
         layer is loaded on its own during a reload (its reload works layer by layer, and a layer
         given no tensor keeps its old one): it gets the embedding under its own name too."""
-        from nemo_craft.models.families import family
-
         names = family(self.model_cfg.architecture).weights  # the family's checkpoint names
         for name, tensor in self._full_hf_weights(self.model_chunks, self.model_cfg):
             yield name, tensor

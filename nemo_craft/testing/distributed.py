@@ -41,6 +41,8 @@ class Layout:
     vpp: Optional[int] = None
     sp: bool = False
     seed: int = 1234
+    ep: int = 1
+    etp: Optional[int] = None
 
     @property
     def dp(self) -> int:
@@ -103,6 +105,8 @@ def _rank_main(rank: int, layout: Layout, port: int, fn: Callable, args: Sequenc
             virtual_pipeline_model_parallel_size=layout.vpp,
             context_parallel_size=layout.cp,
             sequence_parallel=layout.sp,
+            expert_model_parallel_size=layout.ep,
+            expert_tensor_parallel_size=layout.etp,
             distributed_timeout_minutes=5,
         )
         _LAYOUT = layout
@@ -170,6 +174,8 @@ def run_distributed(
     vpp: Optional[int] = None,
     sp: bool = False,
     seed: int = 1234,
+    ep: int = 1,
+    etp: Optional[int] = None,
     timeout: float = 180.0,
     args: Sequence[Any] = (),
     device: Optional[str] = None,
@@ -178,7 +184,7 @@ def run_distributed(
     if world_size % (tp * pp * cp) != 0:
         raise ValueError(f"world_size={world_size} is not divisible by tp*pp*cp={tp * pp * cp}")
     device = _resolve_device(device, world_size)
-    layout = Layout(world_size=world_size, tp=tp, pp=pp, cp=cp, vpp=vpp, sp=sp, seed=seed)
+    layout = Layout(world_size=world_size, tp=tp, pp=pp, cp=cp, vpp=vpp, sp=sp, seed=seed, ep=ep, etp=etp)
     ctx = _context()
     results = ctx.Queue()
     port = free_port()

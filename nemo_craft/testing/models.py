@@ -14,7 +14,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from nemo_craft.config import CONF_DIR, to_dataclass
+from nemo_craft.core.paths import CONF_DIR
+from nemo_craft.core.typed import to_dataclass
 from nemo_craft.models.config import ModelConfig
 
 __all__ = ["TINY_YAML", "tiny_model_config"]

@@ -16,6 +16,7 @@ Shape letters: B trajectories of this DP rank, S student positions, T teacher po
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Optional
 import torch
 
 from nemo_craft.losses import LossConfig, TokenBatch, compute_credits
+from nemo_craft.models.moe import Routing
 from nemo_craft.parallel.context_parallel import check_same_over_cp
 from nemo_craft.parallel.vocab_parallel import vocab_parallel_token_stats
 from nemo_craft.rollout.trajectory import Trajectory, align_teacher_logprobs, collate_teacher, collate_trajectories
@@ -117,6 +119,7 @@ def make_experience(
     vocab_size: Optional[int] = None,
     old_pass: Optional[bool] = None,
     temperature: float = 1.0,
+    routing: Optional[Routing] = None,
 ) -> Experience:
     """Detached per-token tensors of this DP rank's trajectories, credits included.
 
@@ -144,7 +147,8 @@ def make_experience(
     old_pass = loss_cfg.uses_teacher if old_pass is None else old_pass
     logp_old = None
     if old_pass:
-        logp_old = student_mbs.to_rows(forward_only(model, student_mbs.items, fn))
+        with routing.record() if routing is not None else contextlib.nullcontext():
+            logp_old = student_mbs.to_rows(forward_only(model, student_mbs.items, fn))
         padding["perf/pad_frac_old"] = student_mbs.pad_fraction
     clock.lap("time/old_logprobs_s")
     logp_teacher = None  # nothing reads it (GRPO): Delta = 0 and one forward pass fewer
@@ -161,7 +165,8 @@ def make_experience(
         )
         padding["perf/pad_frac_teacher"] = teacher_mbs.pad_fraction
     clock.lap("time/teacher_logprobs_s")
-    with reference.swapped_in(model):
+    replay = routing.replay() if routing is not None and old_pass else contextlib.nullcontext()
+    with reference.swapped_in(model), replay:
         logp_ref = student_mbs.to_rows(forward_only(model, student_mbs.items, fn))
     padding["perf/pad_frac_ref"] = student_mbs.pad_fraction
     clock.lap("time/ref_logprobs_s")

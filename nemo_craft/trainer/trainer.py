@@ -23,6 +23,7 @@ from megatron.core import parallel_state as ps
 
 from nemo_craft.core.collectives import all_ranks
 from nemo_craft.losses import ControllerState
+from nemo_craft.models.moe import Routing
 from nemo_craft.parallel.ddp import build_optimizer, wrap_ddp
 from nemo_craft.runtime.checkpoint import CheckpointManager
 from nemo_craft.runtime.policy_stack import PolicyStack
@@ -89,6 +90,7 @@ class RLTrainer:
         self.tokenizer, self.vocab_size = stack.tokenizer, stack.vocab_size
         self.model = wrap_ddp(stack.chunks, run.parallel)
         self.reference = ReferenceWeights(self.model)
+        self.routing = Routing(stack.chunks, run.model) if run.model.num_experts else None
         self.optimizer, self.scheduler = self._rl_optimizer()
         # Generation runs the bare chunks (megatron's inference wrapper calls set_input_tensor on them);
         # they hold the same parameters as the DDP-wrapped training model.
@@ -215,6 +217,7 @@ class RLTrainer:
             device=self.device,
             vocab_size=self.vocab_size,
             temperature=temperature,
+            routing=self.routing,
         )
         t2 = time.perf_counter()
         batch = exp.batch
@@ -230,7 +233,8 @@ class RLTrainer:
             vocab_size=self.vocab_size,
             temperature=temperature,
         )
-        loss, mb_metrics = forward_backward(self.model, mbs.items, loss_fn, self.optimizer)
+        with self._routed(exp):
+            loss, mb_metrics = forward_backward(self.model, mbs.items, loss_fn, self.optimizer)
         ok, grad_norm = self.update.step(
             self.model, self.optimizer, self.scheduler, loss, self.device, step=self.step + 1
         )
@@ -243,6 +247,8 @@ class RLTrainer:
         n_tokens = sum(len(t.token_ids) for t in trajs)
         metrics.update(exp.timings)
         metrics.update(rollout_stats)
+        if self.routing is not None:
+            metrics.update(self.routing.metrics(self._routing_groups()))
         metrics.update(exp.padding, **{"perf/pad_frac_train": mbs.pad_fraction})
         metrics.update(
             {
@@ -301,6 +307,24 @@ class RLTrainer:
             if overlap:
                 for chunk in self.model:
                     chunk.enable_forward_pre_hook()
+
+    def _routed(self, exp):
+        """The training forward of a mixture of experts: the old pass's routes replayed (R2), or
+        measured against them; expert load counted either way."""
+        if self.routing is None:
+            return contextlib.nullcontext()
+        if exp.batch.logp_old is not None:
+            return self.routing.replay(measure=True)
+        return self.routing.measure()
+
+    def _routing_groups(self) -> list:
+        """Groups whose ranks route different tokens or layers (expert load sums over them)."""
+        groups = [ps.get_data_parallel_group(with_context_parallel=True)]
+        if self.run.parallel.sequence_parallel:
+            groups.append(ps.get_tensor_model_parallel_group())
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            groups.append(ps.get_pipeline_model_parallel_group())
+        return groups
 
     def _tp_group(self):
         return ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None

@@ -18,11 +18,26 @@ from nemo_craft.models.config import ModelConfig
 from nemo_craft.models.families import family, family_for_hf_config, family_names, register_family
 from nemo_craft.models.hf_config import ARCHITECTURE_FIELDS
 
-NAMED = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem not in ("tiny", "from_hf"))
+NAMED = sorted(
+    p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem not in ("tiny", "qwen3_moe_tiny", "from_hf")
+)
 
 
 def _yaml_model(name: str) -> ModelConfig:
     return ModelConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")))
+
+
+def _moe_kwargs(cfg: ModelConfig) -> dict:
+    if cfg.num_experts is None:
+        return {}
+    return dict(
+        num_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.moe_router_topk,
+        moe_intermediate_size=cfg.moe_ffn_hidden_size,
+        decoder_sparse_step=cfg.decoder_sparse_step,
+        mlp_only_layers=cfg.mlp_only_layers,
+        norm_topk_prob=cfg.moe_norm_topk_prob,
+    )
 
 
 def _write_config_json(cfg: ModelConfig, out_dir, **change) -> str:
@@ -42,6 +57,7 @@ def _write_config_json(cfg: ModelConfig, out_dir, **change) -> str:
         vocab_size=cfg.vocab_size,
         rope_theta=cfg.rotary_base,
         llama3_rope_scaling=cfg.rope_scaling_factor if cfg.rope_scaling == "llama3" else None,
+        **_moe_kwargs(cfg),
     ).to_dict()
     hf.update(max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_epsilon)
     hf.update(change)
