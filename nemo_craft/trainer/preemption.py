@@ -14,8 +14,11 @@ unwind by itself.)
 What asks for a stop:
 
 - a signal: SIGUSR1 (SLURM's ``--signal`` warning before the time limit) or SIGTERM (SLURM's
-  preemption / ``scancel``, forwarded by torchrun to its workers). The handler only records the
-  signal: no I/O, no locks, no collectives inside it;
+  preemption / ``scancel``, forwarded by torchrun to its workers; SLURM kills the job
+  ``KillWait`` seconds later, 30 by default, so a long step does not reach its boundary), and
+  SIGINT where the caller asks for it (the trainer does: Ctrl-C checkpoints a local run; a second
+  Ctrl-C raises KeyboardInterrupt at once). The handler only records the signal: no locks, no
+  collectives inside it;
 - a stop file, the path in ``$NEMO_CRAFT_STOP_FILE`` (the sbatch template touches it when its
   batch shell receives SIGUSR1; torchrun does not forward SIGUSR1 to its workers, and a file on
   the shared filesystem reaches every node).
@@ -148,6 +151,10 @@ class PreemptionHandler:
 
     def _on_signal(self, signum, frame) -> None:
         # Only record it: the step boundary does the rest.
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:  # the second Ctrl-C: the user does not want to wait
+                raise KeyboardInterrupt
+            os.write(2, b"\n[nemo_craft] Ctrl-C: checkpointing at the end of this step (Ctrl-C again to abort)\n")
         self.received = signum
 
     # ------------------------------------------------------------------ the step boundary
