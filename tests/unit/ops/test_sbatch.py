@@ -86,6 +86,8 @@ def test_dockerfile_builds_on_a_nemo_image_and_installs_the_package():
     assert "PIP_CONSTRAINT=/tmp/image-constraints.txt NEMO_CRAFT_EDITABLE=0 bash scripts/install.sh" in docker
     assert "print(f'torch=={torch.__version__}')\" > /tmp/image-constraints.txt" in docker
     assert "megatron-core==${MEGATRON_CORE_VERSION}" in docker and "require_supported()" in docker
+    # scripts/gpu_check.sh runs pytest in the container as built
+    assert 'PIP_CONSTRAINT=/tmp/image-constraints.txt python -m pip install ".[hf,test]"' in docker
 
 
 def test_the_trainer_warns_once_when_a_step_and_a_save_outgrow_the_lead(monkeypatch, capsys):
