@@ -5,6 +5,7 @@ its run's done.json, and ``--collect`` tables both runs."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -32,7 +33,11 @@ def test_two_array_tasks_run_and_collect_tables_them(tmp_path, slurm_env):
     out = subprocess.run([*sweep, "--slurm"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     (job,) = re.findall(r"Submitted batch job (\d+)", out.stdout)
-    wait_done(job, env, timeout_s=600)
+    try:
+        wait_done(job, env, timeout_s=600)
+    finally:  # each array task's per-rank logs: logs/<array job>_<task> in the checkout
+        for task_logs in (REPO / "logs").glob(f"{job}_*"):
+            shutil.rmtree(task_logs, ignore_errors=True)
     runs = sorted((tmp_path / "sweep" / "runs").glob("sokoban/tiny/*/seed1"))
     assert [r.parent.name for r in runs] == ["craft", "grpo"]
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / "slurm").glob("*.out"))
