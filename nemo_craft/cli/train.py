@@ -11,6 +11,7 @@ import sys
 
 from nemo_craft.config import load_run
 from nemo_craft.parallel.rendezvous import single_process_env
+from nemo_craft.trainer.run_dir import check_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if show:  # RLTrainer() built no process group, model or weight
         print(trainer.run.to_yaml(), end="")
         return 0
+    try:
+        check_run_dir(trainer.run)  # one run per run directory (every rank checks, before any process group)
+    except ValueError as err:
+        print(f"nemo-craft train: {err}", file=sys.stderr)
+        return 2
     val = trainer.fit()
     if val and trainer.rank == 0:
         print(f"[nemo_craft] final validation success {val.get('val/success_rate', float('nan')):.3f}")

@@ -101,8 +101,9 @@ class CheckpointManager:
         resolved_config_yaml: str = "",
         reference: Optional[Any] = None,
     ) -> Path:
-        """Write checkpoint ``step``; returns its directory. ``extra_state`` (small and
-        picklable: controller state, task cursor, ...; the same on every rank) is taken from
+        """Write checkpoint ``step``; returns its directory. ``extra_state`` (small: plain
+        values, containers and tensors, what ``torch.load(weights_only=True)`` reads back; controller
+        state, task cursor, ...; the same on every rank) is taken from
         rank 0. ``reference`` (a :class:`~nemo_craft.runtime.reference.ReferenceWeights`): pi_ref,
         swapped into the modules and saved as their sharded state in ``reference/``. Raises
         :class:`CheckpointSaveError` on every rank if any rank failed; the previous checkpoint
@@ -309,16 +310,34 @@ class CheckpointManager:
 
     @staticmethod
     def trainer_state(path: str) -> dict:
-        """``{"step", "scheduler", "extra_state"}`` of a checkpoint (no collectives)."""
+        """``{"step", "scheduler", "extra_state"}`` of a checkpoint (no collectives; read with
+        ``torch.load(weights_only=True)``, so ``extra_state`` holds plain values and tensors only)."""
         return _read(Path(path), TRAINER_STATE)
 
 
 # ------------------------------------------------------------------ helpers
 def _read(path: Path, name: str):
+    """A checkpoint file, read with ``weights_only=True``: tensors, containers and plain values
+    only, so a checkpoint from elsewhere cannot run code when it is loaded. NumPy arrays (the
+    RNG state of checkpoints written before it was stored as a tensor) are allowed as data."""
     try:
-        return torch.load(path / name, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise CheckpointCorruptError(f"checkpoint '{path}' is corrupt: cannot read '{name}' ({err!r})") from err
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path / name, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged or unsafe file
+        raise CheckpointCorruptError(
+            f"checkpoint '{path}' is corrupt or unsafe: cannot read '{name}' as tensors and plain values ({err!r})"
+        ) from err
+
+
+def _numpy_array_globals() -> list:
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed it
+    reconstruct = core.multiarray._reconstruct
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+_NUMPY_ARRAY_GLOBALS = _numpy_array_globals()
 
 
 def _layout() -> dict:

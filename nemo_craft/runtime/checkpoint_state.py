@@ -80,9 +80,11 @@ def capture_rng_state() -> dict:
     tracker (its named states: the per-TP-rank dropout streams)."""
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # a tensor, not an ndarray: the file then loads with torch.load(weights_only=True)
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch_cpu": torch.get_rng_state(),
         "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "megatron_tracker": {name: state.clone() for name, state in get_cuda_rng_tracker().get_states().items()},
@@ -94,7 +96,9 @@ def restore_rng_state(state: dict) -> None:
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # an ndarray in older checkpoints
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch_cpu"])
     if state["torch_cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["torch_cuda"])

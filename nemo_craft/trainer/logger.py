@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nemo_craft.trainer.config import LoggingConfig
+from nemo_craft.trainer.run_dir import METRICS_JSONL, TENSORBOARD_DIR, keep_metrics_upto
 
 __all__ = ["MetricsLogger", "plot_curves"]
 
@@ -37,12 +38,15 @@ class MetricsLogger:
         total_steps: int = 0,
         config_dict: Optional[dict] = None,
         start_step: int = 0,
+        resumed: bool = False,
     ):
+        """``start_step`` / ``resumed``: a resumed run keeps the records up to its checkpoint's
+        step and drops later ones; a fresh one starts the directory's logs afresh (run_dir.py)."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.active = rank == 0
-        self.jsonl_path = self.run_dir / "metrics.jsonl"
-        self.tb_dir = self.run_dir / "tensorboard"
+        self.jsonl_path = self.run_dir / METRICS_JSONL
+        self.tb_dir = self.run_dir / TENSORBOARD_DIR
         self._tb = self._wandb = self._bar = None
         self._t0 = time.monotonic()
         self._start_step = start_step
@@ -50,6 +54,7 @@ class MetricsLogger:
         if not self.active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        keep_metrics_upto(self.run_dir, start_step, resumed)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

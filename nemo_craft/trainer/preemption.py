@@ -129,6 +129,10 @@ class PreemptionHandler:
 
     def _on_signal(self, signum, frame) -> None:
         # Only record it: the step boundary does the rest.
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:  # the second Ctrl-C: the user does not want to wait
+                raise KeyboardInterrupt
+            os.write(2, b"\n[nemo_craft] Ctrl-C: checkpointing at the end of this step (Ctrl-C again to abort)\n")
         self.received = signum
 
     # ------------------------------------------------------------------ the step boundary

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -107,6 +108,7 @@ class RLTrainer:
             rank=self.rank,
             total_steps=run.trainer.max_steps,
             start_step=self.step,
+            resumed=self.resumed,
             config_dict=run.to_dict(),
         )
 
@@ -127,7 +129,7 @@ class RLTrainer:
 
     def fit(self) -> dict:
         self.setup()
-        preempt = PreemptionHandler()
+        preempt = PreemptionHandler(signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
         tcfg = self.run.trainer
         last_val: dict = {}
         if not self.resumed and tcfg.warm_start.steps:
@@ -151,6 +153,12 @@ class RLTrainer:
                 if not self.ckpt.should_save(self.step):
                     self.save()
                 self.close()
+                if self.rank == 0:
+                    print(
+                        f"[nemo_craft] stopped after step {self.step} ({preempt.reason}), checkpoint in "
+                        f"{self.ckpt.config.dir}; continue with checkpoint.resume=auto (exit code 75)",
+                        flush=True,
+                    )
                 preempt.exit(self.step)
         self.close()
         return last_val

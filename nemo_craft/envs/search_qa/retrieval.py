@@ -1,7 +1,7 @@
 """Retrievers for Search-QA, all speaking the Search-R1 / verl-agent retrieval-server API.
 
     POST /retrieve  {"queries": [str, ...], "topk": int (or a list, one per query),
-                     "return_scores": bool}
+                     "return_scores": bool}      (topk from 1 to the corpus size, else 400)
     ->  {"result": [[{"document": {"id": str, "contents": "\\"Title\\"\\ntext"}, "score": float},
                      ...], ...]}                      (with return_scores)
         {"result": [[{"id": ..., "contents": ...}, ...], ...]}    (without)
@@ -135,7 +135,18 @@ class RetrievalServer:
         self.stop()
 
 
+def _check_topk(k, max_topk) -> None:
+    """A topk of 1 to the corpus size (or any k >= 1 for a retriever of unknown size)."""
+    allowed = f"an integer from 1 to {max_topk} (the corpus size)" if max_topk else "an integer >= 1"
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (max_topk and k > max_topk):
+        raise ValueError(f"topk={k!r}: must be {allowed}")
+
+
 def _make_handler(retriever: Retriever, default_topk: int):
+    corpus = getattr(retriever, "corpus", None)
+    max_topk = len(corpus) if corpus is not None else None
+    _check_topk(default_topk, max_topk)
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path.rstrip("/") != "/retrieve":
@@ -145,14 +156,18 @@ def _make_handler(retriever: Retriever, default_topk: int):
                 queries = request["queries"]
                 if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
                     raise ValueError("'queries' must be a list of strings")
-                topk = request.get("topk") or default_topk
+                topk = request.get("topk", default_topk)
                 topks = topk if isinstance(topk, list) else [topk] * len(queries)
+                if len(topks) != len(queries):
+                    raise ValueError(f"'topk' has {len(topks)} values for {len(queries)} queries")
+                for k in topks:
+                    _check_topk(k, max_topk)
                 with_scores = bool(request.get("return_scores", False))
             except (ValueError, KeyError, TypeError) as err:
                 return self._reply(400, {"error": f"bad request: {err}"})
             result = []
             for query, k in zip(queries, topks):
-                found = retriever.search([query], int(k or default_topk))[0]
+                found = retriever.search([query], k)[0]
                 result.append(
                     [{"document": p.document(), "score": p.score} if with_scores else p.document() for p in found]
                 )

@@ -14,7 +14,7 @@ from nemo_craft.config import CONF_DIR, SECTIONS, env_sections, field_defaults, 
 # Top-level keys no dataclass owns: their home is conf/config.yaml.
 TOP_LEVEL = {"seed", "run_dir", "method_name", "env_name"}
 GROUPS = {"model": "model", "parallel": "parallel", "cluster": "cluster", "env": "env", "method": "loss"}
-GLOBAL = ("demo", "recipe")  # `# @package _global_`: sections of the whole config
+GLOBAL = ("demo", "demo_env", "recipe")  # `# @package _global_`: sections of the whole config
 
 
 def _same(a, b) -> bool:
@@ -90,6 +90,8 @@ def yaml_problems(path: Path, conf: Path = CONF_DIR) -> list[str]:
         for section, given in (yaml.safe_load((conf / "config.yaml").read_text()) or {}).items():
             if isinstance(given, dict) and section in base:
                 base[section] = _overlay(base[section], given)
+    if rel.parts[0] == "demo_env" and isinstance(values.get("env"), dict):  # <model>_<env>.yaml: that env's fields
+        values = {**values, "env": {"name": rel.stem.split("_", 1)[1], **values["env"]}}
     for key, value in values.items():
         if key in TOP_LEVEL and rel.parts[0] not in GLOBAL:
             continue

@@ -151,3 +151,20 @@ def test_what_an_environment_leaves_out(registry):
         EvalSplit(first_seed="later")
     with pytest.raises(ValueError, match="field must be 'success_rate' or 'score_mean', got 'reward_mean'"):
         PaperMetric("reward_mean", "reward")
+
+
+def test_envs_check_uses_the_runs_env_settings(capsys):
+    """The tiny model's demo trains Sokoban at 6 turns: that is what `envs check` checks, and an
+    LLM's run (--run model=...) at the dataclass's 20; ALFWorld says which games it uses."""
+    assert main(["check", "sokoban", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "max_turns=6, template=compact" in out and "limit=  6" in out, out
+    assert main(["check", "sokoban", "--seeds", "1", "--run", "model=smollm2_135m"]) == 0
+    assert "limit= 20" in capsys.readouterr().out
+
+
+def test_envs_limits_alfworld_names_its_games(capsys, monkeypatch):
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    from nemo_craft.cli.envs import describe
+
+    assert "ALFWorld-generated" in describe("alfworld", {"data": "auto", "max_turns": 50})

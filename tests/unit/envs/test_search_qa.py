@@ -95,6 +95,23 @@ def test_server_speaks_the_search_r1_schema():
         assert set(plain[0][0]) == {"id", "contents"}
 
 
+@pytest.mark.parametrize("topk", [0, -1, "3", 2.5, [1, 0], "beyond"])
+def test_server_answers_a_bad_topk_with_400_naming_the_range(topk):
+    import urllib.error
+    import urllib.request
+
+    corpus = synthetic_dataset().corpus
+    topk = len(corpus) + 1 if topk == "beyond" else topk
+    queries = ["founder", "river"] if isinstance(topk, list) else ["founder"]
+    with RetrievalServer(BM25Retriever(corpus)) as server:
+        req = urllib.request.Request(server.url, json.dumps({"queries": queries, "topk": topk}).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 400
+        message = json.loads(err.value.read())["error"]
+        assert "topk=" in message and f"from 1 to {len(corpus)}" in message, message
+
+
 def test_unreachable_server_ends_the_episode_in_the_pool():
     factory = env_factory(
         "search_qa",

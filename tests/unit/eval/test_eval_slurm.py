@@ -76,6 +76,8 @@ def test_cli_slurm_dry_run_submits_only_unfinished_runs(tmp_path, capsys, monkey
 
 
 def _array_task(manifest, task, code_dir):
+    if not (code_dir / "scripts").exists():  # CODE_DIR is a checkout: the template sources its scripts/slurm
+        (code_dir / "scripts").symlink_to(REPO / "scripts")
     env = {
         **os.environ,
         "DRY_RUN": "1",
@@ -102,10 +104,10 @@ def test_array_script_runs_its_manifest_line(tmp_path):
     out = _array_task(manifest, 7, tmp_path)
     assert out.returncode == 0, out.stderr
     cmd = shlex.split(out.stdout.strip())
-    assert (
-        cmd[0] == "srun"
-        and f"--container-mounts={tmp_path}:/workspace/nemo_craft,{tmp_path}/logs/70_7:{tmp_path}/logs/70_7" in cmd
-    )
+    (mounts,) = [c.split("=", 1)[1].split(",") for c in cmd if c.startswith("--container-mounts=")]
+    logs = f"{tmp_path}/logs/70_7"
+    assert cmd[0] == "srun" and mounts[:2] == [f"{tmp_path}:/workspace/nemo_craft", f"{logs}:{logs}"]
+    assert f"{run.run_dir}:{run.run_dir}" in mounts  # an absolute run directory is mounted at its path
     i = cmd.index("scripts/slurm/launch.sh")
     assert cmd[i + 1 :] == list(run.overrides) and "env.config.task_types=[a, b]" in cmd
     write_run(run.run_dir, {"val/success_rate": 1.0})

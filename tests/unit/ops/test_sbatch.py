@@ -21,7 +21,7 @@ SBATCH = (REPO / "scripts" / "slurm" / "train.sbatch").read_text()
 
 
 def test_it_is_valid_bash():
-    for script in ("train.sbatch", "launch.sh", "env.sh"):
+    for script in ("train.sbatch", "sweep_array.sbatch", "launch.sh", "env.sh", "container.sh"):
         subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm" / script)], check=True)
 
 
@@ -54,8 +54,8 @@ def test_lead_time_warning(monkeypatch):
 def test_it_runs_launch_sh_in_the_container_and_requeues_on_the_trainers_exit_code():
     assert f"PREEMPTION_EXIT_CODE={PREEMPTION_EXIT_CODE}" in SBATCH
     for needed in (
-        "--container-image=",
-        "--container-mounts=",
+        'container_setup "$@" || exit 2',
+        '"${SRUN_CONTAINER[@]}"',
         "scripts/slurm/launch.sh",
         "scontrol show hostnames",
         "scontrol requeue",
@@ -86,6 +86,8 @@ def test_dockerfile_builds_on_a_nemo_image_and_installs_the_package():
     assert "PIP_CONSTRAINT=/tmp/image-constraints.txt NEMO_CRAFT_EDITABLE=0 bash scripts/install.sh" in docker
     assert "print(f'torch=={torch.__version__}')\" > /tmp/image-constraints.txt" in docker
     assert "megatron-core==${MEGATRON_CORE_VERSION}" in docker and "require_supported()" in docker
+    # scripts/gpu_check.sh runs pytest in the container as built
+    assert 'PIP_CONSTRAINT=/tmp/image-constraints.txt python -m pip install ".[hf,test]"' in docker
 
 
 def test_the_trainer_warns_once_when_a_step_and_a_save_outgrow_the_lead(monkeypatch, capsys):

@@ -39,7 +39,9 @@ if [[ "$1 $2" == "show hostnames" ]]; then printf 'gpu-001\ngpu-002\n'; fi
 """
 
 
-def _run(tmp_path: Path, mode: str, restart: int = 0, usr1: bool = False) -> tuple[int, list[str], str]:
+def _run(
+    tmp_path: Path, mode: str, restart: int = 0, usr1: bool = False, args=("+recipe=qwen3_8b_2nodes",), **settings
+) -> tuple[int, list[str], str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
@@ -57,10 +59,12 @@ def _run(tmp_path: Path, mode: str, restart: int = 0, usr1: bool = False) -> tup
         SLURM_JOB_NODELIST="gpu-[001-002]",
         SLURM_NNODES="2",
         SLURM_RESTART_COUNT=str(restart),
+        SLURM_GPUS_ON_NODE="8",
         CONTAINER_IMAGE="/c.sqsh",
     )
+    env.update(settings)
     proc = subprocess.Popen(
-        ["bash", str(SBATCH), "+recipe=qwen3_8b_2nodes"],
+        ["bash", str(SBATCH), *args],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -74,7 +78,7 @@ def _run(tmp_path: Path, mode: str, restart: int = 0, usr1: bool = False) -> tup
         time.sleep(0.2)
         proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` does
     out, _ = proc.communicate(timeout=60)
-    return proc.returncode, calls.read_text().splitlines(), out
+    return proc.returncode, calls.read_text().splitlines() if calls.exists() else [], out
 
 
 @pytest.mark.parametrize(
@@ -105,3 +109,48 @@ def test_no_requeue_after_max_requeues(tmp_path):
     rc, calls, out = _run(tmp_path, "code75", restart=20)
     assert rc == 75 and "scontrol requeue 777" not in calls
     assert "reached MAX_REQUEUES=20" in out
+
+
+def _srun(calls: list[str]) -> str:
+    (srun,) = [c for c in calls if c.startswith("srun ")]
+    return srun
+
+
+def test_absolute_paths_of_the_overrides_are_mounted_at_the_same_path(tmp_path):
+    weights = tmp_path / "hf" / "Qwen3-8B"
+    weights.mkdir(parents=True)
+    corpus = tmp_path / "data" / "wiki.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text("{}\n")
+    args = (f"model.hf_path={weights}", f"env.config.corpus_path={corpus}", "env=search_qa")
+    rc, calls, out = _run(tmp_path, "ok", args=args)
+    assert rc == 0, out
+    mounts = _srun(calls).split("--container-mounts=")[1].split()[0].split(",")
+    assert f"{weights}:{weights}" in mounts and f"{corpus.parent}:{corpus.parent}" in mounts, mounts
+
+
+def test_a_path_missing_on_the_node_stops_the_job_before_srun_naming_extra_mounts(tmp_path):
+    rc, calls, out = _run(tmp_path, "ok", args=("model.hf_path=/lustre/nowhere/Qwen3-8B",))
+    assert rc == 2 and not [c for c in calls if c.startswith("srun ")], out
+    assert "model.hf_path=/lustre/nowhere/Qwen3-8B" in out and "EXTRA_MOUNTS" in out, out
+    # under an EXTRA_MOUNTS destination it is the user's mount that makes it visible
+    rc, calls, out = _run(
+        tmp_path, "ok", args=("model.hf_path=/lustre/nowhere/Qwen3-8B",), EXTRA_MOUNTS="/site/lustre:/lustre"
+    )
+    assert rc == 0 and "/site/lustre:/lustre" in _srun(calls), out
+
+
+def test_bare_mode_differs_only_in_the_container_flags(tmp_path):
+    rc, calls, out = _run(tmp_path, "ok", CONTAINER_IMAGE="none")
+    assert rc == 0, out
+    srun = _srun(calls)
+    assert "--container" not in srun, srun
+    launch = "bash scripts/slurm/launch.sh +recipe=qwen3_8b_2nodes"
+    assert srun == f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 --chdir={REPO} {launch}"
+
+
+def test_ranks_per_node_without_a_gpu_come_from_nproc_per_node(tmp_path):
+    rc, calls, out = _run(tmp_path, "ok", SLURM_GPUS_ON_NODE="0")
+    assert rc == 2 and "NPROC_PER_NODE" in out and not calls, out
+    rc, calls, out = _run(tmp_path, "ok", SLURM_GPUS_ON_NODE="0", NPROC_PER_NODE="2")
+    assert rc == 0 and "x 2 GPUs" in out, out
