@@ -144,7 +144,7 @@ def _one_step(trainer, trajs, max_tokens) -> tuple[dict, dict]:
     from nemo_craft.losses import LossConfig
     from nemo_craft.trainer.experience import make_experience
     from nemo_craft.trainer.megatron_step import forward_backward
-    from nemo_craft.trainer.trainer import training_loss_fn
+    from nemo_craft.trainer.step import training_loss_fn
 
     cfg = LossConfig.preset("craft")  # reads the teacher: all four passes run
     exp = make_experience(

@@ -88,7 +88,7 @@ def rl_step(method: str):
     from nemo_craft.trainer.experience import make_experience
     from nemo_craft.trainer.megatron_step import forward_backward
     from nemo_craft.runtime.reference import ReferenceWeights
-    from nemo_craft.trainer.trainer import training_loss_fn
+    from nemo_craft.trainer.step import training_loss_fn
     from tests.distributed._bodies_packing import VOCAB, trajectories
 
     lay = current_layout()
