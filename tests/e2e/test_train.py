@@ -100,7 +100,12 @@ def test_trainer_logprobs_are_the_samplers_at_the_behaviour_temperature(tmp_path
         timeout=600,
         args=(
             str(tmp_path / method),
-            [f"method={method}", "rollout.generation.temperature=0.7", "trainer.max_steps=2", "checkpoint.save_every=0"],
+            [
+                f"method={method}",
+                "rollout.generation.temperature=0.7",
+                "trainer.max_steps=2",
+                "checkpoint.save_every=0",
+            ],
         ),
     )[0]
     for row in out["rows"]:
