@@ -1,7 +1,7 @@
 """``nemo-craft evaluate [overrides...] [checkpoint.resume=PATH] [--split val|test] [--out DIR] [--tasks N]``
 
 Roll out an environment's validation or test split with a checkpoint (or, without one, the
-initial / ``model.hf_path`` weights) at ``rollout.val_temperature`` (0.4), one episode a task,
+initial / ``model.hf_path`` weights) at ``rollout.validation.temperature`` (0.4), one episode a task,
 and report success rate, mean score, mean turns and the environment's numbers as the paper
 reports them (ALFWorld success, Search-QA exact match, WebShop score and success), as
 ``results.json``, ``episodes.jsonl`` and ``results.md`` in the output directory, and a printed table.

@@ -35,7 +35,7 @@ from nemo_craft.models.hf_mapping import (
 __all__ = ["check_refit_layout", "full_hf_weights"]
 
 
-def check_refit_layout(parallel_cfg, *, what: str = "rollout.backend=vllm") -> None:
+def check_refit_layout(parallel_cfg, *, what: str = "rollout.generation.backend=vllm") -> None:
     """Refuse a layout the refit does not serve, naming the layout and one that does."""
     pp = parallel_cfg.pipeline_model_parallel_size
     vpp = parallel_cfg.virtual_pipeline_model_parallel_size
@@ -47,7 +47,7 @@ def check_refit_layout(parallel_cfg, *, what: str = "rollout.backend=vllm") -> N
             f"virtual_pipeline_model_parallel_size={vpp}, context_parallel_size={cp}. Use tensor "
             "parallel instead (e.g. parallel.tensor_model_parallel_size="
             f"{parallel_cfg.tensor_model_parallel_size * pp * cp} with pipeline and context parallel 1), "
-            "or rollout.backend=static"
+            "or rollout.generation.backend=static"
         )
 
 

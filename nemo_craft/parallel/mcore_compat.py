@@ -322,13 +322,14 @@ def dynamic_context(model_config, *, layers_on_stage: int, settings: dict):
     if layers_on_stage != even:
         raise ValueError(
             f"this pipeline stage has {layers_on_stage} layers, not num_layers / PP = {even}: megatron-core "
-            f"{api.version}'s dynamic context sizes the KV cache for an even split; use rollout.backend=static"
+            f"{api.version}'s dynamic context sizes the KV cache for an even split; "
+            "use rollout.generation.backend=static"
         )
     fields = {f.name for f in dataclasses.fields(InferenceConfig)}
     unknown = sorted(set(settings) - fields)
     if unknown:
         raise UnsupportedMegatronError(
-            f"megatron-core {api.version}'s InferenceConfig has no {unknown}; use rollout.backend=static"
+            f"megatron-core {api.version}'s InferenceConfig has no {unknown}; use rollout.generation.backend=static"
         )
     # RECOMPUTE: the only mode whose release frees the KV cache and request tensors (PERSIST, the
     # default, keeps them; OFFLOAD copies them to pinned host memory).

@@ -119,7 +119,7 @@ def check_kv_cache(kv_cache_gb: float, block_bytes: int, max_sequence_length: in
     need = math.ceil(max_sequence_length / KV_BLOCK_TOKENS) + 1  # +1: a row claims its next block one token early
     if usable < need:
         raise ValueError(
-            f"rollout.kv_cache_gb={kv_cache_gb} holds {usable} KV blocks of {KV_BLOCK_TOKENS} tokens on "
+            f"rollout.generation.kv_cache_gb={kv_cache_gb} holds {usable} KV blocks of {KV_BLOCK_TOKENS} tokens on "
             f"this rank; one sequence of max_sequence_length={max_sequence_length} needs {need}: raise it "
             f"to at least {(need + 1) * block_bytes / 1024**3:.3g}"
         )
@@ -168,7 +168,7 @@ class DynamicBackend:
         mcore_compat.pp_microbatch_threshold(pp_microbatch_tokens)  # refused here, not at the first rollout
         problem = DynamicCapability.probe(config.params_dtype).problem()
         if problem is not None:
-            raise ValueError(f"backend='dynamic' cannot run here: {problem}; use rollout.backend=static")
+            raise ValueError(f"backend='dynamic' cannot run here: {problem}; use rollout.generation.backend=static")
         unwrapped = unwrap_model(self.model)
         if vocab_size > unwrapped.vocab_size:
             raise ValueError(
@@ -177,18 +177,18 @@ class DynamicBackend:
         tp = ps.get_tensor_model_parallel_world_size()
         if max_batch_size % tp:
             raise ValueError(
-                f"rollout.max_batch_size={max_batch_size} must be a multiple of the tensor-parallel "
+                f"rollout.generation.max_batch_size={max_batch_size} must be a multiple of the tensor-parallel "
                 f"size {tp} for the dynamic backend"
             )
         if max_tokens_per_step < max_sequence_length - 1:
             raise ValueError(
-                f"rollout.max_tokens_per_step={max_tokens_per_step} < max_sequence_length - 1 = "
+                f"rollout.generation.max_tokens_per_step={max_tokens_per_step} < max_sequence_length - 1 = "
                 f"{max_sequence_length - 1}: a whole prompt must fit one forward pass; raise it"
             )
         graphed = getattr(config, "cuda_graph_impl", "none") == "local"
         if cuda_graphs != graphed:
             raise ValueError(
-                f"rollout.cuda_graphs={cuda_graphs} but the model was built with cuda_graph_impl="
+                f"rollout.generation.cuda_graphs={cuda_graphs} but the model was built with cuda_graph_impl="
                 f"{getattr(config, 'cuda_graph_impl', 'none')!r}: megatron captures graphs per layer, which needs "
                 "cuda_graph_impl='local' in the TransformerConfig (and then graphs training forwards too); "
                 "set both or neither"
@@ -298,7 +298,7 @@ class _Rows:
         if unfinished:
             raise RuntimeError(
                 f"megatron's dynamic engine ended without finishing rows {unfinished} (it fails a "
-                "request it can never schedule); check rollout.kv_cache_gb and max_tokens_per_step"
+                "request it can never schedule); check rollout.generation.kv_cache_gb and max_tokens_per_step"
             )
         return list(zip(self.tokens, self.logprobs, self.reasons))
 

@@ -123,7 +123,7 @@ def run_requests(
             if engine.has_unfinished_requests():
                 raise RuntimeError(
                     "megatron's dynamic engine stopped making progress (requests wait for KV blocks "
-                    "or token budget that never frees); raise rollout.kv_cache_gb or "
+                    "or token budget that never frees); raise rollout.generation.kv_cache_gb or "
                     "max_tokens_per_step"
                 )
     finally:

@@ -84,8 +84,8 @@ def resolve_backend(requested: str, capability: Callable[[], DynamicCapability])
         return "dynamic"
     if requested == "dynamic":
         raise ValueError(
-            f"rollout.backend=dynamic (megatron's DynamicInferenceEngine) cannot run here: {problem}. "
-            "Use rollout.backend=static, or auto (dynamic where it can run, static elsewhere)"
+            f"rollout.generation.backend=dynamic (megatron's DynamicInferenceEngine) cannot run here: {problem}. "
+            "Use rollout.generation.backend=static, or auto (dynamic where it can run, static elsewhere)"
         )
     return "static"
 

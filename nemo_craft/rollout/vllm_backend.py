@@ -78,14 +78,14 @@ def vllm_problem() -> str | None:
 
 
 def check_vllm_run(parallel_cfg, model_cfg) -> None:
-    """Everything ``rollout.backend=vllm`` needs that can be known before a process group exists:
+    """Everything ``rollout.generation.backend=vllm`` needs that can be known before a process group exists:
     a layout the refit serves, an installed and supported vLLM, a head size it has kernels for."""
     from nemo_craft.models.refit import check_refit_layout
 
     check_refit_layout(parallel_cfg)
     problem = vllm_problem()
     if problem is not None:
-        raise ValueError(f"rollout.backend=vllm cannot run here: {problem}")
+        raise ValueError(f"rollout.generation.backend=vllm cannot run here: {problem}")
     _check_head_size(model_cfg.kv_channels)
 
 
@@ -119,14 +119,14 @@ class VllmBackend:
     ):
         problem = vllm_problem()
         if problem is not None:
-            raise ValueError(f"rollout.backend=vllm cannot run here: {problem}")
+            raise ValueError(f"rollout.generation.backend=vllm cannot run here: {problem}")
         from megatron.core import parallel_state as ps
         from vllm import LLM
 
         from nemo_craft.models.refit import full_hf_weights
 
         if len(model_chunks) != 1 or ps.get_pipeline_model_parallel_world_size() != 1:
-            raise ValueError("rollout.backend=vllm needs pipeline_model_parallel_size=1 and one model chunk")
+            raise ValueError("rollout.generation.backend=vllm needs pipeline_model_parallel_size=1 and one model chunk")
         _check_head_size(model_cfg.kv_channels)
         self.model_chunks = list(model_chunks)
         self.model_cfg = model_cfg
@@ -322,8 +322,8 @@ def _check_head_size(head_dim: int) -> None:
     sizes = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in sizes:
         raise ValueError(
-            f"rollout.backend=vllm on the CPU: model.kv_channels={head_dim} is not a head size vLLM's CPU "
-            f"attention supports ({sizes}); use rollout.backend=static"
+            f"rollout.generation.backend=vllm on the CPU: model.kv_channels={head_dim} is not a head size vLLM's CPU "
+            f"attention supports ({sizes}); use rollout.generation.backend=static"
         )
 
 

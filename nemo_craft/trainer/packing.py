@@ -75,7 +75,7 @@ def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     if too_long:
         raise ValueError(
             f"a sequence of {max(too_long)} tokens does not fit trainer.max_tokens_per_microbatch={max_tokens}; "
-            f"raise it to at least the longest sequence (rollout.max_sequence_length)"
+            f"raise it to at least the longest sequence (rollout.generation.max_sequence_length)"
         )
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     fewest = _first_fit_count(order, lengths, max_tokens)
