@@ -62,10 +62,10 @@ def _bench(
 ) -> dict:
     import torch
 
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
     from nemo_craft.trainer.trainer import RLTrainer
 
-    cfg = compose(
+    run = load_run(
         BASE
         + MODELS[model]
         + [
@@ -75,7 +75,7 @@ def _bench(
             f"trainer.micro_batch_size={micro_batch_size}",
         ]
     )
-    trainer = RLTrainer(cfg)
+    trainer = RLTrainer(run)
     trainer.setup()
     if episodes == "expert":
         trajs = _expert_episodes(trainer, tasks * group_size, group_size)
@@ -109,13 +109,12 @@ def _bench(
 def _expert_episodes(trainer, n: int, group_size: int) -> list:
     """The environment's expert episodes of tasks 0..n-1 as trajectories, with the teacher's
     privileged prompt; ``group_size`` consecutive tasks share a group (for the advantages)."""
-    from nemo_craft.envs import make_env
     from nemo_craft.rollout.conversation import ChatFormat
     from nemo_craft.rollout.trajectory import Trajectory
 
     tok = trainer.tokenizer
-    fmt = ChatFormat(tok, system_prompt=trainer.rollout_cfg.system_prompt, end_of_turn_ids=tok.stop_ids)
-    env = make_env(trainer.run.env_name, **trainer.env_cfg)
+    fmt = ChatFormat(tok, system_prompt=trainer.run.rollout.system_prompt, end_of_turn_ids=tok.stop_ids)
+    env = trainer.run.env.factory()()
     out = []
     try:
         for seed in range(n):
@@ -144,7 +143,7 @@ def _one_step(trainer, trajs, max_tokens) -> tuple[dict, dict]:
     from nemo_craft.losses import LossConfig
     from nemo_craft.trainer.experience import make_experience
     from nemo_craft.trainer.megatron_step import forward_backward
-    from nemo_craft.trainer.trainer import training_loss_fn
+    from nemo_craft.trainer.step import training_loss_fn
 
     cfg = LossConfig.preset("craft")  # reads the teacher: all four passes run
     exp = make_experience(
@@ -153,7 +152,7 @@ def _one_step(trainer, trajs, max_tokens) -> tuple[dict, dict]:
         trajs,
         cfg,
         pad_id=trainer.tokenizer.pad_id,
-        micro_batch_size=trainer.tcfg.micro_batch_size,
+        micro_batch_size=trainer.run.trainer.micro_batch_size,
         pad_to_multiple_of=1,
         max_tokens_per_microbatch=max_tokens,
         dp_group=trainer.dp_group,
@@ -162,7 +161,7 @@ def _one_step(trainer, trajs, max_tokens) -> tuple[dict, dict]:
         vocab_size=trainer.vocab_size,
         old_pass=True,
     )
-    mbs = exp.train_micro_batches(trainer.tcfg.micro_batch_size, max_tokens)
+    mbs = exp.train_micro_batches(trainer.run.trainer.micro_batch_size, max_tokens)
     loss_fn = training_loss_fn(exp.batch, exp.targets, cfg, trainer.controller, vocab_size=trainer.vocab_size)
     _sync(trainer.device)
     t0 = time.perf_counter()

@@ -42,12 +42,11 @@ BASE = [
 
 
 def _bench(model_overrides: list, tp: int, repeats: int) -> dict:
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
     from nemo_craft.losses import LossConfig
     from nemo_craft.trainer.trainer import RLTrainer
 
-    cfg = compose(BASE + model_overrides + [f"parallel.tensor_model_parallel_size={tp}"])
-    trainer = RLTrainer(cfg)
+    trainer = RLTrainer(load_run(BASE + model_overrides + [f"parallel.tensor_model_parallel_size={tp}"]))
     trainer.setup()
     _sync(trainer.device)
     t0 = time.perf_counter()
@@ -98,7 +97,7 @@ def _one_step(trainer, trajs, start: dict, loss_cfg) -> dict:
         trajs,
         loss_cfg,
         pad_id=trainer.tokenizer.pad_id,
-        micro_batch_size=trainer.tcfg.micro_batch_size,
+        micro_batch_size=trainer.run.trainer.micro_batch_size,
         pad_to_multiple_of=1,
         dp_group=None,
         sample_offset=0,
@@ -121,7 +120,9 @@ def _one_step(trainer, trajs, start: dict, loss_cfg) -> dict:
 
     _sync(trainer.device)
     t = time.perf_counter()
-    forward_backward(trainer.model, micro_batches(tensors, trainer.tcfg.micro_batch_size), loss_fn, trainer.optimizer)
+    forward_backward(
+        trainer.model, micro_batches(tensors, trainer.run.trainer.micro_batch_size), loss_fn, trainer.optimizer
+    )
     trainer.optimizer.step()
     _sync(trainer.device)
     timings["train_s"] = time.perf_counter() - t

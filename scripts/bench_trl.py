@@ -319,7 +319,7 @@ def _nemo_craft_overrides(spec: dict, method: str, vllm: bool = False) -> list:
         f"rollout.group_size={g}",
         f"rollout.generation.max_new_tokens={length}",
         f"rollout.max_tokens_per_episode={length}",
-        "+rollout.generation.stop_strings=[]",
+        "rollout.generation.stop_strings=[]",
         f"rollout.generation.max_batch_size={n * g}",
         # The static KV cache is allocated at this length; HF's cache grows to prompt + L.
         f"rollout.generation.max_sequence_length={spec['prompt_tokens'] + length}",
@@ -408,19 +408,18 @@ def run_nemo_craft(spec: dict, method: str, vllm: bool = False) -> dict:
     gen = EpisodeRunner.run (with vllm: the engine's refit after the previous update included),
     logp = make_experience (old, teacher, reference passes, credits),
     train = the rest (forward/backward over the micro-batches, optimizer and scheduler step)."""
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
     from nemo_craft.parallel.initialize import destroy_parallel
     from nemo_craft.parallel.rendezvous import single_process_env
-    from nemo_craft.trainer import experience
-    from nemo_craft.trainer.trainer import RLTrainer
+    from nemo_craft.trainer import trainer as trainer_mod
 
     single_process_env()
-    trainer = RLTrainer(compose(_nemo_craft_overrides(spec, method, vllm)))
+    trainer = trainer_mod.RLTrainer(load_run(_nemo_craft_overrides(spec, method, vllm)))
     trainer.setup()
     timer = _Timer()
     timer.wrap(trainer.runner, "run", lambda grad, out: timer.keep(out))  # the trajectories, for the counts
-    # train_step imports make_experience from its module at each call, so the wrapper is seen.
-    timer.wrap(experience, "make_experience", lambda grad, out: "logp")
+    # train_step calls the trainer module's make_experience, so the wrapper goes there.
+    timer.wrap(trainer_mod, "make_experience", lambda grad, out: "logp")
     if vllm:  # the in-memory refit of the engine, inside the rollout (gen), shown on its own
         timer.wrap(trainer.generator._backend, "sync_weights", lambda grad, out: "refit")
     rss0 = None

@@ -83,12 +83,12 @@ def rl_step(method: str):
     from nemo_craft.parallel.config import ParallelConfig
     from nemo_craft.parallel.cpu_mode import compute_device
     from nemo_craft.parallel.ddp import wrap_ddp
+    from nemo_craft.runtime.reference import ReferenceWeights
     from nemo_craft.testing.distributed import current_layout
     from nemo_craft.testing.models import tiny_model_config
     from nemo_craft.trainer.experience import make_experience
     from nemo_craft.trainer.megatron_step import forward_backward
-    from nemo_craft.runtime.reference import ReferenceWeights
-    from nemo_craft.trainer.trainer import training_loss_fn
+    from nemo_craft.trainer.step import training_loss_fn
     from tests.distributed._bodies_packing import VOCAB, trajectories
 
     lay = current_layout()

@@ -57,8 +57,7 @@ def train_one_step(
     from nemo_craft.models.config import ModelConfig
     from nemo_craft.models.hf import load_hf_weights
     from nemo_craft.models.provider import build_model
-    from nemo_craft.parallel.config import ParallelConfig
-    from nemo_craft.parallel.config import OptimConfig
+    from nemo_craft.parallel.config import OptimConfig, ParallelConfig
     from nemo_craft.parallel.ddp import build_optimizer, wrap_ddp
     from nemo_craft.testing.distributed import current_layout
     from nemo_craft.trainer.megatron_step import forward_backward, forward_only, target_logprobs_fn

@@ -66,10 +66,10 @@ def _step(model, trajs, loss_cfg, max_tokens, pad_multiple):
 
     from nemo_craft.losses import ControllerState
     from nemo_craft.parallel.cpu_mode import compute_device
+    from nemo_craft.runtime.reference import ReferenceWeights
     from nemo_craft.trainer.experience import make_experience
     from nemo_craft.trainer.megatron_step import forward_backward
-    from nemo_craft.runtime.reference import ReferenceWeights
-    from nemo_craft.trainer.trainer import training_loss_fn
+    from nemo_craft.trainer.step import training_loss_fn
 
     tp = ps.get_tensor_model_parallel_world_size()
     exp = make_experience(

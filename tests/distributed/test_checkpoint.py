@@ -186,7 +186,8 @@ def train_body(root: str, resume: bool) -> dict:
 
 def _train_kind(ckpt_dir: str, dist_opt: bool, resume: bool) -> dict:
     from nemo_craft.parallel.initialize import set_seed
-    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointManager
+    from nemo_craft.runtime.config import CheckpointConfig
 
     _prepare_rank_for_torch_dist_save()
     set_seed(current_layout().seed)
@@ -218,7 +219,8 @@ def _train_kind(ckpt_dir: str, dist_opt: bool, resume: bool) -> dict:
 def reshard_body(ckpt_path: str) -> dict:
     """Load a TP2xDP2 distributed-optimizer checkpoint at this (TP1) layout: model and
     optimizer (fully_reshardable) both; report the logits and the optimizer's step count."""
-    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointManager
+    from nemo_craft.runtime.config import CheckpointConfig
 
     model, optimizer, scheduler = _build(dist_opt=True)
     extra = CheckpointManager(CheckpointConfig(resume=ckpt_path)).load(model, optimizer, scheduler)
@@ -228,7 +230,8 @@ def reshard_body(ckpt_path: str) -> dict:
 
 def other_kind_body(ckpt_path: str, dist_opt: bool) -> str:
     """Load a checkpoint into the other optimizer kind: the refusal's message."""
-    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointManager
+    from nemo_craft.runtime.config import CheckpointConfig
 
     model, optimizer, scheduler = _build(dist_opt=dist_opt)
     try:
@@ -254,7 +257,8 @@ def _params_by_global_layer(chunks) -> dict:
 
 def vpp_save_body(root: str) -> dict:
     """Save randomly initialised chunks at this (PP2 x VPP2) layout: model only."""
-    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointManager
+    from nemo_craft.runtime.config import CheckpointConfig
 
     _prepare_rank_for_torch_dist_save()
     chunks = _chunks(num_layers=4)
@@ -264,7 +268,8 @@ def vpp_save_body(root: str) -> dict:
 
 
 def pp1_load_body(root: str) -> dict:
-    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
+    from nemo_craft.runtime.checkpoint import CheckpointManager
+    from nemo_craft.runtime.config import CheckpointConfig
 
     chunks = _chunks(num_layers=4)
     CheckpointManager(CheckpointConfig(dir=root, resume="auto")).load(chunks)
@@ -309,8 +314,9 @@ def atomic_body(root: str) -> dict:
     """Failure injection during save, keep_last, auto-resume past leftovers, clear errors."""
     import torch.distributed as dist
 
-    from nemo_craft.trainer import checkpoint as ckpt
-    from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager, CheckpointSaveError
+    from nemo_craft.runtime import checkpoint as ckpt
+    from nemo_craft.runtime.checkpoint import CheckpointManager, CheckpointSaveError
+    from nemo_craft.runtime.config import CheckpointConfig
 
     _prepare_rank_for_torch_dist_save()
     rank = dist.get_rank()

@@ -174,14 +174,15 @@ def train_after_generate():
 def sokoban_rollout():
     """The episode runner with the tiny model on Sokoban: 2 tasks x 2 siblings."""
     from nemo_craft.envs import env_factory
-    from nemo_craft.rollout import EpisodeRunner, Generator, RolloutConfig, collate_trajectories
+    from nemo_craft.rollout import EpisodeRunner, Generator, collate_trajectories
+    from nemo_craft.rollout.config import GenerationConfig, RolloutConfig
 
     tok = CharTokenizer()
     runner = EpisodeRunner(
         Generator(tiny_model(), tok),
         tok,
         env_factory("sokoban", template="compact", max_turns=3),
-        RolloutConfig(group_size=2, max_tokens_per_turn=6, max_tokens_per_episode=15),
+        RolloutConfig(group_size=2, max_tokens_per_episode=15, generation=GenerationConfig(max_new_tokens=6)),
     )
     trajectories = runner.run([3, 4], seed=11)
     has_envs = runner._envs.pool is not None  # environments live on the group's first rank only

@@ -126,7 +126,7 @@ def dynamic_context(kv_cache_gb):
 def test_auto_builds_the_static_backend_here_and_dynamic_says_what_is_missing():
     out = run_distributed(chosen_backends, world_size=1)[0]
     assert out["auto"] == "StaticBackend" and len(out["tokens"]) == 3
-    for needed in ("no CUDA GPU", "flash-attn >= 2.7.3", "float32", "rollout.backend=static"):
+    for needed in ("no CUDA GPU", "flash-attn >= 2.7.3", "float32", "rollout.generation.backend=static"):
         assert needed in out["dynamic_error"]
 
 

@@ -8,7 +8,7 @@ SMALL = [
     "rollout.tasks_per_step=2",
     "rollout.group_size=2",
     "trainer.micro_batch_size=2",
-    "rollout.max_tokens_per_turn=8",
+    "rollout.generation.max_new_tokens=8",
     "rollout.max_tokens_per_episode=24",
     "env.config.max_turns=3",
     "env.config.template=compact",
@@ -39,12 +39,12 @@ def train(
 
     from megatron.core import parallel_state as ps
 
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
     from nemo_craft.trainer import experience
-    from nemo_craft.trainer.trainer import RLTrainer
+    from nemo_craft.trainer import trainer as trainer_mod
 
-    if old_pass is not None:
-        experience.make_experience = functools.partial(experience.make_experience, old_pass=old_pass)
+    if old_pass is not None:  # the trainer module's make_experience is what train_step calls
+        trainer_mod.make_experience = functools.partial(experience.make_experience, old_pass=old_pass)
     passes = []  # the no-grad log-prob passes of make_experience
     real_forward_only = experience.forward_only
 
@@ -55,8 +55,7 @@ def train(
     experience.forward_only = forward_only
 
     extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
-    cfg = compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides))
-    trainer = RLTrainer(cfg)
+    trainer = trainer_mod.RLTrainer(load_run(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
     if kill_at_step is not None:
         real_step = trainer.train_step
 
@@ -84,24 +83,25 @@ def train(
 
 def nan_loss_run(run_dir: str, overrides: list):
     """Train with a loss poisoned to NaN: steps are skipped and counted, then the run stops."""
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
+    from nemo_craft.trainer import step as step_mod
     from nemo_craft.trainer import trainer as trainer_mod
 
-    cfg = compose(SMALL + [f"run_dir={run_dir}"] + list(overrides))
-    real = trainer_mod.policy_loss
+    run = load_run(SMALL + [f"run_dir={run_dir}"] + list(overrides))
+    real = step_mod.policy_loss
 
     def poisoned(*args, **kwargs):
         loss, metrics = real(*args, **kwargs)
         return loss * float("nan"), metrics
 
-    trainer_mod.policy_loss = poisoned
-    t = trainer_mod.RLTrainer(cfg)
+    step_mod.policy_loss = poisoned  # what the training pass's loss function calls
+    t = trainer_mod.RLTrainer(run)
     try:
         t.fit()
     except trainer_mod.NonFiniteLossError as err:
         return {
             "error": str(err),
-            "nan_steps": t.nan_steps,
+            "nan_steps": t.update.nan_steps,
             "step": t.step,
             "params_finite": all(np.isfinite(p.detach().numpy()).all() for c in t.model for p in c.parameters()),
         }
@@ -113,7 +113,8 @@ def nan_grad_run(run_dir: str, overrides: list, parallel: dict | None = None):
     (weights and optimizer state untouched), counted, and the run stops after max_nan_steps."""
     import torch
 
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
+    from nemo_craft.trainer import step as step_mod
     from nemo_craft.trainer import trainer as trainer_mod
 
     class NanGrad(torch.autograd.Function):
@@ -125,14 +126,14 @@ def nan_grad_run(run_dir: str, overrides: list, parallel: dict | None = None):
         def backward(ctx, g):
             return torch.full_like(g, float("nan"))
 
-    real = trainer_mod.policy_loss
+    real = step_mod.policy_loss
 
     def poisoned(logits, *args, **kwargs):
         return real(NanGrad.apply(logits), *args, **kwargs)
 
-    trainer_mod.policy_loss = poisoned
+    step_mod.policy_loss = poisoned  # what the training pass's loss function calls
     extra = [f"parallel.{k}={v}" for k, v in (parallel or {}).items()]
-    t = trainer_mod.RLTrainer(compose(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
+    t = trainer_mod.RLTrainer(load_run(SMALL + [f"run_dir={run_dir}"] + extra + list(overrides)))
     real_setup = t.setup
     initial = {}
 
@@ -150,7 +151,7 @@ def nan_grad_run(run_dir: str, overrides: list, parallel: dict | None = None):
     inner = [o.optimizer for o in getattr(t.optimizer, "chained_optimizers", [t.optimizer])]
     return {
         "error": error,
-        "nan_steps": t.nan_steps,
+        "nan_steps": t.update.nan_steps,
         "step": t.step,
         "rows": rows,
         "unchanged": all(torch.equal(initial[n], p) for n, p in t.model[0].named_parameters()),

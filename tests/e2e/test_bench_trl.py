@@ -141,7 +141,7 @@ def test_vllm_runs_are_refused_in_one_line_where_vllm_is_missing(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_vllm_on_both_sides_runs_beside_the_runs_without(tmp_path, trl):
-    """``--vllm`` adds RUN:vllm for each run: nemo_craft's rollout.backend=vllm and TRL's colocated
+    """``--vllm`` adds RUN:vllm for each run: nemo_craft's rollout.generation.backend=vllm and TRL's colocated
     vLLM engine, the same completion tokens as without, each compared with its own kind."""
     problem = _vllm_problem()
     if problem is not None:

@@ -11,10 +11,11 @@ from tests.e2e import _bodies_train as bodies
 def _evaluate(argv: list) -> dict:
     """The evaluator's weights after loading the checkpoint, then the CLI's exit code."""
     from nemo_craft.cli.evaluate import main
-    from nemo_craft.eval.evaluator import Evaluator, eval_config
+    from nemo_craft.config import load_eval_run
+    from nemo_craft.eval.evaluator import Evaluator
 
-    cfg, _ = eval_config([a for a in argv if "=" in a])
-    ev = Evaluator(cfg, "test", n_tasks=1)
+    run, _ = load_eval_run([a for a in argv if "=" in a])
+    ev = Evaluator(run, "test", n_tasks=1)
     ev.setup()
     params = {
         f"{i}.{n}": p.detach().float().cpu().numpy().copy()

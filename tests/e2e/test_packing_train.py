@@ -28,11 +28,11 @@ def test_a_packed_step_equals_the_padded_step(tmp_path):
 
 
 def test_packing_with_megatrons_local_attention_is_refused(tmp_path):
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
     from nemo_craft.trainer.trainer import RLTrainer
 
-    cfg = compose(
+    run = load_run(
         bodies.SMALL + [f"run_dir={tmp_path}", "trainer.max_tokens_per_microbatch=1024", "model.core_attention=local"]
     )
     with pytest.raises(ValueError, match="use model.core_attention=sdpa or leave packing off"):
-        RLTrainer(cfg)
+        RLTrainer(run)

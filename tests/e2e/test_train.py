@@ -100,7 +100,12 @@ def test_trainer_logprobs_are_the_samplers_at_the_behaviour_temperature(tmp_path
         timeout=600,
         args=(
             str(tmp_path / method),
-            [f"method={method}", "rollout.temperature=0.7", "trainer.max_steps=2", "checkpoint.save_every=0"],
+            [
+                f"method={method}",
+                "rollout.generation.temperature=0.7",
+                "trainer.max_steps=2",
+                "checkpoint.save_every=0",
+            ],
         ),
     )[0]
     for row in out["rows"]:
@@ -208,6 +213,6 @@ def test_warm_start_cache_gives_the_same_bits(tmp_path):
             assert np.array_equal(value.view(np.int32), y["params"][name].view(np.int32)), name
     # another world size, then more steps, then another optimizer setting: each another entry,
     # not a wrong hit (all three on one rank, so only the setting tells the last two apart)
-    for i, other in enumerate([[], ["trainer.warm_start.steps=4"], ["trainer.adam_beta1=0.8"]]):
+    for i, other in enumerate([[], ["trainer.warm_start.steps=4"], ["trainer.optim.adam_beta1=0.8"]]):
         run_distributed(bodies.train, world_size=1, timeout=600, args=(str(tmp_path / f"c{i}"), ws + other))
     assert len(list((tmp_path / "ws").iterdir())) == 4

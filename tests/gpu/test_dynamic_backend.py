@@ -198,4 +198,4 @@ def test_dynamic_backend_matches_static_greedy_and_samples_reproducibly(tp):
 def test_fp32_models_fall_back_to_static_and_dynamic_names_the_dtype():
     out = run_distributed(fp32_choice, world_size=1, device="cuda")[0]
     assert out["auto"] == "StaticBackend"
-    assert "float32" in out["error"] and "rollout.backend=static" in out["error"]
+    assert "float32" in out["error"] and "rollout.generation.backend=static" in out["error"]

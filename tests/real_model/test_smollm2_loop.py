@@ -31,12 +31,12 @@ PAPER = [
     "method=craft",
     "loss.sd_coef=0.01",
     "loss.kl_coef=0.01",
-    f"trainer.lr={LR}",
-    f"trainer.min_lr={LR}",
+    f"trainer.optim.lr={LR}",
+    f"trainer.optim.min_lr={LR}",
     "trainer.warm_start.steps=0",
-    "rollout.temperature=1.0",
-    "rollout.top_p=1.0",
-    "rollout.top_k=0",
+    "rollout.generation.temperature=1.0",
+    "rollout.generation.top_p=1.0",
+    "rollout.generation.top_k=0",
 ]
 TINY = [
     "env=sokoban",
@@ -45,10 +45,10 @@ TINY = [
     f"env.config.invalid_penalty={INVALID_PENALTY}",
     "rollout.tasks_per_step=2",
     "rollout.group_size=2",
-    "rollout.max_tokens_per_turn=16",
+    "rollout.generation.max_new_tokens=16",
     "rollout.max_tokens_per_episode=32",
-    "rollout.max_sequence_length=1024",
-    "rollout.max_batch_size=4",
+    "rollout.generation.max_sequence_length=1024",
+    "rollout.generation.max_batch_size=4",
     "trainer.micro_batch_size=2",
     f"trainer.max_steps={STEPS}",
     "trainer.val_every=0",
@@ -63,17 +63,20 @@ TINY = [
 def _backend() -> list[str]:
     from nemo_craft.rollout.vllm_backend import vllm_problem
 
-    return ["rollout.backend=static"] if vllm_problem() else ["rollout.backend=vllm", "rollout.kv_cache_gb=0.5"]
+    if vllm_problem():
+        return ["rollout.generation.backend=static"]
+    return ["rollout.generation.backend=vllm", "rollout.generation.kv_cache_gb=0.5"]
 
 
 def body_craft_run(run_dir: str, hf_path: str) -> dict:
     """Train STEPS steps; the weights before the first step and after the last, the metrics rows
     and the controller's state."""
-    from nemo_craft.config import compose
+    from nemo_craft.config import load_run
     from nemo_craft.trainer.trainer import RLTrainer
 
-    cfg = compose(["model=smollm2_135m", f"model.hf_path={hf_path}", *PAPER, *TINY, f"run_dir={run_dir}", *_backend()])
-    trainer = RLTrainer(cfg)
+    trainer = RLTrainer(
+        load_run(["model=smollm2_135m", f"model.hf_path={hf_path}", *PAPER, *TINY, f"run_dir={run_dir}", *_backend()])
+    )
 
     def weights() -> dict:
         return {

@@ -79,7 +79,8 @@ def body_greedy(hf_dir: str, prompts: list, max_new_tokens: int):
     """The project's Generator, greedy, on this layout: the tokens of every prompt."""
     from nemo_craft.models.hf import load_hf_model
     from nemo_craft.models.tokenizer import load_tokenizer
-    from nemo_craft.rollout.generation import GenerationConfig, Generator
+    from nemo_craft.rollout.config import GenerationConfig
+    from nemo_craft.rollout.generation import Generator
     from tests.distributed.test_models_hf import _parallel_cfg
 
     _, chunks = load_hf_model(hf_dir, _parallel_cfg())

@@ -5,14 +5,13 @@ import ast
 from pathlib import Path
 
 from nemo_craft import seeds
-from nemo_craft.config import compose, rollout_config, to_dataclass
+from nemo_craft.config import RunConfig, compose
 from nemo_craft.eval.splits import split_spec
-from nemo_craft.trainer.trainer import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = compose([])
-TRAINER = to_dataclass(TrainerConfig, RUN.trainer, "trainer")
-TASKS_PER_STEP = rollout_config(RUN).tasks_per_step
+RUN = RunConfig.from_omegaconf(compose([]))
+TRAINER = RUN.trainer
+TASKS_PER_STEP = RUN.rollout.tasks_per_step
 
 
 def _ranges():

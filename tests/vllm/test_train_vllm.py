@@ -1,4 +1,4 @@
-"""``nemo-craft train`` with ``rollout.backend=vllm`` as users launch it (torchrun, the tp2 preset:
+"""``nemo-craft train`` with ``rollout.generation.backend=vllm`` as users launch it (torchrun, the tp2 preset:
 sequence parallel, the distributed optimizer): the engine is refit after every step, and a run
 stopped after step 1 and resumed continues bit for bit (per-request seeds: the resumed run draws
 the same samples). A layout the refit does not serve is refused in one line."""
@@ -10,7 +10,12 @@ import sys
 
 from tests.e2e import _launch as launch
 
-VLLM = ["parallel=tp2", "rollout.backend=vllm", "rollout.kv_cache_gb=0.25", "rollout.max_batch_size=8"]
+VLLM = [
+    "parallel=tp2",
+    "rollout.generation.backend=vllm",
+    "rollout.generation.kv_cache_gb=0.25",
+    "rollout.generation.max_batch_size=8",
+]
 STEPS = ["trainer.max_steps=2", "checkpoint.save_every=1", "checkpoint.keep_last=null"]
 
 
@@ -33,7 +38,7 @@ def test_vllm_run_stops_and_resumes_bit_for_bit(tmp_path):
 def test_layout_the_refit_does_not_serve_is_refused(tmp_path):
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "nemo_craft", "train", f"run_dir={tmp_path}", "rollout.backend=vllm"),
+            *(sys.executable, "-m", "nemo_craft", "train", f"run_dir={tmp_path}", "rollout.generation.backend=vllm"),
             *("parallel=tp8_pp2", "parallel.tensor_model_parallel_size=2"),
         ],
         capture_output=True,
@@ -43,4 +48,4 @@ def test_layout_the_refit_does_not_serve_is_refused(tmp_path):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "pipeline_model_parallel_size=2" in lines[-1] and "rollout.backend=static" in lines[-1], lines[-1]
+    assert "pipeline_model_parallel_size=2" in lines[-1] and "rollout.generation.backend=static" in lines[-1], lines[-1]

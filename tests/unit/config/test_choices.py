@@ -7,14 +7,14 @@ import typing
 
 import pytest
 
-from nemo_craft.config import check_choices, compose
+from nemo_craft.config import compose
+from nemo_craft.core.typed import check_choices
 from nemo_craft.envs.pool import PoolConfig
 from nemo_craft.losses.config import LossConfig
 from nemo_craft.models.config import ModelConfig
-from nemo_craft.parallel.config import ParallelConfig
-from nemo_craft.rollout.episodes import RolloutConfig
-from nemo_craft.rollout.generation import GenerationConfig
-from nemo_craft.trainer.logger import WandbConfig
+from nemo_craft.parallel.config import OptimConfig, ParallelConfig
+from nemo_craft.rollout.config import GenerationConfig
+from nemo_craft.trainer.config import WandbConfig
 
 
 def _literal(hint):
@@ -24,7 +24,7 @@ def _literal(hint):
     return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
 
 
-CLASSES = (ModelConfig, WandbConfig, LossConfig, ParallelConfig, RolloutConfig, GenerationConfig, PoolConfig)
+CLASSES = (ModelConfig, WandbConfig, LossConfig, ParallelConfig, OptimConfig, GenerationConfig, PoolConfig)
 LITERALS = [
     (cls, name, _literal(hint))
     for cls in CLASSES
@@ -45,8 +45,8 @@ def test_the_closed_choices_are_literals():
         ("ParallelConfig", "backend"),
         ("ParallelConfig", "recompute_granularity"),
         ("ParallelConfig", "recompute_method"),
-        ("RolloutConfig", "backend"),
-        ("GenerationConfig", "backend"),
+        ("OptimConfig", "lr_decay_style"),
+        ("GenerationConfig", "backend"),  # rollout.generation.backend
         ("PoolConfig", "backend"),
     }
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nemo_craft.config import CONF_DIR, SECTIONS, env_sections, field_defaults, nested_class, section_class
+from nemo_craft.config import CONF_DIR, SECTIONS, env_sections, section_class
+from nemo_craft.core.typed import field_defaults, nested_class
 
 # Top-level keys no dataclass owns: their home is conf/config.yaml.
 TOP_LEVEL = {"seed", "run_dir", "method_name", "env_name"}
@@ -137,7 +138,7 @@ def _bad_conf(tmp_path: Path, group: str, name: str, text: str) -> Path:
         ("env", "name: sokoban\npool:\n  workers: 2\n", "env/bad.yaml.pool.workers: no such field"),
         ("method", "preset: sdar\nname: sdar\n", "method/bad.yaml.name: 'sdar' repeats"),
         ("method", "preset: grpo\nsd_coef: 0.0\n", "method/bad.yaml.sd_coef: 0.0 repeats"),
-        ("recipe", "trainer:\n  lr: 1.0e-6\n", "recipe/bad.yaml:trainer.lr: 1e-06 repeats"),
+        ("recipe", "trainer:\n  optim:\n    lr: 1.0e-6\n", "recipe/bad.yaml:trainer.optim.lr: 1e-06 repeats"),
         ("recipe", "trainer:\n  warm_start:\n    stepz: 3\n", "trainer.warm_start.stepz: no such field"),
         ("recipe", "checkpoint:\n  save_every: 10\n", "checkpoint.save_every: 10 repeats"),  # conf/config.yaml's
         ("recipe", "trainr:\n  lr: 1.0\n", "trainr: no such section"),

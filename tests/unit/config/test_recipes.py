@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from nemo_craft.config import CONF_DIR, compose
-from nemo_craft.rollout.episodes import RolloutConfig
-from nemo_craft.trainer.trainer import RLTrainer, TrainerConfig
+from nemo_craft.config import CONF_DIR, RunConfig, compose, load_run
+from nemo_craft.parallel.config import OptimConfig
+from nemo_craft.rollout.config import GenerationConfig
+from nemo_craft.trainer.config import TrainerConfig
+from nemo_craft.trainer.trainer import RLTrainer
 
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF_DIR / "parallel").glob("*.yaml"))
@@ -17,7 +19,7 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "parallel").glob("*.yaml"))
 
 def _trainer(overrides, world_size, monkeypatch, cfg=None):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
-    return RLTrainer(cfg if cfg is not None else compose(overrides))
+    return RLTrainer(RunConfig.from_omegaconf(cfg).validate() if cfg is not None else load_run(overrides))
 
 
 def _recipe_yaml(name):
@@ -32,32 +34,35 @@ def test_a_recipe_runs_no_warm_start_and_keeps_its_lr(recipe, hf_path, monkeypat
     world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
     t = _trainer(overrides, world, monkeypatch, cfg)
     own = _recipe_yaml(recipe)
-    trainer, rollout = own.get("trainer", {}), own.get("rollout", {})
-    assert t.tcfg.warm_start.steps == 0
+    trainer, generation = own.get("trainer", {}), own.get("rollout", {}).get("generation", {})
+    tcfg = t.run.trainer
+    assert tcfg.warm_start.steps == 0
     # what a recipe leaves out is the dataclass default (the paper's), never the CPU demo's
-    for name in ("lr", "min_lr", "micro_batch_size"):
-        assert getattr(t.tcfg, name) == trainer.get(name, getattr(TrainerConfig, name)), name
-    assert t.rollout_cfg.max_tokens_per_turn == rollout.get("max_tokens_per_turn", RolloutConfig.max_tokens_per_turn)
-    assert t.rollout_cfg.max_tokens_per_turn != compose([]).rollout.max_tokens_per_turn  # the demo's 8 tokens
+    for name in ("lr", "min_lr"):
+        assert getattr(tcfg.optim, name) == trainer.get("optim", {}).get(name, getattr(OptimConfig, name)), name
+    assert tcfg.micro_batch_size == trainer.get("micro_batch_size", TrainerConfig.micro_batch_size)
+    max_new = t.run.rollout.generation.max_new_tokens
+    assert max_new == generation.get("max_new_tokens", GenerationConfig.max_new_tokens)
+    assert max_new != compose([]).rollout.generation.max_new_tokens  # the demo's 8 tokens
 
 
 def test_another_model_without_a_recipe_gets_no_demo_settings():
     cfg = compose(["model=qwen3_8b", "model.hf_path=/models/qwen3_8b"])
-    assert cfg.trainer.warm_start.steps == 0 and cfg.trainer.lr == 1e-6
-    assert cfg.rollout.max_tokens_per_turn == 512
+    assert cfg.trainer.warm_start.steps == 0 and cfg.trainer.optim.lr == 1e-6
+    assert cfg.rollout.generation.max_new_tokens == 512
 
 
 def test_the_demo_keeps_its_own_settings():
     cfg = compose([])
-    assert cfg.trainer.warm_start.steps == 60 and cfg.trainer.lr == 3e-4
-    assert cfg.rollout.max_tokens_per_turn == 8
+    assert cfg.trainer.warm_start.steps == 60 and cfg.trainer.optim.lr == 3e-4
+    assert cfg.rollout.generation.max_new_tokens == 8
 
 
 def test_a_pretrained_warm_start_must_be_asked_for_by_name(monkeypatch):
     with pytest.raises(ValueError, match=r"trainer.warm_start.steps=60 with model.hf_path=/w.*on_pretrained=true"):
         _trainer(["model.hf_path=/w"], 1, monkeypatch)
     t = _trainer(["model.hf_path=/w", "trainer.warm_start.on_pretrained=true"], 1, monkeypatch)
-    assert t.tcfg.warm_start.steps == 60
+    assert t.run.trainer.warm_start.steps == 60
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -89,9 +94,9 @@ def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
             "context parallel \\(parallel.context_parallel_size=2\\) does not take; leave packing off",
         ),
         ("parallel.context_parallel_size=2 model.core_attention=local", "needs model.core_attention=sdpa"),
-        ("rollout.top_p=0.9", "rollout.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
-        ("rollout.top_k=5", "rollout.top_k=5"),
-        ("rollout.temperature=0", "rollout.temperature=0.*must sample"),
+        ("rollout.generation.top_p=0.9", "rollout.generation.top_p=0.9.*allowed: top_p=1.0, top_k=0"),
+        ("rollout.generation.top_k=5", "rollout.generation.top_k=5"),
+        ("rollout.generation.temperature=0", "rollout.generation.temperature=0.*must sample"),
         (
             "parallel.pipeline_model_parallel_size=2 parallel.virtual_pipeline_model_parallel_size=2",
             "virtual_pipeline_model_parallel_size=2: rollouts run megatron's inference engines",
@@ -104,10 +109,11 @@ def test_values_that_cannot_work_are_refused_before_any_process_group(override, 
 
 
 def test_validation_may_truncate_its_sampling(monkeypatch):
-    t = _trainer(["rollout.val_top_p=0.9", "rollout.val_top_k=20"], 1, monkeypatch)
-    g = t.rollout_cfg.generation_config(validation=True)
+    t = _trainer(["rollout.validation.top_p=0.9", "rollout.validation.top_k=20"], 1, monkeypatch)
+    rollout = t.run.rollout
+    g = rollout.generation_config(validation=True)
     assert (g.top_p, g.top_k) == (0.9, 20)
-    assert (t.rollout_cfg.generation_config().top_p, t.rollout_cfg.generation_config().top_k) == (1.0, 0)
+    assert (rollout.generation_config().top_p, rollout.generation_config().top_k) == (1.0, 0)
 
 
 def test_cli_refuses_bad_values_in_one_line(capsys, monkeypatch):

@@ -82,8 +82,8 @@ def test_shipped_sweeps_load():
     assert {
         "trainer.max_steps=150",
         "rollout.group_size=8",
-        "trainer.lr=1.0e-6",
-        "rollout.max_tokens_per_turn=512",
+        "trainer.optim.lr=1.0e-6",
+        "rollout.generation.max_new_tokens=512",
     } <= set(qa.overrides)
 
 

@@ -18,7 +18,7 @@ import torch
 from nemo_craft.losses import PRESETS, ControllerState, LossConfig, compute_credits
 from nemo_craft.trainer import packing
 from nemo_craft.trainer.packing import split_micro_batches
-from nemo_craft.trainer.trainer import training_loss_fn
+from nemo_craft.trainer.step import training_loss_fn
 from tests.unit.losses._reference import make_batch
 
 V = 37

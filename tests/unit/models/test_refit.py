@@ -22,5 +22,7 @@ def test_other_layouts_are_refused_naming_one_that_works(kwargs, named):
     with pytest.raises(ValueError) as e:
         check_refit_layout(ParallelConfig(tensor_model_parallel_size=2, **kwargs))
     message = str(e.value)
-    assert named in message and "tensor_model_parallel_size=" in message and "rollout.backend=static" in message
+    assert (
+        named in message and "tensor_model_parallel_size=" in message and "rollout.generation.backend=static" in message
+    )
     assert "\n" not in message

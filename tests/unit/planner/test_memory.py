@@ -6,11 +6,14 @@ import dataclasses
 
 import pytest
 
+from nemo_craft.losses.config import LossConfig
 from nemo_craft.models.config import ModelConfig
 from nemo_craft.parallel.config import ParallelConfig
 from nemo_craft.planner.config import Workload
 from nemo_craft.planner.memory import layer_activation_bytes, rank_memory
 from nemo_craft.planner.meta_build import ChunkParams, StageParams
+from nemo_craft.rollout.config import RolloutConfig
+from nemo_craft.trainer.config import TrainerConfig
 
 MODEL = ModelConfig(
     architecture="qwen3",
@@ -123,11 +126,14 @@ def test_dynamic_generation_holds_its_paged_buffer_whatever_the_batch():
     ],
 )
 def test_workload_reads_the_generation_backend(backend, dtype, expected):
-    cfg = {
-        "model": {"params_dtype": dtype},
-        "rollout": {"backend": backend, "kv_cache_gb": 6.0, "tasks_per_step": 4, "group_size": 2},
-    }
-    workload = Workload.from_config(cfg, max_position_embeddings=4096)
+    workload = Workload.from_sections(
+        model=dataclasses.replace(MODEL, params_dtype=dtype, max_position_embeddings=4096),
+        rollout=RolloutConfig(tasks_per_step=4, group_size=2, generation={"backend": backend, "kv_cache_gb": 6.0}),
+        trainer=TrainerConfig(),
+        parallel=ParallelConfig(),
+        loss=LossConfig(),
+    )
+    assert workload.seq_length == 4096 and workload.trajectories_per_step == 8
     assert workload.generation_kv_gb == expected
     assert workload.generation_weights_copy == (backend == "vllm")
 

@@ -70,10 +70,12 @@ def test_the_total_does_not_depend_on_the_layout_except_vocab_padding():
 def test_the_layout_search_estimate_equals_the_full_meta_build(name, tp, pp, vpp):
     from omegaconf import OmegaConf
 
-    from nemo_craft.config import CONF_DIR, to_dataclass
+    from nemo_craft.core.paths import CONF_DIR
+    from nemo_craft.core.typed import to_dataclass
     from nemo_craft.models.config import ModelConfig
 
-    model = to_dataclass(ModelConfig, OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), "model")
+    values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), resolve=True)
+    model = to_dataclass(ModelConfig, values, "model")
     parallel = ParallelConfig(
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp
     )

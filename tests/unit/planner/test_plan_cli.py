@@ -67,12 +67,12 @@ def test_table_names_every_column_and_the_verdict(capsys):
 def hf_parameter_count_llama() -> int:
     from omegaconf import OmegaConf
 
-    from nemo_craft.config import CONF_DIR, to_dataclass
+    from nemo_craft.core.paths import CONF_DIR
+    from nemo_craft.core.typed import to_dataclass
     from nemo_craft.models.config import ModelConfig
 
-    return hf_parameter_count(
-        to_dataclass(ModelConfig, OmegaConf.load(CONF_DIR / "model" / "llama3p1_70b.yaml"), "model")
-    )
+    values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "llama3p1_70b.yaml"), resolve=True)
+    return hf_parameter_count(to_dataclass(ModelConfig, values, "model"))
 
 
 def test_options_and_overrides_in_any_order():

@@ -51,7 +51,7 @@ def test_dynamic_without_what_it_needs_names_all_of_it_and_the_alternative():
     with pytest.raises(ValueError) as err:
         resolve_backend("dynamic", lambda: facts)
     message = str(err.value)
-    for needed in ("CUDA", "flash-attn >= 2.7.3", "2.6.3 is installed", "float32", "rollout.backend=static"):
+    for needed in ("CUDA", "flash-attn >= 2.7.3", "2.6.3 is installed", "float32", "rollout.generation.backend=static"):
         assert needed in message
 
 
@@ -70,7 +70,7 @@ def test_on_this_machine_auto_is_static_and_dynamic_says_why_not():
     facts = DynamicCapability.probe(torch.bfloat16)
     assert not facts.cuda
     assert resolve_backend("auto", lambda: facts) == "static"
-    with pytest.raises(ValueError, match="no CUDA GPU.*rollout.backend=static"):
+    with pytest.raises(ValueError, match="no CUDA GPU.*rollout.generation.backend=static"):
         resolve_backend("dynamic", lambda: facts)
 
 

@@ -2,7 +2,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from nemo_craft.config import compose
-from nemo_craft.rollout import GenerationConfig, RolloutConfig
+from nemo_craft.rollout.config import GenerationConfig, RolloutConfig
 
 
 @pytest.mark.parametrize(
@@ -49,13 +49,16 @@ def test_generation_config_defaults():
 
 def test_rollout_config_reads_the_run_configs_section():
     section = OmegaConf.to_container(compose([]).rollout)  # every field, the YAML's and the defaults
-    cfg = RolloutConfig(**section)
+    cfg = RolloutConfig(**section)  # the nested sections as dicts
     gen = cfg.generation_config()
     val = cfg.generation_config(validation=True)
-    assert gen.max_new_tokens == section["max_tokens_per_turn"] and gen.temperature == section["temperature"]
-    assert val.temperature == section["val_temperature"]
-    for knob in ("backend", "kv_cache_gb", "max_tokens_per_step", "cuda_graphs"):
-        assert getattr(gen, knob) == section[knob] == getattr(val, knob)
+    generation = section["generation"]
+    assert gen.max_new_tokens == generation["max_new_tokens"] and gen.temperature == generation["temperature"]
+    assert val.temperature == section["validation"]["temperature"] != gen.temperature
+    assert (val.top_p, val.top_k) == (section["validation"]["top_p"], section["validation"]["top_k"])
+    for knob in ("backend", "kv_cache_gb", "max_tokens_per_step", "cuda_graphs", "max_new_tokens"):
+        assert getattr(gen, knob) == generation[knob] == getattr(val, knob)
+    assert RolloutConfig(generation=GenerationConfig(**generation)).generation == gen
 
 
 @pytest.mark.parametrize(
@@ -64,14 +67,16 @@ def test_rollout_config_reads_the_run_configs_section():
         ("group_size", 0),
         ("max_turns", 0),
         ("observation_message", "x"),
-        ("top_p", 2.0),
-        ("backend", "x"),
+        ("generation.top_p", 2.0),
+        ("generation.backend", "x"),
         ("max_tokens_per_episode", 0),
-        ("kv_cache_gb", 0.0),
-        ("max_tokens_per_step", 1),
-        ("cuda_graphs", 1),
+        ("generation.kv_cache_gb", 0.0),
+        ("generation.max_tokens_per_step", 1),
+        ("generation.cuda_graphs", 1),
+        ("validation.temperature", -1.0),
     ],
 )
 def test_rollout_config_errors(field, value):
-    with pytest.raises(ValueError, match=field):
-        RolloutConfig(**{field: value})
+    section, _, name = field.rpartition(".")
+    with pytest.raises(ValueError, match=name):
+        RolloutConfig(**({section: {name: value}} if section else {name: value}))

@@ -6,7 +6,8 @@ import torch
 from nemo_craft.envs import env_factory, make_env
 from nemo_craft.envs.faulty import make_faulty
 from nemo_craft.models.tokenizer import CharTokenizer
-from nemo_craft.rollout import EpisodeRunner, RolloutConfig, collate_teacher, collate_trajectories
+from nemo_craft.rollout import EpisodeRunner, collate_teacher, collate_trajectories
+from nemo_craft.rollout.config import GenerationConfig, RolloutConfig
 from tests.unit.rollout._helpers import ScriptedPolicy, action_spans, check_layout
 
 TOK = CharTokenizer()
@@ -37,8 +38,8 @@ def _expert(plans):
     return answer
 
 
-def _runner(policy, **cfg):
-    config = RolloutConfig(**(dict(group_size=2, max_tokens_per_turn=32) | cfg))
+def _runner(policy, max_new_tokens=32, **cfg):
+    config = RolloutConfig(**(dict(group_size=2) | cfg), generation=GenerationConfig(max_new_tokens=max_new_tokens))
     return EpisodeRunner(policy, TOK, env_factory("sokoban", **SOKOBAN), config)
 
 
@@ -73,7 +74,7 @@ def test_token_budgets_and_turn_limits_end_episodes():
         return TOK.encode("<action>jump</action>")  # 21 tokens, invalid
 
     policy = ScriptedPolicy(TOK, jump)
-    trajectories = _runner(policy, max_tokens_per_turn=8, max_tokens_per_episode=20).run([3], seed=1)
+    trajectories = _runner(policy, max_new_tokens=8, max_tokens_per_episode=20).run([3], seed=1)
     assert [c["budgets"] for c in policy.calls] == [[8, 8], [8, 8], [4, 4]]
     for tr in trajectories:
         assert tr.finish_reason == "token_budget" and tr.num_turns == 3

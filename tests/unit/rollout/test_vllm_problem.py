@@ -1,4 +1,4 @@
-"""What ``rollout.backend=vllm`` says where it cannot run: vLLM missing, a torchvision that breaks its
+"""What ``rollout.generation.backend=vllm`` says where it cannot run: vLLM missing, a torchvision that breaks its
 import, an unsupported version; each one line naming the fix. (Whether it runs is tests/vllm's.)"""
 
 import sys

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nemo_craft.parallel import megatron_fixes as fixes
-from nemo_craft.runtime.checkpoint import CheckpointConfig, CheckpointManager
+from nemo_craft.runtime.checkpoint import CheckpointManager
+from nemo_craft.runtime.config import CheckpointConfig
 
 
 def test_defaults_are_valid_and_match_the_yaml_keys():

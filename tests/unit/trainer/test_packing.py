@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
+from nemo_craft.trainer.config import TrainerConfig
 from nemo_craft.trainer.packing import check_packing, plan_packs, select_sequences, split_micro_batches
-from nemo_craft.trainer.trainer import TrainerConfig
 
 
 def _batch(lengths, S=None, seed=0):
