@@ -58,7 +58,9 @@ def test_a_value_outside_a_literal_is_refused_naming_the_allowed_ones(cls, name,
     message = str(err.value)
     assert "\n" not in message and name in message and "'nope'" in message, message
     assert all(repr(value) in message for value in allowed if value is not None), message
-    cls(**{name: allowed[-1]})  # every allowed value constructs (the architecture's flags may refuse others)
+    # an allowed value constructs (the architecture's flags may refuse others; routing replay other than
+    # none needs a mixture-of-experts model, and r3 is refused until it is built: docs/moe.md)
+    cls(**{name: allowed[0] if name == "moe_routing_replay" else allowed[-1]})
 
 
 def test_the_command_line_refusal_is_one_line():

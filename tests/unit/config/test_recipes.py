@@ -4,6 +4,8 @@ construction). The CPU demo's settings must never reach a recipe or a pretrained
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -22,14 +24,25 @@ def _trainer(overrides, world_size, monkeypatch, cfg=None):
     return RLTrainer(RunConfig.from_omegaconf(cfg).validate() if cfg is not None else load_run(overrides))
 
 
+def _checkpoint_dir(tmp_path, model_overrides):
+    """A directory whose config.json describes the model ``model_overrides`` compose to (what a
+    real checkpoint of it would hold; no weights are read before a model is built)."""
+    model = RunConfig.from_omegaconf(compose([*model_overrides, "model.init=random"])).model
+    (tmp_path / "config.json").write_text(json.dumps(model.to_hf_config()))
+    return str(tmp_path)
+
+
 def _recipe_yaml(name):
     return yaml.safe_load((CONF_DIR / "recipe" / f"{name}.yaml").read_text())
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("hf_path", [None, "/models/pretrained"])
-def test_a_recipe_runs_no_warm_start_and_keeps_its_lr(recipe, hf_path, monkeypatch):
-    overrides = [f"+recipe={recipe}"] + ([f"model.hf_path={hf_path}"] if hf_path else [])
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_a_recipe_runs_no_warm_start_and_keeps_its_lr(recipe, pretrained, monkeypatch, tmp_path):
+    """From random initialisation (``model.init=random``) or from a checkpoint of the recipe's model."""
+    recipe_only = [f"+recipe={recipe}"]
+    weights = [f"model.hf_path={_checkpoint_dir(tmp_path, recipe_only)}"] if pretrained else ["model.init=random"]
+    overrides = recipe_only + weights
     cfg = compose(overrides)
     world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
     t = _trainer(overrides, world, monkeypatch, cfg)
@@ -58,10 +71,17 @@ def test_the_demo_keeps_its_own_settings():
     assert cfg.rollout.generation.max_new_tokens == 8
 
 
-def test_a_pretrained_warm_start_must_be_asked_for_by_name(monkeypatch):
-    with pytest.raises(ValueError, match=r"trainer.warm_start.steps=60 with model.hf_path=/w.*on_pretrained=true"):
-        _trainer(["model.hf_path=/w"], 1, monkeypatch)
-    t = _trainer(["model.hf_path=/w", "trainer.warm_start.on_pretrained=true"], 1, monkeypatch)
+def test_a_pretrained_warm_start_must_be_asked_for_by_name(monkeypatch, tmp_path):
+    ckpt = _checkpoint_dir(tmp_path, ["model=smollm2_135m"])
+    asked = [
+        "model=smollm2_135m",
+        f"model.hf_path={ckpt}",
+        "trainer.warm_start.steps=60",
+        "trainer.micro_batch_size=16",
+    ]
+    with pytest.raises(ValueError, match=rf"trainer.warm_start.steps=60 with model.hf_path={ckpt}.*on_pretrained=true"):
+        _trainer(asked, 1, monkeypatch)
+    t = _trainer([*asked, "trainer.warm_start.on_pretrained=true"], 1, monkeypatch)
     assert t.run.trainer.warm_start.steps == 60
 
 
@@ -75,6 +95,7 @@ def test_every_parallel_preset_validates_at_its_own_size(preset, monkeypatch):
         [
             f"parallel={preset}",
             "model=llama3p1_70b",
+            "model.init=random",
             "rollout.tasks_per_step=16",
             "rollout.group_size=8",
             "trainer.micro_batch_size=1",
