@@ -74,9 +74,48 @@ def layout_problems(model, parallel, cluster, workload) -> list[str]:
             f"plan.seq_length={workload.seq_length} is not divisible by 2 x context_parallel_size = {2 * cp}, "
             f"which load-balanced context parallel needs; pad sequences to a multiple of {2 * cp}"
         )
+    problems += _expert_problems(model, parallel, world)
     padded = model.padded_vocab_size(tp)
     if padded % tp or padded < model.vocab_size:
         problems.append(f"model.vocab_size={model.vocab_size} pads to {padded}, which TP={tp} does not split")
+    return problems
+
+
+def _expert_problems(model, parallel, world: int) -> list[str]:
+    """What does not divide in the expert layout (EP x ETP x PP tiles the ranks)."""
+    ep, etp = parallel.expert_model_parallel_size, parallel.expert_tensor_size
+    pp, tp = parallel.pipeline_model_parallel_size, parallel.tensor_model_parallel_size
+    if model.num_experts is None:
+        if ep > 1 or etp != tp:
+            return [
+                f"parallel.expert_model_parallel_size={ep} / expert_tensor_parallel_size={etp} with a dense model "
+                "(model.num_experts=null); allowed: 1 and null"
+            ]
+        return []
+    problems = []
+    if model.num_experts % ep:
+        problems.append(
+            f"parallel.expert_model_parallel_size={ep} does not divide model.num_experts={model.num_experts}; "
+            f"allowed: {divisors(model.num_experts)}"
+        )
+    if model.moe_ffn_hidden_size % etp:
+        problems.append(
+            f"parallel.expert_tensor_parallel_size={etp} does not divide model.moe_ffn_hidden_size="
+            f"{model.moe_ffn_hidden_size}; allowed: {divisors(model.moe_ffn_hidden_size)}"
+        )
+    if world % (ep * etp * pp):
+        fitting = (
+            [d for d in divisors(world // (etp * pp)) if model.num_experts % d == 0] if world % (etp * pp) == 0 else []
+        )
+        problems.append(
+            f"GPUs = {world} is not divisible by EP x ETP x PP = {ep} x {etp} x {pp} = {ep * etp * pp}; "
+            f"with ETP={etp}, PP={pp} parallel.expert_model_parallel_size must be one of {fitting or 'no value'}"
+        )
+    if tp > 1 and not parallel.sequence_parallel:
+        problems.append(
+            f"parallel.tensor_model_parallel_size={tp} with experts needs parallel.sequence_parallel=true "
+            "(megatron's token dispatcher works on sequence-parallel tokens)"
+        )
     return problems
 
 

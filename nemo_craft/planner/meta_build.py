@@ -44,6 +44,12 @@ class ChunkParams:
     """Of which: the last stage's copy of a tied embedding (counted once in the model total)."""
     pre_process: bool
     post_process: bool
+    expert_params: int = 0
+    """Of which: this rank's experts (``num_experts / EP`` per MoE layer); not in sharded_params."""
+    expert_sharded_params: int = 0
+    """Of which: expert tensors split over ETP (the rest of the experts' is replicated over ETP)."""
+    router_params: int = 0
+    """Of which: the routers (replicated on every rank; frozen during RL by default)."""
 
 
 @dataclass
@@ -65,12 +71,26 @@ class StageParams:
     def embedding_params(self) -> int:
         return sum(c.embedding_params for c in self.chunks)
 
-    def model_share(self, tp: int) -> int:
-        """This stage's contribution to the whole model's count (all TP ranks, duplicates once)."""
+    @property
+    def expert_params(self) -> int:
+        return sum(c.expert_params for c in self.chunks)
+
+    @property
+    def router_params(self) -> int:
+        return sum(c.router_params for c in self.chunks)
+
+    def expert_share(self, ep: int = 1, etp: int = 1) -> int:
+        """This stage's experts in the whole model (all EP and ETP ranks)."""
+        sharded = sum(c.expert_sharded_params for c in self.chunks)
+        return (sharded * etp + self.expert_params - sharded) * ep
+
+    def model_share(self, tp: int, ep: int = 1, etp: int = 1) -> int:
+        """This stage's contribution to the whole model's count (all TP, EP and ETP ranks,
+        duplicates once)."""
         sharded = sum(c.sharded_params for c in self.chunks)
-        replicated = self.params - sharded
+        replicated = self.params - sharded - self.expert_params
         duplicate = sum(c.duplicate_params for c in self.chunks)
-        return (sharded - duplicate) * tp + replicated
+        return (sharded - duplicate) * tp + replicated + self.expert_share(ep, etp)
 
 
 class _StandInGroup:
@@ -90,7 +110,9 @@ class _StandInGroup:
 
 
 @contextlib.contextmanager
-def _planned_position(tp: int, pp: int, pp_rank: int, vpp: Optional[int]) -> Iterator[object]:
+def _planned_position(
+    tp: int, pp: int, pp_rank: int, vpp: Optional[int], ep: int = 1, etp: Optional[int] = None
+) -> Iterator[object]:
     """A ProcessGroupCollection of stand-in groups for (tp rank 0, ``pp_rank``), with megatron's
     parallel_state pointed at the same pipeline position; everything restored afterwards."""
     import torch.distributed as dist
@@ -109,6 +131,13 @@ def _planned_position(tp: int, pp: int, pp_rank: int, vpp: Optional[int]) -> Ite
         "_VIRTUAL_PIPELINE_MODEL_PARALLEL_WORLD_SIZE",
     )
     saved = {name: getattr(ps, name) for name in names}
+    from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispatcher as dispatcher
+
+    # The all-to-all dispatcher makes a class-wide CUDA stream on construction; a meta build
+    # never dispatches, so a stand-in keeps the planner free of CUDA (and of the CPU mode).
+    saved_stream = dispatcher.cuda_dtoh_stream
+    if saved_stream is None:
+        dispatcher.cuda_dtoh_stream = _StandInGroup(1, 0)
     try:
         ps._MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE = tp
         ps._MPU_TENSOR_MODEL_PARALLEL_RANK = 0
@@ -119,6 +148,15 @@ def _planned_position(tp: int, pp: int, pp_rank: int, vpp: Optional[int]) -> Ite
         groups.tp = _StandInGroup(tp, 0)
         groups.pp = _StandInGroup(pp, pp_rank)
         groups.cp = _StandInGroup(1, 0)
+        # The MoE layer's groups (megatron's moe_utils names): experts split over EP, each
+        # expert's matrices over ETP; data parallel sizes do not change any parameter's shape.
+        etp = etp or tp
+        groups.ep = _StandInGroup(ep, 0)
+        groups.expt_tp = _StandInGroup(etp, 0)
+        groups.tp_ep = _StandInGroup(etp * ep, 0)
+        groups.expt_dp = _StandInGroup(1, 0)
+        groups.tp_cp = _StandInGroup(tp, 0)
+        groups.tp_dp_cp = _StandInGroup(tp, 0)
         # No embedding group: the constructor's tied-embedding all-reduce is skipped.
         groups.embd = None
         groups.pos_embd = None
@@ -126,6 +164,7 @@ def _planned_position(tp: int, pp: int, pp_rank: int, vpp: Optional[int]) -> Ite
     finally:
         for name, value in saved.items():
             setattr(ps, name, value)
+        dispatcher.cuda_dtoh_stream = saved_stream
         if own_group:
             dist.destroy_process_group()
 
@@ -159,10 +198,17 @@ def _build_chunk(model_cfg, parallel_cfg, pp_rank: int, vp_stage: Optional[int],
     )
 
     tp = parallel_cfg.tensor_model_parallel_size
-    build_cfg = dataclasses.replace(parallel_cfg, context_parallel_size=1, sequence_parallel=False)
+    # With experts, TP needs sequence parallel (the dispatcher's tokens); it changes no shape.
+    sp = parallel_cfg.sequence_parallel and model_cfg.num_experts is not None
+    build_cfg = dataclasses.replace(parallel_cfg, context_parallel_size=1, sequence_parallel=sp)
     with (
         _planned_position(
-            tp, build_cfg.pipeline_model_parallel_size, pp_rank, build_cfg.virtual_pipeline_model_parallel_size
+            tp,
+            build_cfg.pipeline_model_parallel_size,
+            pp_rank,
+            build_cfg.virtual_pipeline_model_parallel_size,
+            build_cfg.expert_model_parallel_size,
+            build_cfg.expert_tensor_size,
         ) as groups,
         warnings.catch_warnings(),
     ):
@@ -189,7 +235,7 @@ def count_all_stages(model_cfg, parallel_cfg) -> list[StageParams]:
 
 
 def _count_chunk(model, vp_stage, pre: bool, post: bool) -> ChunkParams:
-    params = sharded = embedding = duplicate = 0
+    params = sharded = embedding = duplicate = experts = experts_sharded = router = 0
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if id(p) in seen:
@@ -197,6 +243,12 @@ def _count_chunk(model, vp_stage, pre: bool, post: bool) -> ChunkParams:
         seen.add(id(p))
         n = p.numel()
         params += n
+        if _is_expert(name):
+            experts += n
+            experts_sharded += n if getattr(p, "tensor_model_parallel", False) else 0
+            continue
+        if ".mlp.router." in name:
+            router += n
         if getattr(p, "tensor_model_parallel", False):
             sharded += n
         if name.startswith(("embedding.word_embeddings", "output_layer")):
@@ -214,7 +266,16 @@ def _count_chunk(model, vp_stage, pre: bool, post: bool) -> ChunkParams:
         duplicate_params=duplicate,
         pre_process=pre,
         post_process=post,
+        expert_params=experts,
+        expert_sharded_params=experts_sharded,
+        router_params=router,
     )
+
+
+def _is_expert(name: str) -> bool:
+    """A parameter of an MoE layer's experts (megatron: ``mlp.experts.local_experts.i`` when
+    sequential, ``mlp.experts.weight*`` when grouped)."""
+    return ".mlp.experts." in name
 
 
 # ---------------------------------------------------------------- quick estimate for the search
@@ -223,25 +284,28 @@ _PIECES: dict = {}
 
 
 def estimate_stages(model_cfg, parallel_cfg) -> list[StageParams]:
-    """The same StageParams as :func:`count_all_stages`, assembled from the pieces of one
-    one-layer meta build per TP size (a layer, the word embedding, the final norm, the output
-    layer), so that the layout search does not build every candidate in full. A test checks
-    that both agree."""
+    """The same StageParams as :func:`count_all_stages`, assembled from the pieces of one small
+    meta build per (TP, EP, ETP) (a dense layer, an MoE layer, the word embedding, the final
+    norm, the output layer), so that the layout search does not build every candidate in full.
+    A test checks that both agree."""
     tp = parallel_cfg.tensor_model_parallel_size
     pp = parallel_cfg.pipeline_model_parallel_size
     vpp = parallel_cfg.virtual_pipeline_model_parallel_size or 1
-    key = (repr(model_cfg), tp)
+    ep, etp = parallel_cfg.expert_model_parallel_size, parallel_cfg.expert_tensor_size
+    key = (repr(model_cfg), tp, ep, etp)
     if key not in _PIECES:
-        _PIECES[key] = _pieces(model_cfg, tp)
+        _PIECES[key] = _pieces(model_cfg, tp, ep, etp)
     pieces = _PIECES[key]
     tied = model_cfg.tie_word_embeddings
+    pattern = model_cfg.moe_layer_pattern()
     per_chunk = model_cfg.num_layers // (pp * vpp)
     stages = []
     for r in range(pp):
         stage = StageParams(pp_rank=r)
         for v in range(vpp):
             pre, post = r == 0 and v == 0, r == pp - 1 and v == vpp - 1
-            parts = [pieces["layer"]] * per_chunk
+            first = (v * pp + r) * per_chunk
+            parts = [pieces["moe_layer" if pattern[i] else "layer"] for i in range(first, first + per_chunk)]
             embedding = duplicate = 0
             if pre:
                 parts.append(pieces["embedding"])
@@ -253,39 +317,62 @@ def estimate_stages(model_cfg, parallel_cfg) -> list[StageParams]:
                 parts.append(output)
                 embedding += output[0]
                 duplicate = output[0] if tied and not pre else 0
+            total = [sum(part[i] for part in parts) for i in range(5)]
             stage.chunks.append(
                 ChunkParams(
                     vp_stage=v if vpp > 1 else None,
-                    first_layer=(v * pp + r) * per_chunk + 1,
+                    first_layer=first + 1,
                     num_layers=per_chunk,
-                    params=sum(p for p, _ in parts),
+                    params=total[0],
                     embedding_params=embedding,
-                    sharded_params=sum(s for _, s in parts),
+                    sharded_params=total[1],
                     duplicate_params=duplicate,
                     pre_process=pre,
                     post_process=post,
+                    expert_params=total[2],
+                    expert_sharded_params=total[3],
+                    router_params=total[4],
                 )
             )
         stages.append(stage)
     return stages
 
 
-def _pieces(model_cfg, tp: int) -> dict[str, tuple[int, int]]:
-    """(params, TP-sharded params) per TP rank of: one layer, the word embedding, the final
-    norm, the untied output layer ((0, 0) when tied)."""
-    one = dataclasses.replace(model_cfg, num_layers=1)
-    model = _build_chunk(one, ParallelConfig(tensor_model_parallel_size=tp), 0, None, pre=True, post=True)
-    out = {"layer": [0, 0], "embedding": [0, 0], "final_norm": [0, 0], "output": [0, 0]}
+_PIECE_NAMES = ("layer", "moe_layer", "embedding", "final_norm", "output")
+
+
+def _pieces(model_cfg, tp: int, ep: int = 1, etp: Optional[int] = None) -> dict[str, tuple[int, ...]]:
+    """(params, TP-sharded, expert, ETP-sharded expert, router params) per rank of: a dense
+    layer, an MoE layer ((0, ...) for a dense model), the word embedding, the final norm, the
+    untied output layer ((0, ...) when tied)."""
+    if model_cfg.num_experts is None:
+        small = dataclasses.replace(model_cfg, num_layers=1)
+    else:  # layer 1 dense, layer 2 with experts
+        small = dataclasses.replace(model_cfg, num_layers=2, decoder_sparse_step=1, mlp_only_layers=(0,))
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=tp,
+        sequence_parallel=tp > 1 and model_cfg.num_experts is not None,
+        expert_model_parallel_size=ep,
+        expert_tensor_parallel_size=etp,
+    )
+    model = _build_chunk(small, parallel, 0, None, pre=True, post=True)
+    out = {name: [0] * 5 for name in _PIECE_NAMES}
     for name, p in model.named_parameters():
-        part = (
-            "embedding"
-            if name.startswith("embedding.")
-            else "output"
-            if name.startswith("output_layer")
-            else "final_norm"
-            if name.startswith("decoder.final_layernorm")
-            else "layer"
-        )
-        out[part][0] += p.numel()
-        out[part][1] += p.numel() if getattr(p, "tensor_model_parallel", False) else 0
-    return {k: (v[0], v[1]) for k, v in out.items()}
+        if name.startswith("embedding."):
+            part = "embedding"
+        elif name.startswith("output_layer"):
+            part = "output"
+        elif name.startswith("decoder.final_layernorm"):
+            part = "final_norm"
+        else:
+            part = "moe_layer" if name.startswith("decoder.layers.1.") else "layer"
+        n, split = p.numel(), getattr(p, "tensor_model_parallel", False)
+        counts = out[part]
+        counts[0] += n
+        if _is_expert(name):
+            counts[2] += n
+            counts[3] += n if split else 0
+            continue
+        counts[1] += n if split else 0
+        counts[4] += n if ".mlp.router." in name else 0
+    return {k: tuple(v) for k, v in out.items()}

@@ -55,6 +55,9 @@ class Suggestion:
             f"parallel.sequence_parallel={str(p.sequence_parallel).lower()}",
             f"parallel.use_distributed_optimizer={str(p.use_distributed_optimizer).lower()}",
         ]
+        if p.expert_model_parallel_size > 1 or p.expert_tensor_parallel_size is not None:
+            out.append(f"parallel.expert_model_parallel_size={p.expert_model_parallel_size}")
+            out.append(f"parallel.expert_tensor_parallel_size={p.expert_tensor_size}")
         if self.more_nodes:
             out.append(f"cluster.nodes={self.cluster.nodes}")
         if self.workload_changed:
@@ -84,6 +87,8 @@ class Plan:
     dp: Optional[int]
     padded_vocab: int
     total_params: Optional[int] = None
+    expert_params: Optional[int] = None
+    """Of total_params: every expert of every MoE layer (0 for a dense model)."""
     ranks: list[RankPlan] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -107,6 +112,17 @@ class Plan:
         rows = (self.counted_vocab or self.padded_vocab) - self.model.vocab_size
         copies = 1 if self.model.tie_word_embeddings else 2
         return self.total_params - rows * self.model.hidden_size * copies
+
+    @property
+    def active_params(self) -> Optional[int]:
+        """Parameters a token passes through: all but the experts it is not routed to (the top-k
+        of each MoE layer's experts, the dense parts whole); the total for a dense model."""
+        if self.total_params is None:
+            return None
+        if not self.expert_params:
+            return self.total_params
+        unused = self.model.num_experts - self.model.moe_router_topk
+        return self.total_params - self.expert_params * unused // self.model.num_experts
 
     # ------------------------------------------------------------------ output
 
@@ -152,6 +168,8 @@ class Plan:
             padded_vocab_size=self.padded_vocab,
             total_params=self.total_params,
             total_params_unpadded=self.total_params_unpadded,
+            active_params=self.active_params,
+            expert_params=self.expert_params,
             ranks=ranks,
             peak_gib=None if self.peak_bytes is None else round(self.peak_bytes / GIB, 3),
             gpu_memory_gib=self.cluster.gpu_memory_gb,
@@ -176,13 +194,18 @@ class Plan:
         )
         if self.total_params is not None:
             head += f": {self.total_params:,} parameters ({_b(self.total_params)})"
+            if self.expert_params:
+                head += (
+                    f", {self.active_params:,} active ({_b(self.active_params)}: "
+                    f"{m.moe_router_topk} of {m.num_experts} experts a token)"
+                )
         lines.append(head)
         lines.append(
             f"cluster {c.nodes} node(s) x {c.gpus_per_node} GPUs = {c.world_size}, {c.gpu_memory_gb:g} GiB each; "
             "layout "
             f"TP={p.tensor_model_parallel_size} PP={p.pipeline_model_parallel_size} "
             f"VPP={p.virtual_pipeline_model_parallel_size or 1} CP={p.context_parallel_size} "
-            f"DP={self.dp if self.dp else '-'}; SP {_on(p.sequence_parallel)}, "
+            f"DP={self.dp if self.dp else '-'}{_experts(m, p)}; SP {_on(p.sequence_parallel)}, "
             f"distributed optimizer {_on(p.use_distributed_optimizer)}; "
             f"vocabulary {m.vocab_size} -> {self.padded_vocab}"
         )
@@ -231,6 +254,10 @@ class Plan:
             "peak",
             "phase",
         ]
+        moe = self.model.num_experts is not None
+        if moe:  # of weights: the rank's experts; the all-to-all's buffers (in train and experience)
+            cols[4:4] = ["experts", "router"]
+            cols.insert(cols.index("experience") + 1, "a2a")
         rows = []
         for r in self.ranks:
             m = r.memory
@@ -255,6 +282,9 @@ class Plan:
                     m.phase,
                 ]
             )
+            if moe:
+                rows[-1][4:4] = [_g(m.expert_weights), _g(m.router_weights)]
+                rows[-1].insert(cols.index("a2a"), _g(m.dispatcher_buffers))
         widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(cols)]
         out = ["  ".join(col.rjust(wd) for col, wd in zip(cols, widths))]
         out += ["  ".join(cell.rjust(wd) for cell, wd in zip(row, widths)) for row in rows]
@@ -271,6 +301,12 @@ def _b(n: float) -> str:
 
 def _g(x: float) -> str:
     return f"{x / GIB:.1f}"
+
+
+def _experts(m, p) -> str:
+    if m.num_experts is None:
+        return ""
+    return f" EP={p.expert_model_parallel_size} ETP={p.expert_tensor_size}"
 
 
 def _on(flag: bool) -> str:
@@ -343,7 +379,9 @@ def make_plan(
         plan.dp = cluster.world_size // parallel.model_parallel_size
         plan.warnings = layout_warnings(model, parallel, cluster, workload, plan.dp)
         stages = count_all_stages(model, parallel)
-        plan.total_params = sum(s.model_share(tp) for s in stages)
+        ep, etp = parallel.expert_model_parallel_size, parallel.expert_tensor_size
+        plan.total_params = sum(s.model_share(tp, ep, etp) for s in stages)
+        plan.expert_params = sum(s.expert_share(ep, etp) for s in stages)
         memories = _memory(model, parallel, cluster, workload, stages)
         plan.ranks = [RankPlan(stage=s, memory=m) for s, m in zip(stages, memories)]
         budget = cluster.gpu_memory_gb * GIB
@@ -358,7 +396,9 @@ def make_plan(
             )
     else:
         # The model's total does not depend on the layout: count it at TP=PP=1 (one build).
-        plan.total_params = sum(s.model_share(1) for s in estimate_stages(model, ParallelConfig()))
+        stages = estimate_stages(model, ParallelConfig())
+        plan.total_params = sum(s.model_share(1) for s in stages)
+        plan.expert_params = sum(s.expert_share() for s in stages)
         plan.counted_vocab = model.padded_vocab_size(1)
     problem = parallel.generation_problem()
     if problem:  # planned all the same: the memory of such a layout is still worth seeing
