@@ -49,6 +49,7 @@ def check_training(run: RunConfig, world_size: int) -> int:
     splits over the data-parallel ranks and micro-batches. Returns the data-parallel size."""
     run.trainer.warm_start.check_pretrained(run.model.hf_path)
     run.rollout.check_trainable()
+    world_size = run.rollout.check_placement(world_size)  # the ranks that train
     dp_size = run.parallel.data_parallel_size(world_size)
     r, t = run.rollout, run.trainer
     if r.tasks_per_step % dp_size:
