@@ -80,8 +80,8 @@ class Workload:
     """GPUs that only generate (``rollout.generation_ranks`` under ``rollout.placement=disaggregated``);
     0: the training ranks generate. The layout trains on the others, which then hold no KV cache."""
     generation_tp: int = 1
-    """Tensor parallel of one generation engine (from ``parallel.tensor_model_parallel_size``);
-    ``generation_gpus`` is a multiple of it."""
+    """GPUs of one generation engine: 1 is what a disaggregated run builds (each generation rank
+    one engine); larger plans engines that span GPUs. ``generation_gpus`` is a multiple of it."""
     logits_chunk_tokens: int = LossConfig.chunk_size
     """Tokens per chunk of the vocabulary-parallel loss (``loss.chunk_size``; its default)."""
     recompute: str = "none"
@@ -144,8 +144,6 @@ class Workload:
         if rollout.placement == "disaggregated":
             values["generation_gpus"] = rollout.generation_ranks
             name = "vllm" if name == "auto" else name  # a generation rank's auto: vLLM on a GPU node
-            tp = parallel.tensor_model_parallel_size  # each engine as wide as training's TP, or what divides
-            values["generation_tp"] = max(d for d in range(1, tp + 1) if rollout.generation_ranks % d == 0)
         backend = planned_backend(name, model.params_dtype)  # the class that runs on a GPU node
         if backend.paged_kv_cache:
             values["generation_kv_gb"] = float(gen.kv_cache_gb)

@@ -381,6 +381,12 @@ def make_plan(
         plan.counted_vocab = model.padded_vocab_size(1)
     if workload.generation_gpus:
         plan.generation = generation_memory(model, workload, plan.total_params_unpadded, model.padded_vocab_size(1))
+        if plan.dp and plan.generation.engines > plan.dp:
+            plan.problems.append(
+                f"rollout.generation_ranks={workload.generation_gpus}: {plan.generation.engines} engines > the "
+                f"{plan.dp} data-parallel ranks that train; each engine serves whole data-parallel ranks, allowed: "
+                f"1 to {plan.dp * workload.generation_tp} generation GPUs"
+            )
         if plan.generation.peak > full_cluster.gpu_memory_gb * GIB:
             plan.problems.append(
                 f"generation does not fit: {plan.generation.peak / GIB:.1f} GiB per generation GPU > "

@@ -235,9 +235,9 @@ class RolloutConfig:
             )
 
     def check_placement(self, world_size: int) -> int:
-        """The ranks that train out of ``world_size``, refusing up front what does not run.
-        Disaggregated generation runs the static engine or vLLM; the trainer does not run it
-        yet (it is planned by ``nemo-craft plan``)."""
+        """The ranks that train out of ``world_size``, refusing up front what does not run:
+        disaggregated generation runs the static engine or vLLM, each generation rank one
+        engine of its own."""
         if self.placement == "colocated":
             return world_size
         if self.generation_ranks >= world_size:
@@ -250,10 +250,7 @@ class RolloutConfig:
                 f"rollout.generation.backend={self.generation.backend!r} cannot run on a generation rank; "
                 f"allowed with rollout.placement=disaggregated: {', '.join(_DISAGGREGATED_BACKENDS)}"
             )
-        raise ValueError(
-            "rollout.placement=disaggregated: `nemo-craft train` does not run it yet (plan its layout with "
-            "`nemo-craft plan`); allowed for training: rollout.placement=colocated with rollout.max_staleness=0"
-        )
+        return world_size - self.generation_ranks
 
     def check_trainable(self) -> None:
         """Refuse sampling settings under which the trainer's log-probs are not the behaviour

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-__all__ = ["Sides", "split_world"]
+from nemo_craft.seeds import train_task_seed0
+
+__all__ = ["Sides", "split_world", "batch_version", "step_tasks"]
 
 
 @dataclass
@@ -62,3 +64,23 @@ def split_world(generation_ranks: int, *, backend: str = "gloo", timeout_minutes
     )
     wire = dist.ProcessGroupGloo(dist.PrefixStore("nemo_craft/wire", store), rank, world, timeout)
     return Sides(role=role, world_rank=rank, world_size=world, train_ranks=train_ranks, wire=wire)
+
+
+def batch_version(step: int, *, max_staleness: int, start_step: int, save_every: int) -> int:
+    """The policy version (optimizer steps taken) whose weights generate the batch of ``step``:
+    as old as allowed, ``step - max_staleness``, but never older than the run's first step or
+    the last scheduled checkpoint (``save_every`` > 0): the pipeline drains at a checkpoint, so
+    it holds no in-flight work and a resumed run continues as the uninterrupted one. A fixed
+    schedule, not "the freshest weights that arrived": runs are reproducible."""
+    floor = start_step
+    if save_every > 0:
+        floor = max(floor, step // save_every * save_every)
+    return max(step - max_staleness, floor)
+
+
+def step_tasks(seed: int, step: int, tasks_per_step: int, dp_rank: int, dp_size: int) -> tuple[list[int], int]:
+    """(task seeds, index of the first task in the step) of one data-parallel rank's share of ``step``."""
+    n_local = tasks_per_step // dp_size
+    first = step * tasks_per_step + dp_rank * n_local
+    seed0 = train_task_seed0(seed)
+    return [seed0 + first + i for i in range(n_local)], first

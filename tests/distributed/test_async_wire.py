@@ -12,13 +12,19 @@ import torch
 from nemo_craft.testing.distributed import free_port
 
 
-def torchrun(body: str, out_dir, nproc: int = 3, timeout: int = 300) -> list[dict]:
+def torchrun(body: str, out_dir, nproc: int = 3, *, args=(), timeout: int = 600) -> list[dict]:
+    """``torchrun -m tests.e2e._bodies_async body out_dir *args``; each rank's saved results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
-    cmd += ["-m", "tests.distributed._bodies_async", body, str(out_dir)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(nproc)]
+    cmd += ["-m", "tests.e2e._bodies_async", body, str(out_dir), *args]
+    # output to a file, not a pipe: a killed rank's environment workers may outlive it with the
+    # pipe open, and reading a pipe waits for every holder
+    log = out_dir / "torchrun.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{log.read_text()[-6000:]}"
+    return [torch.load(p) for r in range(nproc) if (p := out_dir / f"rank{r}.pt").exists()]
 
 
 def test_refit_over_the_wire_is_bit_for_bit(tmp_path):

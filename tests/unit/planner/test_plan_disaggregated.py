@@ -17,7 +17,7 @@ ASYNC = ["+recipe=qwen3_8b_1node", "rollout.placement=disaggregated"]
 
 def test_training_plans_on_the_rest_and_holds_no_kv_cache():
     colocated = plan_from_overrides(["+recipe=qwen3_8b_1node"], suggest=False)
-    plan = plan_from_overrides([*ASYNC, "rollout.generation_ranks=4"], suggest=False)
+    plan = plan_from_overrides([*ASYNC, "rollout.generation_ranks=4", "plan.generation_tp=2"], suggest=False)
     assert colocated.generation is None and colocated.dp == 4 and colocated.ranks[0].memory.kv_cache > 0
     assert plan.ok and plan.dp == 2  # 8 - 4 GPUs at TP=2
     assert plan.ranks[0].memory.kv_cache == 0.0
@@ -27,24 +27,25 @@ def test_training_plans_on_the_rest_and_holds_no_kv_cache():
 
 
 def test_generation_memory_by_hand():
-    plan = plan_from_overrides([*ASYNC, "rollout.generation_ranks=4", "rollout.generation.kv_cache_gb=20"])
+    plan = plan_from_overrides([*ASYNC, "rollout.generation_ranks=2", "rollout.generation.kv_cache_gb=20"])
     gen = plan.generation
     params = hf_parameter_count(plan.model)
-    assert (gen.gpus, gen.tp, gen.engines) == (4, 2, 2)
+    assert (gen.gpus, gen.tp, gen.engines) == (2, 1, 2)  # each generation rank one engine
     assert gen.rows_per_engine == min(64, 16 * 8 // 2)  # max_batch_size capped by the engine's share
-    assert gen.weights == params * 2 / 2  # bf16, split over the engine's TP
+    assert gen.weights == params * 2  # bf16, the whole model
     assert gen.kv_cache == 20 * GIB  # vLLM's paged cache
     assert gen.logits == gen.rows_per_engine * plan.model.padded_vocab_size(1) * 4
     assert gen.peak == gen.weights + gen.kv_cache + gen.logits + 4 * GIB
     text = plan.format()
-    assert "training: 4 GPU(s) (DP=2), no KV cache" in text
+    assert "training: 6 GPU(s) (DP=3), no KV cache" in text
+    wide = plan_from_overrides([*ASYNC, "rollout.generation_ranks=2", "plan.generation_tp=2"]).generation
+    assert (wide.engines, wide.weights) == (1, params * 2 / 2)  # an engine over 2 GPUs: half the weights each
     assert f"= {gen.peak / GIB:.1f} GiB of 80" in text
 
 
-def test_static_engine_caches_every_row_whole_and_odd_splits_narrow_the_engine():
-    plan = plan_from_overrides([*ASYNC, "rollout.generation_ranks=1", "rollout.generation.backend=static"])
+def test_static_engine_caches_every_row_whole():
+    plan = plan_from_overrides([*ASYNC, "rollout.generation_ranks=2", "rollout.generation.backend=static"])
     gen, m = plan.generation, plan.model
-    assert gen.tp == 1  # one GPU: an engine of TP=1 although training runs TP=2
     assert gen.kv_cache == gen.rows_per_engine * 8192 * m.num_layers * 2 * m.num_query_groups * m.kv_channels * 2
 
 
@@ -57,6 +58,7 @@ def test_static_engine_caches_every_row_whole_and_odd_splits_narrow_the_engine()
             ["+recipe=qwen3_8b_1node", "rollout.generation_ranks=2", "rollout.generation.kv_cache_gb=75"],
             "generation does not fit",
         ),
+        (["+recipe=qwen3_8b_1node", "rollout.generation_ranks=4"], "4 engines > the 2 data-parallel ranks"),
     ],
 )
 def test_refused_splits_say_why(overrides, message):
@@ -66,9 +68,9 @@ def test_refused_splits_say_why(overrides, message):
 
 
 def test_json_has_the_generation_gpus(capsys):
-    assert nemo_craft(["plan", "--json", "+recipe=qwen3_8b_async_2nodes"]) == 0
+    assert nemo_craft(["plan", "--json", "+recipe=qwen3_1p7b_async_2nodes"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["generation"]["gpus"] == 8 and data["generation"]["fits"]
-    assert data["parallel"]["data_parallel_size"] == 4 and data["workload"]["generation_gpus"] == 8
+    assert data["parallel"]["data_parallel_size"] == 8 and data["workload"]["generation_gpus"] == 8
     assert nemo_craft(["plan", "--json", "+recipe=qwen3_8b_1node"]) == 0
     assert json.loads(capsys.readouterr().out)["generation"] is None

@@ -40,16 +40,22 @@ def test_start_up_refusals_name_what_runs():
     )
     with pytest.raises(ValueError, match="backend='dynamic' cannot run on a generation rank; allowed .*static, vllm"):
         dynamic.check_placement(3)
-    with pytest.raises(ValueError, match="allowed for training: rollout.placement=colocated"):
-        r.check_placement(3)
+    assert r.check_placement(3) == 1  # the ranks that train
 
 
 def test_the_trainer_refuses_at_start_up_before_any_process_group():
     from nemo_craft.config import load_run
     from nemo_craft.trainer.trainer import check_training
 
-    run = load_run(["rollout.placement=disaggregated", "rollout.generation_ranks=1", "rollout.max_staleness=1"])
+    fields = ["rollout.placement=disaggregated", "rollout.max_staleness=1", "rollout.tasks_per_step=2"]
+    fields.append("trainer.micro_batch_size=1")
+    run = load_run([*fields, "rollout.generation_ranks=1"])
     assert run.rollout.max_staleness == 1  # settable as section.field=value
-    with pytest.raises(ValueError, match="rollout.placement=disaggregated: `nemo-craft train` does not run it yet"):
-        check_training(run, world_size=3)
-    assert check_training(load_run([]), world_size=1) == 1  # the default trains as before
+    assert check_training(run, world_size=3) == 2  # two data-parallel trainers
+    with pytest.raises(ValueError, match="rollout.generation_ranks=3 > the 2 data-parallel ranks that train"):
+        check_training(load_run([*fields, "rollout.generation_ranks=3"]), world_size=5)
+    with pytest.raises(ValueError, match="rollout.placement=disaggregated serves layouts where every rank holds"):
+        check_training(
+            load_run([*fields, "rollout.generation_ranks=1", "parallel.pipeline_model_parallel_size=2"]), world_size=5
+        )
+    assert check_training(load_run([]), world_size=1) == 1  # the default as before
