@@ -53,14 +53,16 @@ def rank_body(run_dir: str, latency: float, overrides: list[str]) -> None:
     if "faulty" not in ENVIRONMENTS:
         register_env("faulty", "nemo_craft.envs.faulty:FaultyEnv")
     run = load_run([*SMALL, f"run_dir={run_dir}", *overrides])
-    env_cfg = FaultyConfig(mode="hang" if latency else "ok", hang_s=latency, fail_seeds=None)
+    env_cfg = FaultyConfig(mode="hang" if latency else "ok", hang_s=latency, fail_seeds=None, any_action=True)
     run = dataclasses.replace(run, env=dataclasses.replace(run.env, name="faulty", config=env_cfg))
     RLTrainer(run).fit()
 
 
 def launch(nproc: int, run_dir: Path, latency: float, overrides: list[str]) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-port=0"]
+    from nemo_craft.parallel.rendezvous import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
     cmd += [__file__, "--rank-body", str(run_dir), str(latency), *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:

@@ -24,6 +24,9 @@ class FaultyConfig(EnvConfig):
     """Only these seeds misbehave; the others run normally. None: every seed (with mode "hang":
     an environment whose every turn takes ``hang_s``)."""
     hang_s: float = 30.0
+    any_action: bool = False
+    """Every action counts as "go" (a model that cannot say it still plays two turns): with mode
+    "hang" and ``fail_seeds`` None, an environment whose every turn takes ``hang_s``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,7 +69,7 @@ class FaultyEnv(TextEnv):
         )
 
     def parse_action(self, text: str) -> str | None:
-        return "go" if text.strip() == "go" else None
+        return "go" if self.config.any_action or text.strip() == "go" else None
 
     def prompt_template(self) -> PromptTemplate:
         return PromptTemplate(task="Say go.", compact_header="faulty", privileged_intro="plan:")
