@@ -20,9 +20,13 @@ class FaultyConfig(EnvConfig):
     """"ok", "hang" (sleep ``hang_s``), "raise" (an exception) or "exit" (kill the process)."""
     fail_on: str = "step"
     """"reset" or "step": when to misbehave."""
-    fail_seeds: tuple[int, ...] = (1,)
-    """Only these seeds misbehave; the others run normally."""
+    fail_seeds: tuple[int, ...] | None = (1,)
+    """Only these seeds misbehave; the others run normally. None: every seed (with mode "hang":
+    an environment whose every turn takes ``hang_s``)."""
     hang_s: float = 30.0
+    any_action: bool = False
+    """Every action counts as "go" (a model that cannot say it still plays two turns): with mode
+    "hang" and ``fail_seeds`` None, an environment whose every turn takes ``hang_s``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,7 +44,7 @@ class FaultyEnv(TextEnv):
 
     def _misbehave(self, when: str) -> None:
         cfg = self.config
-        if cfg.mode == "ok" or cfg.fail_on != when or self.seed not in cfg.fail_seeds:
+        if cfg.mode == "ok" or cfg.fail_on != when or (cfg.fail_seeds is not None and self.seed not in cfg.fail_seeds):
             return
         if cfg.mode == "hang":
             time.sleep(cfg.hang_s)
@@ -65,7 +69,7 @@ class FaultyEnv(TextEnv):
         )
 
     def parse_action(self, text: str) -> str | None:
-        return "go" if text.strip() == "go" else None
+        return "go" if self.config.any_action or text.strip() == "go" else None
 
     def prompt_template(self) -> PromptTemplate:
         return PromptTemplate(task="Say go.", compact_header="faulty", privileged_intro="plan:")

@@ -22,7 +22,7 @@ __all__ = ["TokenBatch"]
 _TOKEN_FLOATS = ("logp_old", "logp_teacher", "logp_ref", "logp_rollout")
 _OPTIONAL = ("logp_old", "logp_teacher", "logp_rollout")
 _TOKEN_INTS = ("turn_ids", "pos_in_turn")
-_FILLED_TOKEN = ("delta", "gate", "cti", "credit")
+_FILLED_TOKEN = ("delta", "gate", "cti", "credit", "is_weight")
 
 
 @dataclass
@@ -53,8 +53,9 @@ class TokenBatch:
     """[B, S] int >= 0: position t of each action token inside its turn's action."""
     logp_rollout: Optional[torch.Tensor] = None
     """[B, S] float: the log-probs the sampler reported for the tokens it drew (at the behaviour
-    temperature). Only monitored: their distance from pi_old's (``rollout/logprob_diff_*``) is
-    the train/inference mismatch, ~0 in fp32. None: not monitored."""
+    temperature): the behaviour policy's. Their distance from pi_old's (``rollout/logprob_diff_*``)
+    is the train/inference mismatch, ~0 in fp32; the off-policy correction weighs by it
+    (``LossConfig.off_policy``, which needs them). None: not monitored."""
     sample_ids: Optional[torch.Tensor] = None
     """[B] int >= 0: index of the trajectory in the step's global batch; seeds CRINGE's draw
     (with the step and the position) so it does not depend on the micro-batch split.
@@ -71,6 +72,9 @@ class TokenBatch:
     Pillar 1 is off."""
     credit: Optional[torch.Tensor] = None
     """[B, S] float32: distillation credit c (= g with Pillar 1 off)."""
+    is_weight: Optional[torch.Tensor] = None
+    """[B, S] float32: off-policy weight of the policy-gradient term (``losses.off_policy``);
+    None when the correction is off."""
     num_global_tokens: Optional[int] = None
     """Valid tokens of the whole step (all DP ranks, all micro-batches): token_mean's divisor."""
     stats: dict = field(default_factory=dict)

@@ -14,14 +14,16 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["LossConfig", "PRESETS", "DISTILL_TERMS", "ALIGNMENTS", "ADVANTAGE_SHAPINGS"]
+__all__ = ["LossConfig", "PRESETS", "DISTILL_TERMS", "ALIGNMENTS", "ADVANTAGE_SHAPINGS", "OFF_POLICY_FORMS"]
 
 DistillTerm = Literal["sdar", "skill_sd", "cringe", "none"]
 Alignment = Literal["turn_position", "turn_mean"]
 AdvantageShaping = Literal["none", "rlsd"]
+OffPolicyForm = Literal["none", "tis", "icepop", "decoupled"]
 DISTILL_TERMS = typing.get_args(DistillTerm)
 ALIGNMENTS = typing.get_args(Alignment)
 ADVANTAGE_SHAPINGS = typing.get_args(AdvantageShaping)
+OFF_POLICY_FORMS = typing.get_args(OffPolicyForm)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,28 @@ class LossConfig:
     polarized_kl: bool = False
     """Switch of Pillar 3: tokens with c < 0 use the forward-KL surrogate rho*log(rho)-rho+1."""
 
+    # -- off-policy correction (docs/async.md#off-policy-correction) ----------------------------
+    off_policy: OffPolicyForm = "none"
+    """Weight of the policy-gradient term for the behaviour policy that sampled (the engine's
+    reported log-probs, ``TokenBatch.logp_rollout``): w = exp(logp_old - logp_behaviour) per
+    token, detached. "tis": min(w, is_cap) (truncated IS); "icepop": w inside [is_low, is_high],
+    0 outside (the token is masked); "decoupled": the decoupled proximal-policy form, the PPO
+    ratio against pi_old (the proximal policy, recomputed by the trainer) times w, tokens with
+    w > is_cap masked; "none": no weight (today's loss, bit for bit)."""
+    is_cap: float = 2.0
+    """C of "tis" (the weight is truncated at C) and of "decoupled" (tokens with w > C are masked)."""
+    is_low: float = 0.5
+    """Lower end of the "icepop" band."""
+    is_high: float = 5.0
+    """Upper end of the "icepop" band."""
+    seq_mask: bool = False
+    """Sequence-level masking: a trajectory whose geometric-mean weight exp(mean_t log w) leaves
+    [seq_low, seq_high] gets weight 0 on every token (with any ``off_policy`` form)."""
+    seq_low: float = 0.5
+    """Lower end of the sequence band."""
+    seq_high: float = 2.0
+    """Upper end of the sequence band."""
+
     # -- execution --------------------------------------------------------------------------
     chunk_size: int = 128
     """Valid tokens per chunk of the vocabulary pass. Its scratch memory is two float32
@@ -114,7 +138,8 @@ class LossConfig:
         _check_choice("distill", self.distill, DISTILL_TERMS)
         _check_choice("align", self.align, ALIGNMENTS)
         _check_choice("advantage_shaping", self.advantage_shaping, ADVANTAGE_SHAPINGS)
-        for name in ("counterfactual", "controller", "polarized_kl"):
+        _check_choice("off_policy", self.off_policy, OFF_POLICY_FORMS)
+        for name in ("counterfactual", "controller", "polarized_kl", "seq_mask"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"loss.{name}={getattr(self, name)!r}: must be true or false")
         for name in ("cringe_k", "chunk_size"):
@@ -135,6 +160,22 @@ class LossConfig:
         _check_range("ema_rho", self.ema_rho, 0.0, 1.0, high_open=True)
         _check_range("target_activity", self.target_activity, 0.0, 1.0, low_open=True, high_open=True)
         _check_range("controller_bound", self.controller_bound, 1.0, math.inf)
+        _check_range("is_cap", self.is_cap, 1.0, math.inf)
+        for low, high in (("is_low", "is_high"), ("seq_low", "seq_high")):
+            _check_range(low, getattr(self, low), 0.0, 1.0)
+            _check_range(high, getattr(self, high), 1.0, math.inf)
+
+    @property
+    def corrects_off_policy(self) -> bool:
+        """Whether the policy gradient is weighted for the behaviour policy (``off_policy`` or
+        ``seq_mask``); the weights need the trainer's pi_old and the engine's log-probs."""
+        return self.off_policy != "none" or self.seq_mask
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """Whether the loss reads pi_old before training: the teacher-student gap or the
+        off-policy weights (False: the on-policy batch, with no old pass)."""
+        return self.uses_teacher or self.corrects_off_policy
 
     @property
     def uses_teacher(self) -> bool:

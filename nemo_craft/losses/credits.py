@@ -19,6 +19,7 @@ import torch
 
 from nemo_craft.losses.batch import TokenBatch
 from nemo_craft.losses.config import LossConfig
+from nemo_craft.losses.off_policy import behaviour_weights
 from nemo_craft.parallel.reductions import reduce_named
 from nemo_craft.parallel.sibling_stats import gather_table, groups_are_local, sibling_sums
 
@@ -187,8 +188,25 @@ def compute_credits(batch: TokenBatch, cfg: LossConfig, dp_group=None) -> TokenB
         stats.update(
             mean_abs_cti=total["abs_cti"] / n_def, ess=total["ess"] / n_def, n_fallback_tokens=int(total["fallback"])
         )
+    is_weight = None
+    if cfg.corrects_off_policy:
+        if batch.logp_old is None or batch.logp_rollout is None:
+            missing = "logp_old" if batch.logp_old is None else "logp_rollout"
+            raise ValueError(
+                f"batch.{missing} is None, but loss.off_policy={cfg.off_policy!r} / loss.seq_mask={cfg.seq_mask} "
+                "weighs pi_old against the behaviour log-probs: run the old pass and keep the sampler's log-probs"
+            )
+        is_weight = behaviour_weights(batch.logp_old, batch.logp_rollout, mask, cfg)
     return dataclasses.replace(
-        batch, advantages=adv, delta=delta, gate=gate, cti=cti, credit=credit, num_global_tokens=n_tokens, stats=stats
+        batch,
+        advantages=adv,
+        delta=delta,
+        gate=gate,
+        cti=cti,
+        credit=credit,
+        is_weight=is_weight,
+        num_global_tokens=n_tokens,
+        stats=stats,
     )
 
 

@@ -12,7 +12,9 @@ loss and its gradient are bit-identical to the method without that pillar:
 - Pillar 1 (counterfactual) lives in ``compute_credits``: the loss reads ``batch.credit``,
   which is the gate g itself when the switch is off;
 - Pillar 2 (controller) picks where lambda and beta come from (the state or the config);
-- Pillar 3 (polarized_kl) picks ``polarized_kl`` instead of ``k3``.
+- Pillar 3 (polarized_kl) picks ``polarized_kl`` instead of ``k3``;
+- the off-policy correction (``off_policy``, ``seq_mask``) multiplies the policy-gradient term
+  by the weights ``compute_credits`` put in ``batch.is_weight`` (``losses/off_policy.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nemo_craft.losses import terms
 from nemo_craft.losses.batch import TokenBatch
 from nemo_craft.losses.config import LossConfig
 from nemo_craft.losses.controller import ControllerState
+from nemo_craft.losses.off_policy import weight_metrics
 from nemo_craft.parallel.vocab_parallel import counter_uniforms, vocab_parallel_token_stats
 
 __all__ = ["policy_loss", "check_targets"]
@@ -95,6 +98,8 @@ def policy_loss(
     """
     if batch.advantages is None or batch.credit is None:
         raise ValueError("batch has no credits: call compute_credits(batch, cfg) before policy_loss")
+    if cfg.corrects_off_policy and batch.is_weight is None:
+        raise ValueError("batch has no off-policy weights: call compute_credits(batch, cfg) with this loss config")
     if state is None:
         state = ControllerState.initial(cfg)
     mask = batch.loss_mask
@@ -146,6 +151,10 @@ def policy_loss(
         lam, beta = cfg.sd_coef, cfg.kl_coef
 
     pg, clipped = terms.pg_clip(logp, logp_old, advantages, eps=cfg.clip_eps, dual_clip=cfg.dual_clip)
+    is_weight = None
+    if cfg.corrects_off_policy:  # off: no operation added, the loss stays bit for bit
+        is_weight = batch.is_weight[b_N, s_N]
+        pg = pg * is_weight
     per_token = pg + terms.entropy_bonus(entropy, coef=cfg.entropy_coef)
     if cfg.polarized_kl:
         kl = terms.polarized_kl(logp, logp_ref, credit, clamp=cfg.kl_clamp)
@@ -168,7 +177,10 @@ def policy_loss(
 
     metrics = _metrics(n_global, logp, logp_ref, entropy, pg, kl, distill, clipped, cfg)
     if batch.logp_rollout is not None:
-        metrics.update(_mismatch(logp_old, batch.logp_rollout[b_N, s_N].float(), n_global))
+        logp_behaviour = batch.logp_rollout[b_N, s_N].float()
+        metrics.update(_mismatch(logp_old, logp_behaviour, n_global))
+        if is_weight is not None:
+            metrics.update(weight_metrics(logp_old, logp_behaviour, is_weight, n_global, cfg))
     metrics.update({"controller/lambda": lam, "controller/beta": beta})
     metrics.update({f"credit/{k}": v for k, v in batch.stats.items()})
     return loss, metrics

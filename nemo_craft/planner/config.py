@@ -76,6 +76,12 @@ class Workload:
     """Generation on a vLLM engine colocated with training (``rollout.generation.backend=vllm``): while it
     generates, the engine holds its own copy of the rank's weights beside its KV cache
     (``generation_kv_gb``); both are released during training (vLLM's sleep mode)."""
+    generation_gpus: int = 0
+    """GPUs that only generate (``rollout.generation_ranks`` under ``rollout.placement=disaggregated``);
+    0: the training ranks generate. The layout trains on the others, which then hold no KV cache."""
+    generation_tp: int = 1
+    """GPUs of one generation engine: 1 is what a disaggregated run builds (each generation rank
+    one engine); larger plans engines that span GPUs. ``generation_gpus`` is a multiple of it."""
     logits_chunk_tokens: int = LossConfig.chunk_size
     """Tokens per chunk of the vocabulary-parallel loss (``loss.chunk_size``; its default)."""
     recompute: str = "none"
@@ -106,6 +112,15 @@ class Workload:
         for name in ("forward_micro_batch_size", "generation_batch"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        gpus = self.generation_gpus
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise ValueError(f"plan.generation_gpus={self.generation_gpus!r}: must be an integer >= 0")
+        _positive_int("generation_tp", self.generation_tp)
+        if self.generation_gpus % self.generation_tp:
+            raise ValueError(
+                f"plan.generation_gpus={self.generation_gpus} is not a multiple of plan.generation_tp="
+                f"{self.generation_tp}: each engine takes generation_tp GPUs"
+            )
         if self.recompute not in RECOMPUTE:
             raise ValueError(f"plan.recompute={self.recompute!r}: allowed values are {RECOMPUTE}")
         if self.attention not in ATTENTION:
@@ -125,10 +140,15 @@ class Workload:
             "micro_batch_size": trainer.micro_batch_size,
             "logits_chunk_tokens": loss.chunk_size,
         }
-        backend = planned_backend(gen.backend, model.params_dtype)  # the class that runs on a GPU node
+        name = gen.backend
+        if rollout.placement == "disaggregated":
+            values["generation_gpus"] = rollout.generation_ranks
+            name = "vllm" if name == "auto" else name  # a generation rank's auto: vLLM on a GPU node
+        backend = planned_backend(name, model.params_dtype)  # the class that runs on a GPU node
         if backend.paged_kv_cache:
             values["generation_kv_gb"] = float(gen.kv_cache_gb)
-        values["generation_weights_copy"] = backend.holds_weight_copy
+        # a generation rank's engine holds only its own weights: no second copy beside training's
+        values["generation_weights_copy"] = backend.holds_weight_copy and not values.get("generation_gpus")
         if parallel.recompute_granularity is not None:
             values["recompute"] = str(parallel.recompute_granularity)
         names = {f.name for f in dataclasses.fields(cls)}

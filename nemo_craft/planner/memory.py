@@ -220,6 +220,8 @@ def rank_memory(model, parallel, workload, stage, *, dp: int, padded_vocab: int)
         kv_cache += weights
     if last:
         kv_cache += gen_b * padded_vocab * 4  # the last token's logits, gathered over TP, fp32
+    if workload.generation_gpus:  # disaggregated: other GPUs generate (planner/generation.py)
+        kv_cache = 0.0
 
     return RankMemory(
         weights=weights,

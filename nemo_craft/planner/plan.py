@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from nemo_craft.parallel.config import ParallelConfig
 from nemo_craft.planner.config import ClusterConfig, Workload
+from nemo_craft.planner.generation import GenerationMemory, generation_memory, training_cluster
 from nemo_craft.planner.layout import candidate_layouts, layout_problems, layout_warnings
 from nemo_craft.planner.memory import GIB, RankMemory, rank_memory
 from nemo_craft.planner.meta_build import StageParams, count_all_stages, estimate_stages
@@ -95,6 +96,8 @@ class Plan:
     suggestion: Optional[Suggestion] = None
     counted_vocab: Optional[int] = None
     """Padded vocabulary of the build that gave ``total_params``."""
+    generation: Optional[GenerationMemory] = None
+    """The GPUs that only generate (``rollout.placement=disaggregated``); None: training ranks generate."""
 
     @property
     def ok(self) -> bool:
@@ -175,6 +178,13 @@ class Plan:
             gpu_memory_gib=self.cluster.gpu_memory_gb,
             problems=self.problems,
             warnings=self.warnings,
+            generation=None
+            if self.generation is None
+            else dict(
+                dataclasses.asdict(self.generation),
+                peak_gib=round(self.generation.peak / GIB, 3),
+                fits=self.generation.peak <= budget,
+            ),
             suggestion=None
             if self.suggestion is None
             else dict(
@@ -217,6 +227,10 @@ class Plan:
             f"reference on GPU: {_yes(w.reference_on_gpu)}, "
             f"overhead {w.overhead_gb:g} GiB"
         )
+        if self.generation is not None:
+            dp = f"DP={self.dp}" if self.dp else "the layout"
+            lines.append(f"training: {c.world_size - self.generation.gpus} GPU(s) ({dp}), no KV cache")
+            lines.append(self.generation.format(c.gpu_memory_gb))
         if self.ranks:
             lines.append("")
             lines.extend(self._table())
@@ -374,6 +388,11 @@ def make_plan(
         dp=None,
         padded_vocab=model.padded_vocab_size(tp),
     )
+    full_cluster = cluster
+    cluster, split_problem = training_cluster(cluster, workload.generation_gpus)
+    if split_problem:
+        plan.problems = [split_problem]
+        return plan
     plan.problems = layout_problems(model, parallel, cluster, workload)
     if not plan.problems:
         plan.dp = cluster.world_size // parallel.model_parallel_size
@@ -400,9 +419,24 @@ def make_plan(
         plan.total_params = sum(s.model_share(1) for s in stages)
         plan.expert_params = sum(s.expert_share() for s in stages)
         plan.counted_vocab = model.padded_vocab_size(1)
-    problem = parallel.generation_problem()
-    if problem:  # planned all the same: the memory of such a layout is still worth seeing
-        plan.problems.append(problem)
+    if workload.generation_gpus:
+        plan.generation = generation_memory(model, workload, plan.total_params_unpadded, model.padded_vocab_size(1))
+        if plan.dp and plan.generation.engines > plan.dp:
+            plan.problems.append(
+                f"rollout.generation_ranks={workload.generation_gpus}: {plan.generation.engines} engines > the "
+                f"{plan.dp} data-parallel ranks that train; each engine serves whole data-parallel ranks, allowed: "
+                f"1 to {plan.dp * workload.generation_tp} generation GPUs"
+            )
+        if plan.generation.peak > full_cluster.gpu_memory_gb * GIB:
+            plan.problems.append(
+                f"generation does not fit: {plan.generation.peak / GIB:.1f} GiB per generation GPU > "
+                f"cluster.gpu_memory_gb={full_cluster.gpu_memory_gb:g}; lower rollout.generation.kv_cache_gb or "
+                "widen the engines (parallel.tensor_model_parallel_size)"
+            )
+    else:
+        problem = parallel.generation_problem()
+        if problem:  # planned all the same: the memory of such a layout is still worth seeing
+            plan.problems.append(problem)
     if plan.problems and suggest:
         plan.suggestion = fit_layout(model, parallel, cluster, workload)
         if plan.suggestion is None:
@@ -411,6 +445,8 @@ def make_plan(
 
 
 def _generation(w) -> str:
+    if w.generation_gpus:
+        return "on the generation GPUs (below)"
     if w.generation_kv_gb is None:
         return "static"
     if w.generation_weights_copy:

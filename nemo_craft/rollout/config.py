@@ -11,7 +11,9 @@ from typing import Literal, Optional
 
 from nemo_craft.rollout.backends import BACKENDS
 
-__all__ = ["BACKENDS", "GenerationConfig", "SamplingConfig", "RolloutConfig"]
+__all__ = ["BACKENDS", "PLACEMENTS", "GenerationConfig", "SamplingConfig", "RolloutConfig"]
+
+PLACEMENTS = ("colocated", "disaggregated")
 
 Backend = Literal["auto", "static", "dynamic", "vllm"]
 """The built-in names; ``BACKENDS`` (what the configs accept) has the registered ones too."""
@@ -148,6 +150,10 @@ class SamplingConfig:
 
 
 _OBSERVATION_MESSAGES = ("observation", "prompt")
+_DISAGGREGATED_BACKENDS = ("auto", "static", "vllm")
+"""Engines that run on a rank of their own: the static engine (CPU and GPU) and vLLM (loads the
+weights sent to it); "auto" takes vLLM where it is installed, else static. megatron's dynamic
+engine is built on the training model's chunks."""
 
 
 @dataclass
@@ -174,6 +180,15 @@ class RolloutConfig:
     the per-action token budget ``max_new_tokens``, the stop strings (default: the environment's)."""
     validation: SamplingConfig = field(default_factory=SamplingConfig)
     """Sampling of validation and evaluation rollouts."""
+    placement: str = "colocated"
+    """Where generation runs (docs/async.md): "colocated" (the training ranks generate between
+    updates) or "disaggregated" (``generation_ranks`` of the world run the engines and the
+    environments, the others train, and the new weights are sent to the engines after each update)."""
+    generation_ranks: int = 0
+    """Ranks that only generate under placement=disaggregated (>= 1 there; 0 when colocated)."""
+    max_staleness: int = 0
+    """K: generation runs ahead of training by at most K policy versions (0: synchronous; > 0 needs
+    placement=disaggregated). A batch's trajectories are at most K updates old."""
 
     def __post_init__(self) -> None:
         if isinstance(self.generation, dict):
@@ -191,6 +206,51 @@ class RolloutConfig:
                 f"rollout.observation_message must be one of {_OBSERVATION_MESSAGES}, got {self.observation_message!r}"
             )
         self.generation_config(validation=True)  # validates the sampling fields with GenerationConfig's checks
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        """The placement fields on their own; ``check_placement`` adds what needs the world size."""
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"rollout.placement={self.placement!r}: must be one of {PLACEMENTS}")
+        for name in ("generation_ranks", "max_staleness"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"rollout.{name}={value!r}: must be an integer >= 0")
+        if self.placement == "colocated":
+            if self.generation_ranks:
+                raise ValueError(
+                    f"rollout.generation_ranks={self.generation_ranks} with rollout.placement=colocated: colocated "
+                    "ranks both train and generate; set rollout.placement=disaggregated or generation_ranks=0"
+                )
+            if self.max_staleness:
+                raise ValueError(
+                    f"rollout.max_staleness={self.max_staleness} with rollout.placement=colocated: colocated "
+                    "generation waits for each update (synchronous); set rollout.placement=disaggregated or "
+                    "max_staleness=0"
+                )
+        elif self.generation_ranks < 1:
+            raise ValueError(
+                "rollout.placement=disaggregated with rollout.generation_ranks=0: name how many ranks generate "
+                "(an integer >= 1, fewer than the world size)"
+            )
+
+    def check_placement(self, world_size: int) -> int:
+        """The ranks that train out of ``world_size``, refusing up front what does not run:
+        disaggregated generation runs the static engine or vLLM, each generation rank one
+        engine of its own."""
+        if self.placement == "colocated":
+            return world_size
+        if self.generation_ranks >= world_size:
+            raise ValueError(
+                f"rollout.generation_ranks={self.generation_ranks} leaves no training rank of the world size "
+                f"{world_size}; allowed: 1 to {world_size - 1}"
+            )
+        if self.generation.backend not in _DISAGGREGATED_BACKENDS:
+            raise ValueError(
+                f"rollout.generation.backend={self.generation.backend!r} cannot run on a generation rank; "
+                f"allowed with rollout.placement=disaggregated: {', '.join(_DISAGGREGATED_BACKENDS)}"
+            )
+        return world_size - self.generation_ranks
 
     def check_trainable(self) -> None:
         """Refuse sampling settings under which the trainer's log-probs are not the behaviour

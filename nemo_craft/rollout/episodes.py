@@ -77,12 +77,15 @@ class EpisodeRunner:
         group_size: int | None = None,
         group_offset: int = 0,
         validation: bool = False,
+        dp_rank: Optional[int] = None,
     ) -> list[Trajectory]:
         """Roll out every task ``group_size`` times (default ``config.group_size``).
 
         Returns N * G trajectories, task-major (task n's siblings are n*G .. n*G+G-1), with
         group ids ``group_offset + n``. ``seed`` seeds the sampling (with the turn and the
         data-parallel rank); ``validation`` samples at ``config.validation.temperature``.
+        ``dp_rank``: the data-parallel rank whose rollouts these are (None: this process's; a
+        generation rank rolls out for the training ranks).
         """
         G = self.config.group_size if group_size is None else group_size
         trajectories = [
@@ -110,7 +113,7 @@ class EpisodeRunner:
             results = self.policy.generate(
                 [trajectories[i].token_ids for i in running],
                 max_new_tokens=budgets,
-                seed=_turn_seed(seed, turn),
+                seed=_turn_seed(seed, turn, dp_rank),
                 config=gen_config,
             )
             actions: list[Optional[str]] = [None] * len(trajectories)
@@ -192,8 +195,10 @@ class EpisodeRunner:
         return True
 
 
-def _turn_seed(seed: int, turn: int) -> int:
+def _turn_seed(seed: int, turn: int, dp_rank: Optional[int] = None) -> int:
     """The sampling seed of one turn: distinct per (seed, data-parallel rank, turn)."""
+    if dp_rank is not None:
+        return turn_sampling_seed(seed, dp_rank, turn)
     dp_rank = 0
     if dist.is_available() and dist.is_initialized():
         from megatron.core import parallel_state as ps

@@ -77,6 +77,9 @@ class Trajectory:
     num_turns: int = 0
     privileged_context: str = ""
     turns: list[TurnRecord] = field(default_factory=list)
+    policy_versions: list[int] = field(default_factory=list)
+    """The policy version (optimizer steps taken) whose weights generated each turn; empty when
+    the training ranks generated (colocated: the step's own weights)."""
     finish_reason: str = ""
     """Why the episode ended: "done" (the environment ended it: solved or out of turns),
     "max_turns" (the runner's turn limit), "token_budget" (the episode's action-token budget),

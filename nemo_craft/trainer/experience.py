@@ -124,7 +124,8 @@ def make_experience(
     """Detached per-token tensors of this DP rank's trajectories, credits included.
 
     ``old_pass``: run the no-grad pass of the rollout policy's log-probs. None: where the loss
-    reads them before training (``loss_cfg.uses_teacher``: the teacher-student gap). Without it
+    reads them before training (``loss_cfg.needs_old_logprobs``: the teacher-student gap or the
+    off-policy weights). Without it
     the batch is on-policy (``logp_old`` None) and the loss takes the training forward's own
     log-probs: one optimizer step per rollout makes them pi_old's (GRPO: one forward pass fewer).
     ``temperature``: the rollouts' behaviour temperature; every pass computes its log-probs at it.
@@ -144,7 +145,7 @@ def make_experience(
     student_mbs = split_micro_batches(student, sb.lengths, **split)
     padding = {}
     clock = _Clock(device)
-    old_pass = loss_cfg.uses_teacher if old_pass is None else old_pass
+    old_pass = loss_cfg.needs_old_logprobs if old_pass is None else old_pass
     logp_old = None
     if old_pass:
         with routing.record() if routing is not None else contextlib.nullcontext():

@@ -58,9 +58,10 @@ def loss_terms(mb_metrics: list[dict], loss_group, device, num_global_tokens: fl
     sums, maxes = {}, {}  # device tensors: the micro-batches' metrics are added up without a host read
     for m in mb_metrics:
         for k, v in m.items():
-            if k.startswith("loss/") or k == "rollout/logprob_diff_mean":
+            is_max = k == "rollout/logprob_diff_max" or (k.startswith("off_policy/") and k.endswith("_max"))
+            if (k.startswith(("loss/", "off_policy/")) and not is_max) or k == "rollout/logprob_diff_mean":
                 sums[k] = sums[k] + v if k in sums else v
-            elif k == "rollout/logprob_diff_max":
+            elif is_max:
                 maxes[k] = torch.maximum(maxes[k], v) if k in maxes else v
     sums, maxes = read_on_host(sums, maxes)
     sums, maxes = from_last_stage((sums, maxes))

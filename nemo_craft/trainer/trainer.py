@@ -25,11 +25,16 @@ from megatron.core import parallel_state as ps
 from nemo_craft.core.collectives import all_ranks
 from nemo_craft.losses import ControllerState
 from nemo_craft.models.moe import Routing
+from nemo_craft.models.refit import check_refit_layout, full_hf_weights
 from nemo_craft.parallel.ddp import build_optimizer, wrap_ddp
+from nemo_craft.parallel.initialize import resolve_backend
 from nemo_craft.runtime.checkpoint import CheckpointManager
+from nemo_craft.runtime.disaggregated import split_world, step_tasks
+from nemo_craft.runtime.generation_worker import serve_generation
 from nemo_craft.runtime.policy_stack import PolicyStack
 from nemo_craft.runtime.reference import ReferenceWeights
-from nemo_craft.seeds import step_sampling_seed, train_task_seed0
+from nemo_craft.seeds import step_sampling_seed
+from nemo_craft.trainer.async_link import AsyncLink, staleness_stats
 from nemo_craft.trainer.experience import make_experience
 from nemo_craft.trainer.logger import MetricsLogger, plot_curves
 from nemo_craft.trainer.megatron_step import forward_backward
@@ -51,7 +56,15 @@ def check_training(run: RunConfig, world_size: int) -> int:
     splits over the data-parallel ranks and micro-batches. Returns the data-parallel size."""
     run.trainer.warm_start.check_pretrained(run.model.hf_path)
     run.rollout.check_trainable()
+    world_size = run.rollout.check_placement(world_size)  # the ranks that train
     dp_size = run.parallel.data_parallel_size(world_size)
+    if run.rollout.placement == "disaggregated":
+        check_refit_layout(run.parallel, what="rollout.placement=disaggregated")
+        if run.rollout.generation_ranks > dp_size:
+            raise ValueError(
+                f"rollout.generation_ranks={run.rollout.generation_ranks} > the {dp_size} data-parallel ranks that "
+                f"train: each generation rank serves whole data-parallel ranks; allowed: 1 to {dp_size}"
+            )
     r, t = run.rollout, run.trainer
     if r.tasks_per_step % dp_size:
         raise ValueError(
@@ -81,6 +94,8 @@ class RLTrainer:
         self.dp_size = check_training(run, int(os.environ.get("WORLD_SIZE", "1")))
         self._init_method = init_method
         self.run_dir = Path(run.run_dir)
+        self.sides = None  # disaggregated: this rank's side of the world (fit() splits it)
+        self.link = None
 
     # -- set-up -------------------------------------------------------------------------------------
 
@@ -89,6 +104,7 @@ class RLTrainer:
         stack = PolicyStack.build(run, seed=run.seed, init_method=self._init_method, for_training=True)
         self.dp_size, self.dp_group, self.rank, self.device = stack.dp_size, stack.dp_group, stack.rank, stack.device
         self.tokenizer, self.vocab_size = stack.tokenizer, stack.vocab_size
+        self.chunks = stack.chunks
         self.model = wrap_ddp(stack.chunks, run.parallel)
         self.reference = ReferenceWeights(self.model)
         self.routing = Routing(stack.chunks, run.model) if run.model.num_experts else None
@@ -102,6 +118,8 @@ class RLTrainer:
         self.step = 0
         self.update = GuardedUpdate(run.trainer.max_nan_steps, rank=self.rank)
         self.resumed = self._maybe_resume()
+        if self.sides is not None:
+            self.link = AsyncLink(run, self.sides, dp_rank=ps.get_data_parallel_rank(), dp_size=self.dp_size)
         self.logger = MetricsLogger(
             run.logging,
             self.run_dir,
@@ -128,6 +146,15 @@ class RLTrainer:
     # -- the loop -----------------------------------------------------------------------------------
 
     def fit(self) -> dict:
+        if self.run.rollout.placement == "disaggregated":
+            self.sides = split_world(
+                self.run.rollout.generation_ranks,
+                backend=resolve_backend(self.run.parallel.backend),
+                timeout_minutes=self.run.parallel.distributed_timeout_minutes,
+            )
+            if self.sides.role == "generate":  # this rank runs the engine and the environments
+                serve_generation(self.run, self.sides)
+                return {}
         self.setup()
         preempt = PreemptionHandler(signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
         tcfg = self.run.trainer
@@ -136,6 +163,9 @@ class RLTrainer:
             self._warm_start()
         if not self.resumed and tcfg.val_every:
             last_val = self.validate()
+        if self.link is not None:
+            with self._params_gathered():  # the initial, warm-started or resumed weights
+                self.link.start(self.step, full_hf_weights(self.chunks, self.run.model))
         lead = LeadTimeWatch(show=self.rank == 0)  # does a stop asked for by SLURM still fit?
         while self.step < tcfg.max_steps:
             t0 = time.perf_counter()
@@ -179,6 +209,8 @@ class RLTrainer:
             )
 
     def close(self) -> None:
+        if self.link is not None:
+            self.link.close(self.step)
         self.runner.close()
         self.logger.close()
         if self.rank == 0 and self.logger.cfg.plot and self.logger.jsonl_path.exists():
@@ -196,20 +228,21 @@ class RLTrainer:
     # -- one step -----------------------------------------------------------------------------------
 
     def _task_seeds(self) -> tuple[list[int], int]:
-        tasks = self.run.rollout.tasks_per_step
-        n_local = tasks // self.dp_size
-        first = self.step * tasks + ps.get_data_parallel_rank() * n_local
-        seed0 = train_task_seed0(self.run.seed)
-        return [seed0 + first + i for i in range(n_local)], first
+        dp_rank = ps.get_data_parallel_rank()
+        return step_tasks(self.run.seed, self.step, self.run.rollout.tasks_per_step, dp_rank, self.dp_size)
 
     def train_step(self) -> dict:
         run, tcfg = self.run, self.run.trainer
         temperature = run.rollout.generation.temperature
         t0 = time.perf_counter()
         seeds, first = self._task_seeds()
-        with self._params_gathered():
-            trajs = self.runner.run(seeds, seed=step_sampling_seed(run.seed, self.step), group_offset=first)
-        rollout_stats = self._generation_stats()
+        if self.link is not None:  # disaggregated: the generation ranks rolled this batch out
+            trajs, rollout_stats = self.link.batch(self.step)
+            rollout_stats.update(staleness_stats(trajs, self.step, self.dp_group, self.device))
+        else:
+            with self._params_gathered():
+                trajs = self.runner.run(seeds, seed=step_sampling_seed(run.seed, self.step), group_offset=first)
+            rollout_stats = self._generation_stats()
         t1 = time.perf_counter()
         exp = make_experience(
             self.model,
@@ -248,6 +281,8 @@ class RLTrainer:
         )
         if ok:
             self.generator.weights_changed()  # a backend with its own copy (vllm) refits before the next rollout
+        if self.link is not None and self.link.needs(self.step + 1):
+            self._send_weights(self.step + 1)
         t3 = time.perf_counter()
         gate_activity = float(batch.stats.get("gate_activity", 0.0))
         self.controller = self.controller.update(gate_activity)
@@ -333,6 +368,11 @@ class RLTrainer:
         if ps.get_pipeline_model_parallel_world_size() > 1:
             groups.append(ps.get_pipeline_model_parallel_group())
         return groups
+
+    def _send_weights(self, version: int) -> None:
+        """The weights of ``version`` to the generation ranks (the update's, gathered first)."""
+        with self._params_gathered():
+            self.link.send_weights(full_hf_weights(self.chunks, self.run.model), version=version)
 
     def _tp_group(self):
         return ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None

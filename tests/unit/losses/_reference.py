@@ -139,6 +139,43 @@ def ref_token_stats(logits, targets):
     return logp, entropy
 
 
+def ref_behaviour_weights(batch: TokenBatch, cfg) -> tuple[dict, dict]:
+    """{(b, s): weight of the token's policy-gradient term} and the ``off_policy/*`` metrics, in
+    float64 from the definitions: w = pi_old / mu (mu: the sampler's probability of the token);
+    "tis" min(w, C), "icepop" w in [low, high] else 0, "decoupled" w <= C else 0; ``seq_mask``
+    drops a trajectory whose geometric mean of w is outside [seq_low, seq_high]."""
+    mask = batch.loss_mask
+    ws = {}
+    for b, s in mask.nonzero().tolist():
+        ws[(b, s)] = math.exp(float(batch.logp_old[b, s]) - float(batch.logp_rollout[b, s]))
+    weights, truncated = {}, 0
+    for (b, s), w in ws.items():
+        if cfg.off_policy == "tis":
+            weight = min(w, cfg.is_cap)
+        elif cfg.off_policy == "icepop":
+            weight = w if cfg.is_low <= w <= cfg.is_high else 0.0
+        elif cfg.off_policy == "decoupled":
+            weight = w if w <= cfg.is_cap else 0.0
+        else:
+            weight = 1.0
+        if cfg.seq_mask:
+            row = [ws[k] for k in ws if k[0] == b]
+            geo = math.prod(row) ** (1.0 / len(row))
+            if not cfg.seq_low <= geo <= cfg.seq_high:
+                weight = 0.0
+        weights[(b, s)] = weight
+        # truncated: the weight is the cap (a masked token's weight is 0, not truncated)
+        truncated += cfg.off_policy == "tis" and w > cfg.is_cap and weight != 0.0
+    n = len(ws)
+    metrics = {
+        "off_policy/weight_mean": sum(ws.values()) / n,
+        "off_policy/weight_max": max(ws.values()),
+        "off_policy/clip_frac": truncated / n,
+        "off_policy/mask_frac": sum(v == 0.0 for v in weights.values()) / n,
+    }
+    return weights, metrics
+
+
 def ref_loss(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, cringe_pos=None):
     """The SDAR / CRAFT loss in float64, token by token. ``credit``: [B, S] c per token."""
     return ref_terms(logits, targets, batch, cfg, lam=lam, beta=beta, credit=credit, cringe_pos=cringe_pos)["loss"]
@@ -156,6 +193,9 @@ def ref_terms(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, cri
         sums["loss/distill"] = 0.0
     n = int(mask.sum())
     delta = batch.logp_teacher.double() - batch.logp_old.double()
+    is_weights = {}
+    if cfg.off_policy != "none" or cfg.seq_mask:
+        is_weights, is_metrics = ref_behaviour_weights(batch, cfg)
     for b in range(mask.shape[0]):
         for s in range(mask.shape[1]):
             if not mask[b, s]:
@@ -173,6 +213,8 @@ def ref_terms(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, cri
             pg = torch.maximum(-A * r, -A * torch.clamp(r, 1 - cfg.clip_eps, 1 + cfg.clip_eps))
             if A < 0:
                 pg = torch.minimum(pg, -A * cfg.dual_clip)
+            if is_weights:
+                pg = pg * is_weights[(b, s)]
             # the clip binds: the ratio left the trust region on the side the advantage pushes it
             clipped = (A > 0 and r > 1 + cfg.clip_eps) or (A < 0 and r < 1 - cfg.clip_eps)
             rho = torch.exp(torch.clamp(lr - lp, -cfg.kl_clamp, cfg.kl_clamp))
@@ -203,7 +245,10 @@ def ref_terms(logits, targets, batch: TokenBatch, cfg, *, lam, beta, credit, cri
             ):
                 if key in sums:
                     sums[key] += float(value.detach()) if torch.is_tensor(value) else float(value)
-    return {"loss": total / n, **{k: v / n for k, v in sums.items()}}
+    out = {"loss": total / n, **{k: v / n for k, v in sums.items()}}
+    if is_weights:
+        out.update(is_metrics)
+    return out
 
 
 def ref_credit_stats(batch: TokenBatch, cfg) -> dict:
