@@ -51,10 +51,12 @@ def _loss(values: dict, where: str, problems: list[str]) -> None:
 
     values = dict(values)
     preset = values.pop("preset", None)
-    if preset is None:
-        problems.append(f"{where}.preset: missing")
+    if preset is None and where.startswith("method/"):
+        problems.append(f"{where}.preset: missing")  # a method is a preset of the loss
         return
-    _compare(values, dataclasses.asdict(LossConfig.preset(preset)), LossConfig, where, problems)
+    # a recipe overlays the chosen method's loss: its fields must exist (their defaults are the preset's)
+    base = dataclasses.asdict(LossConfig.preset(preset)) if preset is not None else {}
+    _compare(values, base, LossConfig, where, problems)
 
 
 def _section(section: str, values: dict, base: dict, where: str, problems: list[str]) -> None:
@@ -148,3 +150,17 @@ def _bad_conf(tmp_path: Path, group: str, name: str, text: str) -> Path:
 def test_a_bad_yaml_is_caught(tmp_path, group, text, problem):
     problems = yaml_problems(_bad_conf(tmp_path, group, "bad.yaml", text), conf=tmp_path)
     assert any(problem in p for p in problems), problems
+
+
+def test_a_method_needs_its_preset_and_a_recipe_overlay_needs_real_fields(tmp_path):
+    """A method YAML is a preset of the loss; a recipe's ``loss:`` overlays the chosen method's, so
+    its fields must exist (negative controls of both rules)."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "method" / "x.yaml").write_text("loss:\n  kl_coef: 0.5\n")
+    (conf / "recipe" / "y.yaml").write_text("loss:\n  off_policy: tis\n  nope: 1\n")
+    assert yaml_problems(conf / "method" / "x.yaml", conf) == ["method/x.yaml.preset: missing"]
+    (problem,) = yaml_problems(conf / "recipe" / "y.yaml", conf)
+    assert problem.startswith("recipe/y.yaml:loss.nope: no such field")
