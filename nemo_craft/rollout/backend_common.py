@@ -15,7 +15,17 @@ import torch.distributed as dist
 
 from nemo_craft.rollout.sampling import exponential_noise, sample_next_tokens
 
-__all__ = ["generation_mode", "sample_and_share", "skip_draws"]
+__all__ = ["generation_mode", "paged_engine_kwargs", "sample_and_share", "skip_draws"]
+
+
+def paged_engine_kwargs(config) -> dict:
+    """The paged engines' (dynamic, vllm) settings of a ``GenerationConfig``: one home for what both build from."""
+    return {
+        "max_batch_size": config.max_batch_size,
+        "kv_cache_gb": config.kv_cache_gb,
+        "max_tokens_per_step": config.max_tokens_per_step,
+        "cuda_graphs": config.cuda_graphs,
+    }
 
 
 def sample_and_share(

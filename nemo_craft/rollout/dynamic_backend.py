@@ -19,7 +19,7 @@ import torch
 
 from nemo_craft.parallel import mcore_compat
 from nemo_craft.parallel.cpu_mode import compute_device
-from nemo_craft.rollout.backend_common import generation_mode, sample_and_share
+from nemo_craft.rollout.backend_common import generation_mode, paged_engine_kwargs, sample_and_share
 from nemo_craft.rollout.dynamic_engine_adapter import (
     KV_BLOCK_TOKENS,
     EngineSpec,
@@ -208,12 +208,9 @@ class DynamicBackend:
         return cls(
             model_chunks,
             vocab_size=vocab_size,
-            max_batch_size=config.max_batch_size,
             max_sequence_length=max_sequence_length,
-            kv_cache_gb=config.kv_cache_gb,
-            max_tokens_per_step=config.max_tokens_per_step,
-            cuda_graphs=config.cuda_graphs,
             pp_microbatch_tokens=config.pp_microbatch_tokens,
+            **paged_engine_kwargs(config),
         )
 
     def weights_changed(self) -> None:

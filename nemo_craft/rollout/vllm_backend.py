@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from nemo_craft.models.families import family
+from nemo_craft.rollout.backend_common import paged_engine_kwargs
 from nemo_craft.rollout.stopping import StopCriteria
 
 __all__ = ["VllmBackend", "check_vllm_run", "vllm_problem", "SUPPORTED_VLLM"]
@@ -178,12 +179,9 @@ class VllmBackend:
             model_chunks,
             model_cfg,
             vocab_size=vocab_size,
-            max_batch_size=config.max_batch_size,
             max_sequence_length=max_sequence_length,
-            kv_cache_gb=config.kv_cache_gb,
-            max_tokens_per_step=config.max_tokens_per_step,
-            cuda_graphs=config.cuda_graphs,
             seed=config.seed,
+            **paged_engine_kwargs(config),
         )
 
     # -- weights -----------------------------------------------------------------------------------
